@@ -1,0 +1,48 @@
+"""``parauni <command>``: a thin argparse front over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from prompts")
+    p.add_argument("--model", required=True, help="a preset name, 'tiny', or a saved pipeline folder / hub id")
+    p.add_argument("--prompt", action="append", required=True, help="a caption; repeat for several")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--image", help="input image for image-to-image (the prompt is then the instruction)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parauni", description="ParaUni: all-layer VLM conditioning for SANA")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    d = sub.add_parser("demo", help="the main job: an end-to-end run on a CPU")
+    d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--steps", type=int, default=20)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from . import generate
+
+    try:
+        {"generate": generate.run_generate, "demo": generate.run_demo}[args.command](args)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as err:
+        print(f"parauni {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

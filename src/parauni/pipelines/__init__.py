@@ -1,0 +1,3 @@
+from .pipeline_parauni import ParaUniPipeline
+
+__all__ = ["ParaUniPipeline"]

@@ -1,0 +1,171 @@
+"""``ParaUniPipeline``: text (and optionally an image) -> VLM -> queries -> LIM -> SANA -> image."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ..models.backbone import VLMBackbone
+from ..models.prompt import tokenize_prompts
+from ..utils.images import vlm_pixel_values
+
+RECONSTRUCT_INSTRUCTION = "Keep the image as it is."
+
+
+def check_components(vlm, conditioner, transformer, vae) -> None:
+    """Errors that name the mismatch when components do not fit together."""
+    text = getattr(vlm.config, "text_config", vlm.config)
+    cfg = conditioner.config
+    if cfg.caption_channels != transformer.config.caption_channels:
+        raise ValueError(
+            f"the LIM outputs {cfg.caption_channels} channels but the diffusion transformer expects "
+            f"caption_channels={transformer.config.caption_channels}; set the conditioner's caption_channels "
+            f"to {transformer.config.caption_channels}"
+        )
+    if cfg.llm_hidden_size != text.hidden_size or cfg.llm_num_layers != text.num_hidden_layers:
+        raise ValueError(
+            f"the conditioner was built for a VLM of width {cfg.llm_hidden_size} with {cfg.llm_num_layers} layers, "
+            f"but the VLM has width {text.hidden_size} and {text.num_hidden_layers} layers"
+        )
+    channels = vae.config.latent_channels if vae is not None else 3
+    if transformer.config.in_channels != channels:
+        raise ValueError(f"the diffusion transformer takes {transformer.config.in_channels} channels but the "
+                         f"{'VAE latents have' if vae is not None else 'pixel space has'} {channels}")
+
+
+class ParaUniPipeline(DiffusionPipeline):
+    """Inference with ParaUni. Components: ``vlm`` (frozen VLM), ``tokenizer``, ``conditioner``
+    (queries + LIM), ``transformer`` (SANA), ``scheduler`` (flow DPM-Solver++) and ``vae``
+    (DC-AE, or ``None`` for a pixel-space model)."""
+
+    model_cpu_offload_seq = "vlm->conditioner->transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, vlm, tokenizer, conditioner, transformer, scheduler, vae=None):
+        super().__init__()
+        check_components(vlm, conditioner, transformer, vae)
+        self.register_modules(vlm=vlm, tokenizer=tokenizer, conditioner=conditioner, transformer=transformer,
+                              scheduler=scheduler, vae=vae)
+        self.vae_scale_factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @cached_property
+    def backbone(self) -> VLMBackbone:
+        return VLMBackbone(self.vlm)
+
+    def layer_states(self, prompts: list[str | None], images: list[Image.Image] | None = None,
+                     instruction: str | None = None) -> torch.Tensor:
+        """Query states of every read layer, ``(L, B, N, D)``; ``None`` prompts are unconditional."""
+        n_img = [self.backbone.num_image_tokens] * len(prompts) if images else None
+        if images and not self.backbone.supports_images:
+            raise NotImplementedError(f"image input needs an InternVL backbone, not {type(self.vlm).__name__}")
+        ids, mask = tokenize_prompts(self.tokenizer, self.conditioner.template, prompts, n_img, instruction)
+        device = self.conditioner.queries.device
+        pixels = None
+        if images:
+            pixels = vlm_pixel_values(images, self.vlm.config.vision_config.image_size[0]).to(device)
+        return self.backbone(ids.to(device), mask.to(device), self.conditioner.queries, pixels,
+                             layers=self.conditioner.layer_indices, final_norm=self.conditioner.config.final_norm)
+
+    def encode_prompt(self, prompts: list[str | None], images: list[Image.Image] | None = None,
+                      instruction: str | None = None, layer_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Condition sequences ``(B, N, C)`` for the diffusion transformer."""
+        return self.conditioner(self.layer_states(prompts, images, instruction), layer_noise)
+
+    def prepare_latents(self, batch: int, height: int, width: int, generator, dtype, device) -> torch.Tensor:
+        f, c = self.vae_scale_factor, self.transformer.config.in_channels
+        if height % f or width % f:
+            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
+        return randn_tensor((batch, c, height // f, width // f), generator=generator, device=device, dtype=dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (or pixels) -> images in [-1, 1], ``(B, 3, H, W)``."""
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        image: Image.Image | list[Image.Image] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 4.5,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        """Generate images.
+
+        prompt: caption(s).  With ``image``, the prompt is the instruction that goes with the image
+            (default ``"Keep the image as it is."``): image-to-image through the VLM.
+        negative_prompt: caption(s) for the CFG branch; default the unconditional prompt.
+        guidance_scale: CFG scale; 1.0 runs the conditional branch alone.
+        output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+        """
+        images = [image] if isinstance(image, Image.Image) else image
+        if prompt_embeds is None:
+            if prompt is None and images is None:
+                raise ValueError("give a prompt, an image, or prompt_embeds")
+            prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
+            if images is not None:
+                if len(prompts) == 1 and len(images) > 1:
+                    prompts = prompts * len(images)
+                cond = self.encode_prompt([None] * len(images), images, instruction=prompts[0] or
+                                          RECONSTRUCT_INSTRUCTION)
+            else:
+                cond = self.encode_prompt(prompts)
+        else:
+            cond = prompt_embeds
+        batch = cond.shape[0]
+        do_cfg = guidance_scale != 1.0
+        if do_cfg:
+            if negative_prompt_embeds is not None:
+                uncond = negative_prompt_embeds
+            elif negative_prompt is None:
+                uncond = self.encode_prompt([None]).expand(batch, -1, -1)
+            else:
+                neg = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+                uncond = self.encode_prompt(neg)
+        cond = cond.repeat_interleave(num_images_per_prompt, dim=0)
+        if do_cfg:
+            uncond = uncond.repeat_interleave(num_images_per_prompt, dim=0)
+            cond = torch.cat([uncond, cond])  # one batched forward for both branches
+        total = batch * num_images_per_prompt
+        sample = self.transformer.config.sample_size * self.vae_scale_factor
+        height, width = height or sample, width or sample
+        dtype, device = self.transformer.dtype, self._execution_device
+        if latents is None:
+            latents = self.prepare_latents(total, height, width, generator, dtype, device)
+        cond = cond.to(device=device, dtype=dtype)
+        mask = torch.ones(cond.shape[:2], device=device, dtype=torch.long)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            x_in = torch.cat([latents] * 2) if do_cfg else latents
+            v = self.transformer(x_in, encoder_hidden_states=cond, encoder_attention_mask=mask,
+                                 timestep=t.expand(x_in.shape[0]).to(dtype), return_dict=False)[0]
+            if do_cfg:
+                v_uncond, v_cond = v.chunk(2)
+                v = v_uncond + guidance_scale * (v_cond - v_uncond)
+            latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+
+        if output_type == "latent":
+            out = latents
+        else:
+            out = self.image_processor.postprocess(self.decode(latents.to(dtype)).float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=out) if return_dict else (out,)

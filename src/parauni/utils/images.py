@@ -1,0 +1,50 @@
+"""Image I/O helpers: loading with clear errors, VLM preprocessing, labelled grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB, with an error naming the file when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"image {str(path)!r} is corrupt or not an image: {err}") from err
+
+
+def vlm_pixel_values(images: list[Image.Image], size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """One tile per image, as InternVL sees a single 448-px tile: resize, scale, normalise -> ``(B, 3, S, S)``."""
+    arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+              for im in images]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def labelled_grid(images: list[Image.Image], labels: list[str], cols: int | None = None,
+                  label_height: int = 14, scale: int = 1) -> Image.Image:
+    """Images in a grid, each with its label printed beneath it."""
+    cols = cols or min(len(images), 4)
+    rows = -(-len(images) // cols)
+    w, h = images[0].width * scale, images[0].height * scale
+    cell_w = max(w, 96)
+    grid = Image.new("RGB", (cols * cell_w, rows * (h + label_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
+        x, y = (i % cols) * cell_w, (i // cols) * (h + label_height)
+        grid.paste(im.resize((w, h), Image.NEAREST), (x + (cell_w - w) // 2, y))
+        max_chars = max(cell_w // 6, 4)
+        text = label if len(label) <= max_chars else label[: max_chars - 1] + "…"
+        draw.text((x + 2, y + h + 1), text, fill="black")
+    return grid

@@ -1,0 +1,139 @@
+"""ParaUniPipeline: save/load, CFG, image input, pixel space, mismatches, gradients."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from parauni import ParaUniConditioner, ParaUniPipeline, build_tiny
+from parauni.flow import flow_loss, interpolate, sample_sigmas, sigma_to_timestep
+
+PROMPTS = ["a photo of a red circle", "two blue squares"]
+
+
+def _generate(pipe, **kw):
+    kw = {"num_inference_steps": 3, "output_type": "np", **kw}
+    return pipe(PROMPTS, generator=torch.Generator().manual_seed(0), **kw).images
+
+
+def test_save_load_pipeline_gives_identical_images(tiny_pipe, tmp_path):
+    before = _generate(tiny_pipe)
+    tiny_pipe.save_pretrained(tmp_path)
+    assert list((tmp_path / "conditioner").glob("*.safetensors")), "weights are saved as safetensors"
+    loaded = ParaUniPipeline.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(_generate(loaded), before)
+
+
+def test_save_load_trainable_part_alone(tiny_pipe, tmp_path):
+    cond = copy.deepcopy(tiny_pipe.conditioner)
+    with torch.no_grad():
+        cond.queries.add_(0.5)  # a "trained" conditioner
+    cond.save_pretrained(tmp_path)
+    restored = ParaUniConditioner.from_pretrained(tmp_path)
+    keys = ("num_queries", "layers", "fusion", "connector_depth", "caption_channels", "prompt", "final_norm")
+    assert all(restored.config[k] == cond.config[k] for k in keys)
+    a = ParaUniPipeline(**{**tiny_pipe.components, "conditioner": cond})
+    b = ParaUniPipeline(**{**tiny_pipe.components, "conditioner": restored})
+    np.testing.assert_array_equal(_generate(a), _generate(b))
+    assert not np.array_equal(_generate(a), _generate(tiny_pipe))
+
+
+@torch.no_grad()
+def _manual_sampling(pipe, cond, uncond, scale, steps=3):
+    """The sampling loop written out: what the pipeline must compute."""
+    latents = pipe.prepare_latents(cond.shape[0], 16, 16, torch.Generator().manual_seed(0), torch.float32, "cpu")
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    mask = torch.ones(cond.shape[:2], dtype=torch.long)
+    for t in sched.timesteps:
+        v = pipe.transformer(latents, encoder_hidden_states=cond, encoder_attention_mask=mask,
+                             timestep=t.expand(cond.shape[0]), return_dict=False)[0]
+        if uncond is not None:
+            v_u = pipe.transformer(latents, encoder_hidden_states=uncond, encoder_attention_mask=mask,
+                                   timestep=t.expand(cond.shape[0]), return_dict=False)[0]
+            v = v_u + scale * (v - v_u)
+        latents = sched.step(v, t, latents, return_dict=False)[0]
+    return latents
+
+
+@torch.no_grad()
+def test_guidance_one_is_the_conditional_branch_alone(tiny_pipe):
+    cond = tiny_pipe.encode_prompt(PROMPTS)
+    out = tiny_pipe(PROMPTS, guidance_scale=1.0, num_inference_steps=3, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(out, _manual_sampling(tiny_pipe, cond, None, 1.0), rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_cfg_combines_both_branches(tiny_pipe):
+    cond = tiny_pipe.encode_prompt(PROMPTS)
+    uncond = tiny_pipe.encode_prompt([None]).expand(2, -1, -1)
+    out = tiny_pipe(PROMPTS, guidance_scale=4.5, num_inference_steps=3, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(out, _manual_sampling(tiny_pipe, cond, uncond, 4.5), rtol=1e-4, atol=1e-4)
+    neg = tiny_pipe("a red circle", negative_prompt="blurry", num_inference_steps=2, output_type="latent",
+                    generator=torch.Generator().manual_seed(0)).images
+    plain = tiny_pipe("a red circle", num_inference_steps=2, output_type="latent",
+                      generator=torch.Generator().manual_seed(0)).images
+    assert not torch.allclose(neg, plain)
+
+
+def test_image_to_image_runs(tiny_pipe):
+    images = [Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")]
+    out = tiny_pipe(image=images, num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (2, 16, 16, 3) and np.isfinite(out).all()
+    e = tiny_pipe.encode_prompt([None, None], images, instruction="Keep the image as it is.")
+    assert not torch.allclose(e[0], e[1]), "the image reaches the condition"
+
+
+def test_num_images_per_prompt_and_sizes(tiny_pipe):
+    out = _generate(tiny_pipe, num_images_per_prompt=2, height=32, width=16)
+    assert out.shape == (4, 32, 16, 3)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        _generate(tiny_pipe, height=15, width=16)
+
+
+def test_pixel_space_model():
+    pipe = build_tiny(pixel_space=True)
+    assert pipe.vae is None and pipe.vae_scale_factor == 1
+    out = _generate(pipe)
+    assert out.shape == (2, 8, 8, 3)
+
+
+def test_lim_width_mismatch_is_an_error(tiny_pipe):
+    bad = ParaUniConditioner(llm_hidden_size=32, llm_num_layers=4, num_queries=4, connector_depth=1,
+                             connector_heads=4, connector_ffn=16, caption_channels=48)
+    with pytest.raises(ValueError, match="caption_channels=32"):
+        ParaUniPipeline(**{**tiny_pipe.components, "conditioner": bad})
+    wrong_vlm = ParaUniConditioner(llm_hidden_size=16, llm_num_layers=4, connector_depth=1, connector_heads=4,
+                                   connector_ffn=16, caption_channels=32)
+    with pytest.raises(ValueError, match="width 16"):
+        ParaUniPipeline(**{**tiny_pipe.components, "conditioner": wrong_vlm})
+
+
+def test_gradients_reach_queries_and_lim_only():
+    pipe = build_tiny(seed=1)
+    vlm, cond, transformer = pipe.vlm, pipe.conditioner, pipe.transformer
+    vlm.requires_grad_(False)
+    transformer.requires_grad_(False)
+    cond.train()
+    vlm_before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    cond_before = {k: v.clone() for k, v in cond.state_dict().items()}
+    opt = torch.optim.AdamW(cond.parameters(), lr=1e-2)
+    x_0 = torch.randn(2, 4, 8, 8)
+    noise = torch.randn_like(x_0)
+    sigma = sample_sigmas(2, torch.Generator().manual_seed(0))
+    c = pipe.encode_prompt(PROMPTS)
+    v = transformer(interpolate(x_0, noise, sigma), encoder_hidden_states=c, timestep=sigma_to_timestep(sigma),
+                    return_dict=False)[0]
+    flow_loss(v, x_0, noise).backward()
+    assert cond.queries.grad is not None and cond.queries.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in cond.lim.parameters())
+    assert all(p.grad is None for p in vlm.parameters())
+    opt.step()
+    assert all(torch.equal(v, vlm.state_dict()[k]) for k, v in vlm_before.items())
+    changed = [k for k, v in cond.state_dict().items() if not torch.equal(v, cond_before[k])]
+    assert "queries" in changed and any(k.startswith("lim.connector") for k in changed)
