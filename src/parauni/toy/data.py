@@ -1,0 +1,167 @@
+"""Training streams, a held-out split and question-answer pairs from the toy world.
+
+Every sample is drawn from its own generator, seeded by ``(domain, seed, index)``: domain 0 for
+training streams and 1 for the held-out split, so the two never share a seed. Sample ``k`` of the
+training stream is the same whatever the number of workers or ranks; worker ``w`` of ``W`` on rank
+``r`` of ``R`` draws the indices ``k = r * W + w (mod R * W)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from parauni.toy.prompts import NUMBER_WORDS, TASKS, free_caption, make_plural, random_meta, with_article
+from parauni.toy.world import (
+    COLORS,
+    RELATIONS,
+    SHAPES,
+    Scene,
+    random_scene,
+    relative_position,
+    render,
+    scene_from_metadata,
+)
+
+TRAIN_DOMAIN = 0
+HELDOUT_DOMAIN = 1
+
+
+@dataclass
+class Example:
+    """One toy sample: RGB uint8 image, caption, GenEval record (``None`` for free captions), scene."""
+
+    image: np.ndarray
+    caption: str
+    meta: dict | None
+    scene: Scene
+
+
+def sample_rng(domain: int, seed: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index`` in ``domain`` (0: training, 1: held out) for ``seed``."""
+    return np.random.default_rng([domain, seed, index])
+
+
+def make_example(rng: np.random.Generator, size: int = 32, template_prob: float = 0.5) -> Example:
+    """A random sample: with ``template_prob`` a GenEval-template prompt of a random task rendered by
+    :func:`scene_from_metadata`, otherwise a free scene of 1..4 objects with a free caption."""
+    if rng.random() < template_prob:
+        meta = random_meta(rng, TASKS[rng.integers(len(TASKS))])
+        scene = scene_from_metadata(meta, rng, size)
+        return Example(render(scene), meta["prompt"], meta, scene)
+    scene = random_scene(rng, size)
+    return Example(render(scene), free_caption(scene, rng), None, scene)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 ``(H, W, 3)`` -> float ``(3, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """Float ``(3, H, W)`` in [-1, 1] -> RGB uint8 ``(H, W, 3)``."""
+    arr = tensor.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    return arr.permute(1, 2, 0).numpy()
+
+
+def _item(ex: Example, index: int) -> dict:
+    return {"image": to_tensor(ex.image), "caption": ex.caption,
+            "meta": json.dumps(ex.meta) if ex.meta else "", "index": index}
+
+
+class ToyStream(IterableDataset):
+    """Infinite, seeded stream of ``{"image": (3, H, W) in [-1, 1], "caption", "meta", "index"}``.
+
+    ``meta`` is the GenEval record as a JSON string ("" for free captions). ``rank`` and
+    ``world_size`` default to the initialised ``torch.distributed`` group, if any.
+    """
+
+    def __init__(self, seed: int = 0, size: int = 32, template_prob: float = 0.5,
+                 rank: int | None = None, world_size: int | None = None, start: int = 0) -> None:
+        super().__init__()
+        self.seed, self.size, self.template_prob, self.start = seed, size, template_prob, start
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.world_size = world_size if world_size is not None else (
+            torch.distributed.get_world_size() if dist else 1)
+
+    def indices(self) -> Iterator[int]:
+        """Sample indices drawn by this worker of this rank."""
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream, n_streams = self.rank * nw + wid, self.world_size * nw
+        k = self.start + (stream - self.start) % n_streams
+        while True:
+            yield k
+            k += n_streams
+
+    def __iter__(self) -> Iterator[dict]:
+        for k in self.indices():
+            ex = make_example(sample_rng(TRAIN_DOMAIN, self.seed, k), self.size, self.template_prob)
+            yield _item(ex, k)
+
+
+def heldout_examples(n: int, seed: int = 0, size: int = 32, template_prob: float = 0.5) -> list[Example]:
+    """A fixed held-out list of ``n`` examples, seeded apart from every training stream."""
+    return [make_example(sample_rng(HELDOUT_DOMAIN, seed, k), size, template_prob) for k in range(n)]
+
+
+def heldout_split(n: int, seed: int = 0, size: int = 32, template_prob: float = 0.5) -> list[dict]:
+    """The held-out examples as dataset items (same keys as :class:`ToyStream`)."""
+    return [_item(ex, k) for k, ex in enumerate(heldout_examples(n, seed, size, template_prob))]
+
+
+def qa_by_kind(scene: Scene) -> dict[str, list[tuple[str, str]]]:
+    """Questions with a well-defined one-word answer about ``scene``, grouped by kind.
+
+    Kinds: ``count`` (objects, each shape, zero included), ``color`` (of a shape present once),
+    ``shape`` (of a colour present once), ``exists_yes`` / ``exists_no`` (a colour-shape pair) and
+    ``relation`` (the one shape in a relation to an object identified by colour and shape).
+    """
+    objs = scene.objects
+    kinds: dict[str, list[tuple[str, str]]] = {k: [] for k in ("count", "color", "shape", "exists_yes",
+                                                                "exists_no", "relation")}
+    kinds["count"].append(("how many objects are there?", NUMBER_WORDS[len(objs)]))
+    for shape in SHAPES:
+        same = [o for o in objs if o.shape == shape]
+        kinds["count"].append((f"how many {make_plural(shape)} are there?", NUMBER_WORDS[len(same)]))
+        if len(same) == 1:
+            kinds["color"].append((f"what color is the {shape}?", same[0].color))
+        for color in COLORS:
+            there = any(o.color == color for o in same)
+            kinds["exists_yes" if there else "exists_no"].append((f"is there {with_article(color)} {shape}?",
+                                                                  "yes" if there else "no"))
+    for color in COLORS:
+        same = [o for o in objs if o.color == color]
+        if len(same) == 1:
+            kinds["shape"].append((f"what shape is the {color} object?", same[0].shape))
+    for ref in objs:
+        if sum(o.shape == ref.shape and o.color == ref.color for o in objs) != 1:
+            continue
+        for rel in RELATIONS:
+            hits = [o for o in objs if o is not ref and rel in relative_position(o.bbox, ref.bbox)]
+            if len(hits) == 1:
+                kinds["relation"].append((f"what shape is {rel} the {ref.color} {ref.shape}?", hits[0].shape))
+    return {k: v for k, v in kinds.items() if v}
+
+
+def qa_pairs(scene: Scene, caption: str | None = None) -> list[tuple[str, str]]:
+    """All questions of :func:`qa_by_kind`, plus ``("describe the image.", caption)`` if given."""
+    out = [pair for pairs in qa_by_kind(scene).values() for pair in pairs]
+    return out + [("describe the image.", caption)] if caption is not None else out
+
+
+def sample_qa(ex: Example, rng: np.random.Generator, describe_prob: float = 0.2) -> tuple[str, str]:
+    """One question-answer pair for ``ex``: the caption with ``describe_prob``, otherwise a question
+    of a kind drawn uniformly among those the scene allows (so yes and no answers are balanced)."""
+    if rng.random() < describe_prob:
+        return ("describe the image.", ex.caption)
+    kinds = qa_by_kind(ex.scene)
+    names = sorted(kinds)
+    pairs = kinds[names[int(rng.integers(len(names)))]]
+    return pairs[int(rng.integers(len(pairs)))]
