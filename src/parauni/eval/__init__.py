@@ -1,0 +1,1 @@
+"""Evaluation: generation into benchmark layouts and scoring."""

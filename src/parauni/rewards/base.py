@@ -1,0 +1,83 @@
+"""The reward interface: a callable ``(images, prompts, metadata) -> one float per image``.
+
+Higher is better.  ``images`` are RGB uint8 arrays ``(H, W, 3)`` or PIL images; ``metadata`` holds
+one dict (or ``None``) per image, e.g. a GenEval record.  A reward that cannot score an image
+returns NaN for it; :class:`WeightedReward` reports those and leaves them out of the sum.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+ImageLike = np.ndarray | Image.Image
+
+
+class Reward(Protocol):
+    def __call__(self, images: Sequence[ImageLike], prompts: Sequence[str],
+                 metadata: Sequence[dict | None] | None = None) -> torch.Tensor:  # (B,) float
+        ...
+
+
+def as_uint8_batch(images: Sequence[ImageLike]) -> list[np.ndarray]:
+    """Every image as an RGB uint8 ``(H, W, 3)`` array."""
+    from ..toy.detect import as_uint8
+
+    return [as_uint8(im) for im in images]
+
+
+# name -> factory; each factory takes keyword options (e.g. a weights path) and returns a Reward.
+REWARDS: dict[str, str] = {
+    "toy_alignment": "parauni.rewards.toy_alignment:ToyAlignmentReward",
+    "toy_geneval": "parauni.rewards.toy_geneval:ToyGenEvalReward",
+    "toy_quality": "parauni.rewards.toy_quality:ToyQualityReward",
+}
+
+
+def build_reward(name: str, **options: Any) -> Reward:
+    """A reward by registered name or dotted path ``package.module:Factory``."""
+    target = REWARDS.get(name, name)
+    if ":" not in target:
+        raise KeyError(f"unknown reward {name!r}; known: {sorted(REWARDS)} or a 'package.module:Factory' path")
+    module, attr = target.split(":", 1)
+    factory: Callable[..., Reward] = getattr(importlib.import_module(module), attr)
+    return factory(**options)
+
+
+class WeightedReward:
+    """A weighted sum of named rewards, e.g. ``{"toy_alignment": 0.5, "toy_quality": 0.5}``.
+
+    Returns ``(total, parts)``: ``total`` is ``(B,)``, NaN where any weighted part is NaN or raised
+    (that sample should leave the update); ``parts`` maps each name to its raw ``(B,)`` scores.
+    """
+
+    def __init__(self, weights: dict[str, float], options: dict[str, dict] | None = None,
+                 rewards: dict[str, Reward] | None = None):
+        if not weights:
+            raise ValueError("give at least one reward weight")
+        self.weights = dict(weights)
+        options = options or {}
+        self.rewards = rewards or {name: build_reward(name, **options.get(name, {})) for name in weights}
+
+    def __call__(self, images, prompts, metadata=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        metadata = list(metadata) if metadata is not None else [None] * len(images)
+        parts: dict[str, torch.Tensor] = {}
+        for name, fn in self.rewards.items():
+            try:
+                parts[name] = torch.as_tensor(fn(images, prompts, metadata), dtype=torch.float32).reshape(-1)
+            except Exception as err:  # noqa: BLE001 - one failing reward must not stop a run
+                logger.warning("reward %s failed on the whole batch (%s); its samples leave the update", name, err)
+                parts[name] = torch.full((len(images),), float("nan"))
+        total = sum(self.weights[n] * parts[n] for n in self.rewards)
+        bad = int(torch.isnan(total).sum())
+        if bad:
+            logger.warning("%d of %d samples have a NaN reward and leave the update", bad, len(images))
+        return total, parts

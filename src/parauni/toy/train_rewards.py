@@ -1,0 +1,136 @@
+"""``parauni toy train-rewards``: train the toy alignment model (CLIP-score role).
+
+The other two toy rewards need no training: GenEval partial credit comes from the programmatic
+detector, and the quality score is a fixed formula (``parauni.rewards.toy_quality``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..rewards.toy_alignment import DEFAULT_PATH, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
+from .data import HELDOUT_DOMAIN, TRAIN_DOMAIN, make_example, sample_rng
+from .tokenizer import build_toy_tokenizer
+
+
+def make_pool(n: int, seed: int, domain: int = TRAIN_DOMAIN) -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered examples: images ``(n, 3, 32, 32)`` in [-1, 1] and captions."""
+    exs = [make_example(sample_rng(domain, seed, i)) for i in tqdm(range(n), desc="rendering", leave=False)]
+    return images_to_tensor([e.image for e in exs]), [e.caption for e in exs]
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: ToyCLIP, tokenizer, images: torch.Tensor, captions: list[str], group: int = 64) -> dict:
+    """Image->text and text->image top-1 retrieval within groups of ``group`` held-out pairs
+    (a hit is any caption string equal to the true one), and how often the true caption
+    outscores a shuffled one."""
+    model.eval()
+    hits_i2t = hits_t2i = wins = total = 0
+    for s in range(0, len(captions) - group + 1, group):
+        caps = captions[s:s + group]
+        img = model.encode_image(images[s:s + group])
+        txt = model.encode_text(*tokenize(tokenizer, caps, model.config.max_text_len))
+        sim = img @ txt.T  # (G, G)
+        same = torch.tensor([[a == b for b in caps] for a in caps])
+        hits_i2t += int(same[torch.arange(group), sim.argmax(1)].sum())
+        hits_t2i += int(same[sim.argmax(0), torch.arange(group)].sum())
+        other = torch.roll(torch.arange(group), 1)
+        diff = ~same[torch.arange(group), other]
+        wins += int(((sim.diag() > sim[torch.arange(group), other]) & diff).sum())
+        total += group
+        n_diff = int(diff.sum())
+        wins += group - n_diff  # identical captions: nothing to tell apart, count as a win
+    model.train()
+    return {"i2t_top1": hits_i2t / total, "t2i_top1": hits_t2i / total, "pair_win": wins / total}
+
+
+def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, pool: int = 40000,
+                    seed: int = 0, fp16: bool = False, log_every: int = 50) -> dict:
+    """Train ``ToyCLIP`` on a pool of toy pairs and save it (with its tokenizer and log) to ``out``."""
+    torch.manual_seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tokenizer = build_toy_tokenizer()
+    images, captions = make_pool(pool, seed)
+    held_images, held_captions = make_pool(1024, seed, HELDOUT_DOMAIN)
+    model = ToyCLIP(vocab_size=len(tokenizer))
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+    warmup = max(steps // 20, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
+        math.pi * min(max(s - warmup, 0) / max(steps - warmup, 1), 1.0)))))
+    gen = np.random.default_rng(seed)
+    ids, mask = tokenize(tokenizer, captions, model.config.max_text_len)  # the pool, tokenised once
+    caption_id = torch.tensor(np.unique(np.asarray(captions), return_inverse=True)[1])
+    log = open(out / "train_log.txt", "w")
+    bar = tqdm(range(steps), desc="toy alignment", unit="step", mininterval=5)
+    for step in bar:
+        idx = torch.from_numpy(gen.choice(len(captions), batch_size, replace=False))
+        x = images[idx]
+        x = x + 0.1 * torch.randn_like(x)  # robustness to the imperfect images generators make
+        same = caption_id[idx][:, None] == caption_id[idx][None, :]  # (B, B) pairs that share a caption
+        img = model.encode_image(x)
+        b_mask = mask[idx]
+        t = int(b_mask.sum(1).max())
+        txt = model.encode_text(ids[idx, :t], b_mask[:, :t])
+        loss = contrastive_loss(img, txt, model.logit_scale, same)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        if step % log_every == 0 or step == steps - 1:
+            log.write(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.3e} "
+                      f"elapsed {time.time() - t0:.1f}s\n")
+            log.flush()
+    metrics = retrieval_accuracy(model, tokenizer, held_images, held_captions)
+    metrics["wall_s"] = round(time.time() - t0, 1)
+    log.write(f"held-out {json.dumps(metrics)}\n")
+    log.close()
+    model.eval()
+    (model.half() if fp16 else model).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    config = dict(steps=steps, batch_size=batch_size, lr=lr, pool=pool, seed=seed, fp16=fp16)
+    config["command"] = (f"parauni toy train-rewards --out {out} --steps {steps} --batch-size {batch_size} "
+                         f"--lr {lr} --pool {pool} --seed {seed}" + (" --fp16" if fp16 else ""))
+    (out / "train_config.json").write_text(json.dumps({**config, "heldout": metrics}, indent=2))
+    return metrics
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-rewards", help="train the toy alignment reward model (CLIP-score role)")
+    p.add_argument("--out", default=str(DEFAULT_PATH), help="output folder")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--pool", type=int, default=40000, help="rendered training pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp16", action="store_true", help="save weights in fp16 (as shipped)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    m = train_alignment(args.out, args.steps, args.batch_size, args.lr, args.pool, args.seed, args.fp16)
+    print(f"held-out retrieval: image->text top-1 {m['i2t_top1']:.3f}, text->image top-1 {m['t2i_top1']:.3f}, "
+          f"true caption beats another {m['pair_win']:.3f}; {m['wall_s']:.0f} s; saved to {args.out}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m parauni.toy.train_rewards")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    torch.set_num_threads(2)
+    ns = parser.parse_args(["train-rewards", *sys.argv[1:]])
+    ns.func(ns)
