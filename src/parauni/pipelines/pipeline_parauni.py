@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..models.backbone import VLMBackbone
 from ..models.prompt import tokenize_prompts
+from ..sampling import sample_flow
 from ..utils.images import vlm_pixel_values
 
 RECONSTRUCT_INSTRUCTION = "Keep the image as it is."
@@ -153,15 +154,8 @@ class ParaUniPipeline(DiffusionPipeline):
         cond = cond.to(device=device, dtype=dtype)
         mask = torch.ones(cond.shape[:2], device=device, dtype=torch.long)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x_in = torch.cat([latents] * 2) if do_cfg else latents
-            v = self.transformer(x_in, encoder_hidden_states=cond, encoder_attention_mask=mask,
-                                 timestep=t.expand(x_in.shape[0]).to(dtype), return_dict=False)[0]
-            if do_cfg:
-                v_uncond, v_cond = v.chunk(2)
-                v = v_uncond + guidance_scale * (v_cond - v_uncond)
-            latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+        latents = sample_flow(self.transformer, self.scheduler, latents, cond, mask, num_inference_steps,
+                              guidance_scale, progress=self.progress_bar)
 
         if output_type == "latent":
             out = latents
