@@ -30,6 +30,23 @@ def test_errors_exit_2_with_the_fix(tmp_path, capsys):
     assert rc == 2 and "corrupt" in capsys.readouterr().err
 
 
-def test_demo(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2"]) == 0
-    assert (tmp_path / "grid.png").exists()
+def test_demo_scores_the_shipped_prior(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--images-per-prompt", "1"]) == 0
+    assert (tmp_path / "prior_samples.png").exists()
+    assert len((tmp_path / "toy_geneval_prior" / "results.jsonl").read_text().splitlines()) == 300
+    assert "| toy prior |" in capsys.readouterr().out
+
+
+def test_toy_eval_layout_and_resume(tmp_path, capsys):
+    args = ["toy", "eval", "--model", "prior", "--limit", "2", "--images-per-prompt", "2", "--steps", "3",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert folders == [f"{i:05d}" for i in range(12)]
+    assert sorted(p.name for p in (tmp_path / "00000" / "samples").iterdir()) == ["0000.png", "0001.png"]
+    first = (tmp_path / "00003" / "samples" / "0001.png").stat().st_mtime_ns
+    (tmp_path / "00005" / "samples" / "0000.png").unlink()  # an interrupted run
+    assert main(args) == 0
+    assert (tmp_path / "00003" / "samples" / "0001.png").stat().st_mtime_ns == first, "existing images are kept"
+    assert (tmp_path / "00005" / "samples" / "0000.png").exists()
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 24

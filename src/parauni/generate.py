@@ -44,19 +44,37 @@ def run_generate(args) -> None:
     print(f"wrote {len(paths)} image(s) and grid.png to {args.out}")
 
 
-DEMO_PROMPTS = ["a photo of a red circle", "a photo of two blue squares",
-                "a photo of a green triangle left of a yellow circle", "a photo of a purple square"]
+def demo_grid(geneval_dir: Path, per_task: int = 6, scale: int = 3):
+    """A labelled grid of the first image of the first prompts of every task in a GenEval folder."""
+    import json
+
+    from PIL import Image
+
+    from .eval.geneval import TASK_ORDER
+
+    by_task: dict[str, list[tuple[Path, str]]] = {}
+    for folder in sorted(p for p in geneval_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        meta = json.loads((folder / "metadata.jsonl").read_text())
+        group = by_task.setdefault(meta["tag"], [])
+        if len(group) < per_task and meta["prompt"] not in {p for _, p in group}:
+            group.append((folder / "samples" / "0000.png", meta["prompt"]))
+    items = [it for t in TASK_ORDER for it in by_task.get(t, [])]
+    images = [Image.open(path).convert("RGB") for path, _ in items]
+    labels = [prompt.removeprefix("a photo of ") for _, prompt in items]
+    return labelled_grid(images, labels, cols=per_task, scale=scale)
 
 
 def run_demo(args) -> None:
-    """The tiny random model end to end: a labelled grid of a few prompts in ``outputs/``."""
-    pipe = build_demo_pipeline()
-    paths = generate_images(pipe, DEMO_PROMPTS, args.out, steps=args.steps, guidance=4.5, grid_scale=4)
-    print(f"wrote {len(paths)} images and {Path(args.out) / 'grid.png'} (tiny random model: the images are noise "
-          "shaped by an untrained condition; the toy world replaces it with trained models)")
+    """The shipped toy prior end to end: toy GenEval generated, scored and tabulated on a CPU."""
+    from .eval.geneval import format_table
+    from .toy.evaluation import toy_geneval
 
-
-def build_demo_pipeline():
-    from .models.presets import build_tiny
-
-    return build_tiny(sample_size=16)
+    out = Path(args.out)
+    geneval_dir = out / "toy_geneval_prior"
+    summary = toy_geneval("prior", geneval_dir, images_per_prompt=args.images_per_prompt, steps=args.steps)
+    demo_grid(geneval_dir).save(out / "prior_samples.png")
+    print("\nToy GenEval, shipped toy prior with its own text encoder "
+          f"({summary['total_images']} images, {args.steps} steps):\n")
+    print(format_table({"toy prior": summary}))
+    print(f"\nimages in GenEval's layout, results.jsonl and summary.json: {geneval_dir}")
+    print(f"sample grid (first image of the first prompts of each task): {out / 'prior_samples.png'}")

@@ -1,0 +1,288 @@
+"""``parauni toy pretrain-prior``: pre-train the toy diffusion prior on the toy world.
+
+One command trains, in order: (latent space only) a tiny ``AutoencoderDC`` (32x32x3 -> 8x8xc) on
+toy images, then the ``SanaTransformer2DModel`` together with its :class:`ToyTextEncoder` by
+rectified flow. Flow times of the prior's own pre-training are logit-normal (SD3's choice, more
+weight on mid-noise where layouts and shapes form; ParaUni's own stages keep uniform times).
+10% of captions are replaced by the unconditional (empty) prompt. An EMA of the weights is what
+gets saved. Every argument and the exact command go to ``train_config.json``; progress to
+``train_log.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
+from tqdm.auto import tqdm
+
+from parauni.flow import flow_loss, interpolate, sigma_to_timestep
+from parauni.models.presets import SANA_SCHEDULER
+from parauni.toy.data import ToyStream
+from parauni.toy.prior import UNCOND_PROMPT, ToyPrior, ToyTextEncoder
+from parauni.toy.tokenizer import build_toy_tokenizer
+
+
+def build_vae(latent_channels: int = 8, width: int = 32) -> AutoencoderDC:
+    """A tiny ResBlock ``AutoencoderDC``: ``(B, 3, 32, 32)`` -> ``(B, latent_channels, 8, 8)``."""
+    chans = (width, 2 * width, 4 * width)
+    return AutoencoderDC(
+        in_channels=3, latent_channels=latent_channels, attention_head_dim=8, encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock", encoder_block_out_channels=chans, decoder_block_out_channels=chans,
+        encoder_layers_per_block=(1, 1, 1), decoder_layers_per_block=(1, 1, 1),
+        encoder_qkv_multiscales=((), (), ()), decoder_qkv_multiscales=((), (), ()),
+        upsample_block_type="interpolate", downsample_block_type="Conv", scaling_factor=1.0)
+
+
+def build_prior(space: str = "latent", hidden: int = 128, layers: int = 4, patch: int | None = None,
+                caption_channels: int = 64, text_width: int = 64, text_depth: int = 2, latent_channels: int = 8,
+                vae_width: int = 32, flow_shift: float = 1.0, guidance_scale: float = 4.5, seed: int = 0,
+                tokenizer=None) -> ToyPrior:
+    """A freshly initialised prior (pixel space: ``patch`` default 4; latent: 8x8 latents, ``patch`` 1).
+
+    ``tokenizer`` defaults to :func:`build_toy_tokenizer`.
+    """
+    torch.manual_seed(seed)
+    tokenizer = tokenizer if tokenizer is not None else build_toy_tokenizer()
+    vae = build_vae(latent_channels, vae_width) if space == "latent" else None
+    channels, size = (latent_channels, 8) if vae is not None else (3, 32)
+    patch = patch or (1 if vae is not None else 4)
+    heads = max(hidden // 32, 1)
+    transformer = SanaTransformer2DModel(
+        in_channels=channels, out_channels=channels, num_attention_heads=heads, attention_head_dim=hidden // heads,
+        num_layers=layers, num_cross_attention_heads=heads, cross_attention_head_dim=hidden // heads,
+        cross_attention_dim=hidden, caption_channels=caption_channels, sample_size=size, patch_size=patch)
+    text_encoder = ToyTextEncoder(vocab_size=len(tokenizer), width=text_width, depth=text_depth,
+                                  num_heads=max(text_width // 16, 1), ffn_dim=4 * text_width,
+                                  caption_channels=caption_channels)
+    scheduler = DPMSolverMultistepScheduler(**{**SANA_SCHEDULER, "flow_shift": flow_shift})
+    return ToyPrior(tokenizer, text_encoder, transformer, vae, scheduler, guidance_scale=guidance_scale)
+
+
+class Budget:
+    """Training progress in [0, 1] by steps and/or wall minutes, whichever runs out first."""
+
+    def __init__(self, steps: int | None, minutes: float | None) -> None:
+        if not steps and not minutes:
+            raise ValueError("give a number of steps or minutes")
+        self.steps, self.seconds, self.start, self.step = steps, (minutes or 0) * 60, time.time(), 0
+
+    @property
+    def progress(self) -> float:
+        by_steps = self.step / self.steps if self.steps else 0.0
+        by_time = (time.time() - self.start) / self.seconds if self.seconds else 0.0
+        return min(max(by_steps, by_time), 1.0)
+
+    def lr_factor(self, warmup: int) -> float:
+        """Linear warm-up over ``warmup`` steps, then cosine decay to 0 over the progress."""
+        return min(1.0, (self.step + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * self.progress))
+
+
+def batches(seed: int, batch_size: int, template_prob: float) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Endless ``(images (B, 3, 32, 32) in [-1, 1], captions)`` from :class:`ToyStream`."""
+    stream = iter(ToyStream(seed=seed, template_prob=template_prob))
+    while True:
+        items = [next(stream) for _ in range(batch_size)]
+        yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
+
+
+def sample_sigmas(n: int, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Flow times ``(n,)``: ``logit-normal`` (sigmoid of N(0, 1)) or ``uniform``."""
+    if mode == "uniform":
+        return torch.rand(n, generator=generator)
+    return torch.sigmoid(torch.randn(n, generator=generator))
+
+
+def flow_step(prior: ToyPrior, images: torch.Tensor, captions: list[str], generator: torch.Generator,
+              timesteps: str = "logit-normal", uncond_prob: float = 0.1) -> torch.Tensor:
+    """The rectified-flow loss of one batch (captions dropped to the empty prompt with ``uncond_prob``)."""
+    drop = torch.rand(len(captions), generator=generator) < uncond_prob
+    captions = [UNCOND_PROMPT if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    ids, mask = prior.text_encoder.tokenize(prior.tokenizer, captions)
+    cond, mask = prior.text_encoder(ids, mask)  # (B, T+1, C), (B, T+1)
+    with torch.no_grad():
+        x0 = prior.to_latents(images)  # (B, c, h, w)
+    noise = torch.randn(x0.shape, generator=generator)
+    sigma = sample_sigmas(x0.shape[0], timesteps, generator)
+    v = prior.transformer(interpolate(x0, noise, sigma), encoder_hidden_states=cond, encoder_attention_mask=mask,
+                          timestep=sigma_to_timestep(sigma), return_dict=False)[0]
+    return flow_loss(v, x0, noise)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on >=2-D parameters only, betas (0.9, 0.95)."""
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+class Logger:
+    """Appends lines to ``train_log.txt`` and mirrors them above the progress bar."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+        tqdm.write(line)
+
+
+def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger) -> None:
+    """Train the VAE on toy images (L1 + MSE), then set ``scaling_factor`` to 1 / latent std."""
+    opt = make_optimizer(list(vae.parameters()), args.ae_lr, 0.0)
+    budget, data = Budget(args.ae_steps, args.ae_minutes), batches(args.seed + 1, args.batch_size, args.template_prob)
+    bar = tqdm(desc="autoencoder", unit="it")
+    vae.train()
+    while budget.progress < 1:
+        for g in opt.param_groups:
+            g["lr"] = args.ae_lr * budget.lr_factor(args.warmup)
+        images, _ = next(data)
+        recon = vae.decode(vae.encode(images).latent).sample
+        loss = (recon - images).abs().mean() + ((recon - images) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        budget.step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        if budget.step % args.log_every == 0:
+            log(f"ae step {budget.step} loss {loss.item():.5f} elapsed {time.time() - budget.start:.0f}s")
+    bar.close()
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        images, _ = next(batches(args.seed + 2, 512, args.template_prob))
+        z = vae.encode(images).latent
+        mse = ((vae.decode(z).sample - images) ** 2).mean().item()
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    log(f"ae done: {budget.step} steps, recon mse {mse:.5f}, latent std {z.std().item():.4f}")
+
+
+def train_diffusion(prior: ToyPrior, args: argparse.Namespace, log: Logger) -> None:
+    """Train transformer + text encoder by rectified flow; the EMA weights are copied in at the end."""
+    params = list(prior.transformer.parameters()) + list(prior.text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = make_optimizer(params, args.lr, args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    budget, data = Budget(args.steps, args.minutes), batches(args.seed, args.batch_size, args.template_prob)
+    prior.transformer.train()
+    prior.text_encoder.train()
+    bar, running = tqdm(desc="prior", unit="it"), 0.0
+    while budget.progress < 1:
+        lr = args.lr * budget.lr_factor(args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        images, captions = next(data)
+        loss = flow_step(prior, images, captions, gen, args.timesteps, args.uncond_prob)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        budget.step += 1
+        decay = min(args.ema, (1 + budget.step) / (10 + budget.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        running = loss.item() if budget.step == 1 else 0.98 * running + 0.02 * loss.item()
+        bar.update()
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}")
+        if budget.step % args.log_every == 0:
+            rate = budget.step / (time.time() - budget.start)
+            log(f"step {budget.step} loss {running:.5f} lr {lr:.2e} it/s {rate:.2f} "
+                f"elapsed {time.time() - budget.start:.0f}s")
+    bar.close()
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    prior.transformer.eval()
+    prior.text_encoder.eval()
+    log(f"prior done: {budget.step} steps in {time.time() - budget.start:.0f}s")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``pretrain-prior`` on an argparse ``subparsers`` object."""
+    p = subparsers.add_parser("pretrain-prior", help="pre-train the toy diffusion prior (SANA + text encoder)")
+    p.add_argument("--out", default="outputs/toy/prior", help="output folder")
+    p.add_argument("--space", choices=("latent", "pixel"), default="latent")
+    p.add_argument("--steps", type=int, default=1500, help="diffusion steps (0: by --minutes only)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time cap for the diffusion phase")
+    p.add_argument("--ae-steps", type=int, default=400, help="autoencoder steps (latent space)")
+    p.add_argument("--ae-minutes", type=float, default=None, help="wall-time cap for the autoencoder phase")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ae-lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--timesteps", choices=("logit-normal", "uniform"), default="logit-normal")
+    p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--template-prob", type=float, default=0.7, help="share of GenEval-template captions")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--patch", type=int, default=None, help="patch size (default: 4 pixel, 1 latent)")
+    p.add_argument("--caption-channels", type=int, default=64)
+    p.add_argument("--text-width", type=int, default=64)
+    p.add_argument("--text-depth", type=int, default=2)
+    p.add_argument("--latent-channels", type=int, default=8)
+    p.add_argument("--vae-width", type=int, default=32)
+    p.add_argument("--flow-shift", type=float, default=1.0, help="sampling scheduler's flow shift")
+    p.add_argument("--guidance", type=float, default=4.5, help="default CFG scale saved with the prior")
+    p.add_argument("--eval-images", type=int, default=0, help="toy GenEval images per prompt after training")
+    p.add_argument("--eval-steps", type=int, default=20)
+    p.add_argument("--fp16", action="store_true", help="save weights in float16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and save the prior to ``args.out``; returns 0."""
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_log.txt").unlink(missing_ok=True)
+    log = Logger(out / "train_log.txt")
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    prog = Path(sys.argv[0]).name
+    prog = "python -m parauni.toy.train_prior" if prog == "train_prior.py" else prog
+    config["command"] = " ".join([prog, shlex.join(sys.argv[1:])])
+    (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    prior = build_prior(args.space, args.hidden, args.layers, args.patch, args.caption_channels, args.text_width,
+                        args.text_depth, args.latent_channels, args.vae_width, args.flow_shift, args.guidance,
+                        args.seed)
+    n = {k: sum(p.numel() for p in m.parameters()) for k, m in
+         (("transformer", prior.transformer), ("text_encoder", prior.text_encoder), ("vae", prior.vae)) if m}
+    log(f"command: {config['command']}\nparameters: {n}")
+    if prior.vae is not None:
+        train_autoencoder(prior.vae, args, log)
+    train_diffusion(prior, args, log)
+    prior.extra = {"train_seconds": round(time.time() - start, 1), "parameters": n}
+    prior.save_pretrained(out, fp16=args.fp16)
+    log(f"saved to {out} after {time.time() - start:.0f}s")
+    if args.eval_images:
+        summary = prior.geneval(images_per_prompt=args.eval_images, num_inference_steps=args.eval_steps)
+        (out / "geneval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log("toy geneval: " + json.dumps({k: round(v, 3) for k, v in summary["tasks"].items()}) +
+            f" overall {summary['overall']:.3f}")
+    log(f"total wall time {time.time() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m parauni.toy.train_prior")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    cli_args = parser.parse_args(["pretrain-prior", *sys.argv[1:]])
+    sys.exit(run(cli_args))
