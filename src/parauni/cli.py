@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: an end-to-end run on a CPU")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--steps", type=int, default=20)
-    d.add_argument("--images-per-prompt", type=int, default=4)
+    d.add_argument("--images-per-prompt", type=int, default=2)
     d.set_defaults(func=lambda a: _generate().run_demo(a))
     toy = sub.add_parser("toy", help="the toy world: pretrain its models, evaluate").add_subparsers(
         dest="toy_command", required=True)
