@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from parauni.toy.data import to_image
 from parauni.toy.geneval import load_toy_geneval, score_image, summarize, write_geneval_layout
 
+from ..sampling import sample_flow
+
 UNCOND_PROMPT = ""
 DEFAULT_PATH = Path(__file__).parent / "weights" / "prior"
 DEFAULT_GUIDANCE = 4.5
@@ -153,16 +155,7 @@ class ToyPrior:
             u_emb, u_mask = self.encode([UNCOND_PROMPT])
             cond = torch.cat([u_emb.expand(cond.shape[0], -1, -1), cond])  # (2B, T+1, C): uncond first
             mask = torch.cat([u_mask.expand(mask.shape[0], -1), mask])
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        for t in self.scheduler.timesteps:
-            x_in = torch.cat([latents] * 2) if do_cfg else latents
-            v = self.transformer(x_in, encoder_hidden_states=cond, encoder_attention_mask=mask,
-                                 timestep=t.expand(x_in.shape[0]).to(dtype), return_dict=False)[0]
-            if do_cfg:
-                v_uncond, v_cond = v.chunk(2)
-                v = v_uncond + scale * (v_cond - v_uncond)
-            latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
-        return latents
+        return sample_flow(self.transformer, self.scheduler, latents, cond, mask, num_inference_steps, scale)
 
     @torch.no_grad()
     def generate(self, prompts: list[str], num_inference_steps: int = 20, guidance_scale: float | None = None,
