@@ -39,6 +39,9 @@ REWARDS: dict[str, str] = {
     "toy_alignment": "parauni.rewards.toy_alignment:ToyAlignmentReward",
     "toy_geneval": "parauni.rewards.toy_geneval:ToyGenEvalReward",
     "toy_quality": "parauni.rewards.toy_quality:ToyQualityReward",
+    "pickscore": "parauni.rewards.pickscore:PickScoreReward",
+    "aesthetic": "parauni.rewards.aesthetic:AestheticReward",
+    "clipscore": "parauni.rewards.clipscore:ClipScoreReward",
 }
 
 

@@ -1,0 +1,77 @@
+"""Reward curves against RL steps: raw (thin) and EMA-smoothed (thick), with and without LDAM (SPEC §5).
+
+Plots use matplotlib's object API with the Agg canvas (no display, no global pyplot state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def ema(values: Sequence[float], rate: float = 0.1) -> list[float]:
+    """Exponential moving average: ``s_0 = v_0``, ``s_t = (1 - rate) * s_{t-1} + rate * v_t``."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    out: list[float] = []
+    for v in values:
+        out.append(float(v) if not out else (1 - rate) * out[-1] + rate * float(v))
+    return out
+
+
+def _panels(names: Sequence[str], title: str | None) -> tuple[Figure, list]:
+    n = len(names)
+    if n == 0:
+        raise ValueError("nothing to plot: give at least one reward series")
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.5 * cols, 3.4 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+    for ax, name in zip(axes, names, strict=True):
+        ax.set_title(name)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig, axes
+
+
+def _draw(ax, values: Sequence[float], label: str, color: str, rate: float) -> None:
+    steps = range(len(values))
+    ax.plot(steps, list(values), color=color, linewidth=0.8, alpha=0.35)
+    ax.plot(steps, ema(values, rate), color=color, linewidth=2.2, label=label)
+
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def plot_curves(series: dict[str, list[float]], out_png: str | Path, title: str | None = None,
+                rate: float = 0.1) -> Path:
+    """One panel per reward: the raw curve (thin) and its EMA (thick). Returns the PNG path."""
+    fig, axes = _panels(list(series), title)
+    for ax, values in zip(axes, series.values(), strict=True):
+        _draw(ax, values, f"EMA {rate}", "C0", rate)
+        ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_overlay(runs: dict[str, dict[str, list[float]]], out_png: str | Path, title: str | None = None,
+                 rate: float = 0.1) -> Path:
+    """Runs (e.g. ``{"with LDAM": ..., "without LDAM": ...}``) overlaid, one panel per reward."""
+    names = list(dict.fromkeys(name for series in runs.values() for name in series))
+    fig, axes = _panels(names, title)
+    for ax, name in zip(axes, names, strict=True):
+        for i, (run, series) in enumerate(runs.items()):
+            if name in series:
+                _draw(ax, series[name], run, f"C{i}", rate)
+        ax.legend(fontsize=8)
+    return _save(fig, out_png)
