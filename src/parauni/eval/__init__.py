@@ -1,1 +1,6 @@
-"""Evaluation: generation into benchmark layouts and scoring."""
+"""Evaluation: generation into benchmark layouts and scoring.
+
+* :mod:`parauni.eval.geneval` -- GenEval's layout (resumable), Markdown tables;
+* :mod:`parauni.eval.dpg` -- DPG-Bench's 2x2 grids (resumable), ``--model`` helpers shared by ``parauni eval``;
+* :mod:`parauni.eval.reconstruct` -- reconstruction through the VLM: PSNR, SSIM, CLIP image similarity.
+"""

@@ -1,0 +1,140 @@
+"""Reconstruction metrics (PSNR, SSIM, CLIP image similarity) and ``parauni eval reconstruct`` end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from parauni.cli import main
+from parauni.eval.reconstruct import PSNR_CAP, ToyImageEmbedder, format_table, psnr, ssim
+
+
+def test_psnr_hand_values():
+    a = torch.zeros(2, 3, 8, 8)
+    b = a.clone()
+    b[0] += 0.1  # MSE 0.01 -> 20 dB
+    b[1, :, :4] = 1.0  # half the pixels off by 1: MSE 0.5 -> 10 log10(2)
+    got = psnr(a, b)
+    assert got[0].item() == pytest.approx(20.0, abs=1e-4)
+    assert got[1].item() == pytest.approx(10 * math.log10(2), abs=1e-4)
+
+
+def test_identical_images_psnr_capped_and_ssim_one():
+    x = torch.rand(3, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(psnr(x, x), torch.full((3,), PSNR_CAP))
+    torch.testing.assert_close(ssim(x, x), torch.ones(3))
+    assert psnr(x, x + 1e-7).max() <= PSNR_CAP
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 3, 17, 29), (3, 1, 11, 11)])
+def test_ssim_matches_torchmetrics(shape):
+    tm = pytest.importorskip("torchmetrics")
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(shape, generator=g)
+    b = (a + 0.2 * torch.randn(shape, generator=g)).clamp(0, 1)
+    smooth = torch.nn.functional.avg_pool2d(a, 3, 1, 1)  # structured, not only noise
+    metric = tm.image.StructuralSimilarityIndexMeasure(data_range=1.0, reduction="none")
+    for x, y in ((a, b), (a, smooth), (b, smooth)):
+        ref = metric(x, y)
+        metric.reset()
+        torch.testing.assert_close(ssim(x, y), ref.float().reshape(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_ssim_hand_value_for_constant_images():
+    # constant images: variances and covariance are 0, so SSIM is the luminance term alone
+    a, b = torch.full((1, 3, 12, 12), 0.2), torch.full((1, 3, 12, 12), 0.6)
+    c1 = 0.01 ** 2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2 ** 2 + 0.6 ** 2 + c1)
+    assert ssim(a, b).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="at least"):
+        ssim(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
+
+
+def test_toy_image_embedder_cosine():
+    embed = ToyImageEmbedder()
+    ims = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")]
+    e = embed(ims + [ims[0].resize((64, 64))])
+    assert e.shape[0] == 3 and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert (e[0] @ e[2]).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_toy_detection_and_default_embedder(tiny_pipe):
+    from types import SimpleNamespace
+
+    from parauni.eval.dpg import is_toy_pipeline
+    from parauni.eval.reconstruct import load_embedder
+
+    toy = SimpleNamespace(vlm=SimpleNamespace(config=SimpleNamespace(
+        vision_config=SimpleNamespace(image_size=[32, 32], patch_size=[4, 4]))))
+    assert is_toy_pipeline(toy) and not is_toy_pipeline(tiny_pipe)
+    assert isinstance(load_embedder(None, toy=True), ToyImageEmbedder) and load_embedder("none", toy=False) is None
+
+
+def test_format_table_rows_and_missing():
+    table = format_table({"a": {"psnr": 13.69, "ssim": 0.372, "clip_sim": 0.99}, "b": {"psnr": 12.0, "ssim": 0.3}})
+    assert table.splitlines()[0] == "| model | PSNR | SSIM | CLIP-sim |"
+    assert "| a | 13.690 | 0.372 | 0.990 |" in table and "| b | 12.000 | 0.300 | – |" in table
+
+
+@pytest.fixture
+def tiny_clip(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=16, bos_token_id=0,
+                                      eos_token_id=1, pad_token_id=1),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=32, patch_size=8),
+                     projection_dim=8)
+    path = tmp_path / "clip"
+    CLIPModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_reconstruct_command_end_to_end(tmp_path, tiny_clip, tiny_pipe, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(images / "b.jpg")
+    (images / "broken.png").write_bytes(b"not an image")
+    (images / "notes.txt").write_text("ignored")
+    second = tmp_path / "tiny_seed1"
+    from parauni import build_tiny
+
+    build_tiny(seed=1).save_pretrained(second)
+    out = tmp_path / "out"
+    rc = main(["eval", "reconstruct", "--model", "tiny", "--model", str(second), "--images", str(images),
+               "--out", str(out), "--clip", str(tiny_clip), "--steps", "2"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| model | PSNR | SSIM | CLIP-sim |" in printed and "1 unreadable image(s) skipped" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["models"]) == ["tiny", str(second)]
+    assert summary["n_images"] == 2 and summary["n_skipped"] == 1
+    assert summary["skipped"][0]["file"] == "broken.png" and summary["clip"] == str(tiny_clip)
+    for row in summary["models"].values():
+        assert 0 < row["psnr"] < PSNR_CAP and -1 <= row["ssim"] <= 1 and -1 <= row["clip_sim"] <= 1
+        recon = out / row["folder"]
+        assert Image.open(recon / "a.png").size == (24, 20) and Image.open(recon / "b.png").size == (16, 16)
+    assert len((out / "per_image.jsonl").read_text().splitlines()) == 4
+    assert (out / "table.md").read_text().count("\n") == 4
+    # the first model's numbers are those of the tiny pipeline used directly
+    from parauni.eval.reconstruct import reconstruct, score_pairs
+    from parauni.utils.images import load_image
+
+    inputs = [load_image(images / "a.png"), load_image(images / "b.jpg")]
+    scores = score_pairs(inputs, reconstruct(tiny_pipe, inputs, steps=2))
+    assert summary["models"]["tiny"]["psnr"] == pytest.approx(np.mean(scores["psnr"]), abs=1e-3)
+
+
+def test_reconstruct_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "reconstruct", "--model", "tiny", "--images", str(empty), "--out", str(tmp_path / "o"),
+                 "--clip", "none"]) == 2
+    assert "no readable images" in capsys.readouterr().err

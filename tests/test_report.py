@@ -1,0 +1,172 @@
+"""``parauni report``: a self-contained HTML page and its Markdown twin from real-format run folders."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from parauni.cli import main
+from parauni.report import build_report, curve_series, load_run
+
+
+def make_run(root: Path, tiny_pipe=None, per_task: int = 3) -> Path:
+    """A run folder with every input the report knows, in the formats the project writes them."""
+    from parauni.toy.geneval import make_toy_geneval, score_dir, write_geneval_layout
+    from parauni.toy.world import render, scene_from_metadata
+
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text("model:\n  source: toy\ntrain:\n  steps: 30  # <b>not html</b>\n")
+    metas = make_toy_geneval(per_task=per_task)
+    rng = np.random.default_rng(0)
+    layout = root / "eval" / "geneval"
+    write_geneval_layout(layout, metas, [[render(scene_from_metadata(m, rng))] for m in metas])
+    score_dir(layout)  # results.jsonl + summary.json, as `parauni eval geneval` leaves them
+    if tiny_pipe is not None:
+        from parauni.eval.reconstruct import evaluate_reconstruction
+
+        images = root / "inputs"
+        images.mkdir()
+        for i, m in enumerate(metas[:2]):
+            Image.fromarray(render(scene_from_metadata(m, rng))).save(images / f"{i}.png")
+        evaluate_reconstruction(["tiny"], images, root / "eval" / "reconstruct", clip="toy", steps=1,
+                                load=lambda _: tiny_pipe)
+    lines = [json.dumps({"step": s, "loss": 1 / (s + 1), "lr": 1e-4, "reward/clip": 0.2 + 0.01 * s,
+                         "reward/aesthetic": 5 + 0.02 * s, "note": "text is ignored"}) for s in range(30)]
+    (root / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 30, "lo')  # a partly written last line
+    (root / "curves").mkdir()
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / "curves" / "pickscore.png")
+    ldam = [{"epoch": e, "reward": "clip", "g_s": min(e, 5), "r_s": min(e, 5), "gamma": 0.01 * e,
+             "active": e >= 5, "layers": [9, 10, 11]} for e in range(7)]
+    (root / "ldam.jsonl").write_text("".join(json.dumps(d) + "\n" for d in ldam))
+    return root
+
+
+class Refs(HTMLParser):
+    """Every tag, and every attribute that can point at a resource."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.srcs, self.refs, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for k, v in attrs:
+            if k == "src":
+                self.srcs.append(v)
+            elif k in ("href", "srcset", "poster", "data", "action", "background"):
+                self.refs.append((tag, k, v))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_html_is_self_contained_and_md_twin_matches(tmp_path, tiny_pipe, capsys):
+    run = make_run(tmp_path / "run_a", tiny_pipe)
+    other = tmp_path / "run_b" / "eval" / "geneval"
+    other.mkdir(parents=True)
+    (other / "summary.json").write_text(json.dumps({"tasks": {"counting": 0.25, "single_object": 1.0},
+                                                    "overall": 0.625}))
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", str(run), str(tmp_path / "run_b"), "--out", str(out), "--samples-per-task", "2"]) == 0
+    assert "report.md" in capsys.readouterr().out
+    text = out.read_text()
+    parser = Refs()
+    parser.feed(text)
+    assert parser.refs == []
+    assert "link" not in parser.tags and "script" not in parser.tags
+    assert not re.search(r"url\(|@import|https?://", text)
+    # 6 tasks x 2 samples, curves for loss / lr / reward, and the PNG under curves/
+    assert len(parser.srcs) == 6 * 2 + 3 + 1
+    for src in parser.srcs:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    body = " ".join(parser.text)
+    for heading in ("GenEval across runs", "Config", "GenEval samples", "Reconstruction", "Curves", "LDAM"):
+        assert heading in body
+    assert "<b>not html</b>" in body and "<b>" not in text.replace("&lt;b&gt;", "")
+    assert "2 active of 7 decisions" in body
+    assert body.count("run_b") >= 2  # comparison row and its own section
+    first_prompt = json.loads((run / "eval" / "geneval" / "00000" / "metadata.jsonl").read_text())["prompt"]
+    assert first_prompt in body
+
+    md = out.with_suffix(".md").read_text()
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(refs) == len(parser.srcs)
+    for ref in refs:
+        assert ref.startswith("report_files/") and (out.parent / ref).is_file()
+    assert sorted(p.name for p in (out.parent / "report_files").iterdir()) == sorted(Path(r).name for r in refs)
+    assert "| run | single_object |" in md and "| run_b |" in md
+    assert "## run_a" in md and "### LDAM" in md and "```yaml" in md
+    assert (out.parent / "report_files" / "run_a_pickscore.png").read_bytes() == \
+        (run / "curves" / "pickscore.png").read_bytes()
+
+
+def test_missing_sections_are_left_out(tmp_path):
+    run = tmp_path / "only_metrics"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
+    html_path, md_path = build_report([run], tmp_path / "r.html")
+    text = html_path.read_text()
+    assert "Curves" in text and "GenEval" not in text and "LDAM" not in text and "Config" not in text
+    assert md_path.read_text().count("![") == 1
+
+
+def test_bad_run_dirs_are_clear_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="html"):
+        build_report([tmp_path], tmp_path / "r.txt")
+
+
+def test_curve_series_groups_by_prefix_and_skips_non_numbers():
+    recs = [{"step": 1, "loss": 0.5, "reward/a": 1, "reward/b": 2, "flag": True, "x": float("nan")},
+            {"step": 2, "loss": 0.4, "reward/a": 3}]
+    figs = curve_series(recs)
+    assert set(figs) == {"loss", "reward"}
+    assert figs["reward"]["reward/a"] == ([1.0, 2.0], [1.0, 3.0]) and figs["reward"]["reward/b"] == ([1.0], [2.0])
+
+
+def test_load_run_reads_ldam_and_samples(tmp_path):
+    run = load_run(make_run(tmp_path / "r", per_task=2), samples_per_task=1)
+    assert sum(len(v) for v in run.samples.values()) == 6 and len(run.ldam) == 7 and len(run.metrics) == 30
+
+
+def find_chromium() -> str | None:
+    for name in (os.environ.get("PARAUNI_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
+                 "google-chrome-stable", "chrome", "headless_shell"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(tmp_path):
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium, or set PARAUNI_CHROMIUM)")
+    html_path, _ = build_report([make_run(tmp_path / "run")], tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+           html_path.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (1200, 2000)
+    a = np.asarray(im)
+    colours = np.unique(a.reshape(-1, 3), axis=0)
+    assert len(colours) > 50, "the screenshot is (nearly) a single colour"
+    dark = (a.sum(-1) < 200).mean()  # text and figures leave dark pixels on the white page
+    assert 0.001 < dark < 0.5
