@@ -22,15 +22,170 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=lambda a: _generate().run_generate(a))
 
 
+# ---- evaluation and reports: `parauni eval geneval|dpg|reconstruct`, `parauni report` --------------------------
+
+GENEVAL_SCORER_ENV = "PARAUNI_GENEVAL_SCORER"
+GENEVAL_HELP = f"""Generate GenEval's layout (<out>/<index:05d>/metadata.jsonl + samples/<k:04d>.png), resumable.
+Toy models (the toy prior, a pipeline folder built on the toy VLM) or toy metadata are scored at once with the
+toy detector (results.jsonl + summary.json in --out). Real models need the official scorer (mmdetection 2.x,
+Mask2Former, CLIP, a GPU): set {GENEVAL_SCORER_ENV} to its command, e.g.
+  export {GENEVAL_SCORER_ENV}="python /path/geneval/evaluation/evaluate_images.py {{images}}
+      --outfile {{outfile}} --model-path /path/to/detector"    (one line)
+({{images}} and {{outfile}} are filled in; without them the images folder and --outfile OUT/results.jsonl are
+appended); its results.jsonl is then summarised into summary.json. Otherwise the command prints how to run it."""
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="benchmarks: GenEval / DPG-Bench layouts, reconstruction metrics")
+    evs = ev.add_subparsers(dest="eval_command", required=True)
+    model_help = "'tiny', a preset, a saved pipeline folder, or (geneval, dpg) 'prior' / a toy prior folder"
+
+    g = evs.add_parser("geneval", help="GenEval layout (+ toy scoring or the official scorer)",
+                       description=GENEVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--model", required=True, help=model_help)
+    g.add_argument("--metadata", required=True, help="GenEval evaluation_metadata.jsonl (or the toy one)")
+    g.add_argument("--out", required=True, help="output folder (the layout; results.jsonl and summary.json)")
+    g.add_argument("--images-per-prompt", type=int, default=4)
+    g.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    g.add_argument("--limit", type=int, help="first N prompts only")
+    d = evs.add_parser("dpg", help="DPG-Bench: a 2x2 grid <item_id>.png per prompt, resumable")
+    d.add_argument("--model", required=True, help=model_help)
+    d.add_argument("--prompts", required=True, help="JSONL of {item_id, prompt} records")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--batch-size", type=int, default=16, help="images per batch (4 per prompt)")
+    d.add_argument("--limit", type=int, help="first N prompts only")
+    r = evs.add_parser("reconstruct", help="image -> VLM -> reconstruction: PSNR / SSIM / CLIP-sim table")
+    r.add_argument("--model", action="append", required=True, help="'tiny', a preset or pipeline folder; repeat")
+    r.add_argument("--images", required=True, help="folder of input images (unreadable files are skipped)")
+    r.add_argument("--out", required=True, help="output folder: reconstructions, summary.json, table.md")
+    r.add_argument("--clip", help="CLIPModel hub id or folder, 'toy' (toy alignment encoder; the default when "
+                                  "every model is a toy model), or 'none'; default openai/clip-vit-large-patch14")
+    r.add_argument("--batch-size", type=int, default=8)
+    for p in (g, d, r):
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=int, default=20)
+        p.add_argument("--guidance", type=float, help="CFG scale (default 4.5; the toy prior: its own)")
+        p.add_argument("--resolution", type=int, help="square output side (default: the model's native size)")
+        p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    g.set_defaults(func=_run_eval_geneval)
+    d.set_defaults(func=_run_eval_dpg)
+    r.set_defaults(func=_run_eval_reconstruct)
+
+    rep = sub.add_parser("report", help="a self-contained HTML report (+ Markdown twin) of run folders")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", required=True, help="FILE.html; FILE.md and FILE_files/ are written beside it")
+    rep.add_argument("--samples-per-task", type=int, default=4, help="GenEval prompts shown per task")
+    rep.set_defaults(func=_run_report)
+
+
+def _is_toy_metadata(metas: list[dict]) -> bool:
+    from .toy.world import SHAPES
+
+    classes = {inc["class"] for m in metas for inc in m.get("include", [])}
+    return bool(classes) and classes <= set(SHAPES)
+
+
+def _official_geneval(out, scorer: str) -> dict:
+    """Run the user's GenEval scorer command on ``out``; summarise its results.jsonl."""
+    import json
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from .toy.geneval import summarize
+
+    outfile = Path(out) / "results.jsonl"
+    if "{images}" in scorer or "{outfile}" in scorer:
+        cmd = shlex.split(scorer.replace("{images}", shlex.quote(str(out))).replace(
+            "{outfile}", shlex.quote(str(outfile))))
+    else:
+        cmd = [*shlex.split(scorer), str(out), "--outfile", str(outfile)]
+    print("running:", shlex.join(cmd))
+    try:
+        subprocess.run(cmd, check=True)
+    except subprocess.CalledProcessError as err:
+        raise ValueError(f"the GenEval scorer ({GENEVAL_SCORER_ENV}) exited with status {err.returncode}") from err
+    results = [json.loads(x) for x in outfile.read_text().splitlines() if x.strip()]
+    summary = summarize([{**r, "partial": float(r.get("partial", r["correct"]))} for r in results])
+    summary.pop("mean_partial")
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _run_eval_geneval(args) -> None:
+    """``parauni eval geneval``: write GenEval's layout (resumable), then score it.
+
+    Toy models (``prior``, a toy prior folder, a pipeline on the toy VLM) and toy metadata (every class a toy
+    shape) are scored with the toy detector.  Otherwise, when ``$PARAUNI_GENEVAL_SCORER`` holds a command (the
+    official ``evaluate_images.py``; ``{images}`` / ``{outfile}`` placeholders), it is run and its
+    ``results.jsonl`` summarised into ``summary.json``; without it the official commands are printed.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    from .eval.dpg import model_generate_fn
+    from .eval.geneval import format_table, generate_geneval
+
+    lines = Path(args.metadata).read_text().splitlines()
+    metas = [json.loads(x) for x in lines if x.strip()][: args.limit]
+    if not metas:
+        raise ValueError(f"no prompts in {args.metadata!r}")
+    generate, toy = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device)
+    generate_geneval(generate, metas, args.out, args.images_per_prompt, args.seed, args.batch_size)
+    scorer = os.environ.get(GENEVAL_SCORER_ENV)
+    if toy or _is_toy_metadata(metas):
+        from .toy.geneval import score_dir
+
+        summary = score_dir(args.out)
+    elif scorer:
+        summary = _official_geneval(args.out, scorer)
+    else:
+        print(f"{len(metas)} prompts x {args.images_per_prompt} images in GenEval's layout in {args.out}.\n"
+              "Score them with the official scorer (https://github.com/djghosh13/geneval; mmdetection 2.x, GPU):\n"
+              f"  python evaluation/evaluate_images.py {args.out} --outfile {args.out}/results.jsonl "
+              "--model-path <detector folder>\n"
+              f"  python evaluation/summary_scores.py {args.out}/results.jsonl\n"
+              f"or set {GENEVAL_SCORER_ENV} to the first command and rerun (finished images are kept).")
+        return
+    print(format_table({args.model: summary}))
+    print(f"results.jsonl and summary.json in {args.out}")
+
+
+def _run_eval_dpg(args) -> None:
+    from .eval.dpg import run
+
+    run(args)
+
+
+def _run_eval_reconstruct(args) -> None:
+    from .eval.reconstruct import run
+
+    run(args)
+
+
+def _run_report(args) -> None:
+    from .report import build_report
+
+    html_path, md_path = build_report(args.runs, args.out, samples_per_task=args.samples_per_task)
+    print(f"wrote {html_path} and {md_path}")
+
+# ---- end of evaluation and reports -------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parauni", description="ParaUni: all-layer VLM conditioning for SANA")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_eval(sub)
     d = sub.add_parser("demo", help="the main job: an end-to-end run on a CPU")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--images-per-prompt", type=int, default=2)
     d.set_defaults(func=lambda a: _generate().run_demo(a))
+    from .train.commands import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
     toy = sub.add_parser("toy", help="the toy world: pretrain its models, evaluate").add_subparsers(
         dest="toy_command", required=True)
     from .toy import evaluation as toy_eval
@@ -54,6 +209,7 @@ def _generate():
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -13,8 +13,12 @@ from ..eval.geneval import format_table, generate_geneval, pipeline_generate_fn
 from .geneval import load_toy_geneval, score_dir
 
 
-def resolve_generate_fn(model: str, steps: int, guidance: float | None):
-    """``prior`` (the shipped toy prior), a toy prior folder, or a saved ParaUniPipeline folder."""
+def resolve_generate_fn(model, steps: int, guidance: float | None):
+    """``prior`` (the shipped toy prior), a toy prior folder, a saved ParaUniPipeline folder, or a
+    ``ParaUniPipeline`` object."""
+    if not isinstance(model, (str, Path)):
+        return pipeline_generate_fn(model, steps, 4.5 if guidance is None else guidance)
+    model = str(model)
     path = Path(model)
     if model == "prior" or (path / "text_encoder").is_dir():
         from .prior import load_prior
@@ -33,7 +37,7 @@ def resolve_generate_fn(model: str, steps: int, guidance: float | None):
     return pipeline_generate_fn(load_pipeline(model), steps, 4.5 if guidance is None else guidance)
 
 
-def toy_geneval(model: str, out: str | Path | None = None, images_per_prompt: int = 4, steps: int = 20,
+def toy_geneval(model, out: str | Path | None = None, images_per_prompt: int = 4, steps: int = 20,
                 guidance: float | None = None, seed: int = 0, limit: int | None = None,
                 metadata: str | None = None) -> dict:
     """Generate and score toy GenEval; returns the summary (per-task accuracy, overall)."""

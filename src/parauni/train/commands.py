@@ -1,0 +1,66 @@
+"""The ``train``, ``cache-latents`` and ``export`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="stage I / II training from a config (accelerate launch -m parauni train ...)")
+    p.add_argument("config", help="a YAML config, e.g. configs/toy_stage1.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=3e-4 train.steps=100")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train)
+
+    c = sub.add_parser("cache-latents", help="encode a config's dataset once with its VAE (sharded safetensors)")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*")
+    c.add_argument("--out", required=True, help="cache folder; train with data.kind=latents data.path=OUT")
+    c.add_argument("--limit", type=int, help="at most this many samples (needed for endless streams)")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.set_defaults(func=run_cache)
+
+    e = sub.add_parser("export", help="write a full ParaUniPipeline folder from a training checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint-* folder (or a finished run folder) of `parauni train`")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=run_export)
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    from .config import load_config
+    from .trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, resume=args.resume or False, progress=not args.no_progress)
+    result = trainer.run()
+    if trainer.acc.is_main_process:
+        print(json.dumps({k: v for k, v in result.items() if k != "geneval"}, indent=2))
+        if "geneval" in result:
+            from ..eval.geneval import format_table
+
+            print(format_table({cfg.train.output_dir: result["geneval"]}))
+    return result
+
+
+def run_cache(args: argparse.Namespace) -> dict:
+    from .config import load_config
+    from .data import build_source, cache_latents
+    from .model import build_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    source = build_source(cfg.data, cfg.train.seed)
+    pipe = build_pipeline(cfg.model, cfg.train.seed)
+    if pipe.vae is None:
+        raise ValueError("this model works in pixel space (no VAE): there is nothing to cache")
+    result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size, limit=args.limit)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .trainer import export
+
+    print(f"pipeline written to {export(args.checkpoint, args.out)}")

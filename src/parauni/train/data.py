@@ -1,0 +1,376 @@
+"""Training data: image-caption pairs from four layouts, addressed by a global sample index.
+
+Every sample of a run has a global index ``k``: step ``s`` uses samples ``s * G .. (s + 1) * G - 1``
+(``G`` the global batch) and process ``r`` of ``W`` takes its contiguous share of each micro-batch. The
+random crop, the caption drop and the diffusion noise of sample ``k`` depend only on ``(seed, k)``, so a
+run with ``W`` processes sees the same global batches as one with one process, and a resumed run
+continues exactly where it stopped (its position is ``step * G``).
+
+Sources: the toy-world stream (``kind: toy``), a JSON list of ``{image, annotation}`` records with the
+caption inside the annotation file (``json``, the reference layout), a folder of images with ``.txt``
+captions beside them (``folder``), webdataset tar shards read as streams without extraction
+(``webdataset``), and latents cached by ``parauni cache-latents`` (``latents``).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class UnreadableSample(Exception):
+    """A sample whose image cannot be decoded; the loader counts it and moves on."""
+
+
+def sample_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
+    """The random stream of global sample ``index`` (``stream`` separates uses: crop, drop, noise)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) * 8 + stream)
+
+
+def crop_resize(image: Image.Image, resolution: int, generator: torch.Generator) -> torch.Tensor:
+    """A random square crop, resized to ``resolution``, as ``(3, R, R)`` in [-1, 1]."""
+    image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
+    top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
+    image = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.BICUBIC)
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (R, R, 3)
+    return arr.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def _open_image(data: bytes | str | Path, name: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise UnreadableSample(f"{name}: {err}") from err
+
+
+@dataclass
+class Sample:
+    image: torch.Tensor | None  # (3, R, R) in [-1, 1]; None when latents are given
+    caption: str
+    latents: torch.Tensor | None = None  # (C, h, w) from a latent cache
+
+
+class ToySource:
+    """The toy world's endless training stream (no length); sample ``k`` is a fixed scene."""
+
+    length = None
+
+    def __init__(self, seed: int, resolution: int = 32, template_prob: float = 0.5):
+        self.seed, self.resolution, self.template_prob = seed, resolution, template_prob
+
+    def get(self, k: int) -> tuple[Image.Image, str]:
+        from ..toy.data import TRAIN_DOMAIN, make_example, sample_rng
+
+        ex = make_example(sample_rng(TRAIN_DOMAIN, self.seed, k), self.resolution, self.template_prob)
+        return Image.fromarray(ex.image), ex.caption
+
+
+class JsonSource:
+    """A JSON list of ``{"image": path, "annotation": path}``; the caption is ``annotation[caption_key]``.
+
+    Paths are relative to ``image_root`` (default: the JSON file's folder). The caption key is checked on
+    the first record before training starts.
+    """
+
+    def __init__(self, path: str, caption_key: str = "caption", image_root: str | None = None):
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"data.path {path!r}: no such JSON file")
+        self.records = json.loads(p.read_text())
+        if not isinstance(self.records, list):
+            raise ValueError(f"{path}: expected a JSON list of {{image, annotation}} records")
+        if not self.records:
+            raise ValueError(f"{path}: the dataset is empty")
+        self.root = Path(image_root) if image_root else p.parent
+        self.caption_key = caption_key
+        self.length = len(self.records)
+        self.caption(0)  # a wrong caption key fails here, before the first step
+
+    def caption(self, i: int) -> str:
+        rec = self.records[i]
+        if "image" not in rec or "annotation" not in rec:
+            raise KeyError(f"record {i} lacks 'image' or 'annotation' (keys: {sorted(rec)})")
+        ann = rec["annotation"]
+        ann = ann if isinstance(ann, dict) else json.loads((self.root / ann).read_text())
+        if self.caption_key not in ann:
+            raise KeyError(f"caption key {self.caption_key!r} not in annotation of record {i} "
+                           f"(keys: {sorted(ann)}); set data.caption_key")
+        return str(ann[self.caption_key])
+
+    def get(self, k: int) -> tuple[Image.Image, str]:
+        rec = self.records[k]
+        return _open_image(self.root / rec["image"], str(rec["image"])), self.caption(k)
+
+
+class FolderSource:
+    """Images in a folder (recursively) with a caption in ``<same name>.txt`` beside each."""
+
+    def __init__(self, path: str):
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.path {path!r}: no such folder")
+        self.files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                            and f.with_suffix(".txt").is_file())
+        if not self.files:
+            raise ValueError(f"{path}: no images with a .txt caption beside them")
+        self.length = len(self.files)
+
+    def get(self, k: int) -> tuple[Image.Image, str]:
+        f = self.files[k]
+        return _open_image(f, str(f)), f.with_suffix(".txt").read_text().strip()
+
+
+def tar_shards(path: str | list[str]) -> list[str]:
+    """Shard paths from a glob, a list or a single file, in sorted order."""
+    paths = path if isinstance(path, list) else sorted(glob.glob(path)) or [path]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"webdataset shards not found: {missing[:3]}")
+    return list(paths)
+
+
+def iter_webdataset(shards: list[str], caption_key: str = "txt") -> Iterator[tuple[str, bytes | None, str | None]]:
+    """``(key, image bytes, caption)`` per sample of tar shards, read as streams (nothing is extracted).
+
+    Members are grouped by basename up to the first dot, as webdataset does; the caption is the member
+    with extension ``caption_key`` (``txt`` by default; a ``json`` member's ``caption`` key otherwise).
+    """
+    for shard in shards:
+        with tarfile.open(shard, mode="r|*") as tar:
+            current, parts = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = Path(member.name).name.partition(".")
+                key = str(Path(member.name).parent / key)
+                if key != current and current is not None:
+                    yield _wds_sample(current, parts, caption_key)
+                    parts = {}
+                current = key
+                parts[ext.lower()] = tar.extractfile(member).read()
+            if current is not None:
+                yield _wds_sample(current, parts, caption_key)
+
+
+def _wds_sample(key: str, parts: dict[str, bytes], caption_key: str) -> tuple[str, bytes | None, str | None]:
+    image = next((parts[e] for e in ("png", "jpg", "jpeg", "webp") if e in parts), None)
+    caption = None
+    if caption_key in parts:
+        caption = parts[caption_key].decode("utf-8").strip()
+    elif "json" in parts:
+        caption = json.loads(parts["json"]).get(caption_key if caption_key != "txt" else "caption")
+    return key, image, caption
+
+
+class LatentSource:
+    """Latents written by :func:`cache_latents`: shards ``latents-XXXXX.safetensors`` + ``index.json``."""
+
+    def __init__(self, path: str):
+        from safetensors.torch import load_file
+
+        root = Path(path)
+        index = root / "index.json"
+        if not index.is_file():
+            raise FileNotFoundError(f"{path}: no latent cache (index.json); make one with `parauni cache-latents`")
+        info = json.loads(index.read_text())
+        self.captions = info["captions"]
+        if not self.captions:
+            raise ValueError(f"{path}: the latent cache is empty")
+        self.latents = torch.cat([load_file(root / s)["latents"] for s in info["shards"]])  # (n, C, h, w)
+        self.length = len(self.captions)
+
+    def get(self, k: int) -> tuple[torch.Tensor, str]:
+        return self.latents[k], self.captions[k]
+
+
+def build_source(data_cfg, seed: int):
+    """The configured source; empty data and a wrong caption key fail here, before training."""
+    kind = data_cfg.kind
+    if kind == "toy":
+        return ToySource(seed, data_cfg.resolution, data_cfg.template_prob)
+    if kind == "json":
+        return JsonSource(data_cfg.path, data_cfg.caption_key, data_cfg.image_root)
+    if kind == "folder":
+        return FolderSource(data_cfg.path)
+    if kind == "latents":
+        return LatentSource(data_cfg.path)
+    if kind == "webdataset":
+        key = "txt" if data_cfg.caption_key == "caption" else data_cfg.caption_key
+        return WebDatasetSource(tar_shards(data_cfg.path), key)
+    raise ValueError(f"unknown data.kind {kind!r}")
+
+
+class WebDatasetSource:
+    """A stream over tar shards, replayed in order epoch after epoch (no length, no shuffling)."""
+
+    length = None
+
+    def __init__(self, shards: list[str], caption_key: str = "txt"):
+        self.shards, self.caption_key = shards, caption_key
+        first = next(iter_webdataset(shards[:1], caption_key), None)
+        if first is None:
+            raise ValueError(f"{shards[0]}: the webdataset shard is empty")
+        if first[2] is None:
+            raise KeyError(f"sample {first[0]!r} has no caption under {caption_key!r}; set data.caption_key")
+
+    def stream(self) -> Iterator[tuple[str, bytes | None, str | None]]:
+        while True:
+            yield from iter_webdataset(self.shards, self.caption_key)
+
+
+class SampleLoader:
+    """This process's samples of each global batch, in order; unreadable images are skipped and counted.
+
+    ``take(step, micro)`` returns the micro-batch ``micro`` (of ``grad_accum``) of ``step`` for this rank:
+    global samples ``step * G + (micro * W + rank) * b + i`` for ``i < b``, with ``b`` the micro-batch
+    size. A sample that cannot be read is replaced by the next index past the run's nominal range
+    (``replacement`` samples come from a separate pool), so the batch size stays fixed.
+    """
+
+    def __init__(self, source, data_cfg, seed: int, global_batch: int, world: int, rank: int, grad_accum: int = 1):
+        if global_batch % (world * grad_accum):
+            raise ValueError(f"train.batch_size={global_batch} is not divisible by processes ({world}) x "
+                             f"train.grad_accum ({grad_accum})")
+        self.source, self.cfg, self.seed = source, data_cfg, seed
+        self.global_batch, self.world, self.rank, self.grad_accum = global_batch, world, rank, grad_accum
+        self.micro = global_batch // (world * grad_accum)
+        self.skipped = 0
+        self._stream, self._stream_pos = None, 0
+
+    def index_of(self, k: int) -> int:
+        """Dataset index of global sample ``k``: a fresh seeded permutation every epoch."""
+        n = self.source.length
+        if n is None:
+            return k
+        epoch, pos = divmod(k, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return int(perm[pos])
+
+    def _stream_get(self, k: int) -> tuple[bytes | None, str | None, str]:
+        if self._stream is None or self._stream_pos > k:
+            self._stream, self._stream_pos = self.source.stream(), 0
+        while self._stream_pos < k:
+            next(self._stream)
+            self._stream_pos += 1
+        key, image, caption = next(self._stream)
+        self._stream_pos += 1
+        return image, caption, key
+
+    def load(self, k: int) -> Sample:
+        """Global sample ``k`` (raises :class:`UnreadableSample` for a bad image)."""
+        gen = sample_generator(self.seed, k, 0)
+        if isinstance(self.source, WebDatasetSource):
+            image, caption, key = self._stream_get(k)
+            if image is None or caption is None:
+                raise UnreadableSample(f"{key}: no image or caption")
+            pil = _open_image(image, key)
+        else:
+            item, caption = self.source.get(self.index_of(k))
+            if isinstance(item, torch.Tensor):
+                return Sample(None, caption, item)
+            pil = item
+        return Sample(crop_resize(pil, self.cfg.resolution, gen), caption)
+
+    def take(self, step: int, micro: int) -> list[Sample]:
+        """This rank's micro-batch ``micro`` of ``step``. An unreadable sample is counted, logged and
+        replaced by a readable sample of the same micro-batch, so the batch size stays fixed."""
+        start = step * self.global_batch + (micro * self.world + self.rank) * self.micro
+        samples: list[Sample | None] = []
+        for k in range(start, start + self.micro):
+            try:
+                samples.append(self.load(k))
+            except UnreadableSample as err:
+                self.skipped += 1
+                logger.warning("skipping unreadable sample %d (%s); %d skipped so far", k, err, self.skipped)
+                samples.append(None)
+        good = [s for s in samples if s is not None]
+        if not good:
+            raise RuntimeError(f"every sample of step {step} ({start}..{start + self.micro - 1}) is unreadable; "
+                               "check the dataset")
+        return [s if s is not None else good[i % len(good)] for i, s in enumerate(samples)]
+
+
+def collate(samples: list[Sample]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """``(images (B, 3, R, R) or None, latents (B, C, h, w) or None, captions)``."""
+    images = torch.stack([s.image for s in samples]) if samples[0].image is not None else None
+    latents = torch.stack([s.latents for s in samples]) if samples[0].latents is not None else None
+    return images, latents, [s.caption for s in samples]
+
+
+@torch.no_grad()
+def cache_latents(source, data_cfg, vae, out_dir: str | Path, seed: int = 0, batch_size: int = 64,
+                  shard_size: int = 4096, limit: int | None = None, progress: bool = True) -> dict:
+    """Encode a finite source once with ``vae`` into ``latents-XXXXX.safetensors`` shards + ``index.json``.
+
+    Each image gets one random crop (from its own index) before encoding; latents are stored scaled by
+    the VAE's ``scaling_factor``, as training uses them. Unreadable images are skipped and counted.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    n = source.length if source.length is not None else limit
+    if n is None:
+        raise ValueError("a stream without a length needs --limit to be cached")
+    n = min(n, limit) if limit else n
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loader = SampleLoader(source, data_cfg, seed, 1, 1, 0)
+    loader.index_of = lambda k: k  # cache in dataset order
+    device, dtype = vae.device, vae.dtype
+    shards, captions, buf, buf_caps, skipped = [], [], [], [], 0
+
+    def flush() -> None:
+        if not buf:
+            return
+        name = f"latents-{len(shards):05d}.safetensors"
+        save_file({"latents": torch.cat(buf).contiguous()}, str(out / (name + ".tmp")))
+        (out / (name + ".tmp")).replace(out / name)
+        shards.append(name)
+        captions.extend(buf_caps)
+        buf.clear()
+        buf_caps.clear()
+
+    bar = tqdm(total=n, desc="cache-latents", unit="img", disable=not progress)
+    pending: list[Sample] = []
+    for k in range(n):
+        try:
+            pending.append(loader.load(k))
+        except UnreadableSample as err:
+            skipped += 1
+            logger.warning("skipping unreadable sample %d (%s)", k, err)
+        if len(pending) == batch_size or (k == n - 1 and pending):
+            images = torch.stack([s.image for s in pending]).to(device, dtype)
+            lat = vae.encode(images).latent * vae.config.scaling_factor
+            buf.append(lat.float().cpu())
+            buf_caps.extend(s.caption for s in pending)
+            pending = []
+            if sum(len(b) for b in buf) >= shard_size:
+                flush()
+        bar.update(1)
+    flush()
+    bar.close()
+    info = {"shards": shards, "captions": captions, "skipped": skipped, "resolution": data_cfg.resolution}
+    (out / "index.json.tmp").write_text(json.dumps(info))
+    (out / "index.json.tmp").replace(out / "index.json")
+    return {"samples": len(captions), "skipped": skipped, "shards": len(shards), "out_dir": str(out)}
