@@ -173,11 +173,47 @@ def _run_report(args) -> None:
 # ---- end of evaluation and reports -------------------------------------------------------------------------------
 
 
+# ---- layer analysis: `parauni analyze layers` ---------------------------------------------------------------------
+
+def _add_analyze(sub) -> None:
+    an = sub.add_parser("analyze", help="analyses of a model: how rewards respond to each VLM layer group")
+    ans = an.add_subparsers(dest="analyze_command", required=True)
+    p = ans.add_parser("layers", help="perturb or drop one layer group at a time; each reward's change vs baseline",
+                       description="Writes layer_response.json, layer_response.md and layer_response.png in --out.")
+    p.add_argument("--model", required=True, help="'tiny', a preset, or a saved pipeline folder")
+    p.add_argument("--prompts", required=True, help="a text file (one prompt a line) or a GenEval-format JSONL "
+                                                    "(its records are passed to the rewards as metadata)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--rewards", nargs="+", metavar="NAME=WEIGHT",
+                   help="rewards by name or package.module:Factory (default: toy_alignment toy_quality toy_geneval); "
+                        "with two or more, a 'total' column reports the weighted sum")
+    p.add_argument("--groups", default="thirds", choices=["thirds", "per-layer"])
+    p.add_argument("--mode", default="both", choices=["perturb", "drop", "both"])
+    p.add_argument("--scale", type=float, default=1.0, help="perturb: noise std in units of the group's state std")
+    p.add_argument("--images-per-prompt", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="first N prompts only")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
+    p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    p.set_defaults(func=_run_analyze_layers)
+
+
+def _run_analyze_layers(args) -> None:
+    from .analysis import run
+
+    run(args)
+
+# ---- end of layer analysis ----------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parauni", description="ParaUni: all-layer VLM conditioning for SANA")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_eval(sub)
+    _add_analyze(sub)
     d = sub.add_parser("demo", help="the main job: an end-to-end run on a CPU")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--steps", type=int, default=20)
@@ -186,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.commands import add_parsers as add_train_parsers
 
     add_train_parsers(sub)
+    from .rl.grpo import add_parser as add_grpo_parser
+
+    add_grpo_parser(sub)
     toy = sub.add_parser("toy", help="the toy world: pretrain its models, evaluate").add_subparsers(
         dest="toy_command", required=True)
     from .toy import evaluation as toy_eval

@@ -89,9 +89,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
-
-
 def _unknown(key: str, allowed: list[str], where: str) -> KeyError:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -127,27 +124,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
-def build_config(data: dict) -> Config:
-    """A :class:`Config` from a nested dict; unknown sections or keys raise ``KeyError`` naming them."""
+def build_config(data: dict, root: type = None):
+    """A config of dataclass ``root`` (default :class:`Config`) from a nested dict; unknown sections or keys
+    raise ``KeyError`` naming them. Tuple-typed defaults (e.g. ``betas``) accept YAML lists."""
+    root = root or Config
+    sections_of = {f.name: f.default_factory for f in dataclasses.fields(root)}
     sections = {}
     for name, values in data.items():
-        if name not in SECTIONS:
-            raise _unknown(name, list(SECTIONS), "section ")
-        values = values or {}
-        cls = type(SECTIONS[name]())
-        allowed = [f.name for f in dataclasses.fields(cls)]
+        if name not in sections_of:
+            raise _unknown(name, list(sections_of), "section ")
+        values = dict(values or {})
+        default = sections_of[name]()
+        allowed = [f.name for f in dataclasses.fields(default)]
         for key in values:
             if key not in allowed:
                 raise _unknown(key, allowed, f"{name}.")
-        if "betas" in values:
-            values = {**values, "betas": tuple(values["betas"])}
-        sections[name] = cls(**values)
-    cfg = Config(**sections)
-    validate(cfg)
+            if isinstance(getattr(default, key), tuple) and isinstance(values[key], list):
+                values[key] = tuple(values[key])
+        sections[name] = type(default)(**values)
+    cfg = root(**sections)
+    check = getattr(cfg, "validate", None)
+    (check or (lambda: validate(cfg)))()
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, root: type = None):
     """Read ``path`` (``None``: all defaults), apply ``key=value`` overrides, check every key."""
     data = _read(Path(path)) if path is not None else {}
     for text in overrides or []:
@@ -158,7 +159,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise ValueError(f"override {text!r}: {k!r} is not a section")
         node[keys[-1]] = value
-    return build_config(data)
+    return build_config(data, root)
+
+
+def to_yaml_dict(cfg) -> dict:
+    """A plain nested dict of a config (tuples as lists), for YAML."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def validate(cfg: Config) -> None:
@@ -194,7 +208,6 @@ def trainable_parts(cfg: Config) -> list[str]:
     return ["queries", "lim"] if cfg.train.stage == "I" else ["queries", "lim", "transformer"]
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    data = cfg.to_dict()
-    data["optim"]["betas"] = list(data["optim"]["betas"])
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+def save_config(cfg, path: str | Path) -> None:
+    """Write a config as YAML (loadable again with :func:`load_config` and the same root)."""
+    Path(path).write_text(yaml.safe_dump(to_yaml_dict(cfg), sort_keys=False))

@@ -1,0 +1,507 @@
+"""``parauni grpo``: stage III, Flow-GRPO with several rewards and LDAM (SPEC §4, §5).
+
+One epoch: ``prompts.per_epoch`` prompts, ``G`` images each, sampled with the SDE step of
+:mod:`parauni.rl.sde` (CFG as one batched forward), rewarded, turned into group-normalised advantages,
+and used for one pass of clipped-ratio updates with a KL penalty to the reference model (the same
+transformer with its LoRA adapter off). LDAM watches every reward and, when one stalls, adds noise to
+the query features of that reward's layer group for the next rollouts; the noise is stored with each
+rollout and replayed in the update. Checkpoints hold the LoRA (and LIM) weights, their EMA, the
+optimizer, LDAM's state and the epoch, written atomically; ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..rewards.base import WeightedReward
+from ..train.config import ModelConfig, save_config
+from ..train.model import build_pipeline
+from .config import GRPOConfig
+from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
+from .sde import sde_step, sigma_grid
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "grpo_state.json"
+
+
+# -- prompts ------------------------------------------------------------------------------------------------
+class PromptSource:
+    """Prompts (and GenEval metadata, passed to the rewards) for each epoch, deterministic from the seed."""
+
+    def __init__(self, cfg, seed: int):
+        self.kind, self.seed = cfg.kind, seed
+        self.records: list[dict] = []
+        if cfg.kind == "file":
+            path = Path(cfg.path)
+            if not path.is_file():
+                raise FileNotFoundError(f"prompts.path {cfg.path!r} not found")
+            lines = [x for x in path.read_text().splitlines() if x.strip()]
+            if path.suffix == ".jsonl":
+                self.records = [json.loads(x) for x in lines]
+            else:
+                self.records = [{"prompt": x.strip()} for x in lines]
+            if not self.records:
+                raise ValueError(f"{path}: no prompts")
+
+    def epoch(self, epoch: int, n: int) -> list[dict]:
+        rng = np.random.default_rng([self.seed, epoch, 17])
+        if self.kind == "toy":
+            from ..toy.prompts import random_meta
+
+            return [dict(random_meta(rng)) for _ in range(n)]
+        return [self.records[int(i)] for i in rng.integers(0, len(self.records), n)]
+
+
+# -- LoRA -----------------------------------------------------------------------------------------------------
+def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
+    from peft import LoraConfig
+
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
+                                       init_lora_weights="gaussian"))
+
+
+def merged_transformer(transformer):
+    """A plain copy of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            deltas[name] = module.get_delta_weight("default")
+    state = {}
+    for key, value in transformer.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        owner = key.rsplit(".", 1)[0]
+        if key.endswith(".weight") and owner in deltas:
+            value = value + deltas[owner].to(value.dtype)
+        state[key] = value
+    clean = type(transformer).from_config(transformer.config).to(transformer.dtype)
+    clean.load_state_dict(state, strict=True)
+    return clean.eval()
+
+
+# -- rollouts -------------------------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    """One epoch's samples on this process; ``T`` SDE steps, ``B`` images."""
+
+    prompts: list[str]
+    metadata: list[dict | None]
+    group: torch.Tensor  # (B,) global prompt index
+    states: torch.Tensor | None  # (L, B, N, D) query states (kept when the LIM trains)
+    layer_noise: torch.Tensor | None  # (L, B, N, D) LDAM noise used for these samples, or None
+    cond: torch.Tensor  # (B, N, C) condition used (after LDAM noise)
+    latents: torch.Tensor  # (B, T + 1, c, h, w) x_0 .. x_T along the SDE path (x_0 = noise)
+    log_probs: torch.Tensor  # (B, T)
+    sigmas: torch.Tensor  # (T + 1,)
+    images: list[np.ndarray]
+
+
+def cfg_velocity(transformer, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """CFG velocity with the unconditional and conditional rows in one forward. ``x`` ``(B, c, h, w)``."""
+    b = x.shape[0]
+    dtype = transformer.dtype
+    x_in = torch.cat([x, x]).to(dtype)
+    emb = torch.cat([uncond.expand(b, -1, -1), cond]).to(dtype)  # (2B, N, C): unconditional first
+    mask = torch.ones(emb.shape[:2], dtype=torch.long, device=x.device)
+    t = torch.full((2 * b,), sigma * 1000.0, device=x.device, dtype=dtype)
+    v = transformer(x_in, encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=t, return_dict=False)[0]
+    v_u, v_c = v.float().chunk(2)
+    return v_u + scale * (v_c - v_u)
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """``(B, 3, H, W)`` in [-1, 1] -> RGB uint8 arrays."""
+    arr = images.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return list(arr)
+
+
+# -- the trainer ----------------------------------------------------------------------------------------------
+class GRPOTrainer:
+    def __init__(self, cfg: GRPOConfig, resume: bool | str = False, progress: bool = True, rewards=None):
+        from accelerate import Accelerator
+
+        self.cfg, self.progress = cfg, progress
+        t, m = cfg.train, cfg.model
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        cuda = torch.cuda.is_available()
+        precision = ("bf16" if cuda else "no") if t.mixed_precision == "auto" else t.mixed_precision
+        self.acc = Accelerator(mixed_precision=precision, cpu=not cuda)
+        self.out = Path(t.output_dir)
+        self.prompt_source = PromptSource(cfg.prompts, t.seed)
+        self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
+        self.reward_names = list(cfg.rewards.weights)
+        pipe = build_pipeline(ModelConfig(source=m.source, init=m.init, conditioner=dict(m.conditioner)), t.seed)
+        self.pipe = pipe
+        dev = self.acc.device
+        pipe.vlm.to(dev).requires_grad_(False).eval()
+        if pipe.vae is not None:
+            pipe.vae.to(dev).requires_grad_(False).eval()
+        pipe.conditioner.to(dev).requires_grad_(False).eval()
+        tr = pipe.transformer.to(dev)
+        tr.requires_grad_(False)
+        torch.manual_seed(t.seed)
+        add_lora(tr, m.lora_rank, m.lora_alpha, m.lora_targets)
+        tr.train()
+        if m.train_lim:
+            pipe.conditioner.lim.requires_grad_(True)
+        self.params = {f"transformer.{n}": p for n, p in tr.named_parameters() if p.requires_grad}
+        if m.train_lim:
+            self.params.update({f"conditioner.{n}": p for n, p in pipe.conditioner.named_parameters()
+                                if p.requires_grad})
+        self.ema = {n: p.detach().clone() for n, p in self.params.items()}
+        o = cfg.optim
+        decay = [p for p in self.params.values() if p.ndim >= 2]
+        rest = [p for p in self.params.values() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": o.weight_decay}] + ([{"params": rest, "weight_decay": 0.0}]
+                                                                        if rest else [])
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        self.transformer, self.opt = self.acc.prepare(tr, opt)
+        self.acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+        self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
+        n_layers = len(pipe.conditioner.layer_indices)
+        lc = cfg.ldam
+        groups_cfg = lc.groups or (default_layer_groups(n_layers) if n_layers >= 3 else
+                                   {g: list(range(n_layers)) for g in ("shallow", "middle", "deep")})
+        mapping = {**DEFAULT_REWARD_TO_GROUP, **(lc.reward_to_group or {})}
+        mapping = {r: mapping[r] for r in self.reward_names if r in mapping}
+        self.ldam = LDAM(self.reward_names, groups_cfg, mapping, n_layers, lc.window, lc.gamma0, lc.patience,
+                         seed=t.seed) if lc.enabled else None
+        self.num_layers = n_layers
+        self.epoch = 0
+        shift = cfg.sampling.flow_shift
+        if shift is None:
+            shift = float(getattr(pipe.scheduler.config, "flow_shift", 1.0) or 1.0)
+        self.sigmas = sigma_grid(cfg.sampling.steps, shift=shift)
+        with torch.no_grad():
+            self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
+        if resume:
+            self._resume(resume)
+
+    @property
+    def raw_transformer(self):
+        return self.acc.unwrap_model(self.transformer)
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, epoch: int) -> Rollout:
+        """This process's prompts of ``epoch`` and their ``G`` samples each, with everything the update needs."""
+        cfg, s = self.cfg, self.cfg.sampling
+        world, rank = self.acc.num_processes, self.acc.process_index
+        records = self.prompt_source.epoch(epoch, cfg.prompts.per_epoch)
+        mine = list(range(rank, len(records), world))
+        prompts = [records[i]["prompt"] for i in mine for _ in range(s.group_size)]
+        metas = [records[i] if "tag" in records[i] else None for i in mine for _ in range(s.group_size)]
+        group = torch.tensor([i for i in mine for _ in range(s.group_size)])
+        pipe, dev = self.pipe, self.acc.device
+        states = pipe.layer_states([records[i]["prompt"] for i in mine])  # (L, P, N, D)
+        states = states.repeat_interleave(s.group_size, dim=1)  # (L, B, N, D)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
+        noise = None
+        if self.ldam is not None:
+            noise = self.ldam.noise(self.num_layers, tuple(states.shape[1:]), generator=gen)
+            noise = noise.to(dev) if noise is not None else None
+        cond = pipe.conditioner(states, noise)  # (B, N, C)
+        uncond = pipe.conditioner(self.uncond_states)  # (1, N, C)
+        shape = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size
+        b, steps = len(prompts), s.steps
+        x = torch.randn((b, shape[0], shape[1], shape[1]), generator=gen).to(dev)
+        path, logps = [x], []
+        sig = self.sigmas.tolist()
+        for j in range(steps):
+            xs, lps = [], []
+            for a in range(0, b, s.rollout_batch):
+                sl = slice(a, a + s.rollout_batch)
+                v = cfg_velocity(self.transformer, path[-1][sl], sig[j], cond[sl], uncond, s.guidance_scale)
+                eps = torch.randn(path[-1][sl].shape, generator=gen).to(dev)
+                out = sde_step(path[-1][sl].float(), v, sig[j], sig[j + 1], s.noise_level, noise=eps)
+                xs.append(out.prev_sample)
+                lps.append(out.log_prob)
+            path.append(torch.cat(xs))
+            logps.append(torch.cat(lps))
+        images = to_uint8(pipe.decode(path[-1].to(pipe.transformer.dtype)))
+        keep_states = states if cfg.model.train_lim else None
+        return Rollout(prompts, metas, group, keep_states, noise if cfg.model.train_lim else None, cond,
+                       torch.stack(path, dim=1), torch.stack(logps, dim=1), self.sigmas, images)
+
+    # -- rewards and advantages -----------------------------------------------------------------------------
+    def advantages(self, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Group-normalised advantages ``(B,)`` (NaN rewards -> excluded) and the epoch's reward statistics."""
+        total, parts = self.reward(roll.images, roll.prompts, roll.metadata)
+        dev = self.acc.device
+        g_total = self.acc.gather(total.to(dev)).cpu()
+        g_group = self.acc.gather(roll.group.to(dev)).cpu()
+        valid = torch.isfinite(g_total)
+        adv_all = torch.zeros_like(g_total)
+        o = self.cfg.optim
+        std_all = g_total[valid].std() if valid.sum() > 1 else torch.tensor(1.0)
+        for gid in g_group.unique():
+            sel = (g_group == gid) & valid
+            if sel.sum() == 0:
+                continue
+            mean = g_total[sel].mean()
+            std = (g_total[sel].std() if sel.sum() > 1 else torch.tensor(0.0)) if o.per_group_std else std_all
+            adv_all[sel] = (g_total[sel] - mean) / (std + 1e-4)
+        adv_all = adv_all.clamp(-o.adv_clip, o.adv_clip)
+        n = len(roll.prompts)
+        rank = self.acc.process_index
+        adv = adv_all[rank * n:(rank + 1) * n]  # gather concatenates ranks in order, equal sizes
+        stats = {"reward/total": float(g_total[valid].mean()) if valid.any() else float("nan"),
+                 "reward/dropped": int((~valid).sum())}
+        for name, vals in parts.items():
+            gv = self.acc.gather(vals.to(dev)).cpu()
+            ok = torch.isfinite(gv)
+            stats[f"reward/{name}"] = float(gv[ok].mean()) if ok.any() else float("nan")
+        valid_local = valid[rank * n:(rank + 1) * n]
+        return adv, valid_local, stats
+
+    # -- update ---------------------------------------------------------------------------------------------
+    def update(self, roll: Rollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
+        """One pass of clipped-ratio + KL updates over the stored transitions (all but the last)."""
+        o, s = self.cfg.optim, self.cfg.sampling
+        dev = self.acc.device
+        idx = torch.nonzero(valid).flatten()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch)
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_train = max(1, int(round((s.steps - 1) * o.timestep_fraction)))
+        sig = roll.sigmas.tolist()
+        uncond_states = self.uncond_states
+        stats = {"loss": [], "policy_loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "ratio_dev": []}
+        raw = self.raw_transformer
+        for a in range(0, len(idx), o.train_batch):
+            mb = idx[a:a + o.train_batch]
+            steps_j = torch.randperm(s.steps - 1, generator=gen)[:n_train].sort().values.tolist()
+            A = adv[mb].to(dev)
+            for k, j in enumerate(steps_j):
+                if self.cfg.model.train_lim:
+                    cond = self.pipe.conditioner(roll.states[:, mb], None if roll.layer_noise is None
+                                                 else roll.layer_noise[:, mb])
+                    uncond = self.pipe.conditioner(uncond_states)
+                else:
+                    cond = roll.cond[mb]
+                    uncond = self.pipe.conditioner(uncond_states).detach() if k == 0 else uncond
+                x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
+                last = k == len(steps_j) - 1
+                ctx = self.acc.no_sync(self.transformer) if not last else _Null()
+                with ctx, self.acc.autocast():
+                    v = cfg_velocity(self.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
+                    new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+                    with torch.no_grad():
+                        raw.disable_adapters()
+                        v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
+                        raw.enable_adapters()
+                        ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+                    ratio = torch.exp(new.log_prob - roll.log_probs[mb, j].to(dev))
+                    unclipped = -A * ratio
+                    clipped = -A * torch.clamp(ratio, 1 - o.clip_range, 1 + o.clip_range)
+                    policy = torch.maximum(unclipped, clipped).mean()
+                    scale2 = new.std_dev_t_dt.float() ** 2
+                    kl = ((new.mean - ref.mean) ** 2 / (2 * scale2)).flatten(1).mean(1).mean()
+                    loss = (policy + o.kl_beta * kl) / len(steps_j)
+                    self.acc.backward(loss)
+                stats["loss"].append(float(loss.detach()) * len(steps_j))
+                stats["policy_loss"].append(float(policy.detach()))
+                stats["kl"].append(float(kl.detach()))
+                stats["clip_frac"].append(float(((ratio - 1).abs() > o.clip_range).float().mean()))
+                stats["ratio_dev"].append(float((ratio - 1).abs().mean()))
+            norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
+            stats["grad_norm"].append(float(norm))
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    self.ema[n].mul_(o.ema_decay).add_(p.detach(), alpha=1 - o.ema_decay)
+        return {k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()}
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def _weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        src = self.ema if ema else {n: p.detach() for n, p in self.params.items()}
+        return {n: v.float().cpu().contiguous() for n, v in src.items()}
+
+    def save_checkpoint(self) -> Path:
+        final = self.out / f"checkpoint-{self.epoch:06d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        if self.acc.is_main_process:
+            save_file(self._weights(), str(tmp / "trainable.safetensors"))
+            save_file(self._weights(ema=True), str(tmp / "ema.safetensors"))
+            if self.ldam is not None:
+                torch.save(self.ldam.state_dict(), tmp / "ldam.pt")
+            (tmp / STATE_FILE).write_text(json.dumps({"epoch": self.epoch}) + "\n")
+            save_config(self.cfg, tmp / "config.yaml")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.replace(final)
+            done = sorted((p for p in self.out.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp")),
+                          key=lambda p: int(p.name.split("-")[1]))
+            for old in done[: -self.cfg.train.keep_last]:
+                shutil.rmtree(old)
+        self.acc.wait_for_everyone()
+        return final
+
+    def _resume(self, resume) -> None:
+        if isinstance(resume, str) and resume not in ("latest", "true"):
+            ckpt = Path(resume)
+        else:
+            done = sorted((p for p in self.out.glob("checkpoint-*") if (p / STATE_FILE).is_file()
+                           and not p.name.endswith(".tmp")), key=lambda p: int(p.name.split("-")[1]))
+            if not done:
+                raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out}; start without --resume")
+            ckpt = done[-1]
+        self.acc.load_state(str(ckpt))
+        weights, ema = load_file(str(ckpt / "trainable.safetensors")), load_file(str(ckpt / "ema.safetensors"))
+        if set(weights) != set(self.params):
+            raise KeyError(f"{ckpt}: its trainable weights do not match this config (LoRA targets / train_lim)")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(weights[n].to(p.dtype))
+                self.ema[n] = ema[n].to(p.device, p.dtype)
+        if self.ldam is not None and (ckpt / "ldam.pt").is_file():
+            self.ldam.load_state_dict(torch.load(ckpt / "ldam.pt", weights_only=True))
+        self.epoch = int(json.loads((ckpt / STATE_FILE).read_text())["epoch"])
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def export(self, out: str | Path, ema: bool = True) -> Path:
+        """Write a ``ParaUniPipeline`` folder with the (EMA) LoRA merged into the transformer."""
+        from ..pipelines.pipeline_parauni import ParaUniPipeline
+
+        raw = self.raw_transformer
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        with torch.no_grad():
+            if ema:
+                for n, p in self.params.items():
+                    p.copy_(self.ema[n])
+            merged = merged_transformer(raw)
+            cond = copy.deepcopy(self.pipe.conditioner).eval()
+            for n, p in self.params.items():
+                p.copy_(backup[n])
+        pipe = ParaUniPipeline(vlm=self.pipe.vlm, tokenizer=self.pipe.tokenizer, conditioner=cond, transformer=merged,
+                               scheduler=self.pipe.scheduler, vae=self.pipe.vae)
+        pipe.save_pretrained(out)
+        return Path(out)
+
+    def geneval(self, name: str) -> dict:
+        """Toy GenEval of the current EMA model into ``<out>/eval/<name>``."""
+        from ..pipelines.pipeline_parauni import ParaUniPipeline
+        from ..toy.evaluation import toy_geneval
+
+        folder = self.export(self.out / "eval" / f"{name}_model")
+        pipe = ParaUniPipeline.from_pretrained(folder)
+        s = self.cfg.sampling
+        summary = toy_geneval(pipe, self.out / "eval" / name, s.eval_images_per_prompt, s.eval_steps,
+                              s.guidance_scale, limit=self.cfg.train.eval_limit)
+        (self.out / "eval" / name / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(folder)
+        return summary
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> dict:
+        t = self.cfg.train
+        main = self.acc.is_main_process
+        result = {}
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+            if t.eval_geneval and self.epoch == 0 and not (self.out / "eval" / "before" / "summary.json").is_file():
+                result["geneval_before"] = self.geneval("before")
+        end = t.epochs if stop_after is None else min(stop_after, t.epochs)
+        metrics = open(self.out / "metrics.jsonl", "a") if main else None
+        ldam_log = open(self.out / "ldam.jsonl", "a") if main and self.ldam is not None else None
+        bar = tqdm(total=t.epochs, initial=self.epoch, desc="grpo", disable=not (main and self.progress),
+                   dynamic_ncols=True)
+        t0 = time.perf_counter()
+        while self.epoch < end:
+            e0 = time.perf_counter()
+            active = [d["reward"] for d in self.ldam.active] if self.ldam is not None else []
+            roll = self.rollout(self.epoch)
+            adv, valid, rstats = self.advantages(roll)
+            ustats = self.update(roll, adv, valid, self.epoch)
+            row = {"step": self.epoch + 1, **rstats, **ustats, "ldam_active": active,
+                   "seconds": time.perf_counter() - e0}
+            if self.ldam is not None:
+                decisions = self.ldam.update(self.epoch, {r: rstats[f"reward/{r}"] for r in self.reward_names},
+                                             ustats["grad_norm"])
+                if ldam_log:
+                    for d in decisions:
+                        ldam_log.write(json.dumps(d) + "\n")
+                    ldam_log.flush()
+            self.epoch += 1
+            if metrics:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            bar.update(1)
+            bar.set_postfix(reward=f"{rstats['reward/total']:.3f}", kl=f"{ustats['kl']:.2e}",
+                            ldam=",".join(active) or "-")
+            if self.epoch % t.save_every == 0 or self.epoch == t.epochs:
+                self.save_checkpoint()
+        bar.close()
+        for f in (metrics, ldam_log):
+            if f:
+                f.close()
+        result.update(epochs=self.epoch, seconds=time.perf_counter() - t0)
+        if self.epoch >= t.epochs and main:
+            self.plot()
+            if t.eval_geneval:
+                result["geneval_after"] = self.geneval("after")
+                before = self.out / "eval" / "before" / "summary.json"
+                if "geneval_before" not in result and before.is_file():
+                    result["geneval_before"] = json.loads(before.read_text())
+        return result
+
+    def plot(self) -> None:
+        from .curves import plot_curves
+
+        rows = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        series = {k.split("/", 1)[1]: [r[k] for r in rows] for k in rows[0] if k.startswith("reward/")
+                  and k != "reward/dropped"}
+        plot_curves(series, self.out / "curves" / "rewards.png", title=f"rewards ({self.out.name})")
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("grpo", help="stage III: Flow-GRPO with several rewards and LDAM")
+    p.add_argument("config", help="a YAML config, e.g. configs/toy_grpo.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. ldam.enabled=false")
+    p.add_argument("--resume", nargs="?", const="latest", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> dict:
+    from ..eval.geneval import format_table
+    from .config import load_grpo_config
+
+    cfg = load_grpo_config(args.config, args.overrides)
+    trainer = GRPOTrainer(cfg, resume=args.resume or False, progress=not args.no_progress)
+    result = trainer.run()
+    if trainer.acc.is_main_process:
+        rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}
+        if rows:
+            print(format_table(rows))
+        print(f"{result['epochs']} epochs in {result['seconds']:.0f}s; curves in {trainer.out / 'curves'}")
+    return result
