@@ -1,0 +1,250 @@
+"""Training step time, throughput, peak memory and FLOPs utilisation of stages I and II, per LIM variant.
+
+Variants: the reference LIM over all layers ("mean"), the cheaper "prefuse" LIM over all layers, and the
+last-layer baseline ("mean", layers=[-1]).  Every (stage, variant) runs in its own process so peak memory
+is that workload's alone.
+
+    python benchmarks/bench_train.py                            # tiny (or the toy models if shipped), CPU
+    python benchmarks/bench_train.py --steps 3 --warmup 1       # quicker
+    python benchmarks/bench_train.py --size internvl3-2b_sana-1.6b_512 --device cuda --dtype bf16 --batch 32
+
+Small sizes use the project's ``Trainer`` (``parauni.train.trainer``) on the toy data stream: a step is
+what ``parauni train`` does (data, VAE encoding, VLM + LIM + SANA forward/backward, clipping, AdamW).  The
+toy models (``model.source=toy``) are used when the toy VLM weights are shipped, else the tiny random
+pipeline.  Real presets (``--size``) are built at real size with random weights (``build_preset``), the
+frozen parts in ``--dtype``, the trainable ones in float32 under bf16 autocast (as Accelerate's bf16 mixed
+precision trains), with gradient checkpointing on; latents are random (a cached-latents run: no VAE) and
+the tokenizer is the local byte-level one (the templated prompt's token count is printed).
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (matmuls, convolutions,
+attention; recomputation by checkpointing excluded: at real size the count is taken at batch 1 without
+checkpointing and scaled by the batch), so MFU = model FLOPs per step / step time / ``--peak-tflops``
+(default 989, H100 dense bf16; shown on CUDA, or on CPU when ``--peak-tflops`` is given).  Peak memory:
+``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak RSS growth over the built model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+VARIANTS = {"reference": dict(fusion="mean"), "prefuse": dict(fusion="prefuse"),
+            "last-layer": dict(fusion="mean", layers=[-1])}
+STAGES = ("I", "II")
+# ~50 tokens with the local byte-level tokenizer (about what a 35-word caption is with Qwen's)
+CAPTION = "a red sports car on a wet cobblestone street at dusk, neon signs in the puddles"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _toy_available() -> bool:
+    from parauni.toy.vlm import DEFAULT_WEIGHTS
+
+    return (DEFAULT_WEIGHTS / "config.json").is_file()
+
+
+def _count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _small_step(args, variant: str, stage: str):
+    """(step function, FLOP-count function, info) on the project's Trainer with the toy or tiny models."""
+    from parauni.train.config import load_config
+    from parauni.train.trainer import Trainer
+
+    source = "toy" if _toy_available() else "tiny"
+    resolution = args.resolution or (32 if source == "toy" else 16)
+    out = tempfile.mkdtemp(prefix="bench_train_")
+    overrides = [f"model.source={source}", "data.kind=toy", f"data.resolution={resolution}",
+                 f"train.batch_size={args.batch}", "train.logger=none", f"train.output_dir={out}",
+                 f"train.stage={stage}", f"train.steps={args.warmup + args.steps + 10}", "optim.warmup_steps=1",
+                 f"model.conditioner={json.dumps(VARIANTS[variant])}",
+                 f"model.gradient_checkpointing={str(args.checkpointing).lower()}",
+                 "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]  # quoted: YAML no = false
+    trainer = Trainer(load_config(None, overrides), progress=False)
+    info = dict(model=source, resolution=resolution, trainable=trainer.n_trainable)
+    return trainer.train_step, trainer.train_step, info
+
+
+def _real_step(args, variant: str, stage: str):
+    """(step function, FLOP-count function at batch 1, info, module) at a real preset's size, random weights."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from parauni.models.presets import build_preset, get_preset
+    from parauni.models.prompt import tokenize_prompts
+    from parauni.models.tokenizer import build_tokenizer
+    from parauni.train.model import FlowTrainModule
+    from parauni.train.trainer import param_groups
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    preset = get_preset(args.size)
+    parts = build_preset(args.size, device=args.device, dtype=dtype, with_vae=False, **VARIANTS[variant])
+    pipe = SimpleNamespace(vlm=parts["vlm"], conditioner=parts["conditioner"], transformer=parts["transformer"],
+                           tokenizer=build_tokenizer())
+    trained = ["queries", "lim"] + (["transformer"] if stage == "II" else [])
+    module = FlowTrainModule(pipe, trained)
+    module.conditioner.float()  # trainable weights in float32 (master weights), frozen ones in --dtype
+    if stage == "II":
+        module.transformer.float()
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt = torch.optim.AdamW(param_groups(named, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    latent = preset.resolution // 32
+    amp = dict(device_type="cuda" if args.device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
+               enabled=args.dtype == "bf16")
+    gen = torch.Generator(args.device).manual_seed(0)
+
+    def batch(n: int):
+        shape = (n, preset.transformer["in_channels"], latent, latent)
+        return ([CAPTION] * n, torch.randn(shape, generator=gen, device=args.device),
+                torch.randn(shape, generator=gen, device=args.device), torch.rand(n, generator=gen, device=args.device))
+
+    def forward_backward(n: int) -> None:
+        with torch.autocast(**amp):
+            loss = module(*batch(n))
+        loss.backward()
+
+    def step() -> None:
+        forward_backward(args.batch)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def count() -> None:  # batch 1, no checkpointing: model FLOPs without recomputation
+        forward_backward(1)
+        opt.zero_grad(set_to_none=True)
+
+    tokens = tokenize_prompts(pipe.tokenizer, module.conditioner.template, [CAPTION])[0].shape[1]  # + N queries
+    info = dict(model=args.size, resolution=preset.resolution, trainable=sum(p.numel() for p in params),
+                prompt_tokens=tokens)
+    return step, count, info, module
+
+
+def worker(args) -> dict:
+    """One (stage, variant) measurement in this process."""
+    import torch
+
+    torch.manual_seed(0)
+    stage, variant = args.stage, args.variant
+    if args.size == "tiny":
+        step, count, info = _small_step(args, variant, stage)
+        flops = None
+    else:
+        step, count, info, module = _real_step(args, variant, stage)
+        flops = _count_flops(count) * args.batch  # before checkpointing: no recomputation in the count
+        module.set_gradient_checkpointing(args.checkpointing)
+    base = _peak_mb(args.device)
+    for _ in range(args.warmup):
+        step()
+    _sync(args.device)
+    _reset_peak(args.device)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(args.device)
+        times.append(time.perf_counter() - t0)
+    peak = _peak_mb(args.device) - (0 if args.device.startswith("cuda") else base)
+    if flops is None:
+        flops = _count_flops(step)  # the Trainer's models train without checkpointing here
+    median = statistics.median(times)
+    return dict(stage=stage, variant=variant, median_s=median, samples_per_s=args.batch / median, peak_mb=peak,
+                flops_per_step=flops, **info)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="tiny", help="'tiny' (the toy models when shipped) or a real preset name")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="real size: the frozen weights' dtype "
+                    "and bf16 autocast; small: the Trainer's mixed precision")
+    ap.add_argument("--batch", type=int, default=4, help="samples per step")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--resolution", type=int, help="small sizes: data.resolution (default 16 tiny, 32 toy)")
+    ap.add_argument("--stages", default="I,II", help="comma-separated: I, II")
+    ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                    help="real size: train without gradient checkpointing (small sizes never use it)")
+    ap.add_argument("--peak-tflops", type=float, help="device peak for MFU (default 989: H100 dense bf16, on CUDA)")
+    ap.add_argument("--worker", nargs=2, metavar=("STAGE", "VARIANT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        args.stage, args.variant = args.worker
+        if args.size == "tiny":
+            args.checkpointing = False
+        print(json.dumps(worker(args)))
+        return
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    peak = args.peak_tflops or (989.0 if args.device.startswith("cuda") else None)
+    env = dict(os.environ)
+    if not args.device.startswith("cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the Trainer picks CUDA whenever it sees one
+    rows = []
+    header = f"  {'stage':5s} {'variant':10s} {'step ms':>9s} {'samples/s':>10s} {'peak MB':>9s} {'GFLOP/step':>11s}"
+    print(header + (f" {'MFU':>7s}" if peak else ""), flush=True)
+    for stage in stages:
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--worker", stage, variant] + [
+                a for k, v in [("--size", args.size), ("--device", args.device), ("--dtype", args.dtype),
+                               ("--batch", str(args.batch)), ("--steps", str(args.steps)),
+                               ("--warmup", str(args.warmup))] for a in (k, v)]
+            cmd += ["--resolution", str(args.resolution)] if args.resolution else []
+            cmd += [] if args.checkpointing else ["--no-checkpointing"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                sys.exit(f"stage {stage} / {variant} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["mfu"] = r["flops_per_step"] / r["median_s"] / (peak * 1e12) if peak else None
+            rows.append(r)
+            line = f"  {stage:5s} {variant:10s} {r['median_s'] * 1e3:9.1f} {r['samples_per_s']:10.2f} " \
+                   f"{r['peak_mb']:9.1f} {r['flops_per_step'] / 1e9:11.3f}"
+            print(line + (f" {r['mfu'] * 100:6.2f}%" if peak else ""), flush=True)
+    first = rows[0]
+    extra = f", prompt {first['prompt_tokens']} tokens + queries" if "prompt_tokens" in first else ""
+    print(f"\n{first['model']} at {first['resolution']} px on {args.device} ({args.dtype}, batch {args.batch}, "
+          f"{args.steps} timed steps{extra}); ratios vs the last-layer baseline:")
+    for stage in stages:
+        r = {row["variant"]: row for row in rows if row["stage"] == stage}
+        base = r["last-layer"]
+        for v in ("reference", "prefuse"):
+            print(f"  stage {stage:2s} {v:10s} time x{r[v]['median_s'] / base['median_s']:.2f}  "
+                  f"peak memory x{r[v]['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}  "
+                  f"FLOPs x{r[v]['flops_per_step'] / max(base['flops_per_step'], 1):.2f}  "
+                  f"trainable {r[v]['trainable'] / 1e6:.2f}M")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""Layer-response analysis: how each reward moves when one group of VLM layers is perturbed or dropped.
+
+SPEC §5 asks that the paper's claim behind LDAM ("layers respond unequally to different rewards") be
+measurable.  For a fixed prompt set and fixed initial latents, :func:`analyze_layers` generates the
+baseline images, then for every layer group and mode generates them again with that group altered
+and records, per reward, the mean change against the baseline with its standard error over prompts.
+
+Modes (only the conditional branch is altered; the unconditional CFG branch stays the baseline's, so
+the change measures what the prompt's layers carry):
+
+- ``perturb``: add ``scale * std * eps`` (``eps ~ N(0, I)``) to the group's query states through the
+  conditioner's ``layer_noise``, where ``std`` is the standard deviation of that prompt's query states
+  over the group's layers (one scalar per prompt and group).  The noise is drawn per image from a
+  generator seeded by ``(seed, prompt index, group index)``, so results do not depend on batching.
+  ``scale=0`` reproduces the baseline exactly.
+- ``drop``: fuse without the group, through the LIM's own submodules (the LIM is not changed): for
+  ``fusion="mean"`` the mean over the remaining layers' connector outputs, for ``"softmax"`` the
+  softmax of the remaining layers' logits, for ``"prefuse"`` the per-channel softmax renormalised over
+  the remaining layers.  So dropping = the model as if it had read only the other layers, with no
+  out-of-distribution input (zeros would be, after the final norm).  A group holding every read layer
+  cannot be dropped.
+
+Groups index the layers the conditioner reads (``0 .. L-1``), as in :mod:`parauni.rl.ldam`:
+``"thirds"`` (shallow / middle / deep), ``"per-layer"`` (``layer_<vlm index>``) or an explicit dict.
+
+Outputs (:func:`write_outputs`): ``layer_response.json``, ``layer_response.md`` (one table per mode:
+rows = groups, columns = reward deltas ± s.e. and the mean absolute pixel change) and
+``layer_response.png`` (a heat map per mode; colour = delta over the column's largest |delta|, so
+rewards on different scales share one colour range; cells annotated with the raw delta).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .rewards.base import build_reward
+from .rl.ldam import default_layer_groups
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REWARDS = ("toy_alignment", "toy_quality", "toy_geneval")
+MODES = ("perturb", "drop")
+DROP_METHOD = {
+    "mean": "mean of the LIM's per-layer outputs over the remaining layers",
+    "softmax": "softmax over the remaining layers' logits",
+    "prefuse": "per-channel softmax weights renormalised over the remaining layers",
+}
+
+
+# ---- inputs --------------------------------------------------------------------------------------------------------
+
+def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[dict | None]]:
+    """Prompts and reward metadata from a text file (one prompt a line; metadata ``None``) or a GenEval-format
+    JSONL (records with ``"prompt"``; each record is that prompt's metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {str(path)!r} not found")
+    lines = [x.strip() for x in path.read_text().splitlines() if x.strip()]
+    if path.suffix == ".jsonl" or (lines and lines[0].startswith("{")):
+        records = []
+        for i, line in enumerate(lines):
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "prompt" not in rec:
+                raise ValueError(f"{path}:{i + 1}: a JSONL record needs a 'prompt' field")
+            records.append(rec)
+        records = records[:limit]
+        prompts, metadata = [r["prompt"] for r in records], list(records)
+    else:
+        prompts = lines[:limit]
+        metadata = [None] * len(prompts)
+    if not prompts:
+        raise ValueError(f"no prompts in {str(path)!r}")
+    return prompts, metadata
+
+
+def layer_groups(num_layers: int, groups: str | Mapping[str, Sequence[int]] = "thirds",
+                 vlm_layers: Sequence[int] | None = None) -> dict[str, list[int]]:
+    """Groups of read-layer indices: ``"thirds"``, ``"per-layer"`` (named ``layer_<vlm index>``) or a dict."""
+    if isinstance(groups, Mapping):
+        out = {str(k): sorted(int(i) for i in v) for k, v in groups.items()}
+    elif groups == "thirds":
+        if num_layers < 3:
+            raise ValueError(f"the conditioner reads {num_layers} layer(s): too few for thirds; use per-layer groups")
+        out = default_layer_groups(num_layers)
+    elif groups == "per-layer":
+        names = list(vlm_layers) if vlm_layers is not None else list(range(num_layers))
+        out = {f"layer_{names[i]}": [i] for i in range(num_layers)}
+    else:
+        raise ValueError(f"unknown layer grouping {groups!r}; use 'thirds', 'per-layer' or a dict")
+    for name, idx in out.items():
+        if not idx or any(not 0 <= i < num_layers for i in idx):
+            raise ValueError(f"layer group {name!r} = {idx} must be non-empty indices in [0, {num_layers})")
+    return out
+
+
+def resolve_rewards(rewards: Mapping[str, float | Callable] | Sequence[str] | None
+                    ) -> tuple[dict[str, Callable], dict[str, float], bool]:
+    """``(callables, weights, weighted)``: names (or dotted paths) with weights are built with
+    :func:`build_reward`; reward objects are used as given (weight 1).  ``weighted``: the caller gave a
+    ``{name: weight}`` mapping of two or more rewards, so a ``total`` column (the weighted sum) is reported."""
+    if rewards is None:
+        rewards = list(DEFAULT_REWARDS)
+    explicit = isinstance(rewards, Mapping)  # weights given by the caller
+    if not explicit:
+        rewards = {name: 1.0 for name in rewards}
+    if not rewards:
+        raise ValueError("give at least one reward")
+    fns, weights = {}, {}
+    for name, value in rewards.items():
+        if callable(value):
+            fns[name], weights[name] = value, 1.0
+        else:
+            fns[name], weights[name] = build_reward(name), float(value)
+    return fns, weights, explicit and len(rewards) > 1 and not any(callable(v) for v in rewards.values())
+
+
+# ---- the two alterations --------------------------------------------------------------------------------------------
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def group_noise(states: torch.Tensor, group: Sequence[int], scale: float, images_per_prompt: int,
+                prompt_ids: Sequence[int], seed: int, group_id: int) -> torch.Tensor:
+    """Noise for the conditioner's ``layer_noise``: ``(L, B*G, N, D)`` from ``states`` ``(L, B, N, D)``.
+
+    Zero outside ``group``; inside, ``scale * std_b * eps`` with ``std_b`` the std of prompt b's states over the
+    group's layers and ``eps`` drawn per image (G images per prompt) from ``(seed, prompt id, group id)``."""
+    num_layers, b, n, d = states.shape
+    idx = torch.as_tensor(list(group), device=states.device)
+    noise = torch.zeros(num_layers, b * images_per_prompt, n, d, dtype=torch.float32)
+    for j, pid in enumerate(prompt_ids):
+        std = states[idx, j].float().std().item()  # one scalar over (|G|, N, D)
+        gen = torch.Generator().manual_seed(_seed(seed, pid, group_id, 1))
+        eps = torch.randn(len(group), images_per_prompt, n, d, generator=gen)  # (|G|, G, N, D)
+        noise[idx.cpu(), j * images_per_prompt:(j + 1) * images_per_prompt] = scale * std * eps
+    return noise.to(states.device)
+
+
+@torch.no_grad()
+def fuse_without(conditioner, states: torch.Tensor, drop: Sequence[int]) -> torch.Tensor:
+    """The conditioner's output as if it had read every layer but ``drop``: ``(L, B, N, D)`` -> ``(B, N, C)``.
+
+    Mirrors :class:`~parauni.models.lim.LayerIntegrationModule`'s forward on the kept layers (see the module
+    docstring for each fusion); with nothing dropped it equals ``conditioner(states)``."""
+    lim = conditioner.lim
+    keep = [i for i in range(states.shape[0]) if i not in set(drop)]
+    if not keep:
+        raise ValueError("cannot drop every layer the conditioner reads")
+    kept = states[keep].to(conditioner.dtype)  # (K, B, N, D)
+    k, b, n, d = kept.shape
+    if lim.fusion == "prefuse":
+        w = lim.layer_logits[keep].softmax(dim=0).to(kept.dtype)  # (K, D)
+        return lim.norm(lim.projector(lim.connector(torch.einsum("lbnd,ld->bnd", kept, w))))
+    y = lim.norm(lim.projector(lim.connector(kept.reshape(k * b, n, d)))).view(k, b, n, -1)  # (K, B, N, C)
+    if lim.fusion == "mean":
+        return y.mean(dim=0)
+    w = lim.layer_logits[keep].softmax(dim=0).to(y.dtype)  # (K,)
+    return torch.einsum("lbnc,l->bnc", y, w)
+
+
+# ---- the analysis ------------------------------------------------------------------------------------------------
+
+def _to_uint8(images: np.ndarray) -> list[np.ndarray]:
+    return list(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))  # (H, W, 3) each
+
+
+def _score(fns: Mapping[str, Callable], images, prompts, metadata) -> dict[str, np.ndarray]:
+    """Each reward's ``(B,)`` scores; a reward that raises scores NaN (reported once per call)."""
+    out = {}
+    for name, fn in fns.items():
+        try:
+            out[name] = torch.as_tensor(fn(images, prompts, metadata), dtype=torch.float64).reshape(-1).numpy()
+        except Exception as err:  # noqa: BLE001 - one failing reward must not stop the analysis
+            logger.warning("reward %s failed on a batch (%s); its scores are NaN", name, err)
+            out[name] = np.full(len(images), np.nan)
+    return out
+
+
+def _stats(per_prompt: np.ndarray) -> dict[str, float | int | None]:
+    """Mean and standard error over prompts (NaN prompts left out)."""
+    v = per_prompt[~np.isnan(per_prompt)]
+    if not len(v):
+        return {"mean": None, "se": None, "n": 0}
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(v.mean()), "se": se, "n": int(len(v))}
+
+
+def _per_prompt(x: np.ndarray, images_per_prompt: int) -> np.ndarray:
+    """``(P*G,)`` per image -> ``(P,)`` NaN-aware mean per prompt."""
+    x = x.reshape(-1, images_per_prompt)
+    ok = ~np.isnan(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok.any(1), np.where(ok, x, 0).sum(1) / ok.sum(1), np.nan)
+
+
+@torch.no_grad()
+def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None] | None = None,
+                   rewards: Mapping[str, float | Callable] | Sequence[str] | None = None,
+                   groups: str | Mapping[str, Sequence[int]] = "thirds", modes: Sequence[str] = MODES,
+                   scale: float = 1.0, images_per_prompt: int = 2, steps: int = 20, guidance: float = 4.5,
+                   seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None,
+                   model_name: str | None = None) -> dict[str, Any]:
+    """Reward changes per layer group and mode against the baseline; see the module docstring.
+
+    rewards: names (weight 1), ``{name: weight}`` or ``{name: reward object}``; default the three toy rewards.
+        A reward that is NaN for every baseline image (e.g. ``toy_geneval`` without GenEval records) is left
+        out and listed under ``skipped_rewards``.
+    batch_size: prompts per batch (each gives ``images_per_prompt`` images).
+    Returns a JSON-ready dict (see :func:`write_outputs`).
+    """
+    modes = [m for m in MODES if m in set(modes)]
+    if not modes:
+        raise ValueError(f"modes must name some of {MODES}")
+    if images_per_prompt < 1 or batch_size < 1:
+        raise ValueError("images_per_prompt and batch_size must be >= 1")
+    metadata = list(metadata) if metadata is not None else [None] * len(prompts)
+    if len(metadata) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(metadata)} metadata records")
+    cond = pipe.conditioner
+    read = list(cond.layer_indices)
+    grp = layer_groups(len(read), groups, read)
+    if "drop" in modes:
+        full = [g for g, idx in grp.items() if len(set(idx)) == len(read)]
+        if full:
+            raise ValueError(f"group(s) {full} hold every read layer and cannot be dropped; use mode perturb")
+    fns, weights, weighted = resolve_rewards(rewards)
+    pipe.set_progress_bar_config(disable=True)
+    device = cond.queries.device
+    sample = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    height, width = height or sample, width or sample
+    gen_kw = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+    uncond = pipe.encode_prompt([None])  # (1, N, C), shared by every variant
+    variants = [("baseline", None)] + [(m, g) for m in modes for g in grp]
+    scores: dict[tuple, dict[str, list[np.ndarray]]] = {v: {} for v in variants}
+    pixels: dict[tuple, list[np.ndarray]] = {v: [] for v in variants[1:]}
+
+    for start in range(0, len(prompts), batch_size):
+        ids = list(range(start, min(start + batch_size, len(prompts))))
+        batch = [prompts[i] for i in ids]
+        logger.info("layer response: prompts %d-%d of %d", ids[0] + 1, ids[-1] + 1, len(prompts))
+        states = pipe.layer_states(list(batch))  # (L, B, N, D)
+        states_x = states.repeat_interleave(images_per_prompt, dim=1)  # (L, B*G, N, D)
+        latents = torch.cat([
+            pipe.prepare_latents(images_per_prompt, height, width, torch.Generator().manual_seed(_seed(seed, i, 0)),
+                                 pipe.transformer.dtype, device) for i in ids])  # (B*G, C, h, w)
+        neg = uncond.expand(len(ids) * images_per_prompt, -1, -1)
+        img_prompts = [p for p in batch for _ in range(images_per_prompt)]
+        img_meta = [metadata[i] for i in ids for _ in range(images_per_prompt)]
+        base_images = None
+        for variant in variants:
+            mode, group = variant
+            if mode == "baseline":
+                embeds = cond(states_x)
+            elif mode == "perturb":
+                noise = group_noise(states, grp[group], scale, images_per_prompt, ids, seed, list(grp).index(group))
+                embeds = cond(states_x, noise)
+            else:
+                embeds = fuse_without(cond, states_x, grp[group])
+            images = pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents.clone(), **gen_kw).images
+            for name, value in _score(fns, _to_uint8(images), img_prompts, img_meta).items():
+                scores[variant].setdefault(name, []).append(value)
+            if base_images is None:
+                base_images = images
+            else:
+                pixels[variant].append(np.abs(images - base_images).reshape(len(images), -1).mean(1))
+
+    per_image = {v: {k: np.concatenate(x) for k, x in s.items()} for v, s in scores.items()}
+    skipped = {n: "NaN for every baseline image (missing metadata?)" for n in fns
+               if np.isnan(per_image[variants[0]][n]).all()}
+    kept = [n for n in fns if n not in skipped]
+    if not kept:
+        raise ValueError(f"no reward could score the baseline images: {sorted(skipped)}")
+    columns = kept + (["total"] if weighted and len(kept) > 1 else [])
+    for s in per_image.values():
+        if "total" in columns:
+            s["total"] = sum(weights[n] * s[n] for n in kept)
+    base = per_image[variants[0]]
+    result: dict[str, Any] = {
+        "model": model_name, "num_prompts": len(prompts), "images_per_prompt": images_per_prompt, "steps": steps,
+        "guidance": guidance, "seed": seed, "scale": scale, "resolution": [height, width],
+        "fusion": cond.lim.fusion, "layers_read": read,
+        "groups": {g: {"read": idx, "vlm_layers": [read[i] for i in idx]} for g, idx in grp.items()},
+        "rewards": columns, "weights": {n: weights[n] for n in kept}, "skipped_rewards": skipped,
+        "perturbation": "noise std = scale x the std of the prompt's query states over the group's layers",
+        "drop_method": DROP_METHOD[cond.lim.fusion],
+        "baseline": {n: _stats(_per_prompt(base[n], images_per_prompt)) for n in columns},
+        "modes": {},
+    }
+    for mode in modes:
+        rows = {}
+        for g in grp:
+            s = per_image[(mode, g)]
+            row = {n: _stats(_per_prompt(s[n] - base[n], images_per_prompt)) for n in columns}
+            row["pixel_change"] = _stats(_per_prompt(np.concatenate(pixels[(mode, g)]), images_per_prompt))
+            rows[g] = row
+        result["modes"][mode] = rows
+    return result
+
+
+# ---- outputs ------------------------------------------------------------------------------------------------------
+
+def _fmt(stat: dict, signed: bool = True) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    text = f"{stat['mean']:+.4g}" if signed else f"{stat['mean']:.4g}"
+    return text + (f" ± {stat['se']:.2g}" if stat["se"] is not None else "")
+
+
+def format_markdown(result: dict) -> str:
+    """The Markdown report: the baseline, then one table per mode (rows = groups, columns = reward deltas)."""
+    cols = result["rewards"]
+    lines = ["# Layer response", "",
+             f"Model {result['model'] or '?'} (LIM fusion `{result['fusion']}`, VLM layers read "
+             f"{result['layers_read']}); {result['num_prompts']} prompts x {result['images_per_prompt']} images, "
+             f"{result['steps']} steps, CFG {result['guidance']}, seed {result['seed']}. Values: mean change vs "
+             "the baseline ± standard error over prompts (same latents, unconditional branch unchanged).", ""]
+    if result["skipped_rewards"]:
+        lines += [f"Left out: {', '.join(f'{k} ({v})' for k, v in result['skipped_rewards'].items())}.", ""]
+    lines += ["| baseline | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols),
+              "| mean | " + " | ".join(_fmt(result["baseline"][c], signed=False) for c in cols) + " |", ""]
+    notes = {"perturb": f"perturb: {result['perturbation']}, scale {result['scale']}",
+             "drop": f"drop: {result['drop_method']}"}
+    for mode, rows in result["modes"].items():
+        lines += [f"## {notes[mode]}", "",
+                  "| group | VLM layers | " + " | ".join(f"Δ {c}" for c in cols) + " | mean abs Δpixel |",
+                  "|---|---|" + "---:|" * (len(cols) + 1)]
+        for g, row in rows.items():
+            layers = result["groups"][g]["vlm_layers"]
+            cells = [_fmt(row[c]) for c in cols] + [_fmt(row["pixel_change"], signed=False)]
+            lines.append(f"| {g} | {','.join(map(str, layers))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_heatmap(result: dict, path: str | Path) -> None:
+    """Heat map per mode: rows groups, columns rewards; colour = delta / the column's max |delta| (both modes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols, modes = result["rewards"], list(result["modes"])
+    groups = list(result["groups"])
+    delta = {m: np.array([[result["modes"][m][g][c]["mean"] if result["modes"][m][g][c]["mean"] is not None
+                           else np.nan for c in cols] for g in groups]) for m in modes}  # (groups, rewards)
+    scale = np.nanmax(np.stack([np.abs(d) for d in delta.values()]), axis=(0, 1))  # (rewards,)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    fig = Figure(figsize=(1.2 + 2.2 * len(cols) * len(modes), 1.2 + 0.6 * len(groups)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    for ax, m in zip(axes, modes, strict=True):
+        im = ax.imshow(delta[m] / scale, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(cols)), [f"Δ {c}" for c in cols], rotation=20, ha="right")
+        ax.set_yticks(range(len(groups)), groups)
+        ax.set_title(m)
+        for i, g in enumerate(groups):
+            for j, c in enumerate(cols):
+                st = result["modes"][m][g][c]
+                text = "n/a" if st["mean"] is None else f"{st['mean']:+.3g}" + (
+                    f"\n±{st['se']:.2g}" if st["se"] is not None else "")
+                dark = np.isfinite(delta[m][i, j]) and abs(delta[m][i, j] / scale[j]) > 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    fig.colorbar(im, ax=list(axes), label="Δ / column max |Δ|", shrink=0.8)
+    fig.savefig(path, dpi=120)
+
+
+def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
+    """``layer_response.json``, ``layer_response.md`` and ``layer_response.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"layer_response.{k}" for k in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["md"].write_text(format_markdown(result) + "\n")
+    plot_heatmap(result, paths["png"])
+    return paths
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+def parse_reward_args(items: Sequence[str] | None) -> dict[str, float] | None:
+    """``["toy_alignment=0.5", "pkg.mod:Factory=1"]`` -> ``{name: weight}`` (no ``=``: weight 1)."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, weight = item.rpartition("=")
+        if not sep:
+            name, weight = item, "1"
+        try:
+            out[name] = float(weight)
+        except ValueError as err:
+            raise ValueError(f"--rewards {item!r}: expected name=weight with a number") from err
+    return out
+
+
+def run(args) -> dict:
+    """``parauni analyze layers``."""
+    from .pipelines.loading import load_pipeline
+
+    prompts, metadata = read_prompts(args.prompts, args.limit)
+    pipe = load_pipeline(args.model, device=args.device)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    result = analyze_layers(pipe, prompts, metadata, parse_reward_args(args.rewards), args.groups, modes, args.scale,
+                            args.images_per_prompt, args.steps, args.guidance, args.seed, args.batch_size,
+                            model_name=args.model)
+    paths = write_outputs(result, args.out)
+    print(format_markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return result
