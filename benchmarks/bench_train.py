@@ -144,7 +144,13 @@ def _real_step(args, variant: str, stage: str):
         opt.zero_grad(set_to_none=True)
 
     def count() -> None:  # batch 1, no checkpointing: model FLOPs without recomputation
-        forward_backward(1)
+        # FlopCounterMode's SDPA rule rejects grouped-query attention (Qwen2's KV heads), so the VLM
+        # counts with eager attention: the same matmuls, counted one by one
+        module.vlm.set_attn_implementation("eager")
+        try:
+            forward_backward(1)
+        finally:
+            module.vlm.set_attn_implementation("sdpa")
         opt.zero_grad(set_to_none=True)
 
     tokens = tokenize_prompts(pipe.tokenizer, module.conditioner.template, [CAPTION])[0].shape[1]  # + N queries

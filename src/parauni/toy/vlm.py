@@ -29,10 +29,10 @@ IGNORE_INDEX = -100
 TEMPLATE = PromptTemplate()
 DESCRIBE = "describe the image."
 
-VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+VISION = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
               image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, attention_bias=True, use_qk_norm=False,
               norm_type="layer_norm", layer_scale_init_value=0.1, use_mean_pooling=True, hidden_act="gelu")
-TEXT = dict(model_type="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+TEXT = dict(model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6,
             hidden_act="silu", tie_word_embeddings=False)
 
@@ -49,36 +49,11 @@ def toy_vlm_config(tokenizer, vision: dict | None = None, text: dict | None = No
     )
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position codes ``(grid * grid, dim)`` (row-major patches; half of the
-    channels code the row, half the column)."""
-    quarter = dim // 4
-    freqs = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))  # (dim/4,)
-    pos = torch.arange(grid, dtype=torch.float64)
-    angles = pos[:, None] * freqs[None]  # (grid, dim/4)
-    code = torch.cat([angles.sin(), angles.cos()], dim=1)  # (grid, dim/2)
-    rows = code[:, None, :].expand(grid, grid, -1)
-    cols = code[None, :, :].expand(grid, grid, -1)
-    out = torch.zeros(grid, grid, dim, dtype=torch.float64)
-    out[..., : 4 * quarter] = torch.cat([rows, cols], dim=-1)
-    return out.reshape(grid * grid, dim).float()
-
-
 def build_toy_vlm(tokenizer, seed: int = 0, vision: dict | None = None,
                   text: dict | None = None) -> InternVLForConditionalGeneration:
-    """A freshly initialised toy VLM (float32, train mode) with the default or overridden sizes.
-
-    InternVL initialises the vision tower's position embeddings to zero (they are always loaded from a
-    checkpoint); trained from scratch, the patches would start without any notion of where they are, so
-    the patch positions start as fixed 2-D sine-cosine codes instead (still learnable).
-    """
+    """A freshly initialised toy VLM (float32, train mode) with the default or overridden sizes."""
     torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(toy_vlm_config(tokenizer, vision, text))
-    emb = model.model.vision_tower.embeddings.position_embeddings  # (1, 1 + grid^2, D)
-    grid = int(round((emb.shape[1] - 1) ** 0.5))
-    with torch.no_grad():
-        emb[0, 1:] = sincos_2d(grid, emb.shape[2])
-    return model.train()
+    return InternVLForConditionalGeneration(toy_vlm_config(tokenizer, vision, text)).train()
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -163,9 +138,9 @@ def answer(model: InternVLForConditionalGeneration, tokenizer, images_uint8: Seq
            questions: Sequence[str], max_new_tokens: int = 16, batch_size: int = 256) -> list[str]:
     """Greedy answers (special tokens stripped), batched; deterministic for fixed weights and inputs.
 
-    Each row stops at its first ``<|im_end|>`` or after ``max_new_tokens`` tokens. The image features
-    are computed once per batch; every step re-runs the language model without a cache over the
-    right-padded rows (causal attention keeps the padding invisible to real tokens).
+    Each row stops at its first ``<|im_end|>`` or after ``max_new_tokens`` tokens. The prompts are
+    left-aligned for decoding (padding first, position ids counted over the real tokens only), so all
+    rows grow in the same column and the key-value cache of the first forward pass is reused.
     """
     images = list(images_uint8) if images_uint8 is not None else [None] * len(questions)
     cfg, eos = model.config, tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -173,33 +148,33 @@ def answer(model: InternVLForConditionalGeneration, tokenizer, images_uint8: Seq
     for start in range(0, len(questions), batch_size):
         batch = encode_qa_batch(tokenizer, images[start: start + batch_size], questions[start: start + batch_size],
                                 image_size=cfg.vision_config.image_size[0], num_image_tokens=cfg.image_seq_length)
-        ids, mask = batch["input_ids"], batch["attention_mask"]  # (B, S)
-        n, width = ids.shape
-        ids = torch.cat([ids, ids.new_full((n, max_new_tokens), tokenizer.pad_token_id)], dim=1)
-        mask = torch.cat([mask, mask.new_zeros(n, max_new_tokens)], dim=1)
-        lengths = batch["attention_mask"].sum(1)  # (B,)
-        feats = None
-        if batch["pixel_values"] is not None:
-            feats = model.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True)
-        done = torch.zeros(n, dtype=torch.bool)
+        dev = model.device
+        right, right_mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)  # (B, S), right-padded
+        n, width = right.shape
+        lengths = right_mask.sum(1)  # (B,)
+        shift = (width - lengths).tolist()
+        ids = torch.stack([row.roll(k) for row, k in zip(right, shift, strict=True)])  # (B, S), left-padded
+        mask = torch.stack([row.roll(k) for row, k in zip(right_mask, shift, strict=True)])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, S)
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       pixel_values=None if batch["pixel_values"] is None else batch["pixel_values"].to(dev),
+                       use_cache=True, logits_to_keep=1)
+        next_pos = positions[:, -1] + 1  # (B,)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
         generated: list[list[int]] = [[] for _ in range(n)]
-        for _ in range(max_new_tokens):
-            span = int(lengths.max())
-            hidden = model.model(input_ids=ids[:, :span], attention_mask=mask[:, :span], use_cache=False,
-                                 mm_encoder_outputs={"image": feats} if feats is not None else None,
-                                 ).last_hidden_state  # (B, span, D)
-            last = hidden[torch.arange(n), lengths - 1]  # (B, D)
-            token = model.lm_head(last).argmax(-1)  # (B,)
+        for step in range(max_new_tokens):
+            token = result.logits[:, -1].argmax(-1)  # (B,)
             for i in torch.nonzero(~done).flatten().tolist():
                 if int(token[i]) == eos:
                     done[i] = True
-                    continue
-                generated[i].append(int(token[i]))
-                ids[i, lengths[i]] = token[i]
-                mask[i, lengths[i]] = 1
-                lengths[i] += 1
-            if bool(done.all()):
+                else:
+                    generated[i].append(int(token[i]))
+            if bool(done.all()) or step == max_new_tokens - 1:
                 break
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            result = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                           past_key_values=result.past_key_values, use_cache=True)
+            next_pos = next_pos + 1
         out.extend(tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated)
     return out
 
