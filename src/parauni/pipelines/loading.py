@@ -11,10 +11,15 @@ from .pipeline_parauni import ParaUniPipeline
 
 
 def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> ParaUniPipeline:
-    """``tiny`` (random, local), a real preset name (pretrained weights by hub id), a saved
+    """``tiny`` (random, local), ``toy-all-layers`` / ``toy-last-layer`` (the shipped stage-II toy models),
+    a real preset name (pretrained weights by hub id), a saved
     ``ParaUniPipeline`` folder, or a hub id of one."""
     if model == "tiny":
         pipe = build_tiny()
+    elif model.startswith("toy-"):
+        from ..train.model import load_toy_model
+
+        pipe = load_toy_model(model)
     elif model in PRESETS:
         pipe = load_preset(model, dtype=dtype)
     else:

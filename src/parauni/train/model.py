@@ -39,6 +39,28 @@ def build_toy_pipeline(vlm: str | None = None, prior: str | None = None, seed: i
                            scheduler=p.scheduler, vae=p.vae)
 
 
+TOY_MODELS = {"toy-all-layers": "all_layers", "toy-last-layer": "last_layer"}
+TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights" / "stage2"
+
+
+def load_toy_model(name: str = "toy-all-layers") -> ParaUniPipeline:
+    """A shipped stage-II toy model: the toy VLM, the conditioner and the fine-tuned prior transformer.
+
+    ``name``: ``toy-all-layers`` (the ParaUni LIM over every layer) or ``toy-last-layer`` (the baseline).
+    """
+    from .config import load_config
+
+    if name not in TOY_MODELS:
+        raise KeyError(f"unknown toy model {name!r}; known: {sorted(TOY_MODELS)}")
+    folder = TOY_MODEL_DIR / TOY_MODELS[name]
+    cfg = load_config(folder / "config.yaml")
+    pipe = build_toy_pipeline(cfg.model.vlm, cfg.model.transformer, cfg.train.seed, **cfg.model.conditioner)
+    load_trainable(pipe, folder)
+    pipe.conditioner.eval()
+    pipe.transformer.eval()
+    return pipe
+
+
 def build_pipeline(model_cfg, seed: int = 0) -> ParaUniPipeline:
     """A ``ParaUniPipeline`` from ``model.source`` (toy, tiny, a preset name or a pipeline folder)."""
     from ..models.presets import PRESETS, build_tiny, load_preset
