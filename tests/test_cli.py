@@ -30,11 +30,16 @@ def test_errors_exit_2_with_the_fix(tmp_path, capsys):
     assert rc == 2 and "corrupt" in capsys.readouterr().err
 
 
-def test_demo_scores_the_shipped_prior(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--images-per-prompt", "1"]) == 0
-    assert (tmp_path / "prior_samples.png").exists()
-    assert len((tmp_path / "toy_geneval_prior" / "results.jsonl").read_text().splitlines()) == 300
-    assert "| toy prior |" in capsys.readouterr().out
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--limit", "1", "--rl-epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| toy-all-layers |" in out and "| toy-last-layer |" in out and "after RL (EMA)" in out
+    for name in ("toy-all-layers", "toy-last-layer"):
+        assert len((tmp_path / name / "eval" / "geneval" / "results.jsonl").read_text().splitlines()) == 6
+    assert len((tmp_path / "rl_ldam" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "rl_ldam" / "ldam.jsonl").read_text().splitlines()) == 6  # 3 rewards x 2 epochs
+    html = (tmp_path / "report.html").read_text()
+    assert "toy-all-layers" in html and "data:image/png;base64," in html and (tmp_path / "report.md").is_file()
 
 
 def test_toy_eval_layout_and_resume(tmp_path, capsys):

@@ -122,6 +122,17 @@ def test_merged_export_matches_the_adapter():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_shipped_grpo_configs_load():
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*grpo*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load_grpo_config(path)
+        assert cfg.optim.clip_range == 1e-4 and cfg.optim.kl_beta == 0.04 and cfg.optim.adv_clip == 5.0
+        assert cfg.ldam.gamma0 == 0.1 and cfg.ldam.window == 5 and cfg.sampling.noise_level == 0.7
+
+
 def test_prompt_files(tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("a red circle\n\na blue square\n")
@@ -137,3 +148,15 @@ def test_prompt_files(tmp_path):
         PromptSource(load_grpo_config(None, ["prompts.kind=file", "prompts.path=/nope.txt"]).prompts, 0)
     with pytest.raises(KeyError, match="sampling.groupsize"):
         load_grpo_config(None, ["sampling.groupsize=3"])
+
+
+def test_grpo_raises_a_simple_reward(tmp_path):
+    """On a fixed prompt pool, 20 epochs with a brightness reward make the samples brighter."""
+    tr = trainer(tmp_path, "prompts.pool=4", "prompts.per_epoch=4", "sampling.group_size=8", "sampling.steps=6",
+                 "train.epochs=20", "rewards.weights={bright: 1.0}", "model.lora_rank=8", "model.lora_alpha=16",
+                 "optim.train_batch=8", "optim.lr=3e-3", "ldam.enabled=false", "train.save_every=1000",
+                 fns={"bright": bright})
+    tr.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    values = [r["reward/bright"] for r in rows]
+    assert np.mean(values[-5:]) > np.mean(values[:5]) + 0.01, values

@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: an end-to-end run on a CPU")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--steps", type=int, default=20)
-    d.add_argument("--images-per-prompt", type=int, default=2)
+    d.add_argument("--images-per-prompt", type=int, default=1)
+    d.add_argument("--rl-epochs", type=int, default=12, help="epochs of the short Flow-GRPO + LDAM phase")
+    d.add_argument("--limit", type=int, help="first N toy GenEval prompts of each task only (quick checks)")
     d.set_defaults(func=lambda a: _generate().run_demo(a))
     from .train.commands import add_parsers as add_train_parsers
 

@@ -64,17 +64,67 @@ def demo_grid(geneval_dir: Path, per_task: int = 6, scale: int = 3):
     return labelled_grid(images, labels, cols=per_task, scale=scale)
 
 
+DEMO_RL = ["model.source=toy-all-layers", "prompts.per_epoch=6", "prompts.pool=24", "sampling.group_size=8",
+           "sampling.steps=10", "rewards.weights={toy_alignment: 0.01, toy_quality: 0.1, toy_geneval: 1.0}",
+           "optim.lr=3e-4", "model.lora_rank=8", "model.lora_alpha=16",
+           "train.save_every=1000", "train.eval_geneval=true", "train.eval_limit=10",
+           # LDAM's window and patience are shortened so that its trigger can be seen in a short run
+           "ldam.window=3", "ldam.patience=2"]
+
+
 def run_demo(args) -> None:
-    """The shipped toy prior end to end: toy GenEval generated, scored and tabulated on a CPU."""
+    """The main job on a CPU: the shipped all-layer and last-layer toy models on toy GenEval, a short
+    Flow-GRPO phase with LDAM on the toy rewards, and one report of it all."""
+    import json
+    import shutil
+
     from .eval.geneval import format_table
+    from .pipelines.loading import load_pipeline
+    from .report import build_report
+    from .rl.config import load_grpo_config
+    from .rl.grpo import GRPOTrainer
     from .toy.evaluation import toy_geneval
+    from .train.model import TOY_MODEL_DIR, TOY_MODELS
 
     out = Path(args.out)
-    geneval_dir = out / "toy_geneval_prior"
-    summary = toy_geneval("prior", geneval_dir, images_per_prompt=args.images_per_prompt, steps=args.steps)
-    demo_grid(geneval_dir).save(out / "prior_samples.png")
-    print("\nToy GenEval, shipped toy prior with its own text encoder "
-          f"({summary['total_images']} images, {args.steps} steps):\n")
-    print(format_table({"toy prior": summary}))
-    print(f"\nimages in GenEval's layout, results.jsonl and summary.json: {geneval_dir}")
-    print(f"sample grid (first image of the first prompts of each task): {out / 'prior_samples.png'}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows, runs = {}, []
+    for name in TOY_MODELS:
+        run = out / name
+        (run / "eval").mkdir(parents=True, exist_ok=True)
+        for f in ("config.yaml", "metrics.jsonl"):  # the stage-II run that made the shipped model
+            shutil.copy(TOY_MODEL_DIR / TOY_MODELS[name] / f, run / f)
+        print(f"[demo] toy GenEval of the shipped stage-II model {name} "
+              f"({'all 300' if not args.limit else f'{args.limit} a task of the'} prompts x {args.images_per_prompt}, "
+              f"{args.steps} steps)")
+        rows[name] = toy_geneval(load_pipeline(name), run / "eval" / "geneval", args.images_per_prompt, args.steps,
+                                 limit=args.limit)
+        (run / "eval" / "geneval" / "summary.json").write_text(json.dumps(rows[name], indent=2) + "\n")
+        runs.append(run)
+    rl_dir = out / "rl_ldam"
+    if rl_dir.exists():
+        shutil.rmtree(rl_dir)
+    quick = [f"sampling.eval_steps={args.steps}"] + ([f"train.eval_limit={args.limit}"] if args.limit else [])
+    cfg = load_grpo_config(None, [*DEMO_RL, f"train.epochs={args.rl_epochs}", f"train.output_dir={rl_dir}", *quick])
+    print(f"[demo] Flow-GRPO with LDAM from toy-all-layers: {args.rl_epochs} epochs x "
+          f"{cfg.prompts.per_epoch} prompts x {cfg.sampling.group_size} images, rewards {cfg.rewards.weights}")
+    result = GRPOTrainer(cfg).run()
+    runs.append(rl_dir)
+    metrics = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    html, md = build_report(runs, out / "report.html", title="ParaUni demo (toy world)")
+    print(f"\nToy GenEval ({'300 prompts' if not args.limit else f'{args.limit} prompts a task'}, "
+          "the shipped stage-II models):\n")
+    print(format_table({k: v for k, v in rows.items()}))
+    k = max(1, len(metrics) // 3)
+    print(f"\nFlow-GRPO + LDAM, mean reward of the first {k} vs the last {k} epochs:")
+    for key in [x for x in metrics[0] if x.startswith("reward/") and x != "reward/dropped"]:
+        first = sum(r[key] for r in metrics[:k]) / k
+        last = sum(r[key] for r in metrics[-k:]) / k
+        print(f"  {key[7:]:<14} {first:9.4f} -> {last:9.4f}  ({last - first:+.4f})")
+    fired = [json.loads(x) for x in (rl_dir / "ldam.jsonl").read_text().splitlines() if '"active": true' in x]
+    print(f"  LDAM fired {len(fired)} time(s): " + ", ".join(f"epoch {d['epoch']} {d['reward']} (gamma "
+                                                          f"{d['gamma']:.3g})" for d in fired[:6]))
+    if "geneval_before" in result and "geneval_after" in result:
+        print("\nToy GenEval before / after the RL phase (first 10 prompts of each task):\n")
+        print(format_table({"before RL": result["geneval_before"], "after RL (EMA)": result["geneval_after"]}))
+    print(f"\nreport: {html}\n(Markdown twin: {md}; all outputs in {out})")

@@ -22,6 +22,7 @@ class PromptConfig:
     kind: str = "toy"  # "toy": random toy GenEval-style records; "file": a .txt (one a line) or GenEval .jsonl
     path: str | None = None
     per_epoch: int = 8  # prompts per epoch (all processes together)
+    pool: int | None = None  # toy: draw a fixed set of this many prompts once (None: fresh prompts every epoch)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from ..rewards.base import WeightedReward
 from ..train.config import ModelConfig, save_config
 from ..train.model import build_pipeline
+from ..utils.checkpoints import resume_path, write_checkpoint
 from .config import GRPOConfig
 from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
 from .sde import sde_step, sigma_grid
@@ -53,10 +55,15 @@ class PromptSource:
                 self.records = [{"prompt": x.strip()} for x in lines]
             if not self.records:
                 raise ValueError(f"{path}: no prompts")
+        elif cfg.pool:
+            from ..toy.prompts import random_meta
+
+            rng = np.random.default_rng([seed, 4242])
+            self.records = [dict(random_meta(rng)) for _ in range(cfg.pool)]
 
     def epoch(self, epoch: int, n: int) -> list[dict]:
         rng = np.random.default_rng([self.seed, epoch, 17])
-        if self.kind == "toy":
+        if self.kind == "toy" and not self.records:
             from ..toy.prompts import random_meta
 
             return [dict(random_meta(rng)) for _ in range(n)]
@@ -297,7 +304,7 @@ class GRPOTrainer:
                     uncond = self.pipe.conditioner(uncond_states).detach() if k == 0 else uncond
                 x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
                 last = k == len(steps_j) - 1
-                ctx = self.acc.no_sync(self.transformer) if not last else _Null()
+                ctx = self.acc.no_sync(self.transformer) if not last else nullcontext()
                 with ctx, self.acc.autocast():
                     v = cfg_velocity(self.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
                     new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
@@ -317,8 +324,9 @@ class GRPOTrainer:
                 stats["loss"].append(float(loss.detach()) * len(steps_j))
                 stats["policy_loss"].append(float(policy.detach()))
                 stats["kl"].append(float(kl.detach()))
-                stats["clip_frac"].append(float(((ratio - 1).abs() > o.clip_range).float().mean()))
-                stats["ratio_dev"].append(float((ratio - 1).abs().mean()))
+                dev_r = (ratio.detach() - 1).abs()
+                stats["clip_frac"].append(float((dev_r > o.clip_range).float().mean()))
+                stats["ratio_dev"].append(float(dev_r.mean()))
             norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
             stats["grad_norm"].append(float(norm))
             self.opt.step()
@@ -334,38 +342,21 @@ class GRPOTrainer:
         return {n: v.float().cpu().contiguous() for n, v in src.items()}
 
     def save_checkpoint(self) -> Path:
-        final = self.out / f"checkpoint-{self.epoch:06d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if self.acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
-        if self.acc.is_main_process:
-            save_file(self._weights(), str(tmp / "trainable.safetensors"))
-            save_file(self._weights(ema=True), str(tmp / "ema.safetensors"))
+        """``checkpoint-<epoch>``: LoRA (+ LIM) weights, their EMA, optimizer, LDAM state, epoch, config."""
+
+        def write(folder: Path) -> None:
+            save_file(self._weights(), str(folder / "trainable.safetensors"))
+            save_file(self._weights(ema=True), str(folder / "ema.safetensors"))
             if self.ldam is not None:
-                torch.save(self.ldam.state_dict(), tmp / "ldam.pt")
-            (tmp / STATE_FILE).write_text(json.dumps({"epoch": self.epoch}) + "\n")
-            save_config(self.cfg, tmp / "config.yaml")
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.replace(final)
-            done = sorted((p for p in self.out.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp")),
-                          key=lambda p: int(p.name.split("-")[1]))
-            for old in done[: -self.cfg.train.keep_last]:
-                shutil.rmtree(old)
-        self.acc.wait_for_everyone()
-        return final
+                torch.save(self.ldam.state_dict(), folder / "ldam.pt")
+            save_config(self.cfg, folder / "config.yaml")
+            (folder / STATE_FILE).write_text(json.dumps({"epoch": self.epoch}) + "\n")
+
+        return write_checkpoint(self.acc, self.out, f"checkpoint-{self.epoch:06d}", write,
+                                self.cfg.train.keep_last, STATE_FILE)
 
     def _resume(self, resume) -> None:
-        if isinstance(resume, str) and resume not in ("latest", "true"):
-            ckpt = Path(resume)
-        else:
-            done = sorted((p for p in self.out.glob("checkpoint-*") if (p / STATE_FILE).is_file()
-                           and not p.name.endswith(".tmp")), key=lambda p: int(p.name.split("-")[1]))
-            if not done:
-                raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out}; start without --resume")
-            ckpt = done[-1]
+        ckpt = resume_path(self.out, resume, STATE_FILE)
         self.acc.load_state(str(ckpt))
         weights, ema = load_file(str(ckpt / "trainable.safetensors")), load_file(str(ckpt / "ema.safetensors"))
         if set(weights) != set(self.params):
@@ -399,7 +390,8 @@ class GRPOTrainer:
         return Path(out)
 
     def geneval(self, name: str) -> dict:
-        """Toy GenEval of the current EMA model into ``<out>/eval/<name>``."""
+        """Toy GenEval of the current EMA model into ``<out>/eval/<name>`` (``geneval_before`` for the
+        initial model, ``geneval`` for the final one, where ``parauni report`` looks)."""
         from ..pipelines.pipeline_parauni import ParaUniPipeline
         from ..toy.evaluation import toy_geneval
 
@@ -420,8 +412,9 @@ class GRPOTrainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "config.yaml")
-            if t.eval_geneval and self.epoch == 0 and not (self.out / "eval" / "before" / "summary.json").is_file():
-                result["geneval_before"] = self.geneval("before")
+            before = self.out / "eval" / "geneval_before" / "summary.json"
+            if t.eval_geneval and self.epoch == 0 and not before.is_file():
+                result["geneval_before"] = self.geneval("geneval_before")
         end = t.epochs if stop_after is None else min(stop_after, t.epochs)
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
         ldam_log = open(self.out / "ldam.jsonl", "a") if main and self.ldam is not None else None
@@ -460,8 +453,8 @@ class GRPOTrainer:
         if self.epoch >= t.epochs and main:
             self.plot()
             if t.eval_geneval:
-                result["geneval_after"] = self.geneval("after")
-                before = self.out / "eval" / "before" / "summary.json"
+                result["geneval_after"] = self.geneval("geneval")
+                before = self.out / "eval" / "geneval_before" / "summary.json"
                 if "geneval_before" not in result and before.is_file():
                     result["geneval_before"] = json.loads(before.read_text())
         return result
@@ -473,14 +466,6 @@ class GRPOTrainer:
         series = {k.split("/", 1)[1]: [r[k] for r in rows] for k in rows[0] if k.startswith("reward/")
                   and k != "reward/dropped"}
         plot_curves(series, self.out / "curves" / "rewards.png", title=f"rewards ({self.out.name})")
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def add_parser(sub) -> None:

@@ -121,7 +121,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} is not of the form section.key=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
 
 
 def build_config(data: dict, root: type = None):

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.checkpoints import complete_checkpoints, resume_path, write_checkpoint
 from .config import Config, save_config, trainable_parts
 from .data import SampleLoader, build_source, collate, sample_generator
 from .model import TRAINABLE_FILE, FlowTrainModule, build_pipeline, load_trainable, save_trainable
@@ -51,9 +52,7 @@ def param_groups(params: list[tuple[str, torch.nn.Parameter]], weight_decay: flo
 
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp")
-             and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return complete_checkpoints(out, STATE_FILE)
 
 
 def per_sample_inputs(ids: list[int], seed: int, uncond_prob: float, shape: tuple[int, ...], timesteps: str):
@@ -138,35 +137,18 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """``checkpoint-<step>``: trainable weights + optimizer, scheduler, RNG states, step, config."""
-        final = self.out / f"checkpoint-{self.step:07d}"
-        tmp = final.with_name(final.name + ".tmp")
-        if self.acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
-        if self.acc.is_main_process:
+
+        def write(folder: Path) -> None:
+            save_config(self.cfg, folder / "config.yaml")
             state = {"step": self.step, "samples_seen": self.step * self.cfg.train.batch_size,
                      "skipped_images": self.loader.skipped, "trainable": self.parts}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-            save_config(self.cfg, tmp / "config.yaml")
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.replace(final)
-            for old in checkpoints(self.out)[: -self.cfg.train.keep_last]:
-                shutil.rmtree(old)
-        self.acc.wait_for_everyone()
-        return final
+            (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+        return write_checkpoint(self.acc, self.out, f"checkpoint-{self.step:07d}", write,
+                                self.cfg.train.keep_last, STATE_FILE)
 
     def _resume(self, resume: bool | str) -> None:
-        if isinstance(resume, str) and resume not in ("latest", "true"):
-            ckpt = Path(resume)
-        else:
-            found = checkpoints(self.out)
-            if not found:
-                raise FileNotFoundError(f"--resume: no complete checkpoint in {self.out}; start without --resume")
-            ckpt = found[-1]
-        if not (ckpt / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no {STATE_FILE})")
+        ckpt = resume_path(self.out, resume, STATE_FILE)
         self.acc.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
         self.step = int(state["step"])
@@ -197,7 +179,7 @@ class Trainer:
             drops, noise, sigma = per_sample_inputs(ids, t.seed, d.uncond_prob, tuple(x0.shape[1:]), t.timesteps)
             captions = [None if drop else c for c, drop in zip(captions, drops, strict=True)]
             last = micro == t.grad_accum - 1
-            ctx = self.acc.no_sync(module) if not last else _null()
+            ctx = self.acc.no_sync(module) if not last else nullcontext()
             with ctx, self.acc.autocast():
                 loss = module(captions, x0, noise.to(x0.device), sigma.to(x0.device)) / t.grad_accum
                 self.acc.backward(loss)
@@ -270,14 +252,6 @@ class Trainer:
                               self.cfg.train.eval_steps)
         (self.out / "eval" / "geneval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
