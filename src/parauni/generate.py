@@ -99,7 +99,6 @@ def run_demo(args) -> None:
               f"{args.steps} steps)")
         rows[name] = toy_geneval(load_pipeline(name), run / "eval" / "geneval", args.images_per_prompt, args.steps,
                                  limit=args.limit)
-        (run / "eval" / "geneval" / "summary.json").write_text(json.dumps(rows[name], indent=2) + "\n")
         runs.append(run)
     rl_dir = out / "rl_ldam"
     if rl_dir.exists():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..rewards.base import WeightedReward
-from ..train.config import ModelConfig, save_config
+from ..train.config import ModelConfig, resolve_precision, save_config
 from ..train.model import build_pipeline
 from ..utils.checkpoints import resume_path, write_checkpoint
 from .config import GRPOConfig
@@ -146,9 +145,7 @@ class GRPOTrainer:
         t, m = cfg.train, cfg.model
         if t.threads:
             torch.set_num_threads(t.threads)
-        cuda = torch.cuda.is_available()
-        precision = ("bf16" if cuda else "no") if t.mixed_precision == "auto" else t.mixed_precision
-        self.acc = Accelerator(mixed_precision=precision, cpu=not cuda)
+        self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), cpu=not torch.cuda.is_available())
         self.out = Path(t.output_dir)
         self.prompt_source = PromptSource(cfg.prompts, t.seed)
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
@@ -287,7 +284,10 @@ class GRPOTrainer:
         idx = idx[torch.randperm(len(idx), generator=gen)]
         n_train = max(1, int(round((s.steps - 1) * o.timestep_fraction)))
         sig = roll.sigmas.tolist()
-        uncond_states = self.uncond_states
+        train_lim = self.cfg.model.train_lim
+        if not train_lim:  # a frozen LIM: the unconditional condition is the same for every transition
+            with torch.no_grad():
+                uncond = self.pipe.conditioner(self.uncond_states)
         stats = {"loss": [], "policy_loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "ratio_dev": []}
         raw = self.raw_transformer
         for a in range(0, len(idx), o.train_batch):
@@ -295,13 +295,12 @@ class GRPOTrainer:
             steps_j = torch.randperm(s.steps - 1, generator=gen)[:n_train].sort().values.tolist()
             A = adv[mb].to(dev)
             for k, j in enumerate(steps_j):
-                if self.cfg.model.train_lim:
+                if train_lim:
                     cond = self.pipe.conditioner(roll.states[:, mb], None if roll.layer_noise is None
                                                  else roll.layer_noise[:, mb])
-                    uncond = self.pipe.conditioner(uncond_states)
+                    uncond = self.pipe.conditioner(self.uncond_states)
                 else:
                     cond = roll.cond[mb]
-                    uncond = self.pipe.conditioner(uncond_states).detach() if k == 0 else uncond
                 x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
                 last = k == len(steps_j) - 1
                 ctx = self.acc.no_sync(self.transformer) if not last else nullcontext()
@@ -370,39 +369,35 @@ class GRPOTrainer:
         self.epoch = int(json.loads((ckpt / STATE_FILE).read_text())["epoch"])
 
     # -- evaluation -----------------------------------------------------------------------------------------
-    def export(self, out: str | Path, ema: bool = True) -> Path:
-        """Write a ``ParaUniPipeline`` folder with the (EMA) LoRA merged into the transformer."""
+    def merged_pipeline(self, ema: bool = True):
+        """A ``ParaUniPipeline`` with the (EMA) LoRA merged into a plain copy of the transformer."""
         from ..pipelines.pipeline_parauni import ParaUniPipeline
 
-        raw = self.raw_transformer
         backup = {n: p.detach().clone() for n, p in self.params.items()}
         with torch.no_grad():
             if ema:
                 for n, p in self.params.items():
                     p.copy_(self.ema[n])
-            merged = merged_transformer(raw)
+            merged = merged_transformer(self.raw_transformer)
             cond = copy.deepcopy(self.pipe.conditioner).eval()
             for n, p in self.params.items():
                 p.copy_(backup[n])
-        pipe = ParaUniPipeline(vlm=self.pipe.vlm, tokenizer=self.pipe.tokenizer, conditioner=cond, transformer=merged,
+        return ParaUniPipeline(vlm=self.pipe.vlm, tokenizer=self.pipe.tokenizer, conditioner=cond, transformer=merged,
                                scheduler=self.pipe.scheduler, vae=self.pipe.vae)
-        pipe.save_pretrained(out)
+
+    def export(self, out: str | Path, ema: bool = True) -> Path:
+        """Write a ``ParaUniPipeline`` folder with the (EMA) LoRA merged into the transformer."""
+        self.merged_pipeline(ema).save_pretrained(out)
         return Path(out)
 
     def geneval(self, name: str) -> dict:
         """Toy GenEval of the current EMA model into ``<out>/eval/<name>`` (``geneval_before`` for the
         initial model, ``geneval`` for the final one, where ``parauni report`` looks)."""
-        from ..pipelines.pipeline_parauni import ParaUniPipeline
         from ..toy.evaluation import toy_geneval
 
-        folder = self.export(self.out / "eval" / f"{name}_model")
-        pipe = ParaUniPipeline.from_pretrained(folder)
         s = self.cfg.sampling
-        summary = toy_geneval(pipe, self.out / "eval" / name, s.eval_images_per_prompt, s.eval_steps,
-                              s.guidance_scale, limit=self.cfg.train.eval_limit)
-        (self.out / "eval" / name / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        shutil.rmtree(folder)
-        return summary
+        return toy_geneval(self.merged_pipeline(), self.out / "eval" / name, s.eval_images_per_prompt, s.eval_steps,
+                           s.guidance_scale, limit=self.cfg.train.eval_limit)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict:

@@ -207,6 +207,15 @@ def validate(cfg: Config) -> None:
         raise ValueError("data.uncond_prob must be in [0, 1)")
 
 
+def resolve_precision(setting: str) -> str:
+    """Accelerate's ``mixed_precision`` for a config value: ``auto`` is bf16 on a GPU, fp32 (``no``) on CPU."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
 def trainable_parts(cfg: Config) -> list[str]:
     """The parts the run trains: the config's ``train.trainable`` or the stage's default set."""
     if cfg.train.trainable is not None:

@@ -248,20 +248,22 @@ class SampleLoader:
     (``replacement`` samples come from a separate pool), so the batch size stays fixed.
     """
 
-    def __init__(self, source, data_cfg, seed: int, global_batch: int, world: int, rank: int, grad_accum: int = 1):
+    def __init__(self, source, data_cfg, seed: int, global_batch: int, world: int, rank: int, grad_accum: int = 1,
+                 shuffle: bool = True):
         if global_batch % (world * grad_accum):
             raise ValueError(f"train.batch_size={global_batch} is not divisible by processes ({world}) x "
                              f"train.grad_accum ({grad_accum})")
         self.source, self.cfg, self.seed = source, data_cfg, seed
         self.global_batch, self.world, self.rank, self.grad_accum = global_batch, world, rank, grad_accum
         self.micro = global_batch // (world * grad_accum)
+        self.shuffle = shuffle
         self.skipped = 0
         self._stream, self._stream_pos = None, 0
 
     def index_of(self, k: int) -> int:
-        """Dataset index of global sample ``k``: a fresh seeded permutation every epoch."""
+        """Dataset index of global sample ``k``: a fresh seeded permutation every epoch (with ``shuffle``)."""
         n = self.source.length
-        if n is None:
+        if n is None or not self.shuffle:
             return k
         epoch, pos = divmod(k, n)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
@@ -292,10 +294,14 @@ class SampleLoader:
             pil = item
         return Sample(crop_resize(pil, self.cfg.resolution, gen), caption)
 
+    def first_index(self, step: int, micro: int) -> int:
+        """Global index of the first sample of this rank's micro-batch ``micro`` of ``step``."""
+        return step * self.global_batch + (micro * self.world + self.rank) * self.micro
+
     def take(self, step: int, micro: int) -> list[Sample]:
         """This rank's micro-batch ``micro`` of ``step``. An unreadable sample is counted, logged and
         replaced by a readable sample of the same micro-batch, so the batch size stays fixed."""
-        start = step * self.global_batch + (micro * self.world + self.rank) * self.micro
+        start = self.first_index(step, micro)
         samples: list[Sample | None] = []
         for k in range(start, start + self.micro):
             try:
@@ -335,8 +341,7 @@ def cache_latents(source, data_cfg, vae, out_dir: str | Path, seed: int = 0, bat
     n = min(n, limit) if limit else n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loader = SampleLoader(source, data_cfg, seed, 1, 1, 0)
-    loader.index_of = lambda k: k  # cache in dataset order
+    loader = SampleLoader(source, data_cfg, seed, 1, 1, 0, shuffle=False)  # cache in dataset order
     device, dtype = vae.device, vae.dtype
     shards, captions, buf, buf_caps, skipped = [], [], [], [], 0
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..utils.checkpoints import complete_checkpoints, resume_path, write_checkpoint
-from .config import Config, save_config, trainable_parts
+from .config import Config, resolve_precision, save_config, trainable_parts
 from .data import SampleLoader, build_source, collate, sample_generator
 from .model import TRAINABLE_FILE, FlowTrainModule, build_pipeline, load_trainable, save_trainable
 
@@ -80,7 +80,6 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.out = Path(t.output_dir)
         cuda = torch.cuda.is_available()
-        precision = ("bf16" if cuda else "no") if t.mixed_precision == "auto" else t.mixed_precision
         log_with = None
         if t.logger != "none":
             log_with = t.logger
@@ -90,7 +89,7 @@ class Trainer:
                 except ImportError as err:
                     raise ImportError("train.logger=tensorboard needs `pip install tensorboard` "
                                       "(or set train.logger=none)") from err
-        self.acc = Accelerator(mixed_precision=precision, log_with=log_with, cpu=not cuda,
+        self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), log_with=log_with, cpu=not cuda,
                                project_config=ProjectConfiguration(project_dir=str(self.out),
                                                                    logging_dir=str(self.out / "logs")))
         # the data fails here, before any model is built, when it is empty or its caption key is wrong
@@ -171,8 +170,7 @@ class Trainer:
         module, total = self.module, 0.0
         for micro in range(t.grad_accum):
             samples = self.loader.take(self.step, micro)
-            start = self.step * t.batch_size + (micro * self.acc.num_processes + self.acc.process_index) * \
-                self.loader.micro
+            start = self.loader.first_index(self.step, micro)
             ids = list(range(start, start + len(samples)))
             images, latents, captions = collate(samples)
             x0 = self._latents(images, latents)
@@ -248,10 +246,8 @@ class Trainer:
         pipe.conditioner.eval()
         pipe.transformer.eval()
         pipe.save_pretrained(self.out / "final")
-        summary = toy_geneval(pipe, self.out / "eval" / "geneval", self.cfg.train.eval_images_per_prompt,
-                              self.cfg.train.eval_steps)
-        (self.out / "eval" / "geneval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+        return toy_geneval(pipe, self.out / "eval" / "geneval", self.cfg.train.eval_images_per_prompt,
+                           self.cfg.train.eval_steps)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
