@@ -155,5 +155,10 @@ def test_cli_weights_add_a_total_and_text_prompts_skip_geneval(tmp_path):
     base = res["baseline"]
     assert base["total"]["mean"] == pytest.approx(0.5 * base["toy_quality"]["mean"] + 2 * base["toy_alignment"]["mean"])
     assert "Δ total" in (tmp_path / "o" / "layer_response.md").read_text()
+    opts = '{"toy_alignment": {"path": "/nonexistent/alignment"}}'  # options reach the reward's factory
+    assert main(["analyze", "layers", "--model", "tiny", "--prompts", str(tmp_path / "p.txt"), "--out",
+                 str(tmp_path / "o2"), "--steps", "1", "--reward-options", opts]) == 2
+    assert main(["analyze", "layers", "--model", "tiny", "--prompts", str(tmp_path / "p.txt"), "--out",
+                 str(tmp_path / "o2"), "--steps", "1", "--reward-options", "[1]"]) == 2
     assert main(["analyze", "layers", "--model", "tiny", "--prompts", str(tmp_path / "missing.txt"), "--out",
                  str(tmp_path / "o")]) == 2

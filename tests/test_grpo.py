@@ -123,14 +123,18 @@ def test_merged_export_matches_the_adapter():
 
 
 def test_shipped_grpo_configs_load():
+    """SPEC §4 / §5 numbers: the defaults and the real-size configs; the toy config departs only where it says."""
     from pathlib import Path
 
     paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*grpo*.yaml"))
-    assert paths
-    for path in paths:
-        cfg = load_grpo_config(path)
-        assert cfg.optim.clip_range == 1e-4 and cfg.optim.kl_beta == 0.04 and cfg.optim.adv_clip == 5.0
-        assert cfg.ldam.gamma0 == 0.1 and cfg.ldam.window == 5 and cfg.sampling.noise_level == 0.7
+    assert len(paths) >= 2
+    for cfg in [load_grpo_config(None)] + [load_grpo_config(p) for p in paths]:
+        assert cfg.optim.adv_clip == 5.0 and cfg.sampling.noise_level == 0.7 and cfg.sampling.guidance_scale == 4.5
+        assert cfg.ldam.gamma0 == 0.1 and cfg.ldam.window == 5 and cfg.ldam.patience == 5
+    for cfg in [load_grpo_config(None)] + [load_grpo_config(p) for p in paths if "toy" not in p.name]:
+        assert cfg.optim.clip_range == 1e-4 and cfg.optim.kl_beta == 0.04
+    real = [load_grpo_config(p) for p in paths if "toy" not in p.name]
+    assert all(c.sampling.group_size == 24 and c.model.lora_rank == 32 and c.model.lora_alpha == 64 for c in real)
 
 
 def test_prompt_files(tmp_path):
@@ -148,6 +152,31 @@ def test_prompt_files(tmp_path):
         PromptSource(load_grpo_config(None, ["prompts.kind=file", "prompts.path=/nope.txt"]).prompts, 0)
     with pytest.raises(KeyError, match="sampling.groupsize"):
         load_grpo_config(None, ["sampling.groupsize=3"])
+
+
+def test_fixed_prompt_sets_are_walked_in_shuffled_passes():
+    """A pool (or a file) is seen once per pass: per_epoch == pool gives the same prompts every epoch."""
+    cfg = load_grpo_config(None, ["prompts.pool=6"]).prompts
+    src = PromptSource(cfg, seed=3)
+    texts = [r["prompt"] for r in src.records]
+    seen = [r["prompt"] for e in range(3) for r in src.epoch(e, 4)]  # 12 draws = 2 passes
+    assert sorted(seen[:6]) == sorted(texts) and sorted(seen[6:]) == sorted(texts)
+    assert seen[:6] != seen[6:] or len(set(texts)) < 3  # each pass in its own order
+    same = [sorted(r["prompt"] for r in src.epoch(e, 6)) for e in range(4)]
+    assert all(s == sorted(texts) for s in same)
+    assert [r["prompt"] for r in PromptSource(cfg, seed=3).epoch(1, 4)] == seen[4:8]  # deterministic
+
+
+def test_no_kl_term_skips_the_reference(tmp_path):
+    tr = trainer(tmp_path, "optim.kl_beta=0")
+    roll = tr.rollout(0)
+    adv, valid, _ = tr.advantages(roll)
+    calls = []
+    hook = tr.raw_transformer.register_forward_hook(lambda *a: calls.append(1))
+    stats = tr.update(roll, adv, valid, 0)
+    hook.remove()
+    assert stats["kl"] == 0.0 and np.isfinite(stats["loss"])
+    assert len(calls) == 6  # 2 micro-batches of 4 x 3 trained transitions: the policy forward only
 
 
 def test_grpo_raises_a_simple_reward(tmp_path):

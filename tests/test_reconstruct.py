@@ -71,6 +71,12 @@ def test_toy_detection_and_default_embedder(tiny_pipe):
         vision_config=SimpleNamespace(image_size=[32, 32], patch_size=[4, 4]))))
     assert is_toy_pipeline(toy) and not is_toy_pipeline(tiny_pipe)
     assert isinstance(load_embedder(None, toy=True), ToyImageEmbedder) and load_embedder("none", toy=False) is None
+    from parauni.rewards.toy_alignment import DEFAULT_PATH
+
+    own = load_embedder(f"toy:{DEFAULT_PATH}", toy=False)  # a toy alignment model by path
+    assert isinstance(own, ToyImageEmbedder)
+    with pytest.raises(FileNotFoundError, match="no toy alignment model"):
+        load_embedder("toy:/nonexistent/alignment", toy=False)
 
 
 def test_format_table_rows_and_missing():

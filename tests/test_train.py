@@ -110,6 +110,11 @@ def test_resume_reaches_the_same_weights(tmp_path):
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         Trainer(tiny_cfg(tmp_path, "train.steps=2"), resume=True, progress=False)
+    fresh = Trainer(tiny_cfg(tmp_path, "train.steps=2", "train.save_every=1"), resume="auto", progress=False)
+    assert fresh.step == 0  # "auto": no checkpoint yet, a fresh start
+    fresh.run(stop_after=1)
+    again = Trainer(tiny_cfg(tmp_path, "train.steps=2", "train.save_every=1"), resume="auto", progress=False)
+    assert again.step == 1  # "auto" with a checkpoint: resumed
 
 
 def test_export_writes_a_pipeline(tmp_path):

@@ -101,11 +101,13 @@ def layer_groups(num_layers: int, groups: str | Mapping[str, Sequence[int]] = "t
     return out
 
 
-def resolve_rewards(rewards: Mapping[str, float | Callable] | Sequence[str] | None
+def resolve_rewards(rewards: Mapping[str, float | Callable] | Sequence[str] | None,
+                    options: Mapping[str, Mapping[str, Any]] | None = None
                     ) -> tuple[dict[str, Callable], dict[str, float], bool]:
     """``(callables, weights, weighted)``: names (or dotted paths) with weights are built with
-    :func:`build_reward`; reward objects are used as given (weight 1).  ``weighted``: the caller gave a
-    ``{name: weight}`` mapping of two or more rewards, so a ``total`` column (the weighted sum) is reported."""
+    :func:`build_reward` (with ``options[name]`` as keyword options, e.g. a weights path); reward objects
+    are used as given (weight 1).  ``weighted``: the caller gave a ``{name: weight}`` mapping of two or
+    more rewards, so a ``total`` column (the weighted sum) is reported."""
     if rewards is None:
         rewards = list(DEFAULT_REWARDS)
     explicit = isinstance(rewards, Mapping)  # weights given by the caller
@@ -118,7 +120,7 @@ def resolve_rewards(rewards: Mapping[str, float | Callable] | Sequence[str] | No
         if callable(value):
             fns[name], weights[name] = value, 1.0
         else:
-            fns[name], weights[name] = build_reward(name), float(value)
+            fns[name], weights[name] = build_reward(name, **dict((options or {}).get(name, {}))), float(value)
     return fns, weights, explicit and len(rewards) > 1 and not any(callable(v) for v in rewards.values())
 
 
@@ -208,10 +210,12 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
                    groups: str | Mapping[str, Sequence[int]] = "thirds", modes: Sequence[str] = MODES,
                    scale: float = 1.0, images_per_prompt: int = 2, steps: int = 20, guidance: float = 4.5,
                    seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None,
-                   model_name: str | None = None) -> dict[str, Any]:
+                   model_name: str | None = None, reward_options: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> dict[str, Any]:
     """Reward changes per layer group and mode against the baseline; see the module docstring.
 
     rewards: names (weight 1), ``{name: weight}`` or ``{name: reward object}``; default the three toy rewards.
+    reward_options: per reward name, keyword options for its factory (e.g. ``{"aesthetic": {"head": PATH}}``).
         A reward that is NaN for every baseline image (e.g. ``toy_geneval`` without GenEval records) is left
         out and listed under ``skipped_rewards``.
     batch_size: prompts per batch (each gives ``images_per_prompt`` images).
@@ -232,7 +236,7 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
         full = [g for g, idx in grp.items() if len(set(idx)) == len(read)]
         if full:
             raise ValueError(f"group(s) {full} hold every read layer and cannot be dropped; use mode perturb")
-    fns, weights, weighted = resolve_rewards(rewards)
+    fns, weights, weighted = resolve_rewards(rewards, reward_options)
     pipe.set_progress_bar_config(disable=True)
     device = cond.queries.device
     sample = pipe.transformer.config.sample_size * pipe.vae_scale_factor
@@ -400,6 +404,20 @@ def parse_reward_args(items: Sequence[str] | None) -> dict[str, float] | None:
     return out
 
 
+def parse_reward_options(text: str | None) -> dict[str, dict] | None:
+    """``--reward-options``: a JSON object ``{reward name: {option: value}}``."""
+    if not text:
+        return None
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--reward-options must be a JSON object such as "
+                         f"'{{\"aesthetic\": {{\"head\": \"PATH\"}}}}': {err}") from err
+    if not isinstance(out, dict) or not all(isinstance(v, dict) for v in out.values()):
+        raise ValueError("--reward-options must map each reward name to an object of options")
+    return out
+
+
 def run(args) -> dict:
     """``parauni analyze layers``."""
     from .pipelines.loading import load_pipeline
@@ -409,7 +427,7 @@ def run(args) -> dict:
     modes = MODES if args.mode == "both" else (args.mode,)
     result = analyze_layers(pipe, prompts, metadata, parse_reward_args(args.rewards), args.groups, modes, args.scale,
                             args.images_per_prompt, args.steps, args.guidance, args.seed, args.batch_size,
-                            model_name=args.model)
+                            model_name=args.model, reward_options=parse_reward_options(args.reward_options))
     paths = write_outputs(result, args.out)
     print(format_markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -58,8 +58,9 @@ def _add_eval(sub) -> None:
     r.add_argument("--model", action="append", required=True, help="'tiny', a preset or pipeline folder; repeat")
     r.add_argument("--images", required=True, help="folder of input images (unreadable files are skipped)")
     r.add_argument("--out", required=True, help="output folder: reconstructions, summary.json, table.md")
-    r.add_argument("--clip", help="CLIPModel hub id or folder, 'toy' (toy alignment encoder; the default when "
-                                  "every model is a toy model), or 'none'; default openai/clip-vit-large-patch14")
+    r.add_argument("--clip", help="CLIPModel hub id or folder, 'toy' or 'toy:PATH' (toy alignment encoder; the "
+                                  "default when every model is a toy model), or 'none'; default "
+                                  "openai/clip-vit-large-patch14")
     r.add_argument("--batch-size", type=int, default=8)
     for p in (g, d, r):
         p.add_argument("--seed", type=int, default=0)
@@ -187,6 +188,8 @@ def _add_analyze(sub) -> None:
     p.add_argument("--rewards", nargs="+", metavar="NAME=WEIGHT",
                    help="rewards by name or package.module:Factory (default: toy_alignment toy_quality toy_geneval); "
                         "with two or more, a 'total' column reports the weighted sum")
+    p.add_argument("--reward-options", metavar="JSON",
+                   help='per reward, factory options as JSON, e.g. \'{"aesthetic": {"head": "PATH"}}\'')
     p.add_argument("--groups", default="thirds", choices=["thirds", "per-layer"])
     p.add_argument("--mode", default="both", choices=["perturb", "drop", "both"])
     p.add_argument("--scale", type=float, default=1.0, help="perturb: noise std in units of the group's state std")
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--images-per-prompt", type=int, default=1)
-    d.add_argument("--rl-epochs", type=int, default=12, help="epochs of the short Flow-GRPO + LDAM phase")
+    d.add_argument("--rl-epochs", type=int, default=24, help="epochs of the short Flow-GRPO + LDAM phase")
     d.add_argument("--limit", type=int, help="first N toy GenEval prompts of each task only (quick checks)")
     d.set_defaults(func=lambda a: _generate().run_demo(a))
     from .train.commands import add_parsers as add_train_parsers
@@ -230,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="the toy world: pretrain its models, evaluate").add_subparsers(
         dest="toy_command", required=True)
     from .toy import evaluation as toy_eval
+    from .toy import reproduce as toy_reproduce
     from .toy import train_prior as toy_prior
     from .toy import train_rewards as toy_rewards
     from .toy import train_vlm as toy_vlm
 
-    for module in (toy_vlm, toy_prior, toy_rewards, toy_eval):
+    for module in (toy_vlm, toy_prior, toy_rewards, toy_eval, toy_reproduce):
         before = set(toy.choices)
         module.add_parser(toy)
         for name in set(toy.choices) - before:  # each toy module adds one command, run by module.run

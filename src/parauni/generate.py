@@ -64,12 +64,11 @@ def demo_grid(geneval_dir: Path, per_task: int = 6, scale: int = 3):
     return labelled_grid(images, labels, cols=per_task, scale=scale)
 
 
-DEMO_RL = ["model.source=toy-all-layers", "prompts.per_epoch=6", "prompts.pool=24", "sampling.group_size=8",
-           "sampling.steps=10", "rewards.weights={toy_alignment: 0.01, toy_quality: 0.1, toy_geneval: 1.0}",
-           "optim.lr=3e-4", "model.lora_rank=8", "model.lora_alpha=16",
-           "train.save_every=1000", "train.eval_geneval=true", "train.eval_limit=10",
-           # LDAM's window and patience are shortened so that its trigger can be seen in a short run
-           "ldam.window=3", "ldam.patience=2"]
+# configs/toy_grpo.yaml, shortened for a CPU: 4 fixed prompts (the same every epoch, so the curves follow
+# them), 8 SDE steps; LDAM's window and patience are shortened so that its trigger can be seen in a short run
+DEMO_RL = ["model.source=toy-all-layers", "prompts.pool=4", "prompts.per_epoch=4", "sampling.steps=8",
+           "train.save_every=1000", "train.eval_geneval=true", "train.eval_limit=10", "ldam.window=3",
+           "ldam.patience=2"]
 
 
 def run_demo(args) -> None:
@@ -84,6 +83,7 @@ def run_demo(args) -> None:
     from .rl.config import load_grpo_config
     from .rl.grpo import GRPOTrainer
     from .toy.evaluation import toy_geneval
+    from .toy.reproduce import config_file
     from .train.model import TOY_MODEL_DIR, TOY_MODELS
 
     out = Path(args.out)
@@ -104,7 +104,8 @@ def run_demo(args) -> None:
     if rl_dir.exists():
         shutil.rmtree(rl_dir)
     quick = [f"sampling.eval_steps={args.steps}"] + ([f"train.eval_limit={args.limit}"] if args.limit else [])
-    cfg = load_grpo_config(None, [*DEMO_RL, f"train.epochs={args.rl_epochs}", f"train.output_dir={rl_dir}", *quick])
+    cfg = load_grpo_config(config_file("toy_grpo.yaml"),
+                           [*DEMO_RL, f"train.epochs={args.rl_epochs}", f"train.output_dir={rl_dir}", *quick])
     print(f"[demo] Flow-GRPO with LDAM from toy-all-layers: {args.rl_epochs} epochs x "
           f"{cfg.prompts.per_epoch} prompts x {cfg.sampling.group_size} images, rewards {cfg.rewards.weights}")
     result = GRPOTrainer(cfg).run()

@@ -142,7 +142,8 @@ class ToyImageEmbedder:
 
 
 def load_embedder(spec: str | None, toy: bool, device: str = "cpu"):
-    """``None`` -> the toy encoder if ``toy`` else ``DEFAULT_CLIP``; ``toy``; ``none`` (no CLIP metric);
+    """``None`` -> the toy encoder if ``toy`` else ``DEFAULT_CLIP``; ``toy`` (the shipped toy alignment model's
+    image encoder) or ``toy:PATH`` (another one); ``none`` (no CLIP metric);
     or a ``CLIPModel`` hub id / folder."""
     if spec is None:
         spec = "toy" if toy else DEFAULT_CLIP
@@ -150,6 +151,8 @@ def load_embedder(spec: str | None, toy: bool, device: str = "cpu"):
         return None
     if spec.lower() == "toy":
         return ToyImageEmbedder(device=device)
+    if spec.startswith("toy:"):  # a toy alignment model of your own
+        return ToyImageEmbedder(spec[4:], device=device)
     return ClipImageEmbedder(spec, device)
 
 

@@ -61,12 +61,20 @@ class PromptSource:
             self.records = [dict(random_meta(rng)) for _ in range(cfg.pool)]
 
     def epoch(self, epoch: int, n: int) -> list[dict]:
-        rng = np.random.default_rng([self.seed, epoch, 17])
+        """Epoch ``epoch``'s ``n`` records. A fixed set (a file or a toy pool) is walked in shuffled passes,
+        like a data loader: every record comes once per pass, so with ``n`` equal to the set's size every
+        epoch sees the same records (in another order) and the reward curve follows the same prompts."""
         if self.kind == "toy" and not self.records:
             from ..toy.prompts import random_meta
 
+            rng = np.random.default_rng([self.seed, epoch, 17])
             return [dict(random_meta(rng)) for _ in range(n)]
-        return [self.records[int(i)] for i in rng.integers(0, len(self.records), n)]
+        size = len(self.records)
+        out = []
+        for pos in range(epoch * n, (epoch + 1) * n):
+            order = np.random.default_rng([self.seed, pos // size, 17]).permutation(size)
+            out.append(self.records[int(order[pos % size])])
+        return out
 
 
 # -- LoRA -----------------------------------------------------------------------------------------------------
@@ -138,7 +146,11 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
 
 # -- the trainer ----------------------------------------------------------------------------------------------
 class GRPOTrainer:
-    def __init__(self, cfg: GRPOConfig, resume: bool | str = False, progress: bool = True, rewards=None):
+    def __init__(self, cfg: GRPOConfig, resume: bool | str = False, progress: bool = True, rewards=None,
+                 pipeline=None):
+        """``rewards``: a ready reward callable instead of ``cfg.rewards``; ``pipeline``: a ready
+        ``ParaUniPipeline`` instead of ``cfg.model.source`` (e.g. a preset built at real size with random
+        weights for a benchmark). Everything else comes from ``cfg``."""
         from accelerate import Accelerator
 
         self.cfg, self.progress = cfg, progress
@@ -150,7 +162,8 @@ class GRPOTrainer:
         self.prompt_source = PromptSource(cfg.prompts, t.seed)
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
         self.reward_names = list(cfg.rewards.weights)
-        pipe = build_pipeline(ModelConfig(source=m.source, init=m.init, conditioner=dict(m.conditioner)), t.seed)
+        pipe = pipeline or build_pipeline(ModelConfig(source=m.source, init=m.init,
+                                                      conditioner=dict(m.conditioner)), t.seed)
         self.pipe = pipe
         dev = self.acc.device
         pipe.vlm.to(dev).requires_grad_(False).eval()
@@ -307,17 +320,20 @@ class GRPOTrainer:
                 with ctx, self.acc.autocast():
                     v = cfg_velocity(self.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
                     new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
-                    with torch.no_grad():
-                        raw.disable_adapters()
-                        v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
-                        raw.enable_adapters()
-                        ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
                     ratio = torch.exp(new.log_prob - roll.log_probs[mb, j].to(dev))
                     unclipped = -A * ratio
                     clipped = -A * torch.clamp(ratio, 1 - o.clip_range, 1 + o.clip_range)
                     policy = torch.maximum(unclipped, clipped).mean()
-                    scale2 = new.std_dev_t_dt.float() ** 2
-                    kl = ((new.mean - ref.mean) ** 2 / (2 * scale2)).flatten(1).mean(1).mean()
+                    if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
+                        with torch.no_grad():
+                            raw.disable_adapters()
+                            v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
+                            raw.enable_adapters()
+                            ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+                        scale2 = new.std_dev_t_dt.float() ** 2
+                        kl = ((new.mean - ref.mean) ** 2 / (2 * scale2)).flatten(1).mean(1).mean()
+                    else:  # no KL term: skip the reference forward
+                        kl = torch.zeros((), device=dev)
                     loss = (policy + o.kl_beta * kl) / len(steps_j)
                     self.acc.backward(loss)
                 stats["loss"].append(float(loss.detach()) * len(steps_j))
@@ -356,6 +372,8 @@ class GRPOTrainer:
 
     def _resume(self, resume) -> None:
         ckpt = resume_path(self.out, resume, STATE_FILE)
+        if ckpt is None:  # --resume auto without a checkpoint: a fresh start
+            return
         self.acc.load_state(str(ckpt))
         weights, ema = load_file(str(ckpt / "trainable.safetensors")), load_file(str(ckpt / "ema.safetensors"))
         if set(weights) != set(self.params):
@@ -467,7 +485,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("grpo", help="stage III: Flow-GRPO with several rewards and LDAM")
     p.add_argument("config", help="a YAML config, e.g. configs/toy_grpo.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. ldam.enabled=false")
-    p.add_argument("--resume", nargs="?", const="latest", default=None)
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder); "
+                        "'--resume auto' starts afresh when there is none")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

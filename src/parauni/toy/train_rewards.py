@@ -56,6 +56,8 @@ def retrieval_accuracy(model: ToyCLIP, tokenizer, images: torch.Tensor, captions
 def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, pool: int = 40000,
                     seed: int = 0, fp16: bool = False, log_every: int = 50) -> dict:
     """Train ``ToyCLIP`` on a pool of toy pairs and save it (with its tokenizer and log) to ``out``."""
+    if batch_size > pool:
+        raise ValueError(f"--batch-size {batch_size} is larger than --pool {pool}; raise the pool or lower the batch")
     torch.manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

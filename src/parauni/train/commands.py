@@ -11,7 +11,8 @@ def add_parsers(sub) -> None:
     p.add_argument("config", help="a YAML config, e.g. configs/toy_stage1.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=3e-4 train.steps=100")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder)")
+                   help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder); "
+                        "'--resume auto' starts afresh when there is none")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_train)
 

@@ -74,6 +74,7 @@ class TrainConfig:
     eval_geneval: bool = False  # toy models: score toy GenEval with the exported model at the end
     eval_images_per_prompt: int = 1
     eval_steps: int = 20
+    eval_limit: int | None = None  # toy GenEval: first N prompts of each task only (None: all 300)
     threads: int | None = None  # torch CPU threads
     timesteps: str = "uniform"  # flow-time sampling: "uniform" (the reference) or "logit-normal"
 

@@ -148,6 +148,8 @@ class Trainer:
 
     def _resume(self, resume: bool | str) -> None:
         ckpt = resume_path(self.out, resume, STATE_FILE)
+        if ckpt is None:  # --resume auto without a checkpoint: a fresh start
+            return
         self.acc.load_state(str(ckpt))
         state = json.loads((ckpt / STATE_FILE).read_text())
         self.step = int(state["step"])
@@ -246,8 +248,9 @@ class Trainer:
         pipe.conditioner.eval()
         pipe.transformer.eval()
         pipe.save_pretrained(self.out / "final")
-        return toy_geneval(pipe, self.out / "eval" / "geneval", self.cfg.train.eval_images_per_prompt,
-                           self.cfg.train.eval_steps)
+        t = self.cfg.train
+        return toy_geneval(pipe, self.out / "eval" / "geneval", t.eval_images_per_prompt, t.eval_steps,
+                           limit=t.eval_limit)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

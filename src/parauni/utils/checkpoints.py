@@ -41,8 +41,12 @@ def write_checkpoint(acc, out: Path, name: str, write_files: Callable[[Path], No
     return final
 
 
-def resume_path(out: Path, resume: bool | str, state_file: str) -> Path:
-    """The checkpoint to resume from: the given folder, or the newest complete one of ``out``."""
+def resume_path(out: Path, resume: bool | str, state_file: str) -> Path | None:
+    """The checkpoint to resume from: the given folder, or the newest complete one of ``out``.
+    ``resume="auto"``: the newest complete one, or ``None`` (start afresh) when there is none."""
+    if resume == "auto":
+        found = complete_checkpoints(out, state_file)
+        return found[-1] if found else None
     if isinstance(resume, str) and resume not in ("latest", "true"):
         ckpt = Path(resume)
     else:

@@ -1,0 +1,152 @@
+"""Stage III speed: Flow-GRPO rollout images/s, reward time and update steps/s (``parauni.rl.grpo``).
+
+One epoch of ``GRPOTrainer`` is timed part by part: the SDE rollout (``prompts x G`` images, ``--sde-steps``
+steps, CFG as one batched forward, decoding included), the rewards, and the update (one optimizer step
+per ``--train-batch`` samples, each accumulating every trained transition: the policy forward/backward and,
+with ``kl_beta > 0``, the reference forward with the LoRA adapter off).
+
+    python benchmarks/bench_grpo.py                      # the shipped toy model (tiny if absent), CPU
+    python benchmarks/bench_grpo.py --epochs 2 --warmup 0   # quicker
+    python benchmarks/bench_grpo.py --size internvl3-2b_sana-1.6b_512 --device cuda --dtype bf16 \\
+        --prompts 4 --group-size 8 --train-batch 8 --rollout-batch 32
+
+Small sizes run the trainer exactly as ``parauni grpo`` does (``configs/toy_grpo.yaml``'s rewards).  Real
+presets are built at real size with random weights (``build_preset``; no download), the frozen parts in
+``--dtype``, the LoRA adapters in float32 under bf16 autocast; their reward is ``toy_quality`` (a
+CPU image statistic, no weights needed), so the reward time there is not that of PickScore & co.
+Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak RSS on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_trainer(args):
+    """A ``GRPOTrainer`` for ``args.size`` and the info line of the model."""
+    import torch
+
+    from parauni.rl.config import load_grpo_config
+    from parauni.rl.grpo import GRPOTrainer
+
+    out = tempfile.mkdtemp(prefix="bench_grpo_")
+    overrides = [f"train.output_dir={out}", f"prompts.per_epoch={args.prompts}",
+                 f"sampling.group_size={args.group_size}", f"sampling.steps={args.sde_steps}",
+                 f"sampling.rollout_batch={args.rollout_batch}", f"optim.train_batch={args.train_batch}",
+                 f"optim.kl_beta={args.kl_beta}", f"model.lora_rank={args.lora_rank}",
+                 f"model.lora_alpha={2 * args.lora_rank}", "train.eval_geneval=false", "ldam.enabled=false",
+                 "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]
+    pipeline = None
+    if args.size in ("toy", "tiny"):
+        source = args.size
+        if source == "toy":
+            from parauni.toy.vlm import DEFAULT_WEIGHTS
+
+            source = "toy-all-layers" if (DEFAULT_WEIGHTS / "config.json").is_file() else "tiny"
+        overrides.append(f"model.source={source}")
+        if source == "tiny":
+            overrides.append("rewards.weights={toy_quality: 1.0}")
+        name = source
+    else:
+        from parauni.models.presets import build_preset
+        from parauni.models.tokenizer import build_tokenizer
+        from parauni.pipelines.pipeline_parauni import ParaUniPipeline
+
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+        parts = build_preset(args.size, device=args.device, dtype=dtype)
+        pipeline = ParaUniPipeline(tokenizer=build_tokenizer(), **parts)
+        overrides.append("rewards.weights={toy_quality: 1.0}")
+        name = args.size
+    cfg = load_grpo_config("configs/toy_grpo.yaml", overrides)
+    trainer = GRPOTrainer(cfg, progress=False, pipeline=pipeline)
+    if pipeline is not None:  # LoRA master weights in float32 (bf16 autocast computes)
+        for p in trainer.params.values():
+            p.data = p.data.float()
+    n_lora = sum(p.numel() for p in trainer.params.values())
+    tr = trainer.pipe.transformer
+    info = dict(model=name, device=args.device, dtype=args.dtype, images_per_epoch=args.prompts * args.group_size,
+                sde_steps=args.sde_steps, latent=f"{tr.config.in_channels}x{tr.config.sample_size}^2",
+                trainable=n_lora, kl_beta=args.kl_beta)
+    return trainer, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="toy", help="toy (the shipped toy model), tiny, or a real preset name")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per epoch")
+    ap.add_argument("--group-size", type=int, default=8, help="G images per prompt")
+    ap.add_argument("--sde-steps", type=int, default=10)
+    ap.add_argument("--rollout-batch", type=int, default=64)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--kl-beta", type=float, default=0.04)
+    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cpu" and args.dtype == "bf16":
+        print("note: bf16 on a CPU is usually much slower than fp32")
+    trainer, info = build_trainer(args)
+    times = {"rollout": [], "reward": [], "update": []}
+    n_updates = None
+    for epoch in range(args.warmup + args.epochs):
+        marks = [time.perf_counter()]
+        roll = trainer.rollout(epoch)
+        _sync(args.device)
+        marks.append(time.perf_counter())
+        adv, valid, _ = trainer.advantages(roll)
+        marks.append(time.perf_counter())
+        trainer.update(roll, adv, valid, epoch)
+        _sync(args.device)
+        marks.append(time.perf_counter())
+        n_updates = -(-int(valid.sum()) // args.train_batch)
+        if epoch >= args.warmup:
+            for k, (a, b) in zip(times, zip(marks, marks[1:], strict=False), strict=True):
+                times[k].append(b - a)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    images = info["images_per_epoch"]
+    transitions = images * (args.sde_steps - 1)
+    result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
+                  rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],
+                  transitions_per_s=transitions / med["update"],
+                  epoch_s=sum(med.values()), peak_mb=_peak_mb(args.device))
+    print(json.dumps(result, indent=1))
+    print(f"\n{info['model']} on {args.device} ({args.dtype}): rollout {result['rollout_images_per_s']:.1f} images/s "
+          f"({images} images x {args.sde_steps} SDE steps in {med['rollout']:.2f}s), rewards {med['reward']:.2f}s, "
+          f"update {result['update_steps_per_s']:.2f} optimizer steps/s ({transitions} transitions in "
+          f"{med['update']:.2f}s), epoch {result['epoch_s']:.1f}s, peak {result['peak_mb']:.0f} MB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
