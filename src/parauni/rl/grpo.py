@@ -128,7 +128,7 @@ def cfg_velocity(transformer, x: torch.Tensor, sigma: float, cond: torch.Tensor,
                  scale: float) -> torch.Tensor:
     """CFG velocity with the unconditional and conditional rows in one forward. ``x`` ``(B, c, h, w)``."""
     b = x.shape[0]
-    dtype = transformer.dtype
+    dtype = getattr(transformer, "module", transformer).dtype  # DDP wraps the transformer in several processes
     x_in = torch.cat([x, x]).to(dtype)
     emb = torch.cat([uncond.expand(b, -1, -1), cond]).to(dtype)  # (2B, N, C): unconditional first
     mask = torch.ones(emb.shape[:2], dtype=torch.long, device=x.device)
