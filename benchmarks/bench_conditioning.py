@@ -16,36 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from common import peak_mb, reset_peak, sync
+
 VARIANTS = {"reference": dict(fusion="mean"), "prefuse": dict(fusion="prefuse"),
             "last-layer": dict(fusion="mean", layers=[-1])}
-
-
-def _sync(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device) -> float:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
 
 def worker(args) -> dict:
@@ -65,7 +44,7 @@ def worker(args) -> dict:
         pipe = ParaUniPipeline(tokenizer=build_tokenizer(), **parts)
     pipe.set_progress_bar_config(disable=True)
     prompts = ["a photo of a red circle left of a blue square"] * args.batch
-    base = _peak_mb(args.device)
+    base = peak_mb(args.device)
 
     def run():
         with torch.no_grad():
@@ -74,16 +53,16 @@ def worker(args) -> dict:
             else:
                 pipe(prompts, num_inference_steps=20, output_type="latent" if args.size != "tiny" else "np",
                      generator=torch.Generator(args.device).manual_seed(0))
-        _sync(args.device)
+        sync(args.device)
 
     run()  # warm-up
-    _reset_peak(args.device)
+    reset_peak(args.device)
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    peak = _peak_mb(args.device) - (0 if args.device == "cuda" else base)
+    peak = peak_mb(args.device) - (0 if args.device == "cuda" else base)
     return dict(variant=args.variant, task=args.task, median_s=statistics.median(times), peak_mb=peak)
 
 

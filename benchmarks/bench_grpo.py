@@ -21,25 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import tempfile
 import time
 
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from common import peak_mb, sync
 
 
 def build_trainer(args):
@@ -120,12 +106,12 @@ def main() -> None:
     for epoch in range(args.warmup + args.epochs):
         marks = [time.perf_counter()]
         roll = trainer.rollout(epoch)
-        _sync(args.device)
+        sync(args.device)
         marks.append(time.perf_counter())
         adv, valid, _ = trainer.advantages(roll)
         marks.append(time.perf_counter())
         trainer.update(roll, adv, valid, epoch)
-        _sync(args.device)
+        sync(args.device)
         marks.append(time.perf_counter())
         n_updates = -(-int(valid.sum()) // args.train_batch)
         if epoch >= args.warmup:
@@ -137,7 +123,7 @@ def main() -> None:
     result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
                   rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],
                   transitions_per_s=transitions / med["update"],
-                  epoch_s=sum(med.values()), peak_mb=_peak_mb(args.device))
+                  epoch_s=sum(med.values()), peak_mb=peak_mb(args.device))
     print(json.dumps(result, indent=1))
     print(f"\n{info['model']} on {args.device} ({args.dtype}): rollout {result['rollout_images_per_s']:.1f} images/s "
           f"({images} images x {args.sde_steps} SDE steps in {med['rollout']:.2f}s), rewards {med['reward']:.2f}s, "

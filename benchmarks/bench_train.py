@@ -28,40 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from common import peak_mb, reset_peak, sync
+
 VARIANTS = {"reference": dict(fusion="mean"), "prefuse": dict(fusion="prefuse"),
             "last-layer": dict(fusion="mean", layers=[-1])}
 STAGES = ("I", "II")
 # ~50 tokens with the local byte-level tokenizer (about what a 35-word caption is with Qwen's)
 CAPTION = "a red sports car on a wet cobblestone street at dusk, neon signs in the puddles"
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
 
 
 def _toy_available() -> bool:
@@ -172,18 +151,18 @@ def worker(args) -> dict:
         step, count, info, module = _real_step(args, variant, stage)
         flops = _count_flops(count) * args.batch  # before checkpointing: no recomputation in the count
         module.set_gradient_checkpointing(args.checkpointing)
-    base = _peak_mb(args.device)
+    base = peak_mb(args.device)
     for _ in range(args.warmup):
         step()
-    _sync(args.device)
-    _reset_peak(args.device)
+    sync(args.device)
+    reset_peak(args.device)
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step()
-        _sync(args.device)
+        sync(args.device)
         times.append(time.perf_counter() - t0)
-    peak = _peak_mb(args.device) - (0 if args.device.startswith("cuda") else base)
+    peak = peak_mb(args.device) - (0 if args.device.startswith("cuda") else base)
     if flops is None:
         flops = _count_flops(step)  # the Trainer's models train without checkpointing here
     median = statistics.median(times)
