@@ -5,15 +5,16 @@ steps, CFG as one batched forward, decoding included), the rewards, and the upda
 per ``--train-batch`` samples, each accumulating every trained transition: the policy forward/backward and,
 with ``kl_beta > 0``, the reference forward with the LoRA adapter off).
 
-    python benchmarks/bench_grpo.py                      # the shipped toy model (tiny if absent), CPU
+    python benchmarks/bench_grpo.py                      # the shipped toy model, CPU
     python benchmarks/bench_grpo.py --epochs 2 --warmup 0   # quicker
     python benchmarks/bench_grpo.py --size internvl3-2b_sana-1.6b_512 --device cuda --dtype bf16 \\
         --prompts 4 --group-size 8 --train-batch 8 --rollout-batch 32
 
-Small sizes run the trainer exactly as ``parauni grpo`` does (``configs/toy_grpo.yaml``'s rewards).  Real
-presets are built at real size with random weights (``build_preset``; no download), the frozen parts in
-``--dtype``, the LoRA adapters in float32 under bf16 autocast; their reward is ``toy_quality`` (a
-CPU image statistic, no weights needed), so the reward time there is not that of PickScore & co.
+The toy size runs the trainer exactly as ``parauni grpo configs/toy_grpo.yaml`` does (its three toy rewards).
+``tiny`` (random tiny models) and the real presets hand the trainer a ready pipeline; real presets are built
+at real size with random weights (``build_preset``; no download), the frozen parts in ``--dtype``, the LoRA
+adapters in float32 under bf16 autocast.  Their reward is ``toy_quality`` (a CPU image statistic, no weights
+needed), so the reward time there is not that of PickScore & co.
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak RSS on CPU.
 """
 
@@ -34,25 +35,26 @@ def build_trainer(args):
 
     from parauni.rl.config import load_grpo_config
     from parauni.rl.grpo import GRPOTrainer
+    from parauni.toy.reproduce import config_file
 
     out = tempfile.mkdtemp(prefix="bench_grpo_")
     overrides = [f"train.output_dir={out}", f"prompts.per_epoch={args.prompts}",
                  f"sampling.group_size={args.group_size}", f"sampling.steps={args.sde_steps}",
                  f"sampling.rollout_batch={args.rollout_batch}", f"optim.train_batch={args.train_batch}",
-                 f"optim.kl_beta={args.kl_beta}", f"model.lora_rank={args.lora_rank}",
-                 f"model.lora_alpha={2 * args.lora_rank}", "train.eval_geneval=false", "ldam.enabled=false",
+                 f"optim.kl_beta={args.kl_beta}", "train.eval_geneval=false", "ldam.enabled=false",
                  "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]
+    if args.lora_rank:
+        overrides += [f"model.lora_rank={args.lora_rank}", f"model.lora_alpha={2 * args.lora_rank}"]
     pipeline = None
-    if args.size in ("toy", "tiny"):
-        source = args.size
-        if source == "toy":
-            from parauni.toy.vlm import DEFAULT_WEIGHTS
+    if args.size == "toy":
+        overrides.append("model.source=toy-all-layers")
+        name = "toy-all-layers"
+    elif args.size == "tiny":  # the same code path as a real preset: a ready pipeline, random weights
+        from parauni.models.presets import build_tiny
 
-            source = "toy-all-layers" if (DEFAULT_WEIGHTS / "config.json").is_file() else "tiny"
-        overrides.append(f"model.source={source}")
-        if source == "tiny":
-            overrides.append("rewards.weights={toy_quality: 1.0}")
-        name = source
+        pipeline = build_tiny(seed=0)
+        overrides.append("rewards.weights={toy_quality: 1.0}")
+        name = "tiny"
     else:
         from parauni.models.presets import build_preset
         from parauni.models.tokenizer import build_tokenizer
@@ -63,9 +65,9 @@ def build_trainer(args):
         pipeline = ParaUniPipeline(tokenizer=build_tokenizer(), **parts)
         overrides.append("rewards.weights={toy_quality: 1.0}")
         name = args.size
-    cfg = load_grpo_config("configs/toy_grpo.yaml", overrides)
+    cfg = load_grpo_config(config_file("toy_grpo.yaml"), overrides)
     trainer = GRPOTrainer(cfg, progress=False, pipeline=pipeline)
-    if pipeline is not None:  # LoRA master weights in float32 (bf16 autocast computes)
+    if args.dtype == "bf16":  # LoRA master weights in float32 (bf16 autocast computes)
         for p in trainer.params.values():
             p.data = p.data.float()
     n_lora = sum(p.numel() for p in trainer.params.values())
@@ -87,7 +89,7 @@ def main() -> None:
     ap.add_argument("--rollout-batch", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--kl-beta", type=float, default=0.04)
-    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--lora-rank", type=int, help="LoRA rank (alpha = 2 x rank; default: the toy config's 32)")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, help="torch CPU threads")
@@ -119,7 +121,8 @@ def main() -> None:
                 times[k].append(b - a)
     med = {k: statistics.median(v) for k, v in times.items()}
     images = info["images_per_epoch"]
-    transitions = images * (args.sde_steps - 1)
+    fraction = trainer.cfg.optim.timestep_fraction  # as GRPOTrainer.update picks the trained transitions
+    transitions = images * max(1, int(round((args.sde_steps - 1) * fraction)))
     result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
                   rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],
                   transitions_per_s=transitions / med["update"],
@@ -127,7 +130,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     print(f"\n{info['model']} on {args.device} ({args.dtype}): rollout {result['rollout_images_per_s']:.1f} images/s "
           f"({images} images x {args.sde_steps} SDE steps in {med['rollout']:.2f}s), rewards {med['reward']:.2f}s, "
-          f"update {result['update_steps_per_s']:.2f} optimizer steps/s ({transitions} transitions in "
+          f"update {result['update_steps_per_s']:.2f} optimizer steps/s ({transitions} trained transitions in "
           f"{med['update']:.2f}s), epoch {result['epoch_s']:.1f}s, peak {result['peak_mb']:.0f} MB")
     if args.json:
         with open(args.json, "w") as f:

@@ -23,7 +23,8 @@ def test_plan_wires_world_models_and_dependencies(tmp_path):
     assert f"model.init={tmp_path / 'seed1' / 'last' / 'stage1'}" in s2.argv
     assert any(a.endswith("toy_stage2_lastlayer.yaml") for a in s2.argv)
     grpo = by["seed0-grpo_none"]
-    assert "ldam.enabled=false" in grpo.argv and set(grpo.after) == {"seed0-all-stage2", "seed0-last-stage2"}
+    assert "ldam.enabled=false" in grpo.argv and grpo.after == ["seed0-all-stage2"]  # the all-layer model only
+    assert set(by["seed0-reconstruct"].after) == {"seed0-all-stage2", "seed0-last-stage2"}
     assert f"model.source={tmp_path / 'seed0' / 'all' / 'stage2' / 'final'}" in grpo.argv
     assert any("toy_alignment" in a and "world/alignment" in a for a in grpo.argv)  # the retrained reward
     rl = plan(tmp_path, [3], start="rl")

@@ -48,7 +48,9 @@ TASKS = ("single_object", "two_object", "counting", "colors", "position", "color
 # Run lengths. "full" is the shipped recipe (the configs' own lengths and the pretraining commands the
 # shipped weights were made with); "quick" keeps every comparison but shortens every run.
 SCALES: dict[str, dict] = {
-    "full": dict(vlm=["--steps", "2100", "--batch-size", "32"], prior=[], rewards=[], stage1=None, stage2=None,
+    "full": dict(vlm=["--steps", "3000", "--batch-size", "128", "--lr", "2e-3"],
+                 prior=["--space", "latent", "--vae-width", "16", "--ae-steps", "300", "--steps", "1350"],
+                 rewards=["--steps", "1500", "--batch-size", "128", "--pool", "40000"], stage1=None, stage2=None,
                  grpo_epochs=None, eval_images=1, recon_images=32, layer_prompts=8),
     "quick": dict(vlm=["--steps", "300", "--batch-size", "32"], prior=["--steps", "300", "--ae-steps", "100"],
                   rewards=["--steps", "300"], stage1=200, stage2=200, grpo_epochs=None, eval_images=1,
@@ -103,6 +105,8 @@ def plan(out: Path, seeds: Sequence[int], start: str = "stage1", scale: str = "q
     world_jobs: list[str] = []
     if start == "world":
         dev = ["--device", device] if device else []
+        if device and device.startswith("cuda"):  # the GPU waits on data: draw it in worker processes
+            dev += ["--workers", str(max(1, (os.cpu_count() or 2) - 2))]
         jobs += [Job("world-vlm", _parauni("toy", "pretrain-vlm", "--out", str(world / "vlm"), *sc["vlm"], *dev),
                      world / "vlm" / "config.json"),
                  Job("world-prior", _parauni("toy", "pretrain-prior", "--out", str(world / "prior"), *sc["prior"]),
@@ -117,7 +121,7 @@ def plan(out: Path, seeds: Sequence[int], start: str = "stage1", scale: str = "q
     for seed in seeds:
         root = out / f"seed{seed}"
         models: dict[str, str] = {}
-        model_jobs: list[str] = []
+        model_jobs: dict[str, str] = {}  # variant -> the job that makes its stage-II model
         for variant, (cfg1, cfg2, shipped) in VARIANTS.items():
             if start == "rl":
                 models[variant] = shipped
@@ -139,13 +143,13 @@ def plan(out: Path, seeds: Sequence[int], start: str = "stage1", scale: str = "q
                      base / "stage2" / "eval" / "geneval" / "summary.json", [j1.name])
             jobs += [j1, j2]
             models[variant] = str(base / "stage2" / "final")
-            model_jobs.append(j2.name)
+            model_jobs[variant] = j2.name
         recon_dir = root / "reconstruct"
         jobs.append(Job(f"seed{seed}-reconstruct",
                         _parauni("eval", "reconstruct", "--model", models["all"], "--model", models["last"],
                                  "--images", str(out / "recon_images"), "--out", str(recon_dir), "--seed", str(seed),
                                  "--clip", "toy" if align_path is None else f"toy:{align_path}", *sc.get("recon", [])),
-                        recon_dir / "summary.json", list(model_jobs)))
+                        recon_dir / "summary.json", list(model_jobs.values())))
         opts = json.dumps({"toy_alignment": {"path": align_path}}) if align_path else None
         layers_dir = root / "layers"
         jobs.append(Job(f"seed{seed}-layers",
@@ -153,7 +157,7 @@ def plan(out: Path, seeds: Sequence[int], start: str = "stage1", scale: str = "q
                                  str(out / "layer_prompts.jsonl"), "--out", str(layers_dir), "--seed", str(seed),
                                  *sc.get("layers", []),
                                  *(["--reward-options", opts] if opts else [])),
-                        layers_dir / "layer_response.json", list(model_jobs)))
+                        layers_dir / "layer_response.json", [model_jobs["all"]] if model_jobs else []))
         for ldam in (True, False):
             tag = "grpo_ldam" if ldam else "grpo_none"
             run_dir = root / tag
@@ -170,7 +174,7 @@ def plan(out: Path, seeds: Sequence[int], start: str = "stage1", scale: str = "q
             before = (root / "all" / "stage2" / "eval" / "geneval") if start != "rl" else None
             argv = _parauni("grpo", str(config_file("toy_grpo.yaml")), *over, "--resume", "auto", "--no-progress")
             jobs.append(Job(f"seed{seed}-{tag}", argv,
-                            run_dir / "eval" / "geneval" / "summary.json", list(model_jobs),
+                            run_dir / "eval" / "geneval" / "summary.json", [model_jobs["all"]] if model_jobs else [],
                             before_run=_reuse_before(before, run_dir) if before else None))
     return jobs
 
