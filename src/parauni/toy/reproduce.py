@@ -382,9 +382,12 @@ def format_results(res: dict, command: str | None = None) -> str:
     if any(e.get("rewards") for runs in rl.values() for e in runs):
         names = sorted({k for runs in rl.values() for e in runs for k in e.get("rewards", {})})
         lines += ["## Flow-GRPO from the all-layer stage-II model: with vs without LDAM", "",
-                  "Rewards: mean of the first 5 → the last 5 epochs. Toy GenEval: before → after (EMA weights).", "",
-                  "| run | " + " | ".join(names) + " | toy GenEval before | after | change | LDAM fired | "
-                  "wall (s) |", "|---|" + "---|" * (len(names) + 5)]
+                  "Rewards on the rollouts: mean of the first 5 → the last 5 epochs (fresh prompts every epoch). "
+                  "Toy GenEval (300 prompts × 1 image) before and after (EMA weights). LDAM firings: "
+                  "(epoch, reward) decisions that switched noise on. RL epochs: the epochs' wall time, "
+                  "evaluation excluded.", "",
+                  "| run | " + " | ".join(names) + " | toy GenEval before | after | change | LDAM firings | "
+                  "RL epochs (s) |", "|---|" + "---|" * (len(names) + 5)]
         for tag, label in (("grpo_ldam", "with LDAM"), ("grpo_none", "without LDAM")):
             runs = rl[tag]
             cells = []
