@@ -98,6 +98,8 @@ def main() -> None:
 
     import torch
 
+    from parauni.rl.grpo import trained_transitions
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cpu" and args.dtype == "bf16":
@@ -121,8 +123,7 @@ def main() -> None:
                 times[k].append(b - a)
     med = {k: statistics.median(v) for k, v in times.items()}
     images = info["images_per_epoch"]
-    fraction = trainer.cfg.optim.timestep_fraction  # as GRPOTrainer.update picks the trained transitions
-    transitions = images * max(1, int(round((args.sde_steps - 1) * fraction)))
+    transitions = images * trained_transitions(args.sde_steps, trainer.cfg.optim.timestep_fraction)
     result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
                   rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],
                   transitions_per_s=transitions / med["update"],

@@ -70,10 +70,13 @@ class PromptSource:
             rng = np.random.default_rng([self.seed, epoch, 17])
             return [dict(random_meta(rng)) for _ in range(n)]
         size = len(self.records)
+        orders: dict[int, np.ndarray] = {}  # pass -> its shuffled order
         out = []
         for pos in range(epoch * n, (epoch + 1) * n):
-            order = np.random.default_rng([self.seed, pos // size, 17]).permutation(size)
-            out.append(self.records[int(order[pos % size])])
+            k = pos // size
+            if k not in orders:
+                orders[k] = np.random.default_rng([self.seed, k, 17]).permutation(size)
+            out.append(self.records[int(orders[k][pos % size])])
         return out
 
 
@@ -142,6 +145,12 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """``(B, 3, H, W)`` in [-1, 1] -> RGB uint8 arrays."""
     arr = images.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return list(arr)
+
+
+def trained_transitions(steps: int, fraction: float) -> int:
+    """Transitions trained per sample: ``fraction`` of the ``steps - 1`` stored ones (the last is never
+    trained), at least one."""
+    return max(1, int(round((steps - 1) * fraction)))
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------
@@ -295,7 +304,7 @@ class GRPOTrainer:
         idx = torch.nonzero(valid).flatten()
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch)
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_train = max(1, int(round((s.steps - 1) * o.timestep_fraction)))
+        n_train = trained_transitions(s.steps, o.timestep_fraction)
         sig = roll.sigmas.tolist()
         train_lim = self.cfg.model.train_lim
         if not train_lim:  # a frozen LIM: the unconditional condition is the same for every transition
@@ -482,13 +491,10 @@ class GRPOTrainer:
 
 
 def add_parser(sub) -> None:
+    from ..train.commands import add_run_arguments
+
     p = sub.add_parser("grpo", help="stage III: Flow-GRPO with several rewards and LDAM")
-    p.add_argument("config", help="a YAML config, e.g. configs/toy_grpo.yaml")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. ldam.enabled=false")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder); "
-                        "'--resume auto' starts afresh when there is none")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_arguments(p, "configs/toy_grpo.yaml", "ldam.enabled=false")
     p.set_defaults(func=run)
 
 

@@ -337,14 +337,10 @@ def _task(summary: dict | None, task: str) -> float | None:
     return None if not summary else summary.get("tasks", {}).get(task)
 
 
-def tail_mean(values: Sequence[float], k: int = 5) -> float:
+def edge_mean(values: Sequence[float], k: int = 5, last: bool = False) -> float:
+    """Mean of the first (or the last) ``k`` finite values; NaN when there are none."""
     v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.mean(v[-k:])) if v else float("nan")
-
-
-def head_mean(values: Sequence[float], k: int = 5) -> float:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return float(np.mean(v[:k])) if v else float("nan")
+    return float(np.mean(v[-k:] if last else v[:k])) if v else float("nan")
 
 
 def format_results(res: dict, command: str | None = None) -> str:
@@ -392,8 +388,8 @@ def format_results(res: dict, command: str | None = None) -> str:
             runs = rl[tag]
             cells = []
             for name in names:
-                first = [head_mean(e.get("rewards", {}).get(name, [])) for e in runs]
-                last = [tail_mean(e.get("rewards", {}).get(name, [])) for e in runs]
+                first = [edge_mean(e.get("rewards", {}).get(name, [])) for e in runs]
+                last = [edge_mean(e.get("rewards", {}).get(name, []), last=True) for e in runs]
                 d = 2 if name == "toy_alignment" else 3
                 cells.append(f"{fmt(first, d)} → {fmt(last, d)}")
             before = [_overall(e.get("before")) for e in runs]

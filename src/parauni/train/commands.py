@@ -6,14 +6,19 @@ import argparse
 import json
 
 
-def add_parsers(sub) -> None:
-    p = sub.add_parser("train", help="stage I / II training from a config (accelerate launch -m parauni train ...)")
-    p.add_argument("config", help="a YAML config, e.g. configs/toy_stage1.yaml")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=3e-4 train.steps=100")
+def add_run_arguments(p, config_example: str, override_example: str) -> None:
+    """The arguments every config-driven run takes: CONFIG, key=value overrides, --resume, --no-progress."""
+    p.add_argument("config", help=f"a YAML config, e.g. {config_example}")
+    p.add_argument("overrides", nargs="*", help=f"section.key=value overrides, e.g. {override_example}")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder); "
                         "'--resume auto' starts afresh when there is none")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="stage I / II training from a config (accelerate launch -m parauni train ...)")
+    add_run_arguments(p, "configs/toy_stage1.yaml", "optim.lr=3e-4 train.steps=100")
     p.set_defaults(func=run_train)
 
     c = sub.add_parser("cache-latents", help="encode a config's dataset once with its VAE (sharded safetensors)")
