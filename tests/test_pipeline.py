@@ -89,6 +89,91 @@ def test_image_to_image_runs(tiny_pipe):
     assert not torch.allclose(e[0], e[1]), "the image reaches the condition"
 
 
+KEEP = "Keep the image as it is."
+
+
+def _scenes():
+    rng = np.random.default_rng(3)
+    return [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+
+
+class _TransformerConditions:
+    """Records ``encoder_hidden_states`` of every forward of ``transformer`` while in the ``with`` block."""
+
+    def __init__(self, transformer):
+        self.transformer, self.seen = transformer, []
+
+    def __enter__(self):
+        hook = lambda module, args, kwargs: self.seen.append(kwargs["encoder_hidden_states"].clone())
+        self.handle = self.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+        return self.seen
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _edit(pipe, images, **kw):
+    kw = {"num_inference_steps": 2, "output_type": "latent", "guidance_scale": 4.5, **kw}
+    return pipe(image=images, generator=torch.Generator().manual_seed(0), **kw).images
+
+
+@torch.no_grad()
+def test_image_cfg_default_keeps_the_image_and_the_instruction(tiny_pipe):
+    images = _scenes()
+    cond = tiny_pipe.encode_prompt([None, None], images, instruction=KEEP)
+    with _TransformerConditions(tiny_pipe.transformer) as seen:
+        out = _edit(tiny_pipe, images)
+    # both branches are the image with "Keep the image as it is.", run as one batch
+    assert len(seen) == 2 and all(torch.equal(c, torch.cat([cond, cond])) for c in seen)
+    torch.testing.assert_close(out, _edit(tiny_pipe, images, negative_prompt=KEEP), rtol=0, atol=0)
+    torch.testing.assert_close(out, _edit(tiny_pipe, images, negative_prompt_embeds=cond), rtol=0, atol=0)
+    # identical branches: guidance has no effect (up to the transformer's batch-size-dependent rounding)
+    for scale in (1.0, 7.0):
+        torch.testing.assert_close(out, _edit(tiny_pipe, images, guidance_scale=scale), rtol=1e-4, atol=1e-5)
+    text_only = _edit(tiny_pipe, images, negative_prompt_embeds=tiny_pipe.encode_prompt([None]))
+    assert not torch.allclose(out, text_only)
+
+
+@torch.no_grad()
+def test_image_cfg_with_another_instruction(tiny_pipe):
+    images = _scenes()
+    cond = tiny_pipe.encode_prompt([None, None], images, instruction=KEEP)
+    neg = tiny_pipe.encode_prompt([None, None], images, instruction="Make it blue.")
+    text_only = tiny_pipe.encode_prompt([None]).expand(2, -1, -1)
+    with _TransformerConditions(tiny_pipe.transformer) as seen:
+        out = _edit(tiny_pipe, images, negative_prompt="Make it blue.")
+    uncond = seen[0][:2]
+    assert seen[0].shape[0] == 4 and torch.equal(seen[0][2:], cond)
+    assert torch.equal(uncond, neg)
+    assert not torch.allclose(uncond, cond) and not torch.allclose(uncond, text_only)
+    torch.testing.assert_close(out, _edit(tiny_pipe, images, negative_prompt_embeds=neg), rtol=0, atol=0)
+    assert not torch.allclose(out, _edit(tiny_pipe, images))
+    # one instruction per image: the first image's branches coincide, the second's do not
+    with _TransformerConditions(tiny_pipe.transformer) as seen:
+        _edit(tiny_pipe, images, negative_prompt=[KEEP, "Make it blue."])
+    torch.testing.assert_close(seen[0][0], cond[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(seen[0][1], neg[1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one per image"):
+        _edit(tiny_pipe, images, negative_prompt=["a", "b", "c"])
+
+
+@torch.no_grad()
+def test_negative_image_false_is_the_text_only_branch(tiny_pipe):
+    images = _scenes()
+    text_only = tiny_pipe.encode_prompt([None])
+    for kw in ({}, {"output_type": "np", "num_images_per_prompt": 2}):
+        expected = _edit(tiny_pipe, images, negative_prompt_embeds=text_only.expand(2, -1, -1), **kw)
+        got = _edit(tiny_pipe, images, negative_image=False, **kw)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        # a single negative row serves every image
+        np.testing.assert_array_equal(np.asarray(_edit(tiny_pipe, images, negative_prompt_embeds=text_only, **kw)),
+                                      np.asarray(expected))
+    # a negative caption with the image dropped: the text-only caption branch
+    with _TransformerConditions(tiny_pipe.transformer) as seen:
+        _edit(tiny_pipe, images, negative_image=False, negative_prompt="blurry")
+    torch.testing.assert_close(seen[0][:2], tiny_pipe.encode_prompt(["blurry", "blurry"]), rtol=0, atol=0)
+
+
 def test_num_images_per_prompt_and_sizes(tiny_pipe):
     out = _generate(tiny_pipe, num_images_per_prompt=2, height=32, width=16)
     assert out.shape == (4, 32, 16, 3)

@@ -128,6 +128,9 @@ def test_reconstruct_command_end_to_end(tmp_path, tiny_clip, tiny_pipe, capsys):
         recon = out / row["folder"]
         assert Image.open(recon / "a.png").size == (24, 20) and Image.open(recon / "b.png").size == (16, 16)
     assert len((out / "per_image.jsonl").read_text().splitlines()) == 4
+    settings = summary["settings"]
+    assert settings["cfg_branch"] == "image" and settings["cfg_instruction"] == "Keep the image as it is."
+    assert "unconditional branch keeps the image with 'Keep the image as it is.'" in printed
     assert (out / "table.md").read_text().count("\n") == 4
     # the first model's numbers are those of the tiny pipeline used directly
     from parauni.eval.reconstruct import reconstruct, score_pairs
@@ -144,3 +147,45 @@ def test_reconstruct_errors(tmp_path, capsys):
     assert main(["eval", "reconstruct", "--model", "tiny", "--images", str(empty), "--out", str(tmp_path / "o"),
                  "--clip", "none"]) == 2
     assert "no readable images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, negative_prompt, negative_image, settings", [
+    ([], None, True, {"cfg_branch": "image", "cfg_instruction": "Keep the image as it is."}),
+    (["--cfg-prompt", "Make it sharper."], "Make it sharper.", True,
+     {"cfg_branch": "image", "cfg_instruction": "Make it sharper."}),
+    (["--cfg-text-only"], None, False, {"cfg_branch": "text-only", "cfg_instruction": None}),
+])
+def test_reconstruct_cfg_options_reach_the_pipeline(tmp_path, monkeypatch, capsys, options, negative_prompt,
+                                                    negative_image, settings):
+    from parauni import ParaUniPipeline
+
+    calls, call = [], ParaUniPipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParaUniPipeline, "__call__", spy)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (16, 16), (30, 200, 30)).save(images / "g.png")
+    out = tmp_path / "out"
+    assert main(["eval", "reconstruct", "--model", "tiny", "--images", str(images), "--out", str(out),
+                 "--clip", "none", "--steps", "1", *options]) == 0
+    assert len(calls) == 1
+    assert calls[0]["negative_prompt"] == negative_prompt and calls[0]["negative_image"] is negative_image
+    assert calls[0]["prompt"] == "Keep the image as it is."
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: summary["settings"][k] for k in settings} == settings
+    assert ("text-only" in capsys.readouterr().out) is (not negative_image)
+
+
+def test_reconstruct_cfg_options_exclude_each_other(tmp_path, capsys):
+    from parauni.eval.reconstruct import reconstruct
+
+    with pytest.raises(SystemExit):
+        main(["eval", "reconstruct", "--model", "tiny", "--images", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--cfg-prompt", "x", "--cfg-text-only"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cannot be combined"):
+        reconstruct(None, [], cfg_prompt="x", cfg_text_only=True)

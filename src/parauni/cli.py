@@ -62,6 +62,14 @@ def _add_eval(sub) -> None:
                                   "default when every model is a toy model), or 'none'; default "
                                   "openai/clip-vit-large-patch14")
     r.add_argument("--batch-size", type=int, default=8)
+    cfg = r.add_mutually_exclusive_group()
+    cfg.add_argument("--cfg-prompt", metavar="TEXT",
+                     help="instruction of the unconditional (CFG) branch, which keeps the input image; default "
+                          "the conditional instruction 'Keep the image as it is.', as in OpenUni, so both "
+                          "branches coincide and the guidance scale has no effect")
+    cfg.add_argument("--cfg-text-only", action="store_true",
+                     help="drop the image from the unconditional branch and use the text-only unconditional "
+                          "prompt ('Generate an image.') instead")
     for p in (g, d, r):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=20)

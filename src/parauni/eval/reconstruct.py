@@ -2,7 +2,23 @@
 
 Each input image goes through the pipeline with the instruction ``"Keep the image as it is."``; the
 reconstruction is generated at the model's native resolution (or ``resolution``) and resized (bicubic) to
-the input's size, where the metrics are taken.  All metrics are per image, then averaged:
+the input's size, where the metrics are taken.
+
+Classifier-free guidance follows OpenUni's image-editing script (wusize/OpenUni at d1703fc,
+``scripts/image_edit.py``): there the unconditional branch keeps the input image and only swaps the
+instruction for ``--cfg_prompt`` (lines 48-56 build both prompts around the same image tokens, line 65 fills
+the image features into both rows, and ``src/models/openuni/internvl3_sana_hf.py`` lines 384-387 pass the
+first half as the condition and the second as the negative), and ``--cfg_prompt`` defaults to the same
+``"Keep the image as it is."`` as ``--prompt`` (lines 17-18).  So by default both branches are one condition
+and reconstruction is unguided whatever the guidance scale (up to float rounding); here too, with both
+branches run as there.  ``cfg_prompt`` (``--cfg-prompt``) sets another instruction for the unconditional
+branch, still with the image; ``cfg_text_only`` (``--cfg-text-only``) instead drops the image from the
+unconditional branch and uses the text-only unconditional prompt (``"Generate an image."``), which makes
+the guidance act.  ``summary.json`` records the branch used under ``settings``: ``cfg_branch`` (``"image"``
+or ``"text-only"``) and ``cfg_instruction`` (the unconditional branch's instruction; ``null`` for the
+text-only branch).
+
+All metrics are per image, then averaged:
 
 * PSNR on [0, 1] images (data range 1), ``10 log10(1 / MSE)`` over all pixels and channels.  Identical
   images would give infinity; per-image values are capped at ``PSNR_CAP`` = 100 dB (MSE floored at 1e-10)
@@ -181,16 +197,34 @@ def read_images(folder: str | Path) -> tuple[list[tuple[str, Image.Image]], list
     return images, skipped
 
 
+def cfg_settings(cfg_prompt: str | None = None, cfg_text_only: bool = False) -> dict:
+    """The unconditional branch as recorded in ``summary.json``: ``cfg_branch`` and ``cfg_instruction``."""
+    if cfg_text_only and cfg_prompt is not None:
+        raise ValueError("--cfg-prompt is the instruction of the image-keeping unconditional branch; "
+                         "it cannot be combined with --cfg-text-only")
+    if cfg_text_only:
+        return {"cfg_branch": "text-only", "cfg_instruction": None}
+    return {"cfg_branch": "image", "cfg_instruction": cfg_prompt or RECONSTRUCT_INSTRUCTION}
+
+
 def reconstruct(pipe, images: Sequence[Image.Image], steps: int = 20, guidance: float = 4.5, seed: int = 0,
-                batch_size: int = 8, resolution: int | None = None) -> list[Image.Image]:
-    """Reconstructions of ``images`` (image ``i`` seeded with ``seed + i``), each resized to its input's size."""
+                batch_size: int = 8, resolution: int | None = None, cfg_prompt: str | None = None,
+                cfg_text_only: bool = False) -> list[Image.Image]:
+    """Reconstructions of ``images`` (image ``i`` seeded with ``seed + i``), each resized to its input's size.
+
+    The unconditional branch keeps the image with the instruction ``cfg_prompt`` (default: the conditional
+    instruction, so guidance has no effect); ``cfg_text_only`` drops the image and uses the text-only
+    unconditional prompt instead.
+    """
+    cfg_settings(cfg_prompt, cfg_text_only)  # rejects a contradictory pair
     pipe.set_progress_bar_config(disable=True)
     out: list[Image.Image] = []
     for s in range(0, len(images), batch_size):
         chunk = list(images[s:s + batch_size])
         gens = [torch.Generator().manual_seed(seed + s + j) for j in range(len(chunk))]
         recon = pipe(prompt=RECONSTRUCT_INSTRUCTION, image=chunk, num_inference_steps=steps,
-                     guidance_scale=guidance, generator=gens, height=resolution, width=resolution).images
+                     guidance_scale=guidance, generator=gens, height=resolution, width=resolution,
+                     negative_prompt=cfg_prompt, negative_image=not cfg_text_only).images
         out += [r.convert("RGB").resize(im.size, Image.BICUBIC) if r.size != im.size else r.convert("RGB")
                 for r, im in zip(recon, chunk, strict=True)]
     return out
@@ -225,12 +259,14 @@ def _slug(text: str) -> str:
 def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_dir: str | Path,
                             clip: str | None = None, steps: int = 20, guidance: float = 4.5, seed: int = 0,
                             batch_size: int = 8, resolution: int | None = None, device: str | None = None,
-                            load=None) -> dict:
+                            load=None, cfg_prompt: str | None = None, cfg_text_only: bool = False) -> dict:
     """Reconstruct every image of ``image_dir`` with each model; write ``<out>/<model>/`` reconstructions,
     ``per_image.jsonl``, ``summary.json`` and ``table.md``; return the summary.
 
     ``load(model) -> pipeline`` defaults to :func:`parauni.pipelines.loading.load_pipeline`.
+    ``cfg_prompt`` / ``cfg_text_only``: the unconditional branch, as in :func:`reconstruct`.
     """
+    cfg = cfg_settings(cfg_prompt, cfg_text_only)
     if load is None:
         from ..pipelines.loading import load_pipeline
 
@@ -247,7 +283,8 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
     for model in tqdm(list(named), desc="models", unit="model"):
         pipe = load(model)
         toy_flags.append(is_toy_pipeline(pipe))
-        recons_by_model[model] = reconstruct(pipe, inputs, steps, guidance, seed, batch_size, resolution)
+        recons_by_model[model] = reconstruct(pipe, inputs, steps, guidance, seed, batch_size, resolution,
+                                             cfg_prompt, cfg_text_only)
         del pipe
         gc.collect()
     embedder = load_embedder(clip, toy=all(toy_flags), device=device or "cpu")
@@ -269,7 +306,7 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
         "models": rows, "n_images": len(names), "skipped": skipped, "n_skipped": len(skipped),
         "clip": getattr(embedder, "name", None), "psnr_cap": PSNR_CAP,
         "settings": {"steps": steps, "guidance": guidance, "seed": seed, "resolution": resolution,
-                     "instruction": RECONSTRUCT_INSTRUCTION},
+                     "instruction": RECONSTRUCT_INSTRUCTION, **cfg},
     }
     (out / "per_image.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_image))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -277,12 +314,23 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
     return summary
 
 
+def describe_cfg(settings: dict, guidance: float) -> str:
+    """One line on the unconditional branch used, for the command's output."""
+    if settings.get("cfg_branch") == "text-only":
+        return f"scale {guidance:g}, unconditional branch text-only (image dropped, the unconditional prompt)"
+    instruction = settings.get("cfg_instruction")
+    same = " = the conditional branch, so unguided" if instruction == settings.get("instruction") else ""
+    return f"scale {guidance:g}, unconditional branch keeps the image with {instruction!r}{same}"
+
+
 def run(args) -> None:
     """``parauni eval reconstruct``."""
     guidance = 4.5 if args.guidance is None else args.guidance
     summary = evaluate_reconstruction(args.model, args.images, args.out, args.clip, args.steps, guidance,
-                                      args.seed, args.batch_size, args.resolution, args.device)
+                                      args.seed, args.batch_size, args.resolution, args.device,
+                                      cfg_prompt=args.cfg_prompt, cfg_text_only=args.cfg_text_only)
     print(format_table(summary["models"]))
     note = f"; {summary['n_skipped']} unreadable image(s) skipped" if summary["n_skipped"] else ""
     print(f"\n{summary['n_images']} image(s), CLIP: {summary['clip']}{note}; PSNR capped at {PSNR_CAP:g} dB")
+    print(f"CFG: {describe_cfg(summary['settings'], guidance)}")
     print(f"reconstructions, per_image.jsonl, summary.json and table.md in {args.out}")

@@ -40,6 +40,19 @@ def check_components(vlm, conditioner, transformer, vae) -> None:
                          f"{'VAE latents have' if vae is not None else 'pixel space has'} {channels}")
 
 
+def _as_list(text: str | list[str | None] | None) -> list[str | None]:
+    return [text] if isinstance(text, str) or text is None else list(text)
+
+
+def _per_image(texts: list[str | None], n: int, name: str) -> list[str | None]:
+    """One text per image: a single text is repeated, otherwise there must be one per image."""
+    if len(texts) == 1:
+        return texts * n
+    if len(texts) != n:
+        raise ValueError(f"{name}: give one text or one per image ({n} images), got {len(texts)}")
+    return texts
+
+
 class ParaUniPipeline(DiffusionPipeline):
     """Inference with ParaUni. Components: ``vlm`` (frozen VLM), ``tokenizer``, ``conditioner``
     (queries + LIM), ``transformer`` (SANA), ``scheduler`` (flow DPM-Solver++) and ``vae``
@@ -79,6 +92,14 @@ class ParaUniPipeline(DiffusionPipeline):
         """Condition sequences ``(B, N, C)`` for the diffusion transformer."""
         return self.conditioner(self.layer_states(prompts, images, instruction), layer_noise)
 
+    def image_condition(self, images: list[Image.Image], instructions: list[str]) -> torch.Tensor:
+        """Condition sequences ``(B, N, C)`` of ``images[i]`` with ``instructions[i]`` (one VLM batch
+        when the instructions are all the same)."""
+        if len(set(instructions)) == 1:
+            return self.encode_prompt([None] * len(images), images, instruction=instructions[0])
+        return torch.cat([self.encode_prompt([None], [im], instruction=text)
+                          for im, text in zip(images, instructions, strict=True)])
+
     def prepare_latents(self, batch: int, height: int, width: int, generator, dtype, device) -> torch.Tensor:
         f, c = self.vae_scale_factor, self.transformer.config.in_channels
         if height % f or width % f:
@@ -108,34 +129,54 @@ class ParaUniPipeline(DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        negative_image: bool = True,
     ):
         """Generate images.
 
         prompt: caption(s).  With ``image``, the prompt is the instruction that goes with the image
-            (default ``"Keep the image as it is."``): image-to-image through the VLM.
-        negative_prompt: caption(s) for the CFG branch; default the unconditional prompt.
+            (default ``"Keep the image as it is."``; one instruction, or one per image): image-to-image
+            through the VLM.
+        negative_prompt: the CFG branch's text.  Without ``image``: caption(s), default the unconditional
+            prompt.  With ``image`` (and ``negative_image``): the instruction(s) that go with the same image
+            in the CFG branch, default the conditional instruction(s).
+        negative_image: with ``image`` only.  ``True`` (default): the CFG branch keeps the input image and
+            reads ``negative_prompt`` as its instruction.  With the default ``negative_prompt`` both branches
+            are the same condition, so CFG gives the conditional velocity at any ``guidance_scale``; both
+            branches still run as one batch (the output is that of ``guidance_scale=1.0`` up to float
+            rounding, as the transformer's numerics depend slightly on the batch size).  ``False``: the CFG
+            branch drops the image and is text-only, ``negative_prompt`` read as caption(s), by default the
+            unconditional prompt (``"Generate an image."``), as for text-to-image.
+        negative_prompt_embeds: the CFG branch's condition ``(B, N, C)`` (or ``(1, N, C)`` for every row);
+            overrides ``negative_prompt`` and ``negative_image``.
         guidance_scale: CFG scale; 1.0 runs the conditional branch alone.
         output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
         """
         images = [image] if isinstance(image, Image.Image) else image
-        if prompt_embeds is None:
-            if prompt is None and images is None:
-                raise ValueError("give a prompt, an image, or prompt_embeds")
-            prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
-            if images is not None:
-                if len(prompts) == 1 and len(images) > 1:
-                    prompts = prompts * len(images)
-                cond = self.encode_prompt([None] * len(images), images, instruction=prompts[0] or
-                                          RECONSTRUCT_INSTRUCTION)
-            else:
-                cond = self.encode_prompt(prompts)
-        else:
+        prompts = _as_list(prompt)
+        instructions = None  # with images: the conditional branch's instruction per image
+        if images is not None:
+            instructions = [p or RECONSTRUCT_INSTRUCTION for p in _per_image(prompts, len(images), "prompt")]
+        if prompt_embeds is not None:
             cond = prompt_embeds
+        elif images is not None:
+            cond = self.image_condition(images, instructions)
+        elif prompt is None:
+            raise ValueError("give a prompt, an image, or prompt_embeds")
+        else:
+            cond = self.encode_prompt(prompts)
         batch = cond.shape[0]
         do_cfg = guidance_scale != 1.0
         if do_cfg:
             if negative_prompt_embeds is not None:
                 uncond = negative_prompt_embeds
+                if uncond.shape[0] == 1 and batch > 1:
+                    uncond = uncond.expand(batch, -1, -1)
+            elif images is not None and negative_image:
+                negs = [n or c for n, c in zip(_per_image(_as_list(negative_prompt), len(images), "negative_prompt"),
+                                               instructions, strict=True)]
+                # the same image and instruction: the same condition, encoded once
+                same = prompt_embeds is None and negs == instructions
+                uncond = cond if same else self.image_condition(images, negs)
             elif negative_prompt is None:
                 uncond = self.encode_prompt([None]).expand(batch, -1, -1)
             else:
