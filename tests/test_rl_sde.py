@@ -84,12 +84,30 @@ def test_rejects_non_decreasing_sigma():
         sde_step(torch.zeros(1, 2), torch.zeros(1, 2), 0.4, 0.5)
 
 
-def test_sigma_grid():
-    assert sigma_grid(4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
-    grid = sigma_grid(4, shift=3.0)
+def test_sigma_grid_uniform():
+    assert sigma_grid(4, kind="uniform").tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    grid = sigma_grid(4, shift=3.0, kind="uniform")
     expected = [3 * s / (1 + 2 * s) for s in (1.0, 0.75, 0.5, 0.25, 0.0)]
     assert grid.tolist() == pytest.approx(expected, abs=1e-7)
     assert grid[2].item() == pytest.approx(0.75)
     assert (grid[1:] < grid[:-1]).all()
     with pytest.raises(ValueError):
         sigma_grid(0)
+    with pytest.raises(ValueError, match="unknown sigma grid"):
+        sigma_grid(4, kind="cosine")
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_sigma_grid_is_flow_grpos(shift):
+    """The default grid is FlowMatchEulerDiscreteScheduler's: by hand, its training sigmas 1..1/1000 are warped
+    by the shift, then ``set_timesteps(N)`` spaces N values from 1 to the smallest of them and warps those
+    again (the shift is applied twice to the low end), then appends 0."""
+    warp = lambda s: shift * s / (1 + (shift - 1) * s)  # noqa: E731
+    low = warp(1 / 1000)
+    expected = [warp(1 + (low - 1) * i / 9) for i in range(10)] + [0.0]
+    grid = sigma_grid(10, shift=shift)
+    assert grid.tolist() == pytest.approx(expected, abs=1e-6)
+    if shift == 3.0:  # the numbers Flow-GRPO's 10-step SD3 runs use
+        assert grid[-2].item() == pytest.approx(0.0089, abs=1e-4)
+        step = sde_step(torch.zeros(1, 4), torch.zeros(1, 4), grid[-2].item(), 0.0, 0.7)
+        assert step.std_dev_t_dt.item() == pytest.approx(0.0063, abs=2e-4)  # noise the last step adds

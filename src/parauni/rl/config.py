@@ -36,6 +36,9 @@ class SamplingConfig:
     group_size: int = 8  # G images per prompt
     steps: int = 10  # SDE steps of a training rollout
     noise_level: float = 0.7
+    grid: str = "scheduler"  # "scheduler": diffusers' FlowMatchEulerDiscreteScheduler sigmas (Flow-GRPO); "uniform"
+    sde_window: int | None = None  # N: SDE (and training) on a window of N transitions, ODE elsewhere
+    merge_lora: bool = True  # roll out with the LoRA merged into a plain copy of the transformer (faster, same policy)
     guidance_scale: float = 4.5
     flow_shift: float | None = None  # None: the scheduler's own
     rollout_batch: int = 64  # images per sampling forward
@@ -46,16 +49,21 @@ class SamplingConfig:
 @dataclass
 class GRPOOptimConfig:
     lr: float = 1e-4
-    weight_decay: float = 0.05
+    weight_decay: float = 1e-4  # Flow-GRPO's
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = 1.0
     clip_range: float = 1e-4
     kl_beta: float = 0.04
+    kl_form: str = "reference"  # "reference": Flow-GRPO code's / (2 std_dev_t^2); "transition": / (2 (std sqrt(-dt))^2)
     adv_clip: float = 5.0
     per_group_std: bool = False  # False: one std over the epoch's rewards (Flow-GRPO's global std)
     train_batch: int = 16  # samples per update micro-batch
+    steps_per_epoch: int | None = 2  # optimizer steps an epoch (gradients accumulate); None: one per micro-batch
+    drop_zero_adv: bool = True  # samples of groups with all-equal rewards leave the update (Flow-GRPO)
     timestep_fraction: float = 1.0  # share of the trainable transitions (all but the last) used per sample
-    ema_decay: float = 0.9
+    ema_decay: float = 0.9  # the EMA's (largest) decay
+    ema_every: int = 8  # update the EMA every N optimizer steps (Flow-GRPO: 8)
+    ema_warmup: bool = True  # decay min((1 + k) / (10 + k), ema_decay) at optimizer step k (Flow-GRPO)
 
 
 @dataclass
@@ -79,6 +87,7 @@ class GRPOTrainConfig:
     eval_limit: int | None = None  # toy GenEval: first N prompts of each task only
     threads: int | None = None
     mixed_precision: str = "auto"
+    logger: str = "tensorboard"  # "tensorboard" (under <output_dir>/logs) or "none"; metrics.jsonl is always written
 
 
 @dataclass
@@ -104,6 +113,25 @@ class GRPOConfig:
             raise ValueError("sampling.steps must be >= 2 (the last transition is not trained)")
         if self.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError("train.mixed_precision must be auto, no, bf16 or fp16")
+        from .objective import KL_FORMS
+        from .sde import GRIDS
+
+        s, o = self.sampling, self.optim
+        if s.grid not in GRIDS:
+            raise ValueError(f"sampling.grid must be one of {GRIDS}, got {s.grid!r}")
+        if o.kl_form not in KL_FORMS:
+            raise ValueError(f"optim.kl_form must be one of {KL_FORMS}, got {o.kl_form!r}")
+        if s.sde_window is not None and not 1 <= s.sde_window <= s.steps - 1:
+            raise ValueError(f"sampling.sde_window must be between 1 and sampling.steps - 1 = {s.steps - 1} "
+                             f"(the last transition is never trained), got {s.sde_window}")
+        if o.steps_per_epoch is not None and o.steps_per_epoch < 1:
+            raise ValueError(f"optim.steps_per_epoch must be >= 1 or null, got {o.steps_per_epoch}")
+        if o.ema_every < 1 or not 0 <= o.ema_decay < 1:
+            raise ValueError("optim.ema_every must be >= 1 and optim.ema_decay in [0, 1)")
+        if self.train.save_every < 1 or self.train.epochs < 1:
+            raise ValueError("train.save_every and train.epochs must be >= 1")
+        if self.train.logger not in ("tensorboard", "none"):
+            raise ValueError(f"train.logger must be tensorboard or none, got {self.train.logger!r}")
 
 
 def load_grpo_config(path=None, overrides: list[str] | None = None) -> GRPOConfig:

@@ -30,6 +30,15 @@ from ..train.model import build_pipeline
 from ..utils.checkpoints import resume_path, write_checkpoint
 from .config import GRPOConfig
 from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
+from .objective import (
+    clipped_policy_loss,
+    ema_decay,
+    ema_due,
+    group_advantages,
+    kl_to_reference,
+    ratio_stats,
+    split_evenly,
+)
 from .sde import sde_step, sigma_grid
 
 logger = logging.getLogger(__name__)
@@ -88,8 +97,9 @@ def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
                                        init_lora_weights="gaussian"))
 
 
-def merged_transformer(transformer):
-    """A plain copy of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight."""
+def merged_state(transformer) -> dict[str, torch.Tensor]:
+    """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
+    the adapter's own tensors left out: the keys of the plain (adapter-free) model."""
     from peft.tuners.lora import LoraLayer
 
     deltas = {}
@@ -105,9 +115,32 @@ def merged_transformer(transformer):
         if key.endswith(".weight") and owner in deltas:
             value = value + deltas[owner].to(value.dtype)
         state[key] = value
-    clean = type(transformer).from_config(transformer.config).to(transformer.dtype)
-    clean.load_state_dict(state, strict=True)
-    return clean.eval()
+    return state
+
+
+def lora_delta_norm(transformer) -> float:
+    """``sqrt(sum ||scale * B A||_F^2)`` over every LoRA layer: how far the adapter has moved the weights."""
+    from peft.tuners.lora import LoraLayer
+
+    total = 0.0
+    with torch.no_grad():
+        for module in transformer.modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                total += float(module.get_delta_weight("default").float().pow(2).sum())
+    return total ** 0.5
+
+
+def merged_transformer(transformer, into=None):
+    """A plain copy of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight
+    (on the adapter's device and dtype). ``into``: an earlier result to refresh in place instead."""
+    state = merged_state(transformer)
+    if into is None:
+        into = type(transformer).from_config(transformer.config)
+        if transformer.dtype != into.dtype:
+            into = into.to(dtype=transformer.dtype)
+        into = into.to(next(transformer.parameters()).device)
+    into.load_state_dict(state, strict=True)
+    return into.eval().requires_grad_(False)
 
 
 # -- rollouts -------------------------------------------------------------------------------------------------
@@ -121,10 +154,11 @@ class Rollout:
     states: torch.Tensor | None  # (L, B, N, D) query states (kept when the LIM trains)
     layer_noise: torch.Tensor | None  # (L, B, N, D) LDAM noise used for these samples, or None
     cond: torch.Tensor  # (B, N, C) condition used (after LDAM noise)
-    latents: torch.Tensor  # (B, T + 1, c, h, w) x_0 .. x_T along the SDE path (x_0 = noise)
-    log_probs: torch.Tensor  # (B, T)
+    latents: torch.Tensor  # (B, T + 1, c, h, w) the path from noise (index 0) to the sample (index T)
+    log_probs: torch.Tensor  # (B, T); NaN for ODE transitions (outside an SDE window)
     sigmas: torch.Tensor  # (T + 1,)
     images: list[np.ndarray]
+    trainable: list[int]  # the transitions the update may train (the SDE ones, never the last)
 
 
 def cfg_velocity(transformer, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor,
@@ -161,13 +195,17 @@ class GRPOTrainer:
         ``ParaUniPipeline`` instead of ``cfg.model.source`` (e.g. a preset built at real size with random
         weights for a benchmark). Everything else comes from ``cfg``."""
         from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
 
         self.cfg, self.progress = cfg, progress
         t, m = cfg.train, cfg.model
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), cpu=not torch.cuda.is_available())
         self.out = Path(t.output_dir)
+        self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), cpu=not torch.cuda.is_available(),
+                               log_with=None if t.logger == "none" else t.logger,
+                               project_config=ProjectConfiguration(project_dir=str(self.out),
+                                                                   logging_dir=str(self.out / "logs")))
         self.prompt_source = PromptSource(cfg.prompts, t.seed)
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
         self.reward_names = list(cfg.rewards.weights)
@@ -210,10 +248,12 @@ class GRPOTrainer:
                          seed=t.seed) if lc.enabled else None
         self.num_layers = n_layers
         self.epoch = 0
+        self.opt_step = 0  # optimizer steps taken (the EMA schedule's clock)
+        self._rollout_model = None  # the merged copy, refreshed every epoch (sampling.merge_lora)
         shift = cfg.sampling.flow_shift
         if shift is None:
             shift = float(getattr(pipe.scheduler.config, "flow_shift", 1.0) or 1.0)
-        self.sigmas = sigma_grid(cfg.sampling.steps, shift=shift)
+        self.sigmas = sigma_grid(cfg.sampling.steps, shift=shift, kind=cfg.sampling.grid)
         with torch.no_grad():
             self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
         if resume:
@@ -224,6 +264,25 @@ class GRPOTrainer:
         return self.acc.unwrap_model(self.transformer)
 
     # -- sampling --------------------------------------------------------------------------------------------
+    def sde_transitions(self, epoch: int) -> list[int]:
+        """The transitions sampled with the SDE (and trained) in ``epoch``: all but the last, or with
+        ``sampling.sde_window = N`` a window of N consecutive ones placed at random each epoch (seeded), the
+        others run as the deterministic ODE (Euler) step, as in Flow-GRPO-Fast / MixGRPO."""
+        steps, window = self.cfg.sampling.steps, self.cfg.sampling.sde_window
+        if window is None:
+            return list(range(steps - 1))
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + 5)
+        start = int(torch.randint(0, steps - window, (1,), generator=g))  # the window ends before the last step
+        return list(range(start, start + window))
+
+    def rollout_model(self):
+        """The transformer the rollout samples with: a plain copy with the LoRA merged (refreshed here), or the
+        adapted transformer itself (``sampling.merge_lora=false``)."""
+        if not self.cfg.sampling.merge_lora:
+            return self.transformer
+        self._rollout_model = merged_transformer(self.raw_transformer, into=self._rollout_model)
+        return self._rollout_model
+
     @torch.no_grad()
     def rollout(self, epoch: int) -> Rollout:
         """This process's prompts of ``epoch`` and their ``G`` samples each, with everything the update needs."""
@@ -246,6 +305,8 @@ class GRPOTrainer:
         uncond = pipe.conditioner(self.uncond_states)  # (1, N, C)
         shape = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size
         b, steps = len(prompts), s.steps
+        sde = set(self.sde_transitions(epoch)) | ({steps - 1} if s.sde_window is None else set())
+        model = self.rollout_model()
         x = torch.randn((b, shape[0], shape[1], shape[1]), generator=gen).to(dev)
         path, logps = [x], []
         sig = self.sigmas.tolist()
@@ -253,9 +314,10 @@ class GRPOTrainer:
             xs, lps = [], []
             for a in range(0, b, s.rollout_batch):
                 sl = slice(a, a + s.rollout_batch)
-                v = cfg_velocity(self.transformer, path[-1][sl], sig[j], cond[sl], uncond, s.guidance_scale)
+                v = cfg_velocity(model, path[-1][sl], sig[j], cond[sl], uncond, s.guidance_scale)
                 eps = torch.randn(path[-1][sl].shape, generator=gen).to(dev)
-                out = sde_step(path[-1][sl].float(), v, sig[j], sig[j + 1], s.noise_level, noise=eps)
+                level = s.noise_level if j in sde else 0.0
+                out = sde_step(path[-1][sl].float(), v, sig[j], sig[j + 1], level, noise=eps)
                 xs.append(out.prev_sample)
                 lps.append(out.log_prob)
             path.append(torch.cat(xs))
@@ -263,27 +325,20 @@ class GRPOTrainer:
         images = to_uint8(pipe.decode(path[-1].to(pipe.transformer.dtype)))
         keep_states = states if cfg.model.train_lim else None
         return Rollout(prompts, metas, group, keep_states, noise if cfg.model.train_lim else None, cond,
-                       torch.stack(path, dim=1), torch.stack(logps, dim=1), self.sigmas, images)
+                       torch.stack(path, dim=1), torch.stack(logps, dim=1), self.sigmas, images,
+                       self.sde_transitions(epoch))
 
     # -- rewards and advantages -----------------------------------------------------------------------------
     def advantages(self, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Group-normalised advantages ``(B,)`` (NaN rewards -> excluded) and the epoch's reward statistics."""
+        """Group-normalised advantages ``(B,)`` of this process's samples (NaN rewards -> not valid), and the
+        epoch's reward and advantage statistics over every process (see :func:`objective.group_advantages`)."""
         total, parts = self.reward(roll.images, roll.prompts, roll.metadata)
         dev = self.acc.device
         g_total = self.acc.gather(total.to(dev)).cpu()
         g_group = self.acc.gather(roll.group.to(dev)).cpu()
         valid = torch.isfinite(g_total)
-        adv_all = torch.zeros_like(g_total)
         o = self.cfg.optim
-        std_all = g_total[valid].std() if valid.sum() > 1 else torch.tensor(1.0)
-        for gid in g_group.unique():
-            sel = (g_group == gid) & valid
-            if sel.sum() == 0:
-                continue
-            mean = g_total[sel].mean()
-            std = (g_total[sel].std() if sel.sum() > 1 else torch.tensor(0.0)) if o.per_group_std else std_all
-            adv_all[sel] = (g_total[sel] - mean) / (std + 1e-4)
-        adv_all = adv_all.clamp(-o.adv_clip, o.adv_clip)
+        adv_all, astats = group_advantages(g_total, g_group, o.per_group_std, o.adv_clip)
         n = len(roll.prompts)
         rank = self.acc.process_index
         adv = adv_all[rank * n:(rank + 1) * n]  # gather concatenates ranks in order, equal sizes
@@ -293,72 +348,116 @@ class GRPOTrainer:
             gv = self.acc.gather(vals.to(dev)).cpu()
             ok = torch.isfinite(gv)
             stats[f"reward/{name}"] = float(gv[ok].mean()) if ok.any() else float("nan")
+        stats.update({f"diag/{k}": v for k, v in astats.items()})
         valid_local = valid[rank * n:(rank + 1) * n]
         return adv, valid_local, stats
 
     # -- update ---------------------------------------------------------------------------------------------
+    def _train_indices(self, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> torch.Tensor:
+        """This process's samples for the update, shuffled: the valid ones, without zero-advantage samples when
+        ``optim.drop_zero_adv`` (Flow-GRPO, ``train_sd3.py:796-817``). With several processes every rank needs
+        the same number of backward passes, so ranks with fewer samples are topped up with dropped ones (their
+        advantage is 0: they add only the KL term), as the reference tops up its mask."""
+        keep = valid & (adv != 0) if self.cfg.optim.drop_zero_adv else valid.clone()
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch)
+        if self.acc.num_processes > 1:
+            most = int(self.acc.gather(keep.sum().reshape(1).to(self.acc.device)).max())
+            spare = torch.nonzero(~keep).flatten()
+            spare = spare[torch.randperm(len(spare), generator=gen)][:max(0, most - int(keep.sum()))]
+            keep[spare] = True
+        idx = torch.nonzero(keep).flatten()
+        return idx[torch.randperm(len(idx), generator=gen)]
+
     def update(self, roll: Rollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
-        """One pass of clipped-ratio + KL updates over the stored transitions (all but the last)."""
+        """Clipped-ratio + KL updates over the stored SDE transitions (never the last), Flow-GRPO style.
+
+        The samples are cut into micro-batches of ``optim.train_batch``; gradients accumulate over
+        ``1 / optim.steps_per_epoch`` of them times every trained transition, so an epoch makes
+        ``steps_per_epoch`` optimizer steps (the reference's default: 2, ``config/grpo.py:83-88``); the loss is
+        the mean over those samples and transitions. ``steps_per_epoch=None`` steps after every micro-batch.
+        After each optimizer step the EMA follows :func:`objective.ema_decay` every ``optim.ema_every`` steps.
+        """
         o, s = self.cfg.optim, self.cfg.sampling
         dev = self.acc.device
-        idx = torch.nonzero(valid).flatten()
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch)
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_train = trained_transitions(s.steps, o.timestep_fraction)
+        idx = self._train_indices(adv, valid, epoch)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch + 1)
+        trainable = roll.trainable
+        n_train = max(1, int(round(len(trainable) * o.timestep_fraction)))
         sig = roll.sigmas.tolist()
         train_lim = self.cfg.model.train_lim
         if not train_lim:  # a frozen LIM: the unconditional condition is the same for every transition
             with torch.no_grad():
                 uncond = self.pipe.conditioner(self.uncond_states)
-        stats = {"loss": [], "policy_loss": [], "kl": [], "clip_frac": [], "grad_norm": [], "ratio_dev": []}
+        micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
+        chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
+        acc_stats = {"policy_loss": [], "kl": [], "loss": [], "ratio": [], "clipped": [], "approx_kl": [],
+                     "grad_norm": []}
         raw = self.raw_transformer
-        for a in range(0, len(idx), o.train_batch):
-            mb = idx[a:a + o.train_batch]
-            steps_j = torch.randperm(s.steps - 1, generator=gen)[:n_train].sort().values.tolist()
-            A = adv[mb].to(dev)
-            for k, j in enumerate(steps_j):
-                if train_lim:
-                    cond = self.pipe.conditioner(roll.states[:, mb], None if roll.layer_noise is None
-                                                 else roll.layer_noise[:, mb])
-                    uncond = self.pipe.conditioner(self.uncond_states)
-                else:
-                    cond = roll.cond[mb]
-                x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
-                last = k == len(steps_j) - 1
-                ctx = self.acc.no_sync(self.transformer) if not last else nullcontext()
-                with ctx, self.acc.autocast():
-                    v = cfg_velocity(self.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
-                    new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
-                    ratio = torch.exp(new.log_prob - roll.log_probs[mb, j].to(dev))
-                    unclipped = -A * ratio
-                    clipped = -A * torch.clamp(ratio, 1 - o.clip_range, 1 + o.clip_range)
-                    policy = torch.maximum(unclipped, clipped).mean()
-                    if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
-                        with torch.no_grad():
-                            raw.disable_adapters()
-                            v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
-                            raw.enable_adapters()
-                            ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
-                        scale2 = new.std_dev_t_dt.float() ** 2
-                        kl = ((new.mean - ref.mean) ** 2 / (2 * scale2)).flatten(1).mean(1).mean()
-                    else:  # no KL term: skip the reference forward
-                        kl = torch.zeros((), device=dev)
-                    loss = (policy + o.kl_beta * kl) / len(steps_j)
-                    self.acc.backward(loss)
-                stats["loss"].append(float(loss.detach()) * len(steps_j))
-                stats["policy_loss"].append(float(policy.detach()))
-                stats["kl"].append(float(kl.detach()))
-                dev_r = (ratio.detach() - 1).abs()
-                stats["clip_frac"].append(float((dev_r > o.clip_range).float().mean()))
-                stats["ratio_dev"].append(float(dev_r.mean()))
+        before = [p.detach().clone() for p in self.params.values()]
+        pos = 0
+        for size in chunks:
+            group = micro[pos:pos + size]
+            pos += size
+            n_samples = sum(len(mb) for mb in group)
+            for i, mb in enumerate(group):
+                chosen = torch.randperm(len(trainable), generator=gen)[:n_train].sort().values.tolist()
+                steps_j = [trainable[c] for c in chosen]
+                A = adv[mb].to(dev)
+                for k, j in enumerate(steps_j):
+                    if train_lim:
+                        cond = self.pipe.conditioner(roll.states[:, mb], None if roll.layer_noise is None
+                                                     else roll.layer_noise[:, mb])
+                        uncond = self.pipe.conditioner(self.uncond_states)
+                    else:
+                        cond = roll.cond[mb]
+                    x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
+                    last = i == len(group) - 1 and k == len(steps_j) - 1
+                    ctx = self.acc.no_sync(self.transformer) if not last else nullcontext()
+                    with ctx, self.acc.autocast():
+                        v = cfg_velocity(self.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
+                        new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+                        old_lp = roll.log_probs[mb, j].to(dev)
+                        ratio = torch.exp(new.log_prob - old_lp)
+                        policy = clipped_policy_loss(A, ratio, o.clip_range)  # (b,)
+                        if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
+                            with torch.no_grad():
+                                raw.disable_adapters()
+                                v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(),
+                                                     s.guidance_scale)
+                                raw.enable_adapters()
+                                ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level,
+                                               prev_sample=x_next)
+                            kl = kl_to_reference(new.mean, ref.mean, new.std_dev_t, new.std_dev_t_dt, o.kl_form)
+                        else:  # no KL term: skip the reference forward
+                            kl = torch.zeros_like(policy)
+                        loss = (policy + o.kl_beta * kl).sum() / (n_samples * len(steps_j))
+                        self.acc.backward(loss)
+                    r = ratio_stats(new.log_prob, old_lp, o.clip_range)
+                    for key in ("ratio", "clipped", "approx_kl"):
+                        acc_stats[key].append(r[key].cpu())
+                    acc_stats["policy_loss"].append(policy.detach().cpu())
+                    acc_stats["kl"].append(kl.detach().cpu())
+                    acc_stats["loss"].append((policy + o.kl_beta * kl).detach().cpu())
             norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
-            stats["grad_norm"].append(float(norm))
+            acc_stats["grad_norm"].append(torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu())
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for n, p in self.params.items():
-                    self.ema[n].mul_(o.ema_decay).add_(p.detach(), alpha=1 - o.ema_decay)
-        return {k: float(np.mean(v)) if v else float("nan") for k, v in stats.items()}
+            if ema_due(self.opt_step, o.ema_every):
+                keep = ema_decay(self.opt_step, o.ema_decay, o.ema_warmup)
+                with torch.no_grad():
+                    for n, p in self.params.items():
+                        self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
+            self.opt_step += 1
+        cat = {k: torch.cat(v).float() if v else torch.full((1,), float("nan")) for k, v in acc_stats.items()}
+        update_norm = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(self.params.values(), before,
+                                                                                       strict=True)) ** 0.5
+        return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
+                "kl": float(cat["kl"].mean()), "grad_norm": float(cat["grad_norm"].mean()),
+                "clip_frac": float(cat["clipped"].mean()), "ratio_dev": float((cat["ratio"] - 1).abs().mean()),
+                "diag/approx_kl": float(cat["approx_kl"].mean()), "diag/ratio_mean": float(cat["ratio"].mean()),
+                "diag/ratio_min": float(cat["ratio"].min()), "diag/ratio_max": float(cat["ratio"].max()),
+                "diag/update_norm": update_norm, "diag/trained_samples": len(idx),
+                "diag/optimizer_steps": len(chunks)}
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def _weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -374,7 +473,7 @@ class GRPOTrainer:
             if self.ldam is not None:
                 torch.save(self.ldam.state_dict(), folder / "ldam.pt")
             save_config(self.cfg, folder / "config.yaml")
-            (folder / STATE_FILE).write_text(json.dumps({"epoch": self.epoch}) + "\n")
+            (folder / STATE_FILE).write_text(json.dumps({"epoch": self.epoch, "optimizer_steps": self.opt_step}) + "\n")
 
         return write_checkpoint(self.acc, self.out, f"checkpoint-{self.epoch:06d}", write,
                                 self.cfg.train.keep_last, STATE_FILE)
@@ -393,7 +492,9 @@ class GRPOTrainer:
                 self.ema[n] = ema[n].to(p.device, p.dtype)
         if self.ldam is not None and (ckpt / "ldam.pt").is_file():
             self.ldam.load_state_dict(torch.load(ckpt / "ldam.pt", weights_only=True))
-        self.epoch = int(json.loads((ckpt / STATE_FILE).read_text())["epoch"])
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        self.epoch = int(state["epoch"])
+        self.opt_step = int(state.get("optimizer_steps", 0))
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def merged_pipeline(self, ema: bool = True):
@@ -440,6 +541,8 @@ class GRPOTrainer:
         end = t.epochs if stop_after is None else min(stop_after, t.epochs)
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
         ldam_log = open(self.out / "ldam.jsonl", "a") if main and self.ldam is not None else None
+        if t.logger != "none":
+            self.acc.init_trackers("grpo")
         bar = tqdm(total=t.epochs, initial=self.epoch, desc="grpo", disable=not (main and self.progress),
                    dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -447,10 +550,14 @@ class GRPOTrainer:
             e0 = time.perf_counter()
             active = [d["reward"] for d in self.ldam.active] if self.ldam is not None else []
             roll = self.rollout(self.epoch)
+            e1 = time.perf_counter()
             adv, valid, rstats = self.advantages(roll)
+            e2 = time.perf_counter()
             ustats = self.update(roll, adv, valid, self.epoch)
-            row = {"step": self.epoch + 1, **rstats, **ustats, "ldam_active": active,
-                   "seconds": time.perf_counter() - e0}
+            e3 = time.perf_counter()
+            row = {"step": self.epoch + 1, **rstats, **ustats,
+                   "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer), "ldam_active": active,
+                   "time/rollout": e1 - e0, "time/reward": e2 - e1, "time/update": e3 - e2, "seconds": e3 - e0}
             if self.ldam is not None:
                 decisions = self.ldam.update(self.epoch, {r: rstats[f"reward/{r}"] for r in self.reward_names},
                                              ustats["grad_norm"])
@@ -462,12 +569,16 @@ class GRPOTrainer:
             if metrics:
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
+            if t.logger != "none":
+                self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.epoch)
             bar.update(1)
             bar.set_postfix(reward=f"{rstats['reward/total']:.3f}", kl=f"{ustats['kl']:.2e}",
-                            ldam=",".join(active) or "-")
+                            clip=f"{ustats['clip_frac']:.2f}", ldam=",".join(active) or "-")
             if self.epoch % t.save_every == 0 or self.epoch == t.epochs:
                 self.save_checkpoint()
         bar.close()
+        if t.logger != "none":
+            self.acc.end_training()
         for f in (metrics, ldam_log):
             if f:
                 f.close()
@@ -485,9 +596,15 @@ class GRPOTrainer:
         from .curves import plot_curves
 
         rows = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        series = {k.split("/", 1)[1]: [r[k] for r in rows] for k in rows[0] if k.startswith("reward/")
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        nan = float("nan")
+        series = {k.split("/", 1)[1]: [r.get(k, nan) for r in rows] for k in keys if k.startswith("reward/")
                   and k != "reward/dropped"}
         plot_curves(series, self.out / "curves" / "rewards.png", title=f"rewards ({self.out.name})")
+        diag = {k: [r.get(k, nan) for r in rows] for k in ("clip_frac", "kl", "grad_norm") if k in keys}
+        diag.update({k.split("/", 1)[1]: [r.get(k, nan) for r in rows] for k in keys
+                     if k.startswith(("diag/", "time/"))})
+        plot_curves(diag, self.out / "curves" / "diagnostics.png", title=f"diagnostics ({self.out.name})")
 
 
 def add_parser(sub) -> None:

@@ -28,6 +28,7 @@ class SDEStepOutput(NamedTuple):
     mean: torch.Tensor  # (B, ...) compute dtype, differentiable in v
     std_dev_t_dt: torch.Tensor  # (B or 1, 1, ...) the transition scale std * sqrt(-dt)
     log_prob: torch.Tensor  # (B,) compute dtype; NaN when noise_level == 0 (a point mass has no density)
+    std_dev_t: torch.Tensor  # (B or 1, 1, ...) the SDE's std before the sqrt(-dt) factor (0 for the ODE step)
 
 
 def _as_column(sigma: float | torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -62,7 +63,7 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigm
         scale = torch.zeros_like(dt)
         sample = (mean if prev_sample is None else prev_sample).to(x.dtype)
         log_prob = torch.full((x.shape[0],), float("nan"), device=x.device, dtype=cdt)
-        return SDEStepOutput(sample, mean, scale, log_prob)
+        return SDEStepOutput(sample, mean, scale, log_prob, scale)
     # sigma / (1 - sigma) is infinite at sigma = 1: there the denominator takes the next grid value,
     # as Flow-GRPO's reference code does (the numerator stays sigma)
     denom_s = torch.where(s >= 1, s_next, s)
@@ -76,15 +77,36 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, sigma: float | torch.Tensor, sigm
     z = prev_sample.detach().to(cdt) - mean
     log_density = -(z**2) / (2 * scale**2) - torch.log(scale) - _LOG_SQRT_2PI  # (B, ...)
     log_prob = log_density.reshape(x.shape[0], -1).mean(1)  # (B,)
-    return SDEStepOutput(prev_sample, mean, scale, log_prob)
+    return SDEStepOutput(prev_sample, mean, scale, log_prob, std)
 
 
-def sigma_grid(num_steps: int, shift: float = 1.0, device: torch.device | str | None = None) -> torch.Tensor:
-    """The descending flow-time grid ``(num_steps + 1,)`` from 1 to 0, warped by SANA/SD3's ``shift``.
+GRIDS = ("scheduler", "uniform")
 
-    ``sigma' = shift * s / (1 + (shift - 1) * s)`` on the uniform grid ``s``; the end points stay 1 and 0.
+
+def sigma_grid(num_steps: int, shift: float = 1.0, device: torch.device | str | None = None,
+               kind: str = "scheduler") -> torch.Tensor:
+    """The descending flow-time grid ``(num_steps + 1,)`` from 1 to 0 used by the SDE rollouts.
+
+    ``kind="scheduler"`` (the default) is Flow-GRPO's grid: the ``sigmas`` of diffusers'
+    ``FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(num_steps)``
+    (yifan123/flow_grpo ``scripts/train_sd3.py`` samples with that scheduler and
+    ``flow_grpo/diffusers_patch/sd3_sde_with_logprob.py:42-43`` reads ``sigmas[i]``, ``sigmas[i + 1]``).
+    Its ``num_steps`` values run from 1 down to about 1/1000, warped by the shift, then 0 (shift 3, 10
+    steps: last non-zero sigma 0.0089), so the last, untrained step adds almost no noise to what the
+    rewards see.
+
+    ``kind="uniform"`` warps ``linspace(1, 0, num_steps + 1)`` by ``sigma' = shift * s / (1 + (shift - 1) * s)``
+    (end points 1 and 0; shift 3, 10 steps: last non-zero sigma 0.25).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if kind == "scheduler":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=float(shift))
+        scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas.to(device=device, dtype=torch.float32)
+    if kind != "uniform":
+        raise ValueError(f"unknown sigma grid {kind!r}; choose one of {GRIDS}")
     s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     return (shift * s / (1 + (shift - 1) * s)).to(device=device, dtype=torch.float32)
