@@ -1,14 +1,19 @@
 """Stage III speed: Flow-GRPO rollout images/s, reward time and update steps/s (``parauni.rl.grpo``).
 
 One epoch of ``GRPOTrainer`` is timed part by part: the SDE rollout (``prompts x G`` images, ``--sde-steps``
-steps, CFG as one batched forward, decoding included), the rewards, and the update (one optimizer step
-per ``--train-batch`` samples, each accumulating every trained transition: the policy forward/backward and,
-with ``kl_beta > 0``, the reference forward with the LoRA adapter off).
+steps, CFG as one batched forward, decoding included), the rewards, and the update (micro-batches of
+``--train-batch`` samples over every trained transition, accumulated into the config's optimizer steps per epoch:
+the policy forward/backward and, with ``kl_beta > 0``, the reference forward with the LoRA adapter off).
 
     python benchmarks/bench_grpo.py                      # the shipped toy model, CPU
     python benchmarks/bench_grpo.py --epochs 2 --warmup 0   # quicker
     python benchmarks/bench_grpo.py --size internvl3-2b_sana-1.6b_512 --device cuda --dtype bf16 \\
         --prompts 4 --group-size 8 --train-batch 8 --rollout-batch 32
+    python benchmarks/bench_grpo.py --compare --epochs 3     # the earlier path against today's, in one run
+
+``--compare`` times, on one trainer and alternating epoch by epoch, the earlier path (the rollout through the
+LoRA adapter, 1 thread) against today's (the rollout through a merged copy, ``--threads`` or 2 threads); the
+work per epoch is the same, so the ratio of the median epoch times is the speed-up on this machine.
 
 The toy size runs the trainer exactly as ``parauni grpo configs/toy_grpo.yaml`` does (its three toy rewards).
 ``tiny`` (random tiny models) and the real presets hand the trainer a ready pipeline; real presets are built
@@ -93,6 +98,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--compare", action="store_true",
+                    help="time the earlier path (adapter rollout, 1 thread) against today's, epoch by epoch")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
 
@@ -100,30 +107,42 @@ def main() -> None:
 
     from parauni.rl.grpo import trained_transitions
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device == "cpu" and args.dtype == "bf16":
         print("note: bf16 on a CPU is usually much slower than fp32")
     trainer, info = build_trainer(args)
-    times = {"rollout": [], "reward": [], "update": []}
+    variants = {"now": (True, args.threads or 2)}
+    if args.compare:
+        variants = {"before": (False, 1), **variants}
+    times = {v: {"rollout": [], "reward": [], "update": []} for v in variants}
     n_updates = None
     for epoch in range(args.warmup + args.epochs):
-        marks = [time.perf_counter()]
-        roll = trainer.rollout(epoch)
-        sync(args.device)
-        marks.append(time.perf_counter())
-        adv, valid, _ = trainer.advantages(roll)
-        marks.append(time.perf_counter())
-        trainer.update(roll, adv, valid, epoch)
-        sync(args.device)
-        marks.append(time.perf_counter())
-        n_updates = -(-int(valid.sum()) // args.train_batch)
-        if epoch >= args.warmup:
-            for k, (a, b) in zip(times, zip(marks, marks[1:], strict=False), strict=True):
-                times[k].append(b - a)
+        for name, (merge, threads) in variants.items():
+            trainer.cfg.sampling.merge_lora = merge
+            if args.compare or args.threads:
+                torch.set_num_threads(threads)
+            marks = [time.perf_counter()]
+            roll = trainer.rollout(epoch)
+            sync(args.device)
+            marks.append(time.perf_counter())
+            adv, valid, _ = trainer.advantages(roll)
+            marks.append(time.perf_counter())
+            stats = trainer.update(roll, adv, valid, epoch)
+            sync(args.device)
+            marks.append(time.perf_counter())
+            n_updates = stats["diag/optimizer_steps"]
+            if epoch >= args.warmup:
+                for k, (a, b) in zip(times[name], zip(marks, marks[1:], strict=False), strict=True):
+                    times[name][k].append(b - a)
+    if args.compare:
+        epoch_s = {v: statistics.median([sum(x) for x in zip(*times[v].values(), strict=True)]) for v in variants}
+        print(json.dumps({v: {k: statistics.median(x) for k, x in t.items()} for v, t in times.items()}, indent=1))
+        print(f"epoch: before {epoch_s['before']:.2f}s (adapter rollout, 1 thread), now {epoch_s['now']:.2f}s "
+              f"(merged rollout, {variants['now'][1]} threads): {epoch_s['before'] / epoch_s['now']:.2f}x")
+    times = times["now"]
     med = {k: statistics.median(v) for k, v in times.items()}
     images = info["images_per_epoch"]
-    transitions = images * trained_transitions(args.sde_steps, trainer.cfg.optim.timestep_fraction)
+    transitions = int(stats["diag/trained_samples"]) * trained_transitions(args.sde_steps,
+                                                                           trainer.cfg.optim.timestep_fraction)
     result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
                   rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],
                   transitions_per_s=transitions / med["update"],

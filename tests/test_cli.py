@@ -1,5 +1,6 @@
 """The command line: generate and the demo write what they say; errors exit 2 with a message."""
 
+import torch
 from PIL import Image
 
 from parauni.cli import main
@@ -55,3 +56,29 @@ def test_toy_eval_layout_and_resume(tmp_path, capsys):
     assert (tmp_path / "00003" / "samples" / "0001.png").stat().st_mtime_ns == first, "existing images are kept"
     assert (tmp_path / "00005" / "samples" / "0000.png").exists()
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 24
+
+
+def test_every_command_takes_threads():
+    import argparse
+
+    from parauni.cli import _set_threads, build_parser
+
+    def leaves(parser, path=()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+            return
+        for name, sub in subs[0].choices.items():
+            yield from leaves(sub, (*path, name))
+
+    found = list(leaves(build_parser()))
+    assert len(found) > 10
+    for path, parser in found:
+        assert "--threads" in parser._option_string_actions, path
+    before = torch.get_num_threads()
+    args = build_parser().parse_args(["grpo", "configs/toy_grpo.yaml", "optim.lr=1e-3", "--threads", "1"])
+    try:
+        _set_threads(args)
+        assert torch.get_num_threads() == 1 and args.overrides[-1] == "train.threads=1"
+    finally:
+        torch.set_num_threads(before)

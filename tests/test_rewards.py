@@ -65,7 +65,7 @@ def test_weighted_sum_and_failures(caplog):
 
 
 def test_build_reward_by_name_and_path():
-    assert isinstance(build_reward("toy_quality"), object)
+    assert type(build_reward("toy_quality")).__name__ == "ToyQualityReward"
     assert build_reward("parauni.rewards.toy_geneval:ToyGenEvalReward").__class__.__name__ == "ToyGenEvalReward"
     with pytest.raises(KeyError, match="unknown reward"):
         build_reward("pickscoore")
@@ -110,3 +110,13 @@ def test_shipped_alignment_model_prefers_the_true_caption(examples):
     other = reward(images, shifted)
     differs = torch.tensor([e.caption != s for e, s in zip(examples, shifted, strict=True)])
     assert ((true > other) | ~differs).float().mean() >= 0.9
+
+
+def test_redness_by_hand():
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    grey = np.full((4, 4, 3), 128, np.uint8)
+    half = grey.copy()
+    half[:2] = red[:2]  # top half pure red: (255 - 0) / 255 on half the pixels, 0 elsewhere
+    out = build_reward("redness")([red, grey, half], ["a", "b", "c"])
+    assert out.tolist() == pytest.approx([1.0, 0.0, 0.5])

@@ -1,5 +1,7 @@
 """Reward curves: the EMA by hand, and the plots are real PNGs."""
 
+import math
+
 import pytest
 from PIL import Image
 
@@ -29,3 +31,11 @@ def test_plots_write_readable_pngs(tmp_path):
     _check_png(out)
     with pytest.raises(ValueError, match="at least one"):
         plot_curves({}, tmp_path / "empty.png")
+
+
+def test_ema_carries_over_missing_values():
+    from parauni.rl.curves import ema
+
+    nan = float("nan")
+    out = ema([nan, 1.0, nan, 3.0], rate=0.5)
+    assert math.isnan(out[0]) and out[1:] == [1.0, 1.0, 2.0]

@@ -251,7 +251,35 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(toy)
         for name in set(toy.choices) - before:  # each toy module adds one command, run by module.run
             toy.choices[name].set_defaults(func=module.run)
+    _add_threads_option(parser)
     return parser
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` on every command (torch's intra-op CPU threads; on a config-driven run also
+    ``train.threads=N``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_threads_option(sub)
+            return
+    if "--threads" in parser._option_string_actions:  # a command with its own --threads (toy pretraining)
+        return
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice); "
+                                                    "run one heavy job per core group, not several on the same cores")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, f"train.threads={n}"]
 
 
 def _generate():
@@ -271,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        _set_threads(args)
         args.func(args)
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
         print(f"parauni {args.command}: error: {err}", file=sys.stderr)

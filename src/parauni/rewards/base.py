@@ -42,6 +42,7 @@ REWARDS: dict[str, str] = {
     "pickscore": "parauni.rewards.pickscore:PickScoreReward",
     "aesthetic": "parauni.rewards.aesthetic:AestheticReward",
     "clipscore": "parauni.rewards.clipscore:ClipScoreReward",
+    "redness": "parauni.rewards.redness:RednessReward",
 }
 
 

@@ -84,6 +84,7 @@ class GRPOTrainConfig:
     save_every: int = 10
     keep_last: int = 2
     eval_geneval: bool = False  # toy GenEval of the initial and the final (EMA) model
+    eval_before: bool = True  # with eval_geneval: also the initial model (false: only the final one)
     eval_limit: int | None = None  # toy GenEval: first N prompts of each task only
     threads: int | None = None
     mixed_precision: str = "auto"

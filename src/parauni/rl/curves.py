@@ -14,12 +14,17 @@ from matplotlib.figure import Figure
 
 
 def ema(values: Sequence[float], rate: float = 0.1) -> list[float]:
-    """Exponential moving average: ``s_0 = v_0``, ``s_t = (1 - rate) * s_{t-1} + rate * v_t``."""
+    """Exponential moving average: ``s_0 = v_0``, ``s_t = (1 - rate) * s_{t-1} + rate * v_t``; a NaN value
+    (an epoch without that series) keeps the previous average."""
     if not 0 < rate <= 1:
         raise ValueError(f"rate must be in (0, 1], got {rate}")
     out: list[float] = []
-    for v in values:
-        out.append(float(v) if not out else (1 - rate) * out[-1] + rate * float(v))
+    for v in map(float, values):
+        prev = out[-1] if out else math.nan
+        if math.isnan(v):
+            out.append(prev)
+        else:
+            out.append(v if math.isnan(prev) else (1 - rate) * prev + rate * v)
     return out
 
 

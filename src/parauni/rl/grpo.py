@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..eval.geneval import TASK_ORDER
 from ..rewards.base import WeightedReward
 from ..train.config import ModelConfig, resolve_precision, save_config
 from ..train.model import build_pipeline
@@ -294,14 +295,17 @@ class GRPOTrainer:
         metas = [records[i] if "tag" in records[i] else None for i in mine for _ in range(s.group_size)]
         group = torch.tensor([i for i in mine for _ in range(s.group_size)])
         pipe, dev = self.pipe, self.acc.device
-        states = pipe.layer_states([records[i]["prompt"] for i in mine])  # (L, P, N, D)
-        states = states.repeat_interleave(s.group_size, dim=1)  # (L, B, N, D)
+        per_prompt = pipe.layer_states([records[i]["prompt"] for i in mine])  # (L, P, N, D)
+        states = per_prompt.repeat_interleave(s.group_size, dim=1)  # (L, B, N, D)
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
         noise = None
         if self.ldam is not None:
             noise = self.ldam.noise(self.num_layers, tuple(states.shape[1:]), generator=gen)
             noise = noise.to(dev) if noise is not None else None
-        cond = pipe.conditioner(states, noise)  # (B, N, C)
+        if noise is None:  # the G samples of a prompt share its condition: run the LIM once per prompt
+            cond = pipe.conditioner(per_prompt).repeat_interleave(s.group_size, dim=0)  # (B, N, C)
+        else:  # LDAM's noise differs per sample
+            cond = pipe.conditioner(states, noise)  # (B, N, C)
         uncond = pipe.conditioner(self.uncond_states)  # (1, N, C)
         shape = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size
         b, steps = len(prompts), s.steps
@@ -349,6 +353,14 @@ class GRPOTrainer:
             ok = torch.isfinite(gv)
             stats[f"reward/{name}"] = float(gv[ok].mean()) if ok.any() else float("nan")
         stats.update({f"diag/{k}": v for k, v in astats.items()})
+        # the total reward per GenEval task, for prompts that carry a GenEval record
+        tags = torch.tensor([TASK_ORDER.index(m["tag"]) if m and m.get("tag") in TASK_ORDER else -1
+                             for m in roll.metadata])
+        g_tags = self.acc.gather(tags.to(dev)).cpu()
+        for k, tag in enumerate(TASK_ORDER):
+            sel = (g_tags == k) & valid
+            if sel.any():
+                stats[f"task/{tag}"] = float(g_total[sel].mean())
         valid_local = valid[rank * n:(rank + 1) * n]
         return adv, valid_local, stats
 
@@ -536,7 +548,7 @@ class GRPOTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "config.yaml")
             before = self.out / "eval" / "geneval_before" / "summary.json"
-            if t.eval_geneval and self.epoch == 0 and not before.is_file():
+            if t.eval_geneval and t.eval_before and self.epoch == 0 and not before.is_file():
                 result["geneval_before"] = self.geneval("geneval_before")
         end = t.epochs if stop_after is None else min(stop_after, t.epochs)
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
@@ -605,6 +617,10 @@ class GRPOTrainer:
         diag.update({k.split("/", 1)[1]: [r.get(k, nan) for r in rows] for k in keys
                      if k.startswith(("diag/", "time/"))})
         plot_curves(diag, self.out / "curves" / "diagnostics.png", title=f"diagnostics ({self.out.name})")
+        tasks = {k.split("/", 1)[1]: [r.get(k, nan) for r in rows] for k in keys if k.startswith("task/")}
+        if tasks:
+            plot_curves(tasks, self.out / "curves" / "tasks.png",
+                        title=f"total reward per GenEval task ({self.out.name})")
 
 
 def add_parser(sub) -> None:
