@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parauni.toy.detect import Detection, detect
+from parauni.toy.detect import Detection, detect, gaussian_blur
 from parauni.toy.geneval import (
     evaluate,
     load_toy_geneval,
@@ -71,9 +71,15 @@ def test_same_schema_as_real_geneval(metas):
     assert {shape(m) for m in metas} == {shape(m) for m in real}
 
 
+def blurred(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Per-channel Gaussian blur (zero padding, as in the reward tests)."""
+    out = np.stack([gaussian_blur(img[..., c].astype(np.float32), sigma) for c in range(3)], -1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def test_ground_truth_is_judged_correct(metas):
     rng = np.random.default_rng(0)
-    clean, noisy = [], []
+    clean, noisy, blurry = [], [], []
     for seed in SEEDS:
         for i, meta in enumerate(metas):
             img = render(scene_from_metadata(meta, np.random.default_rng([seed, i])))
@@ -83,7 +89,8 @@ def test_ground_truth_is_judged_correct(metas):
             noise = rng.normal(0, 8, img.shape)
             ok_noisy, _, _ = score_image(np.clip(np.rint(img + noise), 0, 255).astype(np.uint8), meta)
             noisy.append((meta["tag"], ok_noisy))
-    for name, res in (("clean", clean), ("noise 8/255", noisy)):
+            blurry.append((meta["tag"], score_image(blurred(img, 1.2), meta)[0]))
+    for name, res in (("clean", clean), ("noise 8/255", noisy), ("blur 1.2 px", blurry)):
         acc = accuracy(res)
         print(name, acc)
         assert set(acc) == set(TASKS) and min(acc.values()) >= 0.99, (name, acc)
