@@ -198,3 +198,22 @@ def test_layout_roundtrip(tmp_path, metas):
     assert summary["overall"] == pytest.approx(np.mean(list(summary["tasks"].values())))
     assert sum(not r["correct"] for r in lines) >= 5 and summary["overall"] < 1.0
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_strict_score_fails_extra_classes_and_counts_objects():
+    """The shortcut of the three-shape world: one of each shape passes GenEval's single-object rule, not the
+    strict one; the summary counts detected objects per image."""
+    from parauni.toy.geneval import strictly_correct, summarize
+
+    meta = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    all_three = [det("circle", "red", (0, 0, 8, 8)), det("square", "blue", (12, 0, 20, 8)),
+                 det("triangle", "green", (24, 0, 32, 8))]
+    assert evaluate(all_three, meta)[0]
+    as_json = [d.to_json() for d in all_three]
+    assert not strictly_correct(True, as_json, meta) and strictly_correct(True, as_json[:1], meta)
+    rows = [{"tag": "single_object", "correct": True, "partial": 1.0, "metadata": json.dumps(meta),
+             "details": json.dumps(d)}
+            for d in (as_json, as_json[:1])]
+    s = summarize(rows)
+    assert s["tasks"]["single_object"] == 1.0 and s["strict_tasks"]["single_object"] == 0.5
+    assert s["strict_overall"] == 0.5 and s["objects_per_image"] == 2.0

@@ -166,14 +166,38 @@ def write_geneval_layout(out_dir: str | Path, metadata_list: Sequence[dict],
             Image.fromarray(as_uint8(img)).save(folder / "samples" / f"{k:04d}.png")
 
 
+def strictly_correct(correct: bool, dets: Sequence[dict], meta: dict) -> bool:
+    """GenEval's verdict, and no detection of a class the prompt does not name.
+
+    GenEval does not fail an image for extra objects; in a world of three shapes, an image with one of
+    each passes every single- and two-object prompt. This stricter verdict closes that shortcut."""
+    named = {r["class"] for r in meta.get("include", [])}
+    return bool(correct) and all(d["class"] in named for d in dets)
+
+
 def summarize(results: Sequence[dict]) -> dict:
-    """Per-task accuracy (share of correct images), overall = mean of the task accuracies."""
+    """Per-task accuracy (share of correct images), overall = mean of the task accuracies.
+
+    Where the results carry their detections (``details``), also the strict per-task accuracy and its mean
+    (:func:`strictly_correct`: ``strict_tasks``, ``strict_overall``) and the mean number of detected objects
+    per image (``objects_per_image``)."""
     tasks: dict[str, list[bool]] = {}
+    strict: dict[str, list[bool]] = {}
+    counts: list[int] = []
     prompts: dict[str, bool] = {}
     for r in results:
         tasks.setdefault(r["tag"], []).append(bool(r["correct"]))
         prompts[r["metadata"]] = prompts.get(r["metadata"], False) or bool(r["correct"])
+        if "details" in r:
+            dets = json.loads(r["details"])
+            counts.append(len(dets))
+            strict.setdefault(r["tag"], []).append(strictly_correct(r["correct"], dets, json.loads(r["metadata"])))
     acc = {tag: float(np.mean(v)) for tag, v in tasks.items()}
+    extra = {}
+    if strict and len(counts) == len(results):
+        strict_acc = {tag: float(np.mean(v)) for tag, v in strict.items()}
+        extra = {"strict_tasks": strict_acc, "strict_overall": float(np.mean(list(strict_acc.values()))),
+                 "objects_per_image": float(np.mean(counts))}
     return {
         "total_images": len(results),
         "total_prompts": len(prompts),
@@ -183,6 +207,7 @@ def summarize(results: Sequence[dict]) -> dict:
         "task_images": {tag: len(v) for tag, v in tasks.items()},
         "mean_partial": float(np.mean([r["partial"] for r in results])) if results else 0.0,
         "overall": float(np.mean(list(acc.values()))) if acc else 0.0,
+        **extra,
     }
 
 
