@@ -137,6 +137,9 @@ def test_shipped_grpo_configs_load():
         assert cfg.ldam.gamma0 == 0.1 and cfg.ldam.window == 5
     for cfg in [load_grpo_config(None)] + [load_grpo_config(p) for p in paths if "toy" not in p.name]:
         assert cfg.optim.clip_range == 1e-4 and cfg.optim.kl_beta == 0.04 and cfg.ldam.patience == 5
+        o = cfg.optim  # Flow-GRPO's update: 2 accumulated steps an epoch, its KL form, EMA and weight decay
+        assert (o.steps_per_epoch, o.kl_form, o.drop_zero_adv, o.weight_decay) == (2, "reference", True, 1e-4)
+        assert (o.ema_decay, o.ema_every, o.ema_warmup, cfg.sampling.grid) == (0.9, 8, True, "scheduler")
     real = [load_grpo_config(p) for p in paths if "toy" not in p.name]
     assert all(c.sampling.group_size == 24 and c.model.lora_rank == 32 and c.model.lora_alpha == 64 for c in real)
 
@@ -324,3 +327,11 @@ def test_epoch_diagnostics_are_logged(tmp_path):
     assert rows[0]["diag/ratio_max"] - rows[0]["diag/ratio_min"] > 0  # the second step's ratios moved
     assert (tmp_path / "run" / "curves" / "diagnostics.png").is_file()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+
+
+def test_sde_window_range(tmp_path):
+    tr = trainer(tmp_path, "sampling.steps=8", "sampling.sde_window=2", "sampling.sde_window_range=[1, 4]")
+    starts = {tr.sde_transitions(e)[0] for e in range(40)}
+    assert starts == {1, 2}  # windows [1, 2] or [2, 3]: inside transitions 1..3
+    with pytest.raises(ValueError, match="sde_window_range"):
+        load_grpo_config(None, ["sampling.steps=8", "sampling.sde_window=3", "sampling.sde_window_range=[1, 3]"])

@@ -38,6 +38,7 @@ class SamplingConfig:
     noise_level: float = 0.7
     grid: str = "scheduler"  # "scheduler": diffusers' FlowMatchEulerDiscreteScheduler sigmas (Flow-GRPO); "uniform"
     sde_window: int | None = None  # N: SDE (and training) on a window of N transitions, ODE elsewhere
+    sde_window_range: list[int] | None = None  # [lo, hi]: the window lies in transitions lo..hi-1 (None: 0..steps-1)
     merge_lora: bool = True  # roll out with the LoRA merged into a plain copy of the transformer (faster, same policy)
     guidance_scale: float = 4.5
     flow_shift: float | None = None  # None: the scheduler's own
@@ -125,6 +126,11 @@ class GRPOConfig:
         if s.sde_window is not None and not 1 <= s.sde_window <= s.steps - 1:
             raise ValueError(f"sampling.sde_window must be between 1 and sampling.steps - 1 = {s.steps - 1} "
                              f"(the last transition is never trained), got {s.sde_window}")
+        if s.sde_window_range is not None:
+            lo, hi = s.sde_window_range
+            if not 0 <= lo < hi <= s.steps - 1 or (s.sde_window or 1) > hi - lo:
+                raise ValueError(f"sampling.sde_window_range must be [lo, hi] with 0 <= lo < hi <= sampling.steps - 1 "
+                                 f"= {s.steps - 1} and room for sde_window = {s.sde_window}, got {s.sde_window_range}")
         if o.steps_per_epoch is not None and o.steps_per_epoch < 1:
             raise ValueError(f"optim.steps_per_epoch must be >= 1 or null, got {o.steps_per_epoch}")
         if o.ema_every < 1 or not 0 <= o.ema_decay < 1:

@@ -267,14 +267,16 @@ class GRPOTrainer:
     # -- sampling --------------------------------------------------------------------------------------------
     def sde_transitions(self, epoch: int) -> list[int]:
         """The transitions sampled with the SDE (and trained) in ``epoch``: all but the last, or with
-        ``sampling.sde_window = N`` a window of N consecutive ones placed at random each epoch (seeded), the
-        others run as the deterministic ODE (Euler) step, as in Flow-GRPO-Fast / MixGRPO."""
-        steps, window = self.cfg.sampling.steps, self.cfg.sampling.sde_window
-        if window is None:
-            return list(range(steps - 1))
+        ``sampling.sde_window = N`` a window of N consecutive ones placed at random each epoch (seeded) inside
+        ``sampling.sde_window_range`` (default: every transition but the last); the others run as the
+        deterministic ODE (Euler) step, as in Flow-GRPO-Fast / MixGRPO."""
+        s = self.cfg.sampling
+        if s.sde_window is None:
+            return list(range(s.steps - 1))
+        lo, hi = s.sde_window_range or (0, s.steps - 1)  # the window ends before the last step
         g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + 5)
-        start = int(torch.randint(0, steps - window, (1,), generator=g))  # the window ends before the last step
-        return list(range(start, start + window))
+        start = int(torch.randint(lo, hi - s.sde_window + 1, (1,), generator=g))
+        return list(range(start, start + s.sde_window))
 
     def rollout_model(self):
         """The transformer the rollout samples with: a plain copy with the LoRA merged (refreshed here), or the
