@@ -47,6 +47,7 @@ def build_trainer(args):
                  f"sampling.group_size={args.group_size}", f"sampling.steps={args.sde_steps}",
                  f"sampling.rollout_batch={args.rollout_batch}", f"optim.train_batch={args.train_batch}",
                  f"optim.kl_beta={args.kl_beta}", "train.eval_geneval=false", "ldam.enabled=false",
+                 f"sampling.sde_window={args.sde_window or 'null'}", "train.logger=none",
                  "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]
     if args.lora_rank:
         overrides += [f"model.lora_rank={args.lora_rank}", f"model.lora_alpha={2 * args.lora_rank}"]
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per epoch")
     ap.add_argument("--group-size", type=int, default=8, help="G images per prompt")
     ap.add_argument("--sde-steps", type=int, default=10)
+    ap.add_argument("--sde-window", type=int, help="SDE (and training) on a window of N transitions (default: all)")
     ap.add_argument("--rollout-batch", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--kl-beta", type=float, default=0.04)

@@ -121,8 +121,17 @@ def test_merged_export_matches_the_adapter():
         tr.disable_adapters()
         plain = tr(x, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
         tr.enable_adapters()
-        got = merged_transformer(tr)(x, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
+        merged = merged_transformer(tr)
+        got = merged(x, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
     assert not torch.allclose(want, plain, atol=1e-4)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the rollout's copy is refreshed in place after every update
+        for n, p in tr.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+        want = tr(x, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
+        assert merged_transformer(tr, into=merged) is merged
+        got = merged(x, encoder_hidden_states=emb, timestep=t, return_dict=False)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

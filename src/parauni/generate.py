@@ -82,7 +82,7 @@ def run_demo(args) -> None:
     from .report import build_report
     from .rl.config import load_grpo_config
     from .rl.grpo import GRPOTrainer
-    from .toy.evaluation import toy_geneval
+    from .toy.evaluation import random_latents_floor, toy_geneval
     from .toy.reproduce import config_file
     from .train.model import TOY_MODEL_DIR, TOY_MODELS
 
@@ -100,6 +100,9 @@ def run_demo(args) -> None:
         rows[name] = toy_geneval(load_pipeline(name), run / "eval" / "geneval", args.images_per_prompt, args.steps,
                                  limit=args.limit)
         runs.append(run)
+    print("[demo] the floor: toy GenEval of decoded random latents (no denoising; all 300 prompts)")
+    rows["floor: random latents"] = random_latents_floor(next(iter(TOY_MODELS)),
+                                                         images_per_prompt=args.images_per_prompt)
     rl_dir = out / "rl_ldam"
     if rl_dir.exists():
         shutil.rmtree(rl_dir)
