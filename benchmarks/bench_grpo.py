@@ -143,7 +143,7 @@ def main() -> None:
     times = times["now"]
     med = {k: statistics.median(v) for k, v in times.items()}
     images = info["images_per_epoch"]
-    transitions = int(stats["diag/trained_samples"]) * trained_transitions(args.sde_steps,
+    transitions = int(stats["diag/trained_samples"]) * trained_transitions(len(roll.trainable),
                                                                            trainer.cfg.optim.timestep_fraction)
     result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
                   rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],

@@ -182,10 +182,10 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return list(arr)
 
 
-def trained_transitions(steps: int, fraction: float) -> int:
-    """Transitions trained per sample: ``fraction`` of the ``steps - 1`` stored ones (the last is never
-    trained), at least one."""
-    return max(1, int(round((steps - 1) * fraction)))
+def trained_transitions(trainable: int, fraction: float) -> int:
+    """Transitions trained per sample: ``fraction`` of the ``trainable`` ones (every SDE transition but the last,
+    or the SDE window's), at least one."""
+    return max(1, int(round(trainable * fraction)))
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ class GRPOTrainer:
         idx = self._train_indices(adv, valid, epoch)
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch + 1)
         trainable = roll.trainable
-        n_train = max(1, int(round(len(trainable) * o.timestep_fraction)))
+        n_train = trained_transitions(len(trainable), o.timestep_fraction)
         sig = roll.sigmas.tolist()
         train_lim = self.cfg.model.train_lim
         if not train_lim:  # a frozen LIM: the unconditional condition is the same for every transition
