@@ -152,9 +152,9 @@ def main() -> None:
              f"{args.window} epochs' rollouts."]
     if before:
         base_summary = json.loads(baseline.read_text())
-        lines.append(f"Toy GenEval: {base_summary['total_prompts']} prompts × "
-                     f"{base_summary['total_images'] // max(base_summary['total_prompts'], 1)} images; before = the "
-                     "starting model (one evaluation), after = each run's final EMA model.")
+        lines.append(f"Toy GenEval: {base_summary['total_images']} images ({base_summary['total_prompts']} "
+                     "distinct prompts); before = the starting model (one evaluation), after = each run's final "
+                     "EMA model.")
     lines += ["", "| arm | metric | first / before | last / after | change |", "|---|---|---|---|---|"]
     table: dict = {}
     for arm, runs in summaries.items():
