@@ -48,6 +48,7 @@ def build_trainer(args):
                  f"sampling.rollout_batch={args.rollout_batch}", f"optim.train_batch={args.train_batch}",
                  f"optim.kl_beta={args.kl_beta}", "train.eval_geneval=false", "ldam.enabled=false",
                  f"sampling.sde_window={args.sde_window or 'null'}", "train.logger=none",
+                 "optim.drop_zero_adv=false",  # time the update on every sample, whatever the rewards
                  "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]
     if args.lora_rank:
         overrides += [f"model.lora_rank={args.lora_rank}", f"model.lora_alpha={2 * args.lora_rank}"]
