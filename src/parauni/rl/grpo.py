@@ -311,7 +311,8 @@ class GRPOTrainer:
         uncond = pipe.conditioner(self.uncond_states)  # (1, N, C)
         shape = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size
         b, steps = len(prompts), s.steps
-        sde = set(self.sde_transitions(epoch)) | ({steps - 1} if s.sde_window is None else set())
+        trainable = self.sde_transitions(epoch)
+        sde = set(trainable) | ({steps - 1} if s.sde_window is None else set())  # the full SDE: the last step too
         model = self.rollout_model()
         x = torch.randn((b, shape[0], shape[1], shape[1]), generator=gen).to(dev)
         path, logps = [x], []
@@ -332,7 +333,7 @@ class GRPOTrainer:
         keep_states = states if cfg.model.train_lim else None
         return Rollout(prompts, metas, group, keep_states, noise if cfg.model.train_lim else None, cond,
                        torch.stack(path, dim=1), torch.stack(logps, dim=1), self.sigmas, images,
-                       self.sde_transitions(epoch))
+                       trainable)
 
     # -- rewards and advantages -----------------------------------------------------------------------------
     def advantages(self, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, dict]:
