@@ -17,6 +17,8 @@ def tiny_pipe():
 
 @pytest.fixture
 def shared_data() -> Path:
+    """``../shared/data``: files not bundled with the package (the LAION aesthetic head). The GenEval and
+    DPG-Bench prompts are bundled: use :mod:`parauni.eval.bundled` instead."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA

@@ -8,27 +8,54 @@ import pytest
 from PIL import Image
 
 from parauni.cli import main
+from parauni.eval.bundled import dpg_prompts_path, geneval_metadata_path, geneval_object_names_path
 from parauni.eval.dpg import generate_dpg, load_dpg_prompts, make_grid, pipeline_generate
+from parauni.eval.geneval import limit_per_task
 
 
 def _first_lines(path, n):
     return [line for line in path.read_text().splitlines() if line.strip()][:n]
 
 
-def test_geneval_layout_on_real_metadata(shared_data, tmp_path, capsys, monkeypatch):
+def test_bundled_benchmark_files():
+    """The bundled GenEval and DPG-Bench prompt files are complete (counts of the originals) and licensed."""
+    metas = [json.loads(line) for line in _first_lines(geneval_metadata_path(), 10_000)]
+    tasks = {}
+    for m in metas:
+        tasks[m["tag"]] = tasks.get(m["tag"], 0) + 1
+    assert tasks == {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
+                     "color_attr": 100}
+    names = _first_lines(geneval_object_names_path(), 1000)
+    assert len(names) == 80 and names[0] == "person"
+    assert {inc["class"] for m in metas for inc in m["include"]} <= set(names)
+    dpg = [json.loads(line) for line in _first_lines(dpg_prompts_path(), 10_000)]
+    assert len(dpg) == 1065 and len({r["item_id"] for r in dpg}) == 1065
+    assert all(set(r) == {"item_id", "prompt"} and r["prompt"].strip() for r in dpg)
+    geneval_dir, dpg_dir = geneval_metadata_path().parent, dpg_prompts_path().parent
+    assert "Copyright (c) 2023 Dhruba Ghosh" in (geneval_dir / "LICENSE").read_text()
+    assert "djghosh13/geneval" in (geneval_dir / "README.md").read_text()
+    notice = (dpg_dir / "NOTICE").read_text()
+    assert "TencentQQGYLab/ELLA" in notice and "http://www.apache.org/licenses/LICENSE-2.0" in notice
+    assert "Apache License" in (dpg_dir / "LICENSE").read_text()
+
+
+def test_geneval_layout_on_real_metadata(tmp_path, capsys, monkeypatch):
+    """Without --metadata a non-toy model gets GenEval's own bundled prompts."""
     monkeypatch.delenv("PARAUNI_GENEVAL_SCORER", raising=False)
-    meta_file = shared_data / "geneval" / "evaluation_metadata.jsonl"
+    meta_file = geneval_metadata_path()
     out = tmp_path / "geneval"
-    args = ["eval", "geneval", "--model", "tiny", "--metadata", str(meta_file), "--out", str(out), "--limit", "3",
+    args = ["eval", "geneval", "--model", "tiny", "--out", str(out), "--limit", "1",
             "--images-per-prompt", "1", "--steps", "2", "--batch-size", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
+    assert f"prompts: {meta_file}" in printed
     assert "evaluate_images.py" in printed and "PARAUNI_GENEVAL_SCORER" in printed
-    lines = _first_lines(meta_file, 3)
-    assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002"]
-    for i, line in enumerate(lines):
+    firsts = limit_per_task([json.loads(line) for line in _first_lines(meta_file, 10_000)], 1)  # one per task
+    assert len(firsts) == 6
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [f"{i:05d}" for i in range(6)]
+    for i, meta in enumerate(firsts):
         folder = out / f"{i:05d}"
-        assert json.loads((folder / "metadata.jsonl").read_text()) == json.loads(line)
+        assert json.loads((folder / "metadata.jsonl").read_text()) == meta
         assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png"]
         im = Image.open(folder / "samples" / "0000.png")
         assert im.size == (16, 16) and im.mode == "RGB"
@@ -39,7 +66,7 @@ def test_geneval_layout_on_real_metadata(shared_data, tmp_path, capsys, monkeypa
     assert (out / "00001" / "samples" / "0000.png").stat().st_mtime_ns == before
 
 
-def test_geneval_calls_the_configured_scorer(shared_data, tmp_path, capsys, monkeypatch):
+def test_geneval_calls_the_configured_scorer(tmp_path, capsys, monkeypatch):
     scorer = tmp_path / "fake_scorer.py"
     scorer.write_text(
         "import json, pathlib, sys\n"
@@ -54,11 +81,14 @@ def test_geneval_calls_the_configured_scorer(shared_data, tmp_path, capsys, monk
     monkeypatch.setenv("PARAUNI_GENEVAL_SCORER", f"{sys.executable} {scorer}")
     out = tmp_path / "g"
     assert main(["eval", "geneval", "--model", "tiny", "--metadata",
-                 str(shared_data / "geneval" / "evaluation_metadata.jsonl"), "--out", str(out), "--limit", "2",
+                 str(geneval_metadata_path()), "--out", str(out), "--limit", "1",
                  "--images-per-prompt", "1", "--steps", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tasks"] == {"single_object": 0.5} and summary["overall"] == 0.5
-    assert "| tiny |" in capsys.readouterr().out
+    # --limit 1: the first prompt of each task; the fake scorer passes only folder 00000 (single_object)
+    assert summary["tasks"] == {"single_object": 1.0, "two_object": 0.0, "counting": 0.0, "colors": 0.0,
+                                "position": 0.0, "color_attr": 0.0}
+    assert summary["overall"] == pytest.approx(1 / 6)
+    assert "| tiny " in capsys.readouterr().out  # the table row of the model
 
 
 def test_geneval_toy_metadata_is_scored(tmp_path):
@@ -74,14 +104,14 @@ def test_geneval_toy_metadata_is_scored(tmp_path):
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
-def test_dpg_grids_on_real_prompts(shared_data, tmp_path, tiny_pipe):
-    prompts = shared_data / "dpg_bench" / "prompts.jsonl"
-    first = [json.loads(line) for line in _first_lines(prompts, 2)]
+def test_dpg_grids_on_real_prompts(tmp_path, tiny_pipe):
+    """Without --prompts the bundled DPG-Bench prompts are used."""
+    first = [json.loads(line) for line in _first_lines(dpg_prompts_path(), 2)]
     assert set(first[0]) == {"item_id", "prompt"}
     out = tmp_path / "dpg"
-    assert main(["eval", "dpg", "--model", "tiny", "--prompts", str(prompts), "--out", str(out), "--limit", "2",
+    assert main(["eval", "dpg", "--model", "tiny", "--out", str(out), "--limit", "2",
                  "--steps", "2", "--seed", "5", "--batch-size", "4"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{r['item_id']}.png" for r in first)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{r['item_id']}.png" for r in first)
     grid = np.asarray(Image.open(out / f"{first[1]['item_id']}.png"))
     assert grid.shape == (32, 32, 3)
     # quadrant k of the prompt on line i is the image drawn with seed + 4 i + k, however batched

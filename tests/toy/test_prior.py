@@ -96,8 +96,13 @@ def test_shipped_prior_scores(shipped):
     metas = load_toy_geneval()
     subset = [m for m in metas if m["tag"] == "single_object"][:8] + [m for m in metas if m["tag"] == "colors"][:8]
     summary = shipped.geneval(subset, images_per_prompt=2, progress=False)
-    # A regression bar: the full toy GenEval of these weights (4 images, 20 steps) is 0.855 / 0.87.
-    assert summary["tasks"]["single_object"] >= 0.6 and summary["tasks"]["colors"] >= 0.6, summary
+    # A regression bar. Measured on this subset (16 images per task, seed 0, 20 steps, float32, CPU):
+    # single_object 0.6875 (11/16), colors 1.0 (16/16), overall 0.84375; the full toy GenEval of these
+    # weights (4 images, 20 steps) is 0.855 / 0.87. One image is 1/16 of a task, so each bar allows one
+    # image to flip (numerics of another CPU or torch build) and fails on any larger drop.
+    assert summary["tasks"]["single_object"] >= 0.6875 - 1 / 16, summary
+    assert summary["tasks"]["colors"] >= 1.0 - 1 / 16, summary
+    assert summary["overall"] >= 0.84375 - 0.05, summary
 
 
 def test_shipped_prior_runs_in_the_pipeline(shipped, tiny_pipe):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from parauni.eval.bundled import geneval_metadata_path
 from parauni.toy.data import (
     HELDOUT_DOMAIN,
     TRAIN_DOMAIN,
@@ -37,7 +37,7 @@ from parauni.toy.world import (
     scene_from_metadata,
 )
 
-REAL_GENEVAL = Path(__file__).parents[2] / ".." / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+REAL_GENEVAL = geneval_metadata_path()  # GenEval's own prompts, bundled with the package
 
 
 def test_same_seed_same_sample_different_seed_differs():
@@ -125,7 +125,6 @@ def test_article_and_plural_rules():
         "circles", "buses", "benchs", "toothbrushs"]
 
 
-@pytest.mark.skipif(not REAL_GENEVAL.exists(), reason="GenEval metadata not available")
 def test_templates_rebuild_every_real_geneval_prompt():
     lines = REAL_GENEVAL.read_text().splitlines()
     assert len(lines) == 553
