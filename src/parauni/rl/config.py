@@ -1,9 +1,32 @@
 """``parauni grpo`` configuration: sections ``model``, ``prompts``, ``rewards``, ``sampling``, ``optim``,
-``ldam`` and ``train``, read and checked like the stage I / II configs (unknown keys are errors)."""
+``ldam`` and ``train``, loaded like the stage I / II configs (:func:`parauni.train.config.load_config`: OmegaConf
+structured configs over these dataclasses, unknown keys are errors) and validated by :meth:`GRPOConfig.validate`
+(every key's range in :func:`grpo_checks`, then the checks across keys). ``parauni grpo`` also checks the reward
+names (:func:`check_reward_names`) before building any model."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+
+from ..checks import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    Check,
+    boolean,
+    choice,
+    integer,
+    list_of,
+    mapping,
+    nonempty_str,
+    number,
+    optional,
+    registered_choice,
+)
+from ..errors import ConfigError
+from ..registry import PROMPT_SOURCES
+from ..train.config import BETAS, PRECISIONS, check_values, load_config
 
 
 @dataclass
@@ -27,8 +50,9 @@ class PromptConfig:
 
 @dataclass
 class RewardConfig:
-    weights: dict = field(default_factory=lambda: {"toy_alignment": 1.0, "toy_quality": 1.0, "toy_geneval": 1.0})
-    options: dict = field(default_factory=dict)  # per reward: factory keyword options (weights paths, scales)
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"toy_alignment": 1.0, "toy_quality": 1.0, "toy_geneval": 1.0})
+    options: dict[str, dict] = field(default_factory=dict)  # per reward: factory options (weights paths, scales)
 
 
 @dataclass
@@ -102,46 +126,125 @@ class GRPOConfig:
     ldam: LDAMConfig = field(default_factory=LDAMConfig)
     train: GRPOTrainConfig = field(default_factory=GRPOTrainConfig)
 
-    def validate(self) -> None:
-        if self.prompts.kind not in ("toy", "file"):
-            raise ValueError(f"prompts.kind must be toy or file, got {self.prompts.kind!r}")
-        if self.prompts.kind == "file" and not self.prompts.path:
-            raise ValueError("prompts.kind=file needs prompts.path")
-        if not self.rewards.weights:
-            raise ValueError("rewards.weights: give at least one reward")
-        if self.sampling.group_size < 2:
-            raise ValueError("sampling.group_size must be >= 2 (advantages are relative to the group)")
-        if self.sampling.steps < 2:
-            raise ValueError("sampling.steps must be >= 2 (the last transition is not trained)")
-        if self.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError("train.mixed_precision must be auto, no, bf16 or fp16")
-        from .objective import KL_FORMS
-        from .sde import GRIDS
+    @staticmethod
+    def checks() -> dict[str, Check]:
+        """Every key and what it accepts (see :data:`GRPO_CHECKS`)."""
+        return grpo_checks()
 
-        s, o = self.sampling, self.optim
-        if s.grid not in GRIDS:
-            raise ValueError(f"sampling.grid must be one of {GRIDS}, got {s.grid!r}")
-        if o.kl_form not in KL_FORMS:
-            raise ValueError(f"optim.kl_form must be one of {KL_FORMS}, got {o.kl_form!r}")
+    def validate(self) -> None:
+        """Every value in range (:func:`grpo_checks`), then the checks across keys; raises ``ConfigError``."""
+        check_values(self, grpo_checks())
+        p, s = self.prompts, self.sampling
+        if p.kind == "file" and not p.path:
+            raise ConfigError("prompts.kind=file needs prompts.path (a .txt file, one prompt a line, or a GenEval "
+                              ".jsonl)")
         if s.sde_window is not None and not 1 <= s.sde_window <= s.steps - 1:
-            raise ValueError(f"sampling.sde_window must be between 1 and sampling.steps - 1 = {s.steps - 1} "
-                             f"(the last transition is never trained), got {s.sde_window}")
+            raise ConfigError(f"sampling.sde_window: expected null or an integer in [1, sampling.steps - 1 = "
+                              f"{s.steps - 1}] (the last transition is never trained), got {s.sde_window}")
         if s.sde_window_range is not None:
             lo, hi = s.sde_window_range
             if not 0 <= lo < hi <= s.steps - 1 or (s.sde_window or 1) > hi - lo:
-                raise ValueError(f"sampling.sde_window_range must be [lo, hi] with 0 <= lo < hi <= sampling.steps - 1 "
-                                 f"= {s.steps - 1} and room for sde_window = {s.sde_window}, got {s.sde_window_range}")
-        if o.steps_per_epoch is not None and o.steps_per_epoch < 1:
-            raise ValueError(f"optim.steps_per_epoch must be >= 1 or null, got {o.steps_per_epoch}")
-        if o.ema_every < 1 or not 0 <= o.ema_decay < 1:
-            raise ValueError("optim.ema_every must be >= 1 and optim.ema_decay in [0, 1)")
-        if self.train.save_every < 1 or self.train.epochs < 1:
-            raise ValueError("train.save_every and train.epochs must be >= 1")
-        if self.train.logger not in ("tensorboard", "none"):
-            raise ValueError(f"train.logger must be tensorboard or none, got {self.train.logger!r}")
+                raise ConfigError(f"sampling.sde_window_range: expected [lo, hi] with 0 <= lo < hi <= sampling.steps "
+                                  f"- 1 = {s.steps - 1} and room for sampling.sde_window = {s.sde_window}, got "
+                                  f"{list(s.sde_window_range)}")
+
+
+@functools.cache
+def grpo_checks() -> dict[str, Check]:
+    """What every key of :class:`GRPOConfig` accepts (built on first use: the grid and KL-form choices come from
+    :mod:`parauni.rl.sde` and :mod:`parauni.rl.objective`, which import torch)."""
+    from .objective import KL_FORMS
+    from .sde import GRIDS
+
+    positive, non_negative = number(0.0, lo_open=True), number(0.0)
+    return {
+        "model.source": nonempty_str(),
+        "model.init": optional(nonempty_str()),
+        "model.conditioner": mapping(),
+        "model.lora_rank": POSITIVE_INT,
+        "model.lora_alpha": POSITIVE_INT,
+        "model.lora_targets": list_of(nonempty_str()),
+        "model.train_lim": boolean(),
+        "prompts.kind": registered_choice(PROMPT_SOURCES, "file"),
+        "prompts.path": optional(nonempty_str()),
+        "prompts.per_epoch": POSITIVE_INT,
+        "prompts.pool": optional(POSITIVE_INT),
+        "rewards.weights": mapping(number(), min_length=1),
+        "rewards.options": mapping(mapping()),
+        "sampling.group_size": integer(lo=2),  # advantages are relative to the group
+        "sampling.steps": integer(lo=2),  # the last transition is not trained
+        "sampling.noise_level": positive,  # 0 is a point mass: no log-probability to train
+        "sampling.grid": choice(*GRIDS),
+        "sampling.sde_window": optional(POSITIVE_INT),
+        "sampling.sde_window_range": optional(list_of(NON_NEGATIVE_INT, length=2)),
+        "sampling.merge_lora": boolean(),
+        "sampling.guidance_scale": non_negative,
+        "sampling.flow_shift": optional(positive),
+        "sampling.rollout_batch": POSITIVE_INT,
+        "sampling.eval_steps": POSITIVE_INT,
+        "sampling.eval_images_per_prompt": POSITIVE_INT,
+        "optim.lr": positive,
+        "optim.weight_decay": non_negative,
+        "optim.betas": BETAS,
+        "optim.max_grad_norm": positive,
+        "optim.clip_range": positive,
+        "optim.kl_beta": non_negative,
+        "optim.kl_form": choice(*KL_FORMS),
+        "optim.adv_clip": positive,
+        "optim.per_group_std": boolean(),
+        "optim.train_batch": POSITIVE_INT,
+        "optim.steps_per_epoch": optional(POSITIVE_INT),
+        "optim.drop_zero_adv": boolean(),
+        "optim.timestep_fraction": number(0.0, 1.0, lo_open=True),
+        "optim.ema_decay": number(0.0, 1.0, hi_open=True),
+        "optim.ema_every": POSITIVE_INT,
+        "optim.ema_warmup": boolean(),
+        "ldam.enabled": boolean(),
+        "ldam.window": POSITIVE_INT,
+        "ldam.gamma0": non_negative,
+        "ldam.patience": POSITIVE_INT,
+        "ldam.groups": optional(mapping(list_of(NON_NEGATIVE_INT), min_length=1)),
+        "ldam.reward_to_group": optional(mapping(nonempty_str())),
+        "train.epochs": POSITIVE_INT,
+        "train.seed": SEED,
+        "train.output_dir": nonempty_str(),
+        "train.save_every": POSITIVE_INT,
+        "train.keep_last": POSITIVE_INT,
+        "train.eval_geneval": boolean(),
+        "train.eval_before": boolean(),
+        "train.eval_limit": optional(POSITIVE_INT),
+        "train.threads": optional(POSITIVE_INT),
+        "train.mixed_precision": choice(*PRECISIONS),
+        "train.logger": choice("tensorboard", "none"),
+    }
+
+
+def check_reward_names(rewards: RewardConfig) -> None:
+    """Every reward of ``rewards.weights`` (and ``rewards.options``) is a registered name
+    (:data:`parauni.rewards.REWARDS`) or a ``package.module:Factory`` path that imports; else a ``ConfigError``.
+    Run by ``parauni grpo`` before any model is built (programmatic runs may pass their own reward callables to
+    :class:`~parauni.rl.grpo.GRPOTrainer` under any name)."""
+    import importlib
+
+    from ..rewards.base import REWARDS
+
+    for key, names in (("rewards.weights", rewards.weights), ("rewards.options", rewards.options)):
+        for name in names:
+            if name in REWARDS:
+                continue
+            if ":" not in name:
+                raise ConfigError(f"{key}: unknown reward {name!r}; expected one of {', '.join(sorted(REWARDS))} "
+                                  "or a 'package.module:Factory' path")
+            module, attr = name.split(":", 1)
+            try:
+                found = getattr(importlib.import_module(module), attr, None)
+            except ImportError as err:
+                raise ConfigError(f"{key}: reward {name!r}: cannot import {module!r} ({err})") from None
+            if not callable(found):
+                raise ConfigError(f"{key}: reward {name!r}: {module!r} has no factory {attr!r}")
 
 
 def load_grpo_config(path=None, overrides: list[str] | None = None) -> GRPOConfig:
-    from ..train.config import load_config
-
+    """A :class:`GRPOConfig` from a YAML file and ``key=value`` overrides, every value checked (see
+    :func:`parauni.train.config.load_config`)."""
     return load_config(path, overrides, root=GRPOConfig)

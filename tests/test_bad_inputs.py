@@ -1,0 +1,264 @@
+"""Bad input fails fast, before any model is built, with one ``error:`` line naming the option or config key, the
+value and what is allowed; exit status 2 and no Python traceback (``--debug`` shows it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from parauni.cli import _bad_input_message, main
+from parauni.errors import ConfigError, UnknownKeyError, UsageError
+from parauni.rl.config import load_grpo_config
+from parauni.train.config import check_resolution, load_config, nearest_key, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+GEN = ["generate", "--model", "tiny", "--prompt", "a red circle"]
+
+
+def fails(capsys, argv: list[str], *expected: str) -> str:
+    """Run the real CLI; it must return 2 within a second and print one error naming ``expected``."""
+    t0 = time.perf_counter()
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's errors (options) exit, as argparse does; config errors return 2
+        rc = exit_.code
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if "error:" in x]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert seconds < 1.0, f"{argv}: {seconds:.2f}s: bad input must fail before any model is built"
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--guidance", "nan"], ["--guidance", "finite number >= 0", "'nan'"]),
+    (["--guidance", "inf"], ["--guidance", "'inf'"]),
+    (["--steps", "0"], ["--steps", "integer >= 1", "'0'"]),
+    (["--height", "0", "--width", "0"], ["--height", "positive multiple of 8", "'0'"]),
+    (["--width", "30"], ["--width", "positive multiple of 8", "'30'"]),
+    (["--seed", "-1"], ["--seed", "integer >= 0", "'-1'"]),
+    (["--steps", "ten"], ["--steps", "'ten'"]),
+])
+def test_generate_numeric_options(tmp_path, capsys, argv, expected):
+    fails(capsys, [*GEN, "--out", str(tmp_path / "o"), *argv], *expected)
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_empty_prompt_folder_image_and_missing_cuda(tmp_path, capsys, monkeypatch):
+    fails(capsys, ["generate", "--model", "tiny", "--prompt", "", "--out", str(tmp_path)],
+          "--prompt", "non-empty string", "''")
+    fails(capsys, [*GEN, "--out", str(tmp_path), "--image", str(tmp_path)], "--image", "is a folder, not an image")
+    fails(capsys, [*GEN, "--out", str(tmp_path), "--image", str(tmp_path / "nope.png")], "nope.png", "does not exist")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fails(capsys, [*GEN, "--out", str(tmp_path), "--device", "cuda"],
+          "--device", "CUDA is not available on this machine; use --device cpu")
+    fails(capsys, [*GEN, "--out", str(tmp_path), "--device", "gpu0"], "--device", "'gpu0'")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["eval", "geneval", "--images-per-prompt", "0"], ["--images-per-prompt", "integer >= 1", "'0'"]),
+    (["eval", "geneval", "--limit", "-298"], ["--limit", "integer >= 1", "'-298'"]),
+    (["eval", "geneval", "--batch-size", "0"], ["--batch-size", "integer >= 1", "'0'"]),
+    (["eval", "geneval", "--resolution", "33"], ["--resolution", "multiple of 8", "'33'"]),
+    (["eval", "dpg", "--limit", "0"], ["--limit", "'0'"]),
+    (["eval", "dpg", "--guidance", "-1"], ["--guidance", ">= 0", "'-1'"]),
+])
+def test_eval_options(tmp_path, capsys, argv, expected):
+    fails(capsys, [*argv, "--model", "prior", "--out", str(tmp_path / "o")], *expected)
+    assert not (tmp_path / "o").exists()
+
+
+def test_other_commands_check_their_numbers(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    fails(capsys, ["eval", "reconstruct", "--model", "tiny", "--images", str(tmp_path / "none"), "--out", out],
+          "--images", "does not exist")
+    fails(capsys, ["analyze", "layers", "--model", "tiny", "--prompts", "p.txt", "--out", out, "--scale", "0"],
+          "--scale", "> 0")
+    fails(capsys, ["cache-latents", "configs/toy_stage1.yaml", "--out", out, "--batch-size", "0"], "--batch-size")
+    fails(capsys, ["report", "run", "--out", out, "--samples-per-task", "-1"], "--samples-per-task", ">= 0")
+    fails(capsys, ["demo", "--rl-epochs", "0"], "--rl-epochs", "integer >= 1")
+    fails(capsys, ["toy", "pretrain-prior", "--lr", "0"], "--lr", "> 0")
+    fails(capsys, ["toy", "pretrain-prior", "--ema", "1.5"], "--ema", "in [0, 1)")
+    fails(capsys, ["toy", "pretrain-vlm", "--out", out, "--batch-size", "0"], "--batch-size")
+    fails(capsys, ["toy", "train-rewards", "--pool", "0"], "--pool")
+    fails(capsys, ["toy", "eval", "--model", "prior", "--images-per-prompt", "0"], "--images-per-prompt")
+    fails(capsys, ["toy", "reproduce", "--jobs", "0"], "--jobs")
+    fails(capsys, ["train", "configs/toy_stage1.yaml", "--threads", "0"], "--threads", "integer >= 1")
+    fails(capsys, ["generate", "--model", "tiny"], "required", "--prompt")
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_numeric_option_has_a_range_check():
+    import argparse
+
+    from parauni.cli import build_parser
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            else:
+                yield parser.prog, action
+
+    found = list(walk(build_parser()))
+    assert len(found) > 100
+    for prog, action in found:
+        assert action.type not in (int, float), f"{prog} {action.option_strings}: a bare {action.type.__name__}"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=inf", "optim.lr: expected a finite number > 0, got inf"),
+    ("optim.lr=nan", "optim.lr: expected a finite number > 0, got nan"),
+    ("optim.lr=abc", "optim.lr: expected a finite number > 0, got 'abc'"),
+    ("train.batch_size=[8,8]", "train.batch_size: expected an integer >= 1, got [8, 8]"),
+    ("train.batch_size=0", "train.batch_size: expected an integer >= 1, got 0"),
+    ("optim.betas=[0.9]", "optim.betas: expected a list of 2 values, each a finite number in [0, 1), got [0.9]"),
+    ("data.resolution=0", "data.resolution: expected a positive multiple of 8, got 0"),
+    ("data.resolution=33", "data.resolution: expected a positive multiple of 8, got 33"),
+    ("train.mixed_precision=no", "quote it, e.g. train.mixed_precision='no'"),
+    ("train.stage=III", "train.stage: expected one of I, II, got 'III'"),
+    ("train.max_steps=5", "unknown config key 'train.max_steps'; did you mean 'train.steps'?"),
+    ("optim.learning_rate=1e-3", "unknown config key 'optim.learning_rate' (allowed in section 'optim': betas, eps"),
+    ("data.kind=jsonl", "data.kind: expected one of json, folder, webdataset, latents, toy, got 'jsonl'"),
+])
+def test_train_config_errors(tmp_path, capsys, override, expected):
+    out = tmp_path / "run"
+    fails(capsys, ["train", "configs/toy_stage1.yaml", f"train.output_dir={out}", override], "parauni train", expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.save_every=0", "train.save_every: expected an integer >= 1, got 0"),
+    ("train.epochs=0", "train.epochs: expected an integer >= 1, got 0"),
+    ("prompts.per_epoch=0", "prompts.per_epoch: expected an integer >= 1, got 0"),
+    ("sampling.group_size=1", "sampling.group_size: expected an integer >= 2, got 1"),
+    ("rewards.weights={nope: 1.0}", "rewards.weights: unknown reward 'nope'; expected one of aesthetic"),
+    ("rewards.weights={no.such.module:Reward: 1.0}", "reward 'no.such.module:Reward': cannot import 'no.such.module'"),
+    ("rewards.weights={parauni.rewards.redness:Nope: 1.0}", "'parauni.rewards.redness' has no factory 'Nope'"),
+    ("rewards.weights={toy_quality: high}", "rewards.weights: expected a non-empty mapping"),
+    ("sampling.noise_level=0", "sampling.noise_level: expected a finite number > 0, got 0"),
+    ("optim.kl_form=other", "optim.kl_form: expected one of"),
+])
+def test_grpo_config_errors(tmp_path, capsys, override, expected):
+    out = tmp_path / "run"
+    fails(capsys, ["grpo", "configs/toy_grpo.yaml", f"train.output_dir={out}", override], "parauni grpo", expected)
+    assert not out.exists()
+
+
+def test_config_file_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  source: toy\ntrain:\n  steps: 3\n   batch_size: [1,\n")
+    fails(capsys, ["train", str(bad)], str(bad), "line 5", "invalid YAML")
+    bad.write_text("- model\n- train\n")
+    fails(capsys, ["train", str(bad)], str(bad), "a config must be a mapping of sections")
+    bad.write_text("train:\n  steps: 3\n  bacth_size: 4\n")
+    fails(capsys, ["train", str(bad)], str(bad), "train.bacth_size", "did you mean 'train.batch_size'")
+    bad.write_text(f"base: {tmp_path / 'missing.yaml'}\n")
+    fails(capsys, ["train", str(bad)], "missing.yaml", "not found")
+    fails(capsys, ["train", str(tmp_path)], "is a folder, not a YAML file")
+    fails(capsys, ["train", str(tmp_path / "nope.yaml")], "nope.yaml", "not found")
+    fails(capsys, ["train", "configs/toy_stage1.yaml", "optim.lr"], "override 'optim.lr' is not of the form")
+    fails(capsys, ["train", "configs/toy_stage1.yaml", "train=3"], "train is a section")
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkeypatch):
+    with pytest.raises(UsageError, match="--steps"):
+        main(["--debug", *GEN, "--out", str(tmp_path), "--steps", "0"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        main(["train", "configs/toy_stage1.yaml", "optim.lr=0", "--debug"])
+    import parauni.generate
+
+    def bug(args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(parauni.generate, "run_generate", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        main([*GEN, "--out", str(tmp_path)])
+
+
+def test_out_of_memory_names_the_fix():
+    for err in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+                MemoryError()):
+        msg = _bad_input_message(err)
+        assert msg.startswith("out of memory") and "lower the batch size" in msg and "resolution" in msg
+    assert _bad_input_message(RuntimeError("shapes do not match")) is None  # a bug: traceback
+    assert _bad_input_message(IsADirectoryError(21, "Is a directory", "x")) == "'x' is a folder, not a file"
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and diffusers: seconds, not the CLI's own time
+def test_subprocess_prints_one_line_and_exits_2(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "parauni", *GEN, "--out", str(tmp_path), "--steps", "0"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "parauni generate: error: argument --steps: expected an integer >= 1, got '0'" in proc.stderr
+
+
+# ---- the config layer itself ------------------------------------------------------------------------------------
+
+def test_overrides_parse_as_before():
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.betas=[0.9,0.95]", "train.mixed_precision='no'",
+                             "model.conditioner={layers: [-1]}", "train.eval_limit=", "data.path=[a, b]"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.95) and cfg.train.mixed_precision == "no"
+    assert cfg.model.conditioner == {"layers": [-1]} and cfg.train.eval_limit is None
+    assert cfg.data.path == ["a", "b"]
+    g = load_grpo_config(None, ["sampling.sde_window=null", "rewards.weights={red: 1.0, bright: 0.5}",
+                                "optim.steps_per_epoch=null", "sampling.sde_window_range=[0, 5]"])
+    assert g.sampling.sde_window is None and g.optim.steps_per_epoch is None
+    assert g.rewards.weights == {"red": 1.0, "bright": 0.5}  # replaces the default rewards, not merged into them
+    assert g.sampling.sde_window_range == [0, 5] and type(g.optim.betas) is tuple
+
+
+def test_files_replace_mapping_defaults_and_bases_merge(tmp_path):
+    g = load_grpo_config(ROOT / "configs" / "toy_grpo_redness.yaml")
+    assert g.rewards.weights == {"redness": 1.0}
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  conditioner: {layers: [-1], fusion: sum}\noptim:\n  lr: 3.0e-4\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text("base: ../base.yaml\nmodel:\n  conditioner: {layers: [-2]}\ntrain:\n  steps: 9\n")
+    cfg = load_config(child, ["model.conditioner.fusion=concat"])
+    assert cfg.model.conditioner == {"layers": [-2], "fusion": "concat"}
+    assert cfg.optim.lr == 3e-4 and cfg.train.steps == 9
+
+
+def test_save_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "toy_stage2.yaml", ["optim.lr=2e-3"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    g = load_grpo_config(ROOT / "configs" / "toy_grpo.yaml")
+    save_config(g, tmp_path / "g.yaml")
+    assert load_grpo_config(tmp_path / "g.yaml") == g
+
+
+def test_unknown_keys_suggest_only_close_names():
+    assert nearest_key("max_steps", ["steps", "eval_steps", "save_every"]) == "steps"
+    assert nearest_key("trian", ["model", "data", "optim", "train"]) == "train"
+    assert nearest_key("groupsize", ["group_size", "steps"]) == "group_size"
+    assert nearest_key("learning_rate", ["lr", "eps", "betas"]) is None
+    assert nearest_key("foo", ["lr", "eps"]) is None
+    with pytest.raises(UnknownKeyError) as info:
+        load_config(None, ["train.max_steps=3"])
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ConfigError)
+    assert "eval_steps'?" not in str(info.value)
+
+
+def test_check_resolution():
+    assert check_resolution(32, 512) == 512
+    with pytest.raises(ConfigError, match=r"data.resolution: this model needs a positive multiple of 32, got 48"):
+        check_resolution(32, 48)
+    with pytest.raises(ConfigError, match="got 0"):
+        check_resolution(8, 0)
