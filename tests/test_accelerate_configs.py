@@ -74,7 +74,7 @@ def test_fsdp_config_gives_full_shard_by_decoder_layer(monkeypatch):
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FSDP2 full shard
     assert plugin.transformer_cls_names_to_wrap == WRAPPED
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
-    assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"  # per-process DCP shards, no rank-0 gather
 
 
 def test_fsdp_wrap_classes_exist_in_the_model(tiny_pipe):

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from parauni.train.config import load_config, trainable_parts
 from parauni.train.data import FolderSource, JsonSource, SampleLoader, build_source
-from parauni.train.trainer import Trainer, checkpoints, export, lr_lambda
+from parauni.train.optim import warmup_cosine
+from parauni.train.trainer import Trainer, checkpoints, export
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.source=tiny", "data.resolution=16", "train.batch_size=4", "train.logger=none",
@@ -68,7 +69,7 @@ def test_overrides_read_numbers_like_yaml_and_python():
 def test_stage_sets_and_schedule():
     assert trainable_parts(load_config(None, ["train.stage=I"])) == ["queries", "lim"]
     assert trainable_parts(load_config(None, ["train.stage=II"])) == ["queries", "lim", "transformer"]
-    f = lr_lambda(warmup=10, total=110)
+    f = warmup_cosine(warmup=10, total=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
 
@@ -181,11 +182,11 @@ def test_empty_data_fails_before_training(tmp_path):
 
 
 def test_cache_latents_then_train(tmp_path):
+    from parauni.pipelines.loading import build_model
     from parauni.train.data import cache_latents
-    from parauni.train.model import build_pipeline
 
     cfg = tiny_cfg(tmp_path, "train.steps=2")
-    pipe = build_pipeline(cfg.model)
+    pipe = build_model(cfg.model)
     info = cache_latents(build_source(cfg.data, 0), cfg.data, pipe.vae, tmp_path / "cache", limit=10,
                          batch_size=4, shard_size=4, progress=False)
     assert info == {"samples": 10, "skipped": 0, "shards": 3, "out_dir": str(tmp_path / "cache")}

@@ -8,11 +8,18 @@ import json
 
 def add_run_arguments(p, config_example: str, override_example: str) -> None:
     """The arguments every config-driven run takes: CONFIG, key=value overrides, --resume, --no-progress."""
-    p.add_argument("config", help=f"a YAML config, e.g. {config_example}")
+    p.add_argument("config", help=f"a YAML config, e.g. {config_example}, or the name of a shipped config "
+                                  "(parauni/configs/, found from any folder)")
     p.add_argument("overrides", nargs="*", help=f"section.key=value overrides, e.g. {override_example}")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the newest checkpoint of train.output_dir (or the given checkpoint folder); "
-                        "'--resume auto' starts afresh when there is none")
+                   help="continue from the newest intact checkpoint of train.output_dir (a corrupt newer one is "
+                        "skipped with a warning), or from the given checkpoint folder; '--resume auto' starts afresh "
+                        "when there is none. The config must match the checkpoint's except for the keys listed in "
+                        "parauni.utils.checkpoints.RESUME_SAFE_KEYS (length, logging, saving, evaluation, threads)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even when the config differs from the checkpoint's in keys that "
+                        "change the training (batch size, model, data, optimizer, sampling, ...); the differences are "
+                        "logged to <output_dir>/config_changes.jsonl")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -29,9 +36,13 @@ def add_parsers(sub) -> None:
     c.add_argument("--batch-size", type=int, default=64)
     c.set_defaults(func=run_cache)
 
-    e = sub.add_parser("export", help="write a full ParaUniPipeline folder from a training checkpoint")
-    e.add_argument("checkpoint", help="a checkpoint-* folder (or a finished run folder) of `parauni train`")
+    e = sub.add_parser("export", help="write a full ParaUniPipeline folder from a training checkpoint "
+                                      "(stage I / II, or stage III with its LoRA merged)")
+    e.add_argument("checkpoint", help="a checkpoint-* folder or a run folder of `parauni train` or `parauni grpo` "
+                                      "(a run folder without final weights: its newest intact checkpoint)")
     e.add_argument("--out", required=True)
+    e.add_argument("--no-ema", action="store_true",
+                   help="stage III: merge the raw LoRA weights instead of their EMA (the default, as evaluated)")
     e.set_defaults(func=run_export)
 
 
@@ -40,7 +51,8 @@ def run_train(args: argparse.Namespace) -> dict:
     from .trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume or False, progress=not args.no_progress)
+    trainer = Trainer(cfg, resume=args.resume or False, progress=not args.no_progress,
+                      allow_config_change=args.allow_config_change)
     result = trainer.run()
     if trainer.acc.is_main_process:
         print(json.dumps({k: v for k, v in result.items() if k != "geneval"}, indent=2))
@@ -52,13 +64,13 @@ def run_train(args: argparse.Namespace) -> dict:
 
 
 def run_cache(args: argparse.Namespace) -> dict:
+    from ..pipelines.loading import build_model
     from .config import load_config
     from .data import build_source, cache_latents
-    from .model import build_pipeline
 
     cfg = load_config(args.config, args.overrides)
     source = build_source(cfg.data, cfg.train.seed)
-    pipe = build_pipeline(cfg.model, cfg.train.seed)
+    pipe = build_model(cfg.model, cfg.train.seed)
     if pipe.vae is None:
         raise ValueError("this model works in pixel space (no VAE): there is nothing to cache")
     result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size, limit=args.limit)
@@ -66,7 +78,38 @@ def run_cache(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_export(args: argparse.Namespace) -> None:
-    from .trainer import export
+def is_grpo_run(folder) -> bool:
+    """Whether a checkpoint or run folder comes from ``parauni grpo``: its state file, or a saved config with
+    stage III's sections."""
+    from pathlib import Path
 
-    print(f"pipeline written to {export(args.checkpoint, args.out)}")
+    import yaml
+
+    folder = Path(folder)
+    if (folder / "grpo_state.json").is_file():
+        return True
+    cfg_file = folder / "config.yaml"
+    if not cfg_file.is_file():
+        return False
+    try:
+        data = yaml.safe_load(cfg_file.read_text()) or {}
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and ("sampling" in data or "lora_rank" in (data.get("model") or {}))
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from ..errors import UsageError
+
+    if is_grpo_run(args.checkpoint):
+        from ..rl.grpo import export_checkpoint
+
+        out = export_checkpoint(args.checkpoint, args.out, ema=not args.no_ema)
+    else:
+        if args.no_ema:
+            raise UsageError("--no-ema: stage I / II checkpoints have no EMA (it applies to `parauni grpo` "
+                             "checkpoints only)")
+        from .trainer import export
+
+        out = export(args.checkpoint, args.out)
+    print(f"pipeline written to {out}")

@@ -6,83 +6,14 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..flow import flow_loss, interpolate, sigma_to_timestep
 from ..models.backbone import VLMBackbone
-from ..models.conditioner import ParaUniConditioner
 from ..models.prompt import tokenize_prompts
 from ..pipelines.pipeline_parauni import ParaUniPipeline
 
 logger = logging.getLogger(__name__)
-
-TRAINABLE_FILE = "trainable.safetensors"
-# The toy conditioner: the toy VLM is 128 wide with 4 layers; the toy prior takes 64 caption channels.
-TOY_CONDITIONER = dict(num_queries=32, connector_depth=2, connector_heads=4, connector_ffn=256)
-
-
-def build_toy_pipeline(vlm: str | None = None, prior: str | None = None, seed: int = 0,
-                       **conditioner_overrides) -> ParaUniPipeline:
-    """The shipped (or given) toy VLM and toy prior joined by a fresh conditioner."""
-    from ..toy.prior import load_prior
-    from ..toy.vlm import load_toy_vlm
-
-    vlm_model, tokenizer = load_toy_vlm(vlm)
-    p = load_prior(prior)
-    text = vlm_model.config.text_config
-    torch.manual_seed(seed)
-    conditioner = ParaUniConditioner(llm_hidden_size=text.hidden_size, llm_num_layers=text.num_hidden_layers,
-                                     caption_channels=p.transformer.config.caption_channels,
-                                     **{**TOY_CONDITIONER, **conditioner_overrides})
-    return ParaUniPipeline(vlm=vlm_model, tokenizer=tokenizer, conditioner=conditioner, transformer=p.transformer,
-                           scheduler=p.scheduler, vae=p.vae)
-
-
-TOY_MODELS = {"toy-all-layers": "all_layers", "toy-last-layer": "last_layer"}
-TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights" / "stage2"
-
-
-def load_toy_model(name: str = "toy-all-layers") -> ParaUniPipeline:
-    """A shipped stage-II toy model: the toy VLM, the conditioner and the fine-tuned prior transformer.
-
-    ``name``: ``toy-all-layers`` (the ParaUni LIM over every layer) or ``toy-last-layer`` (the baseline).
-    """
-    from .config import load_config
-
-    if name not in TOY_MODELS:
-        raise KeyError(f"unknown toy model {name!r}; known: {sorted(TOY_MODELS)}")
-    folder = TOY_MODEL_DIR / TOY_MODELS[name]
-    cfg = load_config(folder / "config.yaml")
-    pipe = build_toy_pipeline(cfg.model.vlm, cfg.model.transformer, cfg.train.seed, **cfg.model.conditioner)
-    load_trainable(pipe, folder)
-    pipe.conditioner.eval()
-    pipe.transformer.eval()
-    return pipe
-
-
-def build_pipeline(model_cfg, seed: int = 0) -> ParaUniPipeline:
-    """A ``ParaUniPipeline`` from ``model.source`` (toy, tiny, a preset name or a pipeline folder)."""
-    from ..models.presets import PRESETS, build_tiny, load_preset
-
-    src, overrides = model_cfg.source, dict(model_cfg.conditioner)
-    if src == "toy":
-        pipe = build_toy_pipeline(model_cfg.vlm, model_cfg.transformer, seed, **overrides)
-    elif src == "tiny":
-        pipe = build_tiny(seed=seed, **overrides)
-    elif src in PRESETS:
-        pipe = load_preset(src, vlm=model_cfg.vlm, transformer=model_cfg.transformer, vae=model_cfg.vae,
-                           **overrides)
-    else:
-        if overrides:
-            raise ValueError("model.conditioner overrides need a fresh model (source toy, tiny or a preset); "
-                             f"{src!r} is a saved pipeline whose conditioner is fixed")
-        from ..pipelines.loading import load_pipeline
-
-        pipe = load_pipeline(src)
-    if model_cfg.init:
-        load_trainable(pipe, model_cfg.init, strict=False)
-    return pipe
 
 
 class FlowTrainModule(nn.Module):
@@ -137,39 +68,25 @@ class FlowTrainModule(nn.Module):
         return flow_loss(v, latents, noise)
 
 
-def save_trainable(module: FlowTrainModule, path: str | Path) -> None:
-    """The trainable weights as safetensors (float32), written atomically."""
+def save_trainable(module: FlowTrainModule, path: str | Path, write: bool = True) -> None:
+    """The trainable weights as safetensors (float32), written atomically.
+
+    Under FSDP2 (``fully_shard``) every parameter is a ``DTensor`` holding this process's shard; it is
+    all-gathered (``DTensor.full_tensor``, as ``Accelerator.get_state_dict`` does for a full state dict, but
+    for the trainable weights only, never the frozen VLM). That is a collective: with a sharded module
+    every process must call this, and only the one with ``write`` writes the file.
+    """
     from safetensors.torch import save_file
 
+    state = {}
+    for name, param in module.trainable_state().items():
+        tensor = param.detach()
+        if hasattr(tensor, "full_tensor"):  # torch.distributed.tensor.DTensor
+            tensor = tensor.full_tensor()
+        state[name] = tensor.float().cpu().contiguous()
+    if not write:
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({n: p.detach().float().cpu().contiguous() for n, p in module.trainable_state().items()}, str(tmp))
+    save_file(state, str(tmp))
     tmp.replace(path)
-
-
-def load_trainable(target: ParaUniPipeline | FlowTrainModule, path: str | Path, strict: bool = True) -> list[str]:
-    """Load ``trainable.safetensors`` (a file, or a checkpoint / run folder holding one) into ``target``.
-
-    With ``strict``, every trainable parameter of ``target`` must be in the file. Returns the loaded names.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / TRAINABLE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {TRAINABLE_FILE} at {str(path)!r}; pass a checkpoint folder of `parauni train`")
-    weights = load_file(str(path))
-    modules = {"conditioner": target.conditioner, "transformer": target.transformer}
-    loaded = []
-    for name, tensor in weights.items():
-        head, _, rest = name.partition(".")
-        if head not in modules:
-            raise KeyError(f"{path}: unexpected weight {name!r}")
-        param = modules[head].get_parameter(rest)
-        with torch.no_grad():
-            param.copy_(tensor.to(param.dtype))
-        loaded.append(name)
-    if strict and isinstance(target, FlowTrainModule):
-        missing = set(target.trainable_state()) - set(loaded)
-        if missing:
-            raise KeyError(f"{path} lacks trainable weights {sorted(missing)[:5]}...; was it saved by another stage?")
-    return loaded
