@@ -125,8 +125,9 @@ def test_prompt_files_and_metadata_reach_the_rewards(tiny_pipe, tmp_path):
     recs = [{"prompt": "a photo of a circle", "tag": "single_object", "include": [{"class": "circle", "count": 1}]},
             {"prompt": "two squares", "tag": "counting", "include": [{"class": "square", "count": 2}]}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    prompts, meta = read_prompts(tmp_path / "m.jsonl", limit=1)
-    assert prompts == ["a photo of a circle"] and meta == recs[:1]
+    prompts, meta = read_prompts(tmp_path / "m.jsonl", limit=1)  # --limit: the first N of each task
+    assert prompts == [r["prompt"] for r in recs] and meta == recs
+    assert read_prompts(tmp_path / "p.txt", limit=1) == (["a red circle"], [None])  # no tasks: the first N
     red = Redness()
     analyze_layers(tiny_pipe, [r["prompt"] for r in recs], recs, rewards={"red": red}, modes=["perturb"], steps=1,
                    images_per_prompt=2)

@@ -1,6 +1,6 @@
 """Layer-response analysis: how each reward moves when one group of VLM layers is perturbed or dropped.
 
-SPEC §5 asks that the paper's claim behind LDAM ("layers respond unequally to different rewards") be
+This makes the ParaUni paper's claim behind LDAM ("layers respond unequally to different rewards")
 measurable.  For a fixed prompt set and fixed initial latents, :func:`analyze_layers` generates the
 baseline images, then for every layer group and mode generates them again with that group altered
 and records, per reward, the mean change against the baseline with its standard error over prompts.
@@ -40,9 +40,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .rewards.base import build_reward
 from .rl.ldam import default_layer_groups
+from .utils.images import unit_to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ DROP_METHOD = {
 
 def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[dict | None]]:
     """Prompts and reward metadata from a text file (one prompt a line; metadata ``None``) or a GenEval-format
-    JSONL (records with ``"prompt"``; each record is that prompt's metadata)."""
+    JSONL (records with ``"prompt"``; each record is that prompt's metadata).
+
+    ``limit``: the first N prompts of each task (the records' ``tag``), as everywhere in ``parauni``; a text
+    file or records without tags have no tasks, so there it is the first N prompts."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} not found")
@@ -71,9 +76,13 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str],
             if not isinstance(rec, dict) or "prompt" not in rec:
                 raise ValueError(f"{path}:{i + 1}: a JSONL record needs a 'prompt' field")
             records.append(rec)
-        records = records[:limit]
+        from .eval.geneval import limit_per_task
+
+        records = limit_per_task(records, limit)
         prompts, metadata = [r["prompt"] for r in records], list(records)
     else:
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
         prompts = lines[:limit]
         metadata = [None] * len(prompts)
     if not prompts:
@@ -151,29 +160,15 @@ def group_noise(states: torch.Tensor, group: Sequence[int], scale: float, images
 def fuse_without(conditioner, states: torch.Tensor, drop: Sequence[int]) -> torch.Tensor:
     """The conditioner's output as if it had read every layer but ``drop``: ``(L, B, N, D)`` -> ``(B, N, C)``.
 
-    Mirrors :class:`~parauni.models.lim.LayerIntegrationModule`'s forward on the kept layers (see the module
-    docstring for each fusion); with nothing dropped it equals ``conditioner(states)``."""
-    lim = conditioner.lim
+    The LIM fuses the kept layers only (``keep`` of :class:`~parauni.models.lim.LayerIntegrationModule`); with
+    nothing dropped it equals ``conditioner(states)``."""
     keep = [i for i in range(states.shape[0]) if i not in set(drop)]
     if not keep:
         raise ValueError("cannot drop every layer the conditioner reads")
-    kept = states[keep].to(conditioner.dtype)  # (K, B, N, D)
-    k, b, n, d = kept.shape
-    if lim.fusion == "prefuse":
-        w = lim.layer_logits[keep].softmax(dim=0).to(kept.dtype)  # (K, D)
-        return lim.norm(lim.projector(lim.connector(torch.einsum("lbnd,ld->bnd", kept, w))))
-    y = lim.norm(lim.projector(lim.connector(kept.reshape(k * b, n, d)))).view(k, b, n, -1)  # (K, B, N, C)
-    if lim.fusion == "mean":
-        return y.mean(dim=0)
-    w = lim.layer_logits[keep].softmax(dim=0).to(y.dtype)  # (K,)
-    return torch.einsum("lbnc,l->bnc", y, w)
+    return conditioner(states, keep=keep)
 
 
 # ---- the analysis ------------------------------------------------------------------------------------------------
-
-def _to_uint8(images: np.ndarray) -> list[np.ndarray]:
-    return list(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))  # (H, W, 3) each
-
 
 def _score(fns: Mapping[str, Callable], images, prompts, metadata) -> dict[str, np.ndarray]:
     """Each reward's ``(B,)`` scores; a reward that raises scores NaN (reported once per call)."""
@@ -210,8 +205,8 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
                    groups: str | Mapping[str, Sequence[int]] = "thirds", modes: Sequence[str] = MODES,
                    scale: float = 1.0, images_per_prompt: int = 2, steps: int = 20, guidance: float = 4.5,
                    seed: int = 0, batch_size: int = 8, height: int | None = None, width: int | None = None,
-                   model_name: str | None = None, reward_options: Mapping[str, Mapping[str, Any]] | None = None
-                   ) -> dict[str, Any]:
+                   model_name: str | None = None, reward_options: Mapping[str, Mapping[str, Any]] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
     """Reward changes per layer group and mode against the baseline; see the module docstring.
 
     rewards: names (weight 1), ``{name: weight}`` or ``{name: reward object}``; default the three toy rewards.
@@ -219,6 +214,8 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
         A reward that is NaN for every baseline image (e.g. ``toy_geneval`` without GenEval records) is left
         out and listed under ``skipped_rewards``.
     batch_size: prompts per batch (each gives ``images_per_prompt`` images).
+    progress: a bar over the generations (batches x variants) and the pipeline's bar over the denoising steps
+        of the current one; ``False`` shows neither.
     Returns a JSON-ready dict (see :func:`write_outputs`).
     """
     modes = [m for m in MODES if m in set(modes)]
@@ -237,7 +234,6 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
         if full:
             raise ValueError(f"group(s) {full} hold every read layer and cannot be dropped; use mode perturb")
     fns, weights, weighted = resolve_rewards(rewards, reward_options)
-    pipe.set_progress_bar_config(disable=True)
     device = cond.queries.device
     sample = pipe.transformer.config.sample_size * pipe.vae_scale_factor
     height, width = height or sample, width or sample
@@ -246,6 +242,8 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
     variants = [("baseline", None)] + [(m, g) for m in modes for g in grp]
     scores: dict[tuple, dict[str, list[np.ndarray]]] = {v: {} for v in variants}
     pixels: dict[tuple, list[np.ndarray]] = {v: [] for v in variants[1:]}
+    n_batches = -(-len(prompts) // batch_size)
+    bar = tqdm(total=n_batches * len(variants), desc="layer response", unit="generation", disable=not progress)
 
     for start in range(0, len(prompts), batch_size):
         ids = list(range(start, min(start + batch_size, len(prompts))))
@@ -269,14 +267,18 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
                 embeds = cond(states_x, noise)
             else:
                 embeds = fuse_without(cond, states_x, grp[group])
+            pipe.set_progress_bar_config(disable=not progress, leave=False, unit="step",
+                                         desc=f"{mode}{'' if group is None else ' ' + group} denoising")
             images = pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents.clone(), **gen_kw).images
-            for name, value in _score(fns, _to_uint8(images), img_prompts, img_meta).items():
+            bar.update(1)
+            for name, value in _score(fns, unit_to_uint8(images), img_prompts, img_meta).items():
                 scores[variant].setdefault(name, []).append(value)
             if base_images is None:
                 base_images = images
             else:
                 pixels[variant].append(np.abs(images - base_images).reshape(len(images), -1).mean(1))
 
+    bar.close()
     per_image = {v: {k: np.concatenate(x) for k, x in s.items()} for v, s in scores.items()}
     skipped = {n: "NaN for every baseline image (missing metadata?)" for n in fns
                if np.isnan(per_image[variants[0]][n]).all()}
@@ -427,7 +429,8 @@ def run(args) -> dict:
     modes = MODES if args.mode == "both" else (args.mode,)
     result = analyze_layers(pipe, prompts, metadata, parse_reward_args(args.rewards), args.groups, modes, args.scale,
                             args.images_per_prompt, args.steps, args.guidance, args.seed, args.batch_size,
-                            model_name=args.model, reward_options=parse_reward_options(args.reward_options))
+                            model_name=args.model, reward_options=parse_reward_options(args.reward_options),
+                            progress=not getattr(args, "no_progress", False))
     paths = write_outputs(result, args.out)
     print(format_markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

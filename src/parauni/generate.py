@@ -18,14 +18,17 @@ def slug(text: str, n: int = 40) -> str:
 
 def generate_images(pipe, prompts: list[str], out: str | Path, image: str | None = None, seed: int = 0,
                     steps: int = 20, guidance: float = 4.5, height: int | None = None,
-                    width: int | None = None, grid_scale: int = 1) -> list[Path]:
-    """One image per prompt (seeded by ``seed + index``), saved as PNGs plus ``grid.png``."""
+                    width: int | None = None, grid_scale: int = 1, progress: bool = True) -> list[Path]:
+    """One image per prompt (seeded by ``seed + index``), saved as PNGs plus ``grid.png``.
+
+    ``progress``: a bar over the prompts and, below it, the pipeline's own bar over the denoising steps of the
+    current image (a large image takes long per step); ``False`` shows neither."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     init = load_image(image) if image else None
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising", unit="step", leave=False)
     paths, images = [], []
-    for i, prompt in enumerate(tqdm(prompts, desc="generating", unit="prompt")):
+    for i, prompt in enumerate(tqdm(prompts, desc="generating", unit="prompt", disable=not progress)):
         g = torch.Generator().manual_seed(seed + i)
         im = pipe(prompt, image=init, num_inference_steps=steps, guidance_scale=guidance, height=height,
                   width=width, generator=g).images[0]
@@ -40,28 +43,8 @@ def generate_images(pipe, prompts: list[str], out: str | Path, image: str | None
 def run_generate(args) -> None:
     pipe = load_pipeline(args.model, device=args.device)
     paths = generate_images(pipe, args.prompt, args.out, args.image, args.seed, args.steps, args.guidance,
-                            args.height, args.width)
+                            args.height, args.width, progress=not getattr(args, "no_progress", False))
     print(f"wrote {len(paths)} image(s) and grid.png to {args.out}")
-
-
-def demo_grid(geneval_dir: Path, per_task: int = 6, scale: int = 3):
-    """A labelled grid of the first image of the first prompts of every task in a GenEval folder."""
-    import json
-
-    from PIL import Image
-
-    from .eval.geneval import TASK_ORDER
-
-    by_task: dict[str, list[tuple[Path, str]]] = {}
-    for folder in sorted(p for p in geneval_dir.iterdir() if p.is_dir() and p.name.isdigit()):
-        meta = json.loads((folder / "metadata.jsonl").read_text())
-        group = by_task.setdefault(meta["tag"], [])
-        if len(group) < per_task and meta["prompt"] not in {p for _, p in group}:
-            group.append((folder / "samples" / "0000.png", meta["prompt"]))
-    items = [it for t in TASK_ORDER for it in by_task.get(t, [])]
-    images = [Image.open(path).convert("RGB") for path, _ in items]
-    labels = [prompt.removeprefix("a photo of ") for _, prompt in items]
-    return labelled_grid(images, labels, cols=per_task, scale=scale)
 
 
 # configs/toy_grpo.yaml, shortened for a CPU: 4 fixed prompts (the same every epoch, so the curves follow
@@ -83,8 +66,8 @@ def run_demo(args) -> None:
     from .rl.config import load_grpo_config
     from .rl.grpo import GRPOTrainer
     from .toy.evaluation import random_latents_floor, toy_geneval
+    from .toy.models import TOY_MODEL_DIR, TOY_MODELS
     from .toy.reproduce import config_file
-    from .train.model import TOY_MODEL_DIR, TOY_MODELS
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +81,7 @@ def run_demo(args) -> None:
               f"({'all 300' if not args.limit else f'{args.limit} a task of the'} prompts x {args.images_per_prompt}, "
               f"{args.steps} steps)")
         rows[name] = toy_geneval(load_pipeline(name), run / "eval" / "geneval", args.images_per_prompt, args.steps,
-                                 limit=args.limit)
+                                 limit=args.limit, mode="refresh", name=name)
         runs.append(run)
     print("[demo] the floor: toy GenEval of decoded random latents (no denoising; all 300 prompts)")
     rows["floor: random latents"] = random_latents_floor(next(iter(TOY_MODELS)),

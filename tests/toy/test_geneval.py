@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from parauni.eval.bundled import geneval_metadata_path
 from parauni.toy.detect import Detection, detect, gaussian_blur
 from parauni.toy.geneval import (
     evaluate,
@@ -23,7 +24,7 @@ from parauni.toy.geneval import (
 from parauni.toy.prompts import TASKS, meta_from_fields
 from parauni.toy.world import INVERSE_RELATION, relative_position, render, scene_from_metadata
 
-REAL_GENEVAL = Path(__file__).parents[2] / ".." / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
+REAL_GENEVAL = geneval_metadata_path()  # GenEval's own prompts, bundled with the package
 SEEDS = (0, 1)
 
 
@@ -63,7 +64,6 @@ def test_metadata_file_is_the_generator_output(metas):
                         "position": 24, "color_attr": 50}
 
 
-@pytest.mark.skipif(not REAL_GENEVAL.exists(), reason="GenEval metadata not available")
 def test_same_schema_as_real_geneval(metas):
     real = [json.loads(line) for line in REAL_GENEVAL.read_text().splitlines()]
     shape = lambda m: (m["tag"], tuple(m), tuple(tuple(r) for r in m["include"]),  # noqa: E731
@@ -217,3 +217,24 @@ def test_strict_score_fails_extra_classes_and_counts_objects():
     s = summarize(rows)
     assert s["tasks"]["single_object"] == 1.0 and s["strict_tasks"]["single_object"] == 0.5
     assert s["strict_overall"] == 0.5 and s["objects_per_image"] == 2.0
+
+
+def test_record_without_objects_is_an_error(tmp_path, capsys):
+    """A record with an unknown tag and no ``include`` used to pass every image; now it names the tag."""
+    from parauni.cli import main
+
+    with pytest.raises(ValueError, match="tag 'mystery'.*no 'include'"):
+        evaluate([], {"tag": "mystery", "prompt": "a photo of a unicorn"})
+    with pytest.raises(ValueError, match="tag 'mystery'"):
+        partial_credit([], {"tag": "mystery", "prompt": "a photo of a unicorn"})
+    meta = tmp_path / "m.jsonl"
+    meta.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+                                "prompt": "a photo of a circle"}) + "\n"
+                    + json.dumps({"tag": "mystery", "prompt": "a photo of a unicorn"}) + "\n")
+    assert main(["eval", "geneval", "--model", "prior", "--metadata", str(meta), "--out", str(tmp_path / "g"),
+                 "--images-per-prompt", "1", "--steps", "1", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "a photo of a unicorn" in err and "'mystery'" in err
+    assert main(["toy", "eval", "--model", "prior", "--metadata", str(meta), "--images-per-prompt", "1",
+                 "--steps", "1", "--threads", "1"]) == 2
+    assert not (tmp_path / "g" / "summary.json").exists()

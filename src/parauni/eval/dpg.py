@@ -3,43 +3,31 @@
 DPG-Bench's scorer reads one PNG per prompt, ``<out>/<item_id>.png``, holding the prompt's 4 samples as
 a 2x2 grid (row-major: samples 0, 1 on top, 2, 3 below).  Sample k of the prompt on line i of the
 prompt file is drawn with seed ``seed + 4 * i + k``, so a resumed, limited or re-batched run writes the
-same images.  Grids already in ``out`` are kept.
+same images.  ``--limit N`` keeps the first ``N`` prompts (DPG-Bench has no tasks).  ``<out>/provenance.json``
+records what made the grids (:mod:`parauni.eval.provenance`); grids already in ``out`` are kept only when the
+model's weights and every setting match.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .geneval import GenerateFn
+from ..errors import UsageError
+from ..pipelines.loading import load_pipeline
+from ..registry import FAMILIES, GENERATORS, Family, family_of
+from ..utils.images import unit_to_uint8
+from . import provenance as prov
+from .geneval import GenerateFn, save_png_atomic
 
 DPG_IMAGES = 4  # a 2x2 grid per prompt
-
-
-def is_toy_pipeline(pipe) -> bool:
-    """True when the pipeline's VLM is the toy VLM (32-px images cut into 4-px patches)."""
-    from ..toy.vlm import IMAGE_SIZE, PATCH_SIZE
-
-    vision = getattr(getattr(pipe, "vlm", None), "config", None)
-    vision = getattr(vision, "vision_config", None)
-    if vision is None:
-        return False
-    size, patch = vision.image_size, vision.patch_size
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-    return size == IMAGE_SIZE and patch == PATCH_SIZE
-
-
-def is_toy_prior(model: str) -> bool:
-    """``prior`` (the shipped toy prior) or a toy prior folder (one with ``text_encoder/``)."""
-    return model == "prior" or (Path(model) / "text_encoder").is_dir()
+SEED_RULE = "seed + 4 * line + k (line: the prompt's position in the prompt file, k: the grid cell, row-major)"
+LIMIT_RULE = "first N prompts of the file (DPG-Bench has no tasks)"
 
 
 def pipeline_generate(pipe, steps: int = 20, guidance: float = 4.5, resolution: int | None = None) -> GenerateFn:
@@ -50,25 +38,27 @@ def pipeline_generate(pipe, steps: int = 20, guidance: float = 4.5, resolution: 
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
                    height=resolution, width=resolution, output_type="np").images
-        return [np.rint(x * 255).clip(0, 255).astype(np.uint8) for x in out]
+        return list(unit_to_uint8(out))
 
     return generate
 
 
 def model_generate_fn(model: str, steps: int = 20, guidance: float | None = None, resolution: int | None = None,
-                      device: str | None = None) -> tuple[GenerateFn, bool]:
-    """``(generate, is_toy)`` for a ``--model`` argument: ``prior`` or a toy prior folder (toy), ``tiny``,
-    a preset or a saved pipeline folder (toy when its VLM is the toy VLM)."""
-    if is_toy_prior(model):
-        if resolution is not None:
-            raise ValueError("the toy prior generates at its own 32-px size; drop --resolution")
-        from ..toy.evaluation import resolve_generate_fn
-
-        return resolve_generate_fn(model, steps, guidance), True
-    from ..pipelines.loading import load_pipeline
-
+                      device: str | None = None) -> tuple[GenerateFn, Family | None, dict]:
+    """``(generate, family, identity)`` for a ``--model`` argument: a registered generator that is not a pipeline
+    (:data:`parauni.registry.GENERATORS`, e.g. the toy world's ``prior``), or any :func:`load_pipeline` name.
+    ``family``: the model's :class:`parauni.registry.Family` (its evaluation defaults) or ``None``;
+    ``identity``: the weights hash and frozen parts (:func:`parauni.eval.provenance.model_identity`)."""
+    for name in GENERATORS:
+        gen = GENERATORS.get(name)
+        if gen.match(model):
+            if resolution is not None:
+                raise UsageError(f"{model!r} generates at its own size; drop --resolution")
+            generate, identity = gen.load(model, steps, guidance)
+            return generate, FAMILIES.get(gen.family) if gen.family else None, identity
     pipe = load_pipeline(model, device=device)
-    return pipeline_generate(pipe, steps, 4.5 if guidance is None else guidance, resolution), is_toy_pipeline(pipe)
+    generate = pipeline_generate(pipe, steps, 4.5 if guidance is None else guidance, resolution)
+    return generate, family_of(pipe), {**prov.model_identity(pipe), "default_guidance": 4.5}
 
 
 def load_dpg_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -104,13 +94,39 @@ def make_grid(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.concatenate(a[:2], axis=1), np.concatenate(a[2:], axis=1)], axis=0)
 
 
+def dpg_record(model: str, identity: dict, items_all: Sequence[dict], items: Sequence[dict], *, prompts: str,
+               steps: int, guidance: float | None, seed: int, resolution: int | None, limit: int | None,
+               **info) -> dict:
+    """The provenance record of a DPG-Bench run (see :func:`parauni.eval.provenance.make_record`)."""
+    return prov.make_record(layout="dpg", model=model, identity=identity, steps=steps, guidance=guidance, seed=seed,
+                            seed_rule=SEED_RULE, resolution=resolution, images_per_prompt=DPG_IMAGES,
+                            metadata=prompts, metadata_sha256=prov.records_sha256(items_all), limit=limit,
+                            limit_rule=LIMIT_RULE, prompts=len(items), outputs=[it["item_id"] for it in items],
+                            **info)
+
+
 def generate_dpg(generate: GenerateFn, items: Sequence[dict], out_dir: str | Path, seed: int = 0,
-                 batch_size: int = 16) -> Path:
+                 batch_size: int = 16, *, provenance: dict | None = None, mode: str = "resume") -> Path:
     """Write ``<out_dir>/<item_id>.png`` (a 2x2 grid of 4 samples) for every item not already there.
 
-    ``batch_size`` counts images; a batch holds ``max(1, batch_size // 4)`` prompts.
+    ``batch_size`` counts images; a batch holds ``max(1, batch_size // 4)`` prompts.  With ``provenance`` (a
+    record of :func:`dpg_record`) the folder is first checked against the stored record
+    (:func:`parauni.eval.provenance.prepare`; ``mode`` ``resume`` / ``overwrite`` / ``refresh``); without it
+    grids already there are kept as is.  Grids are written under a temporary name and renamed into place.
     """
     out = Path(out_dir)
+    if provenance is not None:
+        recorded = prov.read(out) or {}
+        ids = {it["item_id"] for it in items} | set(recorded.get("outputs") or [])
+
+        def has_outputs(folder: Path) -> bool:
+            return any((folder / f"{i}.png").exists() for i in ids)
+
+        def clear(folder: Path) -> None:
+            for i in ids:
+                (folder / f"{i}.png").unlink(missing_ok=True)
+
+        prov.prepare(out, provenance, mode, has_outputs, clear)
     out.mkdir(parents=True, exist_ok=True)
     todo = [(i, it) for i, it in enumerate(items) if not (out / f"{it['item_id']}.png").exists()]
     per_batch = max(1, batch_size // DPG_IMAGES)
@@ -122,19 +138,28 @@ def generate_dpg(generate: GenerateFn, items: Sequence[dict], out_dir: str | Pat
             images = list(generate(prompts, seeds))
             for j, (_, it) in enumerate(chunk):
                 grid = make_grid(images[j * DPG_IMAGES:(j + 1) * DPG_IMAGES])
-                path = out / f"{it['item_id']}.png"
-                tmp = path.with_name(path.name + ".tmp.png")
-                Image.fromarray(grid).save(tmp)
-                os.replace(tmp, path)
+                save_png_atomic(grid, out / f"{it['item_id']}.png")
             bar.update(len(chunk))
     return out
 
 
 def run(args) -> None:
     """``parauni eval dpg``."""
-    items = load_dpg_prompts(args.prompts, args.limit)
-    generate, _ = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device)
-    generate_dpg(generate, items, args.out, args.seed, args.batch_size)
-    print(f"{len(items)} DPG-Bench grids (<item_id>.png, 2x2) in {args.out}\nscore them with ELLA's DPG-Bench "
+    if args.prompts is None:
+        from .bundled import dpg_prompts_path
+
+        args.prompts = str(dpg_prompts_path())
+    items_all = load_dpg_prompts(args.prompts)
+    items = items_all[: args.limit] if args.limit is not None else items_all
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1 (the first N prompts), got {args.limit}")
+    generate, _, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device)
+    record = dpg_record(args.model, identity, items_all, items, prompts=str(args.prompts), steps=args.steps,
+                        guidance=args.guidance, seed=args.seed, resolution=args.resolution, limit=args.limit,
+                        batch_size=args.batch_size, device=args.device)
+    mode = "overwrite" if getattr(args, "overwrite", False) else "resume"
+    generate_dpg(generate, items, args.out, args.seed, args.batch_size, provenance=record, mode=mode)
+    print(f"{len(items)} DPG-Bench grids (<item_id>.png, 2x2) of {prov.label(record)} in {args.out} "
+          f"(what made them: {args.out}/{prov.PROVENANCE_FILE})\nscore them with ELLA's DPG-Bench "
           f"scorer (mPLUG VQA, GPU): accelerate launch dpg_bench/compute_dpg_bench.py --image-root-path {args.out} "
           "--resolution <side of one sample> --pic-num 4 --vqa-model mplug")

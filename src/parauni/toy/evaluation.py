@@ -10,17 +10,28 @@ from pathlib import Path
 
 import torch
 
-from ..eval.geneval import format_table, generate_geneval, pipeline_generate_fn
+from ..eval import provenance as prov
+from ..eval.geneval import format_table, generate_geneval, geneval_record, limit_per_task, pipeline_generate_fn
 from .data import to_image
 from .detect import detect
-from .geneval import evaluate, load_toy_geneval, partial_credit, score_dir, summarize, write_geneval_layout
+from .geneval import (
+    check_record,
+    evaluate,
+    load_toy_geneval,
+    partial_credit,
+    score_dir,
+    summarize,
+    write_geneval_layout,
+)
 
 
-def resolve_generate_fn(model, steps: int, guidance: float | None):
-    """``prior`` (the shipped toy prior), a toy prior folder, a saved ParaUniPipeline folder, or a
-    ``ParaUniPipeline`` object."""
+def resolve_model(model, steps: int, guidance: float | None):
+    """``(generate, identity)`` for ``prior`` (the shipped toy prior), a toy prior folder, a pipeline name or
+    saved folder, or a ``ParaUniPipeline`` object; ``identity`` as :func:`parauni.eval.provenance.model_identity`
+    plus ``default_guidance`` (the CFG scale used when ``guidance`` is ``None``)."""
     if not isinstance(model, (str, Path)):
-        return pipeline_generate_fn(model, steps, 4.5 if guidance is None else guidance)
+        return (pipeline_generate_fn(model, steps, 4.5 if guidance is None else guidance),
+                {**prov.model_identity(model), "default_guidance": 4.5})
     model = str(model)
     path = Path(model)
     if model == "prior" or (path / "text_encoder").is_dir():
@@ -34,33 +45,49 @@ def resolve_generate_fn(model, steps: int, guidance: float | None):
                                  for s in seeds])  # (B, C, h, w), one seed per image
             return prior.generate(prompts, num_inference_steps=steps, noise=noise, **extra)
 
-        return generate
+        return generate, {**prov.model_identity(prior), "default_guidance": prior.guidance_scale}
     from ..pipelines.loading import load_pipeline
 
-    return pipeline_generate_fn(load_pipeline(model), steps, 4.5 if guidance is None else guidance)
+    pipe = load_pipeline(model)
+    return (pipeline_generate_fn(pipe, steps, 4.5 if guidance is None else guidance),
+            {**prov.model_identity(pipe), "default_guidance": 4.5})
+
+
+def resolve_generate_fn(model, steps: int, guidance: float | None):
+    """The ``generate`` function of :func:`resolve_model`."""
+    return resolve_model(model, steps, guidance)[0]
 
 
 def toy_geneval(model, out: str | Path | None = None, images_per_prompt: int = 4, steps: int = 20,
                 guidance: float | None = None, seed: int = 0, limit: int | None = None,
-                metadata: str | None = None) -> dict:
-    """Generate and score toy GenEval; returns the summary (per-task accuracy, overall)."""
-    metas = load_toy_geneval(metadata)
-    if limit:
-        by_task: dict[str, list[dict]] = {}
-        for m in metas:
-            by_task.setdefault(m["tag"], []).append(m)
-        metas = [m for group in by_task.values() for m in group[:limit]]
+                metadata: str | None = None, mode: str = "resume", name: str | None = None) -> dict:
+    """Generate and score toy GenEval; returns the summary (per-task accuracy, overall).
+
+    ``limit``: the first N prompts of each task.  ``out`` gets ``provenance.json``
+    (:mod:`parauni.eval.provenance`); ``mode``: ``resume`` (keep the images already in ``out`` only when
+    the weights and settings match, else refuse), ``overwrite`` or ``refresh`` (regenerate when they differ).
+    ``name`` labels the model in the record (default: ``model`` when it is a name or path)."""
+    metas_all = load_toy_geneval(metadata)
+    metas = limit_per_task(metas_all, limit)
+    for m in metas:  # before generating: a record without objects cannot be scored
+        check_record(m)
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="toy-geneval-"))
-    generate_geneval(resolve_generate_fn(model, steps, guidance), metas, out, images_per_prompt, seed)
+    generate, identity = resolve_model(model, steps, guidance)
+    if name is None:
+        name = str(model) if isinstance(model, (str, Path)) else type(model).__name__
+    record = geneval_record(name, identity, metas_all, metas, metadata=str(metadata or "toy (shipped)"),
+                            steps=steps, guidance=guidance, seed=seed, resolution=None,
+                            images_per_prompt=images_per_prompt, limit=limit)
+    generate_geneval(generate, metas, out, images_per_prompt, seed, provenance=record, mode=mode)
     return score_dir(out)
 
 
 def _decoder(model):
     """``(vae or None, latent shape (C, h, w))`` of ``model`` (see :func:`random_latents_floor`)."""
     if isinstance(model, (str, Path)):
-        from ..eval.dpg import is_toy_prior
+        from .prior import is_prior_arg
 
-        if is_toy_prior(str(model)):
+        if is_prior_arg(str(model)):
             from .prior import load_prior
 
             model = load_prior(None if str(model) == "prior" else model)
@@ -113,6 +140,16 @@ def random_latents_floor(model, metadata: str | Path | None = None, images_per_p
     return summarize(results)
 
 
+def add_overwrite_options(p) -> None:
+    """``--overwrite`` / ``--resume`` of a generating benchmark command (see :mod:`parauni.eval.provenance`)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true",
+                   help="regenerate every image in --out, whatever made the ones there")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the images in --out (the default); refused unless --out's provenance.json matches "
+                        "this run: model weights, steps, guidance, seed, resolution, images per prompt, prompts")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="toy GenEval: generate in GenEval's layout and score")
     p.add_argument("--model", required=True, help="'prior', a toy prior folder, or a ParaUniPipeline folder")
@@ -121,16 +158,19 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="first N prompts of each task only")
+    p.add_argument("--limit", type=int, help="the first N prompts of each task (overall: the mean of the tasks)")
     p.add_argument("--metadata", help="a GenEval-format JSONL (default: the toy GenEval prompts)")
+    add_overwrite_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     summary = toy_geneval(args.model, args.out, args.images_per_prompt, args.steps, args.guidance, args.seed,
-                          args.limit, args.metadata)
-    print(format_table({args.model: summary}))
+                          args.limit, args.metadata, mode="overwrite" if args.overwrite else "resume")
     if args.out:
-        print(f"images, results.jsonl and summary.json in {args.out}")
+        record = prov.read(args.out)
+        print(format_table({prov.label(record): summary}))
+        print(f"images, results.jsonl, summary.json and provenance.json in {args.out}")
     else:
+        print(format_table({args.model: summary}))
         print(json.dumps(summary["tasks"]))

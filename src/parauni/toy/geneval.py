@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from parauni.toy.detect import Detection, as_uint8, detect
+from parauni.toy.detect import Detection, detect
 from parauni.toy.prompts import TASKS, all_metas
 from parauni.toy.world import relative_position
+from parauni.utils.images import as_uint8
 
 PROMPTS_PER_TASK = 50
 METADATA_FILE = "toy_geneval_metadata.jsonl"
@@ -67,8 +68,28 @@ def group_by_class(dets: Sequence[Detection]) -> dict[str, list[Detection]]:
     return out
 
 
+def check_record(meta: dict) -> None:
+    """Refuse a record that gives nothing to check: without ``include`` entries every image would pass.
+
+    GenEval's six tasks all name their objects in ``include``; a record without them (an unknown ``tag``,
+    a typo, another benchmark's file) is an error that names the record and its tag."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"a GenEval record must be a JSON object, got {type(meta).__name__}: {meta!r}")
+    include = meta.get("include")
+    if include and isinstance(include, list):
+        return
+    tag = meta.get("tag")
+    known = "one of GenEval's tasks" if tag in TASKS else f"not one of GenEval's tasks {', '.join(TASKS)}"
+    raise ValueError(f"GenEval record {json.dumps(meta)[:200]} has tag {tag!r} ({known}) and no 'include' list "
+                     "of objects, so no image could fail it; give each record 'include': [{\"class\": ..., "
+                     "\"count\": ...}] (GenEval's evaluation_metadata.jsonl schema)")
+
+
 def evaluate(dets: Sequence[Detection], meta: dict) -> tuple[bool, str]:
-    """GenEval's verdict for one image's detections against one prompt: ``(correct, reason)``."""
+    """GenEval's verdict for one image's detections against one prompt: ``(correct, reason)``.
+
+    A record without ``include`` entries is an error (:func:`check_record`)."""
+    check_record(meta)
     objects = group_by_class(dets)
     correct, reasons = True, []
     matched: list[list[Detection] | None] = []
@@ -120,6 +141,7 @@ def partial_credit(dets: Sequence[Detection], meta: dict) -> float:
     pairs in the right relation (0 without targets). A violated ``exclude`` on a class not included
     sets the credit to 0.
     """
+    check_record(meta)
     objects = group_by_class(dets)
     includes = meta.get("include", [])
     limits = {r["class"]: int(r["count"]) for r in meta.get("exclude", [])}

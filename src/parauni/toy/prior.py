@@ -221,7 +221,7 @@ class ToyPrior:
 def load_prior(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> ToyPrior:
     """Load a prior folder (default: the one shipped in ``parauni/toy/weights/prior``) in ``dtype``."""
-    from transformers import AutoTokenizer
+    from .tokenizer import load_toy_tokenizer
 
     path = Path(path) if path is not None else DEFAULT_PATH
     if not (path / "transformer" / "config.json").is_file():
@@ -233,6 +233,11 @@ def load_prior(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     text_encoder = ToyTextEncoder.from_pretrained(path / "text_encoder", **load).to(device).eval()
     vae = AutoencoderDC.from_pretrained(path / "vae", **load).to(device).eval() if (path / "vae").is_dir() else None
     scheduler = DPMSolverMultistepScheduler.from_pretrained(path / "scheduler")
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    tokenizer = load_toy_tokenizer(path / "tokenizer")  # lowercases, warns about words outside the toy vocabulary
     return ToyPrior(tokenizer, text_encoder, transformer, vae, scheduler,
                     guidance_scale=float(info.get("guidance_scale", DEFAULT_GUIDANCE)), extra=info)
+
+
+def is_prior_arg(model: str) -> bool:
+    """``prior`` (the shipped toy prior) or a toy prior folder (one with ``text_encoder/``)."""
+    return str(model) == "prior" or (Path(str(model)) / "text_encoder").is_dir()

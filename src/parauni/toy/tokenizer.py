@@ -2,19 +2,48 @@
 
 Built deterministically from a fixed corpus of toy captions, questions and answers, plus the
 prompt templates, so that every toy word is one token; any other text still encodes (bytes).
+
+:class:`ToyTokenizer` adds two things to the plain fast tokenizer, both for text a user types:
+
+* it lowercases (a serialisable ``tokenizers`` normaliser): the toy corpus is lowercase, so
+  ``"A RED CIRCLE"`` and ``"a red circle"`` give the same tokens.  The two capitalised template phrases
+  (``"Generate an image"``, ``"Keep the image as it is"``) keep their case, so the prompt templates the toy
+  models were trained on encode as before;
+* it warns, once per word and tokenizer, about words outside the toy vocabulary (:data:`KNOWN_WORDS`) and
+  other characters (digits, emoji, accented letters): they still encode (as bytes) but the toy models never
+  saw them, so the image they condition is arbitrary.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import warnings
+from pathlib import Path
+
 import numpy as np
+from tokenizers import normalizers
+from transformers import PreTrainedTokenizerFast
 
 from ..models.tokenizer import build_tokenizer
 from .data import make_example, qa_pairs, sample_rng
-from .prompts import TASKS, random_meta
+from .prompts import NUMBER_WORDS, TASKS, random_meta
+from .world import COLORS, RELATIONS, SHAPES
 
 TOY_VOCAB_SIZE = 512
 _TEMPLATES = ("Generate an image: ", "Generate an image.", "Keep the image as it is.",
               "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
+# template phrases whose capitals the trained toy models read (kept by the lowercasing normaliser)
+_CASED_PHRASES = ("Generate an image", "Keep the image as it is")
+# every word of :func:`toy_corpus` (tests/test_cli_honesty.py checks this against the corpus) and of the toy
+# VLM's training questions ("describe the image.")
+KNOWN_WORDS = frozenset({
+    *SHAPES, *(s + "s" for s in SHAPES), *COLORS, *NUMBER_WORDS, *(w for r in RELATIONS for w in r.split()),
+    "a", "an", "and", "are", "as", "color", "describe", "generate", "how", "image", "is", "it", "keep", "many", "no",
+    "object", "objects", "of", "photo", "shape", "the", "there", "user", "assistant", "what", "yes",
+})
+KNOWN_CHARS = frozenset(",.:?!;'\"-")
+_WORD = re.compile(r"[a-z]+|[^\sa-z]")
 
 
 def toy_corpus(n: int = 1500, seed: int = 12345) -> list[str]:
@@ -29,6 +58,86 @@ def toy_corpus(n: int = 1500, seed: int = 12345) -> list[str]:
     return lines
 
 
-def build_toy_tokenizer():
-    """The toy tokenizer (a ``PreTrainedTokenizerFast``); identical on every call."""
-    return build_tokenizer(toy_corpus(), vocab_size=TOY_VOCAB_SIZE)
+def toy_normalizer() -> normalizers.Normalizer:
+    """Lowercase everything but the capitalised template phrases (serialisable in ``tokenizer.json``)."""
+    marks = [chr(0xE000 + i) for i in range(len(_CASED_PHRASES))]  # private-use characters
+    return normalizers.Sequence([
+        *(normalizers.Replace(p, m) for p, m in zip(_CASED_PHRASES, marks, strict=True)),
+        normalizers.Lowercase(),
+        *(normalizers.Replace(m, p) for p, m in zip(_CASED_PHRASES, marks, strict=True)),
+    ])
+
+
+def unknown_words(text: str, special: tuple[str, ...] = ()) -> list[str]:
+    """The words and characters of ``text`` (lowercased, ``special`` tokens removed) outside the toy vocabulary."""
+    for s in special:
+        text = text.replace(s, " ")
+    for p in _CASED_PHRASES:
+        text = text.replace(p, " ")
+    return [w for w in _WORD.findall(text.lower()) if w not in KNOWN_WORDS and w not in KNOWN_CHARS]
+
+
+_IMAGE_TOKENS = ("start_image_token", "end_image_token", "context_image_token")
+
+
+class ToyTokenizer(PreTrainedTokenizerFast):
+    """The toy tokenizer: lowercases (:func:`toy_normalizer`) and warns once per unknown word.
+
+    Saved folders keep ``tokenizer_class: TokenizersBackend`` (``AutoTokenizer`` loads them; the lowercasing
+    normaliser is in their ``tokenizer.json``); :meth:`from_pretrained` loads any toy tokenizer folder."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend_tokenizer.normalizer = toy_normalizer()
+        self._warned: set[str] = set()
+
+    @classmethod
+    def wrap(cls, tok: PreTrainedTokenizerFast) -> ToyTokenizer:
+        """A :class:`ToyTokenizer` over the vocabulary, merges and special tokens of ``tok``."""
+        extra = {k: getattr(tok, k) for k in _IMAGE_TOKENS if getattr(tok, k, None)}
+        return cls(tokenizer_object=tok.backend_tokenizer, pad_token=tok.pad_token, eos_token=tok.eos_token,
+                   extra_special_tokens=extra, model_max_length=tok.model_max_length)
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs) -> ToyTokenizer:
+        # through the plain class: transformers rebuilds a subclass's backend from the vocabulary alone
+        return cls.wrap(PreTrainedTokenizerFast.from_pretrained(path, *args, **kwargs))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        files = super().save_pretrained(save_directory, *args, **kwargs)
+        config = Path(save_directory) / "tokenizer_config.json"
+        if config.is_file():
+            data = json.loads(config.read_text())
+            data["tokenizer_class"] = "TokenizersBackend"
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return files
+
+    def _check(self, text) -> None:
+        if isinstance(text, str):
+            texts = [text]
+        elif isinstance(text, (list, tuple)):
+            texts = [t for t in text if isinstance(t, str)]
+        else:
+            texts = []
+        special = tuple(self.added_tokens_encoder)
+        new = list(dict.fromkeys(w for t in texts for w in unknown_words(t, special) if w not in self._warned))
+        if new:
+            self._warned.update(new)
+            warnings.warn(f"the toy tokenizer does not know {', '.join(repr(w) for w in new)} (the toy models were "
+                          f"trained on {len(KNOWN_WORDS)} words: the shapes {', '.join(SHAPES)}, the colours "
+                          f"{', '.join(COLORS)}, number words, positions); such input is encoded as bytes the "
+                          "models never saw, so the image it conditions is arbitrary", UserWarning, stacklevel=4)
+
+    def _encode_plus(self, text, *args, **kwargs):
+        self._check(text)
+        return super()._encode_plus(text, *args, **kwargs)
+
+
+def build_toy_tokenizer() -> ToyTokenizer:
+    """The toy tokenizer (a :class:`ToyTokenizer`); identical on every call."""
+    return ToyTokenizer.wrap(build_tokenizer(toy_corpus(), vocab_size=TOY_VOCAB_SIZE))
+
+
+def load_toy_tokenizer(path: str | Path) -> ToyTokenizer:
+    """A saved toy tokenizer folder (e.g. the shipped ``weights/vlm``) as a :class:`ToyTokenizer`."""
+    return ToyTokenizer.from_pretrained(str(path))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration
+from transformers import InternVLConfig, InternVLForConditionalGeneration
 
 from parauni.models.prompt import PromptTemplate
 from parauni.toy.data import Example, qa_by_kind
@@ -231,6 +231,19 @@ def load_toy_vlm(path: str | Path | None = None) -> tuple[InternVLForConditional
             "and pass that folder"
         )
     model = InternVLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    from .tokenizer import load_toy_tokenizer  # lowercases, warns about words outside the toy vocabulary
+
+    tokenizer = load_toy_tokenizer(path)
     model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def is_toy_vlm_pipeline(pipe) -> bool:
+    """True when a pipeline's VLM is the toy VLM (32-px images cut into 4-px patches): the toy family."""
+    vision = getattr(getattr(getattr(pipe, "vlm", None), "config", None), "vision_config", None)
+    if vision is None:
+        return False
+    size, patch = vision.image_size, vision.patch_size
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return size == IMAGE_SIZE and patch == PATCH_SIZE
