@@ -108,7 +108,7 @@ def main() -> None:
 
     import torch
 
-    from parauni.rl.grpo import trained_transitions
+    from parauni.rl.rollout import trained_transitions
 
     if args.device == "cpu" and args.dtype == "bf16":
         print("note: bf16 on a CPU is usually much slower than fp32")

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from parauni.rewards.base import WeightedReward
 from parauni.rl.config import load_grpo_config
-from parauni.rl.grpo import GRPOTrainer, PromptSource, add_lora, merged_transformer
+from parauni.rl.grpo import GRPOTrainer
+from parauni.rl.lora import add_lora, merged_transformer
+from parauni.rl.prompts import prompt_source
 
 
 def red(images, prompts, metadata=None):
@@ -160,12 +162,12 @@ def test_prompt_files(tmp_path):
     jl.write_text(json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
                               "prompt": "a photo of a circle"}) + "\n")
     cfg = load_grpo_config(None, ["prompts.kind=file", f"prompts.path={txt}"])
-    got = PromptSource(cfg.prompts, 0).epoch(0, 5)
+    got = prompt_source(cfg.prompts, 0).epoch(0, 5)
     assert {r["prompt"] for r in got} <= {"a red circle", "a blue square"} and len(got) == 5
     cfg = load_grpo_config(None, ["prompts.kind=file", f"prompts.path={jl}"])
-    assert PromptSource(cfg.prompts, 0).epoch(3, 2)[0]["tag"] == "single_object"
+    assert prompt_source(cfg.prompts, 0).epoch(3, 2)[0]["tag"] == "single_object"
     with pytest.raises(FileNotFoundError):
-        PromptSource(load_grpo_config(None, ["prompts.kind=file", "prompts.path=/nope.txt"]).prompts, 0)
+        prompt_source(load_grpo_config(None, ["prompts.kind=file", "prompts.path=/nope.txt"]).prompts, 0)
     with pytest.raises(KeyError, match="sampling.groupsize"):
         load_grpo_config(None, ["sampling.groupsize=3"])
 
@@ -173,14 +175,14 @@ def test_prompt_files(tmp_path):
 def test_fixed_prompt_sets_are_walked_in_shuffled_passes():
     """A pool (or a file) is seen once per pass: per_epoch == pool gives the same prompts every epoch."""
     cfg = load_grpo_config(None, ["prompts.pool=6"]).prompts
-    src = PromptSource(cfg, seed=3)
+    src = prompt_source(cfg, seed=3)
     texts = [r["prompt"] for r in src.records]
     seen = [r["prompt"] for e in range(3) for r in src.epoch(e, 4)]  # 12 draws = 2 passes
     assert sorted(seen[:6]) == sorted(texts) and sorted(seen[6:]) == sorted(texts)
     assert seen[:6] != seen[6:] or len(set(texts)) < 3  # each pass in its own order
     same = [sorted(r["prompt"] for r in src.epoch(e, 6)) for e in range(4)]
     assert all(s == sorted(texts) for s in same)
-    assert [r["prompt"] for r in PromptSource(cfg, seed=3).epoch(1, 4)] == seen[4:8]  # deterministic
+    assert [r["prompt"] for r in prompt_source(cfg, seed=3).epoch(1, 4)] == seen[4:8]  # deterministic
 
 
 def test_no_kl_term_skips_the_reference(tmp_path):
@@ -344,3 +346,102 @@ def test_sde_window_range(tmp_path):
     assert starts == {1, 2}  # windows [1, 2] or [2, 3]: inside transitions 1..3
     with pytest.raises(ValueError, match="sde_window_range"):
         load_grpo_config(None, ["sampling.steps=8", "sampling.sde_window=3", "sampling.sde_window_range=[1, 3]"])
+
+
+# -- resuming exactly or not at all; GRPO runs become models ----------------------------------------------------
+def resumed(tmp_path, *extra, name="run", resume="latest", allow=False):
+    cfg = load_grpo_config(None, [*BASE, f"train.output_dir={tmp_path / name}", *extra])
+    return GRPOTrainer(cfg, resume=resume, allow_config_change=allow, progress=False,
+                       rewards=WeightedReward(dict(cfg.rewards.weights), rewards={"red": red, "bright": bright}))
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_grpo_resume_refuses_changed_sampling_and_cuts_logs_back(tmp_path):
+    """A run killed after epoch 3 (last checkpoint: epoch 2) resumes to the uninterrupted run's weights, metrics
+    rows and LDAM decisions (no duplicate rows); a changed sampling / prompt setting is refused first."""
+    from parauni.utils.checkpoints import ResumeConfigError
+
+    extra = ["train.epochs=4", "train.save_every=2", "ldam.patience=1", "ldam.window=2"]
+    trainer(tmp_path, *extra, name="full").run()
+    trainer(tmp_path, *extra, name="cut").run(stop_after=3)
+    cut = tmp_path / "cut"
+    assert [r["step"] for r in _lines(cut / "metrics.jsonl")] == [1, 2, 3] and len(_lines(cut / "ldam.jsonl")) == 6
+    saved = (cut / "config.yaml").read_bytes()
+    with pytest.raises(ResumeConfigError) as err:
+        resumed(tmp_path, *extra, "sampling.noise_level=0.5", "prompts.per_epoch=4", name="cut")
+    assert "sampling.noise_level: 0.7 -> 0.5" in str(err.value) and "prompts.per_epoch: 2 -> 4" in str(err.value)
+    assert (cut / "config.yaml").read_bytes() == saved
+    tr = resumed(tmp_path, *extra[:1], "train.save_every=1", *extra[2:], name="cut")  # save_every: a safe change
+    assert tr.epoch == 2 and not (cut / "config_changes.jsonl").exists()
+    tr.run()
+    assert [r["step"] for r in _lines(cut / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert _lines(cut / "ldam.jsonl") == _lines(tmp_path / "full" / "ldam.jsonl")
+    a = load_file(str(cut / "checkpoint-000004" / "ema.safetensors"))
+    b = load_file(str(tmp_path / "full" / "checkpoint-000004" / "ema.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_grpo_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
+    import logging
+
+    from parauni.utils.checkpoints import CorruptCheckpointError
+
+    trainer(tmp_path, "train.epochs=2").run()
+    bad = tmp_path / "run" / "checkpoint-000002" / "ema.safetensors"
+    bad.write_bytes(bad.read_bytes()[:-10])
+    with caplog.at_level(logging.WARNING):
+        assert resumed(tmp_path, "train.epochs=2", resume="auto").epoch == 1
+    assert str(bad) in caplog.text
+    with pytest.raises(CorruptCheckpointError, match="checkpoint-000001"):
+        resumed(tmp_path, "train.epochs=2", resume=str(bad.parent))
+
+
+def test_grpo_export_refuses_weights_of_another_lora(tmp_path, capsys):
+    from parauni.cli import main
+
+    trainer(tmp_path, "train.epochs=1").run()
+    ckpt = tmp_path / "run" / "checkpoint-000001"
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "ok"), "--no-ema"]) == 0
+    (ckpt / "config.yaml").write_text((ckpt / "config.yaml").read_text().replace("lora_rank: 4", "lora_rank: 8"))
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "shape mismatch" in err and "lora_A" in err and "ema.safetensors" in err, err
+
+
+def test_grpo_command_writes_final_and_export_makes_a_model(tmp_path, capsys):
+    """`parauni grpo` ends with <output_dir>/final (the EMA LoRA merged); `parauni export` makes the same model
+    from the checkpoint (or the run folder); generate and toy GenEval run on it."""
+    from parauni.cli import main
+
+    out = tmp_path / "grpo"
+    assert main(["grpo", "configs/toy_grpo_redness.yaml", "prompts.per_epoch=1", "prompts.pool=1",
+                 "sampling.group_size=2", "sampling.steps=3", "optim.train_batch=2", "train.epochs=2",
+                 "train.save_every=1", "train.logger=none", "train.eval_geneval=false", "optim.ema_every=1",
+                 f"train.output_dir={out}", "--no-progress"]) == 0
+    assert (out / "final" / "model_index.json").is_file()
+    assert main(["export", str(out / "checkpoint-000002"), "--out", str(tmp_path / "ema")]) == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "run_folder")]) == 0  # its newest checkpoint
+    assert main(["export", str(out / "checkpoint-000002"), "--out", str(tmp_path / "raw"), "--no-ema"]) == 0
+
+    def transformer(folder):
+        return load_file(str(next((folder / "transformer").glob("*.safetensors"))))
+
+    final, ema, raw = transformer(out / "final"), transformer(tmp_path / "ema"), transformer(tmp_path / "raw")
+    assert set(final) == set(ema) and not any("lora" in k for k in final)
+    for k in final:
+        torch.testing.assert_close(ema[k], final[k], rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(transformer(tmp_path / "run_folder")[k], final[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # --no-ema: the raw LoRA
+    model = str(tmp_path / "ema")
+    assert main(["generate", "--model", model, "--prompt", "a red circle", "--out", str(tmp_path / "gen"),
+                 "--steps", "2", "--no-progress"]) == 0
+    assert list((tmp_path / "gen").glob("000_*.png"))
+    assert main(["eval", "geneval", "--model", model, "--out", str(tmp_path / "ev"), "--limit", "1",
+                 "--images-per-prompt", "1", "--steps", "2"]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert 0.0 <= summary["overall"] <= 1.0

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from parauni.cli import main
-from parauni.eval.reconstruct import PSNR_CAP, ToyImageEmbedder, format_table, psnr, ssim
+from parauni.eval.reconstruct import PSNR_CAP, format_table, psnr, ssim
+from parauni.toy.rewards.alignment import ToyImageEmbedder
 
 
 def test_psnr_hand_values():
@@ -64,19 +65,20 @@ def test_toy_image_embedder_cosine():
 def test_toy_detection_and_default_embedder(tiny_pipe):
     from types import SimpleNamespace
 
-    from parauni.eval.dpg import is_toy_pipeline
     from parauni.eval.reconstruct import load_embedder
+    from parauni.registry import family_of
 
     toy = SimpleNamespace(vlm=SimpleNamespace(config=SimpleNamespace(
         vision_config=SimpleNamespace(image_size=[32, 32], patch_size=[4, 4]))))
-    assert is_toy_pipeline(toy) and not is_toy_pipeline(tiny_pipe)
-    assert isinstance(load_embedder(None, toy=True), ToyImageEmbedder) and load_embedder("none", toy=False) is None
-    from parauni.rewards.toy_alignment import DEFAULT_PATH
+    assert family_of(toy).name == "toy" and family_of(tiny_pipe) is None
+    assert isinstance(load_embedder(None, family_of(toy).embedder), ToyImageEmbedder)
+    assert load_embedder("none") is None
+    from parauni.toy.rewards.alignment import DEFAULT_PATH
 
-    own = load_embedder(f"toy:{DEFAULT_PATH}", toy=False)  # a toy alignment model by path
+    own = load_embedder(f"toy:{DEFAULT_PATH}")  # a toy alignment model by path
     assert isinstance(own, ToyImageEmbedder)
     with pytest.raises(FileNotFoundError, match="no toy alignment model"):
-        load_embedder("toy:/nonexistent/alignment", toy=False)
+        load_embedder("toy:/nonexistent/alignment")
 
 
 def test_format_table_rows_and_missing():

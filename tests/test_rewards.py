@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from parauni.rewards import WeightedReward, build_reward
-from parauni.rewards.toy_alignment import ToyAlignmentReward, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
-from parauni.rewards.toy_geneval import ToyGenEvalReward
-from parauni.rewards.toy_quality import quality_score
 from parauni.toy.data import heldout_examples
 from parauni.toy.detect import gaussian_blur
 from parauni.toy.geneval import load_toy_geneval
+from parauni.toy.rewards.alignment import ToyAlignmentReward, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
+from parauni.toy.rewards.geneval import ToyGenEvalReward
+from parauni.toy.rewards.quality import quality_score
 from parauni.toy.world import render, scene_from_metadata
 
 
@@ -65,8 +65,33 @@ def test_weighted_sum_and_failures(caplog):
 
 
 def test_build_reward_by_name_and_path():
-    assert type(build_reward("toy_quality")).__name__ == "ToyQualityReward"
-    assert build_reward("parauni.rewards.toy_geneval:ToyGenEvalReward").__class__.__name__ == "ToyGenEvalReward"
+    """Registered names and ``module:Factory`` paths build the right reward, options reach its constructor,
+    and the built rewards score real toy scenes as the reward functions themselves do."""
+    from parauni.toy.rewards.alignment import DEFAULT_PATH
+    from parauni.toy.rewards.quality import ToyQualityReward
+
+    metas = [m for m in load_toy_geneval() if m["tag"] == "two_object"][:3]
+    rng = np.random.default_rng(1)
+    scenes = [render(scene_from_metadata(m, rng)) for m in metas]
+    blank = np.full((32, 32, 3), 128, np.uint8)
+    prompts = [m["prompt"] for m in metas]
+
+    quality = build_reward("toy_quality")
+    assert type(quality) is ToyQualityReward
+    assert quality(scenes + [blank]).tolist() == pytest.approx([quality_score(im) for im in scenes] + [1.0])
+
+    geneval = build_reward("parauni.toy.rewards.geneval:ToyGenEvalReward")
+    assert type(geneval) is ToyGenEvalReward
+    assert geneval(scenes, prompts, metas).tolist() == [1.0, 1.0, 1.0]
+    assert geneval([blank], prompts[:1], metas[:1]).tolist() == [0.0]
+
+    alignment = build_reward("toy_alignment", path=str(DEFAULT_PATH))
+    assert type(alignment) is ToyAlignmentReward
+    matched = alignment(scenes, prompts)
+    shuffled = alignment(scenes, prompts[1:] + prompts[:1])
+    assert matched.shape == (3,) and (matched > shuffled).all()
+    with pytest.raises(FileNotFoundError, match="no toy alignment model"):
+        build_reward("toy_alignment", path="/nonexistent")
     with pytest.raises(KeyError, match="unknown reward"):
         build_reward("pickscoore")
 

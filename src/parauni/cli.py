@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from .checks import NON_NEGATIVE_INT, POSITIVE_INT, RESOLUTION, SEED, Check, arg_type, nonempty_str, number
+from .errors import ConfigError, UsageError
 
 
 def _add_generate(sub) -> None:
@@ -19,13 +23,17 @@ def _add_generate(sub) -> None:
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (prompts, denoising steps)")
     p.set_defaults(func=lambda a: _generate().run_generate(a))
 
 
 # ---- evaluation and reports: `parauni eval geneval|dpg|reconstruct`, `parauni report` --------------------------
 
 GENEVAL_SCORER_ENV = "PARAUNI_GENEVAL_SCORER"
-GENEVAL_HELP = f"""Generate GenEval's layout (<out>/<index:05d>/metadata.jsonl + samples/<k:04d>.png), resumable.
+GENEVAL_HELP = f"""Generate GenEval's layout (<out>/<index:05d>/metadata.jsonl + samples/<k:04d>.png), resumable:
+<out>/provenance.json records the model (a hash of its weights), steps, guidance, seed, resolution, images per
+prompt and prompts; a rerun keeps finished images only when all of that matches (else it stops and names what
+differs; --overwrite regenerates). --limit N: the first N prompts of each task.
 Toy models (the toy prior, a pipeline folder built on the toy VLM) or toy metadata are scored at once with the
 toy detector (results.jsonl + summary.json in --out). Real models need the official scorer (mmdetection 2.x,
 Mask2Former, CLIP, a GPU): set {GENEVAL_SCORER_ENV} to its command, e.g.
@@ -43,17 +51,21 @@ def _add_eval(sub) -> None:
     g = evs.add_parser("geneval", help="GenEval layout (+ toy scoring or the official scorer)",
                        description=GENEVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("--model", required=True, help=model_help)
-    g.add_argument("--metadata", required=True, help="GenEval evaluation_metadata.jsonl (or the toy one)")
+    g.add_argument("--metadata", help="a GenEval-format JSONL; default: the toy GenEval prompts for toy models "
+                                      "(the toy prior, toy-all-layers, toy-last-layer, any pipeline on the toy VLM), "
+                                      "GenEval's own 553 prompts (bundled) for every other model")
     g.add_argument("--out", required=True, help="output folder (the layout; results.jsonl and summary.json)")
     g.add_argument("--images-per-prompt", type=int, default=4)
     g.add_argument("--batch-size", type=int, default=32, help="images per batch")
-    g.add_argument("--limit", type=int, help="first N prompts only")
+    g.add_argument("--limit", type=int, help="the first N prompts of each task (GenEval's overall score is the "
+                                             "mean of the tasks), e.g. --limit 2 scores 12 prompts of 6 tasks")
     d = evs.add_parser("dpg", help="DPG-Bench: a 2x2 grid <item_id>.png per prompt, resumable")
     d.add_argument("--model", required=True, help=model_help)
-    d.add_argument("--prompts", required=True, help="JSONL of {item_id, prompt} records")
+    d.add_argument("--prompts", help="JSONL of {item_id, prompt} records (default: DPG-Bench's 1065 prompts, "
+                                     "bundled)")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--batch-size", type=int, default=16, help="images per batch (4 per prompt)")
-    d.add_argument("--limit", type=int, help="first N prompts only")
+    d.add_argument("--limit", type=int, help="the first N prompts of the file (DPG-Bench has no tasks)")
     r = evs.add_parser("reconstruct", help="image -> VLM -> reconstruction: PSNR / SSIM / CLIP-sim table")
     r.add_argument("--model", action="append", required=True, help="'tiny', a preset or pipeline folder; repeat")
     r.add_argument("--images", required=True, help="folder of input images (unreadable files are skipped)")
@@ -76,6 +88,10 @@ def _add_eval(sub) -> None:
         p.add_argument("--guidance", type=float, help="CFG scale (default 4.5; the toy prior: its own)")
         p.add_argument("--resolution", type=int, help="square output side (default: the model's native size)")
         p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    from .toy.evaluation import add_overwrite_options
+
+    for p in (g, d):
+        add_overwrite_options(p)
     g.set_defaults(func=_run_eval_geneval)
     d.set_defaults(func=_run_eval_dpg)
     r.set_defaults(func=_run_eval_reconstruct)
@@ -133,17 +149,32 @@ def _run_eval_geneval(args) -> None:
     import os
     from pathlib import Path
 
+    from .eval import provenance as prov
     from .eval.dpg import model_generate_fn
-    from .eval.geneval import format_table, generate_geneval
+    from .eval.geneval import format_table, generate_geneval, geneval_record, limit_per_task
 
+    generate, family, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution,
+                                                   args.device)
+    if args.metadata is None:
+        from .eval.bundled import default_geneval_metadata
+
+        args.metadata = str(default_geneval_metadata(family))
+        print(f"prompts: {args.metadata}")
     lines = Path(args.metadata).read_text().splitlines()
-    metas = [json.loads(x) for x in lines if x.strip()][: args.limit]
+    metas_all = [json.loads(x) for x in lines if x.strip()]
+    metas = limit_per_task(metas_all, args.limit)
     if not metas:
         raise ValueError(f"no prompts in {args.metadata!r}")
-    generate, toy = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device)
-    generate_geneval(generate, metas, args.out, args.images_per_prompt, args.seed, args.batch_size)
+    record = geneval_record(args.model, identity, metas_all, metas, metadata=str(args.metadata), steps=args.steps,
+                            guidance=args.guidance, seed=args.seed, resolution=args.resolution,
+                            images_per_prompt=args.images_per_prompt, limit=args.limit, batch_size=args.batch_size,
+                            device=args.device)
+    generate_geneval(generate, metas, args.out, args.images_per_prompt, args.seed, args.batch_size,
+                     provenance=record, mode="overwrite" if args.overwrite else "resume")
     scorer = os.environ.get(GENEVAL_SCORER_ENV)
-    if toy or _is_toy_metadata(metas):
+    if family is not None and family.geneval_scorer is not None:
+        summary = family.geneval_scorer(args.out)
+    elif _is_toy_metadata(metas):
         from .toy.geneval import score_dir
 
         summary = score_dir(args.out)
@@ -157,8 +188,8 @@ def _run_eval_geneval(args) -> None:
               f"  python evaluation/summary_scores.py {args.out}/results.jsonl\n"
               f"or set {GENEVAL_SCORER_ENV} to the first command and rerun (finished images are kept).")
         return
-    print(format_table({args.model: summary}))
-    print(f"results.jsonl and summary.json in {args.out}")
+    print(format_table({prov.label(record): summary}))
+    print(f"results.jsonl and summary.json in {args.out}; what made the images: {args.out}/{prov.PROVENANCE_FILE}")
 
 
 def _run_eval_dpg(args) -> None:
@@ -205,9 +236,11 @@ def _add_analyze(sub) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="first N prompts only")
+    p.add_argument("--limit", type=int, help="the first N prompts of each task (GenEval-format JSONL with 'tag'); "
+                                             "of a plain text file, the first N prompts")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (generations, denoising steps)")
     p.set_defaults(func=_run_analyze_layers)
 
 
@@ -220,7 +253,7 @@ def _run_analyze_layers(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parauni", description="ParaUni: all-layer VLM conditioning for SANA")
+    parser = _Parser(prog="parauni", description="ParaUni: all-layer VLM conditioning for SANA")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_eval(sub)
@@ -238,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .rl.grpo import add_parser as add_grpo_parser
 
     add_grpo_parser(sub)
+    sub.choices["grpo"].set_defaults(func=_run_grpo)
     toy = sub.add_parser("toy", help="the toy world: pretrain its models, evaluate").add_subparsers(
         dest="toy_command", required=True)
     from .toy import evaluation as toy_eval
@@ -252,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         for name in set(toy.choices) - before:  # each toy module adds one command, run by module.run
             toy.choices[name].set_defaults(func=module.run)
     _add_threads_option(parser)
+    _add_debug_option(parser)
+    _check_options(parser)
     return parser
 
 
@@ -282,6 +318,167 @@ def _set_threads(args: argparse.Namespace) -> None:
         args.overrides = [*args.overrides, f"train.threads={n}"]
 
 
+# ---- bad input: argparse types with ranges, one-line errors --------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`UsageError` (printed by :func:`main`) instead of exiting."""
+
+    def error(self, message: str):
+        err = UsageError(f"{message} (see '{self.prog} --help')")
+        err.prog = self.prog  # type: ignore[attr-defined]
+        raise err
+
+
+def _add_debug_option(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``--debug`` before or after the command: errors show their Python traceback."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_debug_option(sub, top=False)
+    if "--debug" not in parser._option_string_actions:
+        parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                            help="on an error, show the Python traceback instead of one line")
+
+
+# every integer option is >= 1 unless listed here (by option, or by command and option); floats are finite
+INT_OPTIONS: dict[str | tuple[str, str], Check] = {
+    "seed": SEED, "seeds": SEED, "warmup": NON_NEGATIVE_INT, "workers": NON_NEGATIVE_INT,
+    "eval_every": NON_NEGATIVE_INT, "eval_images": NON_NEGATIVE_INT, "samples_per_task": NON_NEGATIVE_INT,
+    "height": RESOLUTION, "width": RESOLUTION, "resolution": RESOLUTION,
+    ("parauni toy pretrain-prior", "steps"): NON_NEGATIVE_INT,  # 0: by --minutes only
+    ("parauni toy pretrain-prior", "ae_steps"): NON_NEGATIVE_INT,
+}
+FLOAT_OPTIONS: dict[str | tuple[str, str], Check] = {
+    "guidance": number(0.0), "lr": number(0.0, lo_open=True), "ae_lr": number(0.0, lo_open=True),
+    "minutes": number(0.0, lo_open=True), "ae_minutes": number(0.0, lo_open=True),
+    "flow_shift": number(0.0, lo_open=True), "scale": number(0.0, lo_open=True), "weight_decay": number(0.0),
+    "ema": number(0.0, 1.0, hi_open=True), "uncond_prob": number(0.0, 1.0, hi_open=True),
+    "template_prob": number(0.0, 1.0),
+}
+
+
+def _device(value: str) -> str:
+    """``--device``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:0, got {value!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError("CUDA is not available on this machine; use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise argparse.ArgumentTypeError(f"{value}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError("MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"unsupported device {value!r}; use cpu or cuda")
+    return value
+
+
+def _image_file(value: str) -> str:
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a folder, not an image file")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{value!r} does not exist")
+    return value
+
+
+def _folder(value: str) -> str:
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a file, not a folder")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{value!r} does not exist")
+    return value
+
+
+def _option_type(prog: str, action: argparse.Action):
+    dest = action.dest
+    if action.type is int:
+        return arg_type(INT_OPTIONS.get((prog, dest)) or INT_OPTIONS.get(dest) or POSITIVE_INT, int)
+    if action.type is float:
+        return arg_type(FLOAT_OPTIONS.get((prog, dest)) or FLOAT_OPTIONS.get(dest) or number(), float)
+    if action.type is None and action.option_strings:
+        if dest == "device":
+            return _device
+        if dest == "image":
+            return _image_file
+        if dest == "images" and prog == "parauni eval reconstruct":
+            return _folder
+        if dest in ("prompt", "model", "out"):
+            return arg_type(nonempty_str(), str)
+    return None
+
+
+def _check_options(parser: argparse.ArgumentParser) -> None:
+    """Give every numeric option of every command a range-checking ``type`` (see :data:`INT_OPTIONS`), and
+    ``--device``, ``--image``, ``--prompt`` / ``--model`` / ``--out`` their checks; errors read
+    ``argument --steps: expected an integer >= 1, got '0'``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _check_options(sub)
+            continue
+        numeric = action.type in (int, float)
+        new = _option_type(parser.prog, action)
+        if new is not None:
+            action.type = new
+            check = getattr(new, "check", None)
+            if numeric and check is not None and action.help != argparse.SUPPRESS:  # the range in --help
+                action.help = f"{action.help} ({check.desc})" if action.help else check.desc
+
+
+def _run_grpo(args) -> dict:
+    """``parauni grpo``: the config and its reward names checked before any model is built."""
+    from .rl.config import check_reward_names, load_grpo_config
+    from .rl.grpo import run
+
+    check_reward_names(load_grpo_config(args.config, args.overrides).rewards)
+    return run(args)
+
+
+OOM_HINT = ("lower the batch size (--batch-size; train.batch_size, optim.train_batch or sampling.rollout_batch in "
+            "a config) or the resolution (--resolution / --height / --width; data.resolution)")
+
+
+def _bad_input_message(err: BaseException) -> str | None:
+    """The one-line message for an error caused by the input, or ``None`` for a bug (keeps its traceback)."""
+    if isinstance(err, (UsageError, ConfigError)):
+        return str(err)
+    if isinstance(err, IsADirectoryError):
+        return f"{err.filename!r} is a folder, not a file" if err.filename else str(err)
+    if isinstance(err, NotADirectoryError):
+        return f"{err.filename!r} is not a folder" if err.filename else str(err)
+    if isinstance(err, FileNotFoundError):
+        return f"{err.filename!r} does not exist" if err.filename else str(err)
+    if isinstance(err, MemoryError) or _is_out_of_memory(err):
+        first = (str(err).strip().splitlines() or ["no more memory"])[0]
+        return f"out of memory ({first}); {OOM_HINT}"
+    yaml_error = sys.modules.get("yaml")
+    if yaml_error is not None and isinstance(err, yaml_error.YAMLError):
+        return f"invalid YAML: {' '.join(str(err).split())}"
+    if isinstance(err, KeyError):
+        return str(err.args[0]) if len(err.args) == 1 and isinstance(err.args[0], str) else str(err)
+    if isinstance(err, (ValueError, OSError)):
+        return str(err)
+    return None
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "DefaultCPUAllocator" in text)
+
+
 def _generate():
     from . import generate
 
@@ -289,20 +486,34 @@ def _generate():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (:class:`UsageError`, :class:`ConfigError`, a missing file, invalid YAML, out
+    of memory, and the ``ValueError`` / ``KeyError`` / ``OSError`` the commands raise for bad data) prints one
+    ``<prog>: error: <message>`` line and returns 2; ``--debug`` shows the traceback instead. Other exceptions are
+    bugs and keep their traceback. Command-line errors found while parsing (an option out of range, a missing
+    argument) exit with ``SystemExit(2)``, as argparse does, after the same one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (``parauni train CFG --resume a.b=1``)
-    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # known before parsing, which can fail too
+    prog = "parauni"
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        prog = f"parauni {args.command}"
+        # key=value overrides may follow options (``parauni train CFG --resume a.b=1``)
+        if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         _set_threads(args)
         args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as err:
-        print(f"parauni {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - sorted into bad input (one line) and bugs (re-raised)
+        message = _bad_input_message(err)
+        if message is None or debug:
+            raise
+        print(f"{getattr(err, 'prog', None) or prog}: error: {message}", file=sys.stderr)
+        if isinstance(err, UsageError) and hasattr(err, "prog"):  # found by argparse: exit as argparse does
+            raise SystemExit(2) from None
         return 2
     return 0
 

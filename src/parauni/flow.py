@@ -1,6 +1,7 @@
 """Rectified-flow maths as small pure functions.
 
-Conventions (SPEC §2): flow time ``sigma`` runs from 1 (pure noise) to 0 (data);
+Conventions (rectified flow as in SD3, Esser et al. 2024, and SANA): flow time ``sigma`` runs from 1
+(pure noise) to 0 (data);
 ``x_t = (1 - sigma) * x_0 + sigma * noise`` and the network predicts the velocity
 ``v = noise - x_0``.  The diffusion transformer takes ``timestep = sigma * 1000``.
 """

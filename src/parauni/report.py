@@ -32,6 +32,7 @@ from pathlib import Path
 from PIL import Image
 
 from .eval.geneval import TASK_ORDER
+from .rl.curves import ema
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +160,6 @@ def curve_series(records: list[dict]) -> dict[str, dict[str, tuple[list[float], 
             xs.append(float(step))
             ys.append(float(v))
     return figs
-
-
-def ema(values: list[float], rate: float = EMA_RATE) -> list[float]:
-    out, m = [], None
-    for v in values:
-        m = v if m is None else (1 - rate) * m + rate * v
-        out.append(m)
-    return out
 
 
 def plot_curves(records: list[dict]) -> list[tuple[str, bytes]]:

@@ -28,8 +28,8 @@ All metrics are per image, then averaged:
   pixels and channels.  Images need sides of at least 6 px.
 * CLIP similarity: cosine between the image embeddings of input and reconstruction, from a
   ``transformers.CLIPModel`` (hub id or folder; images resized on the short side to the model's size,
-  centre-cropped, normalised with CLIP's mean and std), or in the toy world the toy alignment model's
-  image encoder (``toy``).
+  centre-cropped, normalised with CLIP's mean and std), or a registered embedder (the toy world's: its
+  alignment model's image encoder, ``toy``).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..pipelines.pipeline_parauni import RECONSTRUCT_INSTRUCTION
+from ..registry import IMAGE_EMBEDDERS, family_of
 from ..utils.images import load_image
-from .dpg import is_toy_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -137,38 +137,17 @@ class ClipImageEmbedder:
         return F.normalize(feats.float(), dim=-1).cpu()
 
 
-class ToyImageEmbedder:
-    """Unit image embeddings from the toy alignment model's image encoder (the toy world's CLIP)."""
-
-    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
-        from ..rewards.toy_alignment import DEFAULT_PATH, ToyCLIP
-
-        path = Path(path) if path else DEFAULT_PATH
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"no toy alignment model at {str(path)!r}")
-        self.name = "toy"
-        self.model = ToyCLIP.from_pretrained(path, torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        size = self.model.config.image_size
-        x = to_tensor([im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images]) * 2 - 1
-        return self.model.encode_image(x.to(self.device)).float().cpu()
-
-
-def load_embedder(spec: str | None, toy: bool, device: str = "cpu"):
-    """``None`` -> the toy encoder if ``toy`` else ``DEFAULT_CLIP``; ``toy`` (the shipped toy alignment model's
-    image encoder) or ``toy:PATH`` (another one); ``none`` (no CLIP metric);
-    or a ``CLIPModel`` hub id / folder."""
-    if spec is None:
-        spec = "toy" if toy else DEFAULT_CLIP
+def load_embedder(spec: str | None, default: str | None = None, device: str = "cpu"):
+    """The image embedder of ``--clip``: ``None`` -> ``default`` (a model family's, e.g. the toy world's ``toy``)
+    or ``DEFAULT_CLIP``; ``none`` (no CLIP metric); a registered embedder ``NAME`` or ``NAME:PATH``
+    (:data:`parauni.registry.IMAGE_EMBEDDERS`; the toy world registers its alignment model's encoder as
+    ``toy``); or a ``CLIPModel`` hub id / folder."""
+    spec = spec or default or DEFAULT_CLIP
     if spec.lower() == "none":
         return None
-    if spec.lower() == "toy":
-        return ToyImageEmbedder(device=device)
-    if spec.startswith("toy:"):  # a toy alignment model of your own
-        return ToyImageEmbedder(spec[4:], device=device)
+    name, _, path = spec.partition(":")
+    if name in IMAGE_EMBEDDERS:
+        return IMAGE_EMBEDDERS.get(name)(path or None, device=device)
     return ClipImageEmbedder(spec, device)
 
 
@@ -278,16 +257,18 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
     out.mkdir(parents=True, exist_ok=True)
     items, skipped = read_images(image_dir)
     names, inputs = [n for n, _ in items], [im for _, im in items]
-    embedder, toy_flags, rows, per_image = None, [], {}, []
+    embedder, defaults, rows, per_image = None, set(), {}, []
     recons_by_model: dict[str, list[Image.Image]] = {}
     for model in tqdm(list(named), desc="models", unit="model"):
         pipe = load(model)
-        toy_flags.append(is_toy_pipeline(pipe))
+        family = family_of(pipe)
+        defaults.add(family.embedder if family else None)
         recons_by_model[model] = reconstruct(pipe, inputs, steps, guidance, seed, batch_size, resolution,
                                              cfg_prompt, cfg_text_only)
         del pipe
         gc.collect()
-    embedder = load_embedder(clip, toy=all(toy_flags), device=device or "cpu")
+    # a family's own encoder only when every model is of that family
+    embedder = load_embedder(clip, next(iter(defaults)) if len(defaults) == 1 else None, device=device or "cpu")
     used_dirs: set[str] = set()
     for model, recons in recons_by_model.items():
         folder = _slug(model)

@@ -9,6 +9,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..errors import WeightsMismatchError
 from .backbone import resolve_layers
 from .lim import LayerIntegrationModule
 from .prompt import PromptTemplate
@@ -64,6 +65,20 @@ class ParaUniConditioner(ModelMixin, ConfigMixin):
             eps=norm_eps,
         )
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """diffusers' loader, strict: a saved conditioner missing weights (e.g. the LIM's norm), holding
+        unknown ones or of other shapes is an error naming them, not a warning and random weights."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+        if problems:
+            detail = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, sorted(v, key=str)[:8]))}"
+                               for k, v in problems.items())
+            where = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise WeightsMismatchError(f"{where} does not fit ParaUniConditioner ({detail})")
+        return (model, info) if want_info else model
+
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
         self.lim.connector.gradient_checkpointing = enable
 
@@ -73,8 +88,10 @@ class ParaUniConditioner(ModelMixin, ConfigMixin):
     def disable_gradient_checkpointing(self) -> None:  # noqa: D102
         self._set_gradient_checkpointing(False)
 
-    def forward(self, layer_states: torch.Tensor, layer_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``(L, B, N, D)`` query states (+ optional additive noise of the same shape) -> ``(B, N, C)``."""
+    def forward(self, layer_states: torch.Tensor, layer_noise: torch.Tensor | None = None,
+                keep: list[int] | None = None) -> torch.Tensor:
+        """``(L, B, N, D)`` query states (+ optional additive noise of the same shape) -> ``(B, N, C)``.
+        ``keep``: fuse only these layer positions (:meth:`LayerIntegrationModule.forward`)."""
         if layer_noise is not None:
             layer_states = layer_states + layer_noise.to(layer_states.dtype)
-        return self.lim(layer_states.to(self.dtype))
+        return self.lim(layer_states.to(self.dtype), keep=keep)

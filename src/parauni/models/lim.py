@@ -53,18 +53,30 @@ class LayerIntegrationModule(nn.Module):
             return torch.full((self.num_layers,), 1.0 / self.num_layers)
         return self.layer_logits.softmax(dim=0)
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """``states`` ``(L, B, N, D)`` -> condition ``(B, N, C)``."""
-        num_layers, b, n, d = states.shape
+    def forward(self, states: torch.Tensor, keep: list[int] | None = None) -> torch.Tensor:
+        """``states`` ``(L, B, N, D)`` -> condition ``(B, N, C)``.
+
+        ``keep``: fuse only these of the L layers (positions in ``states``), as if the LIM had read just them:
+        the mean over the kept layers, or the softmax over their weights renormalised (the layer analysis drops
+        a group this way). ``None``: every layer.
+        """
+        num_layers = states.shape[0]
         if num_layers != self.num_layers:
             raise ValueError(f"LIM built for {self.num_layers} layers got {num_layers}")
+        logits = getattr(self, "layer_logits", None)
+        if keep is not None:
+            if not keep:
+                raise ValueError("the LIM needs at least one layer to fuse")
+            states = states[list(keep)]
+            logits = logits[list(keep)] if logits is not None else None
+        k, b, n, d = states.shape
         if self.fusion == "prefuse":
-            w = self.layer_logits.softmax(dim=0).to(states.dtype)  # (L, D)
+            w = logits.softmax(dim=0).to(states.dtype)  # (K, D)
             fused = torch.einsum("lbnd,ld->bnd", states, w)
             return self.norm(self.projector(self.connector(fused)))
-        y = self.connector(states.reshape(num_layers * b, n, d))
-        y = self.norm(self.projector(y)).view(num_layers, b, n, -1)  # (L, B, N, C)
+        y = self.connector(states.reshape(k * b, n, d))
+        y = self.norm(self.projector(y)).view(k, b, n, -1)  # (K, B, N, C)
         if self.fusion == "mean":
             return y.mean(dim=0)
-        w = self.layer_logits.softmax(dim=0).to(y.dtype)
+        w = logits.softmax(dim=0).to(y.dtype)
         return torch.einsum("lbnc,l->bnc", y, w)

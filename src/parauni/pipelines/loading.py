@@ -1,33 +1,94 @@
-"""Resolve ``--model`` arguments: a preset name, ``tiny``, or a saved pipeline folder."""
+"""The one resolver of model names: every ``--model`` argument and every ``model.source`` goes through here.
+
+A name is, in this order:
+
+1. ``tiny``: every component tiny and random (tests, laptops; it draws noise);
+2. a registered model (:data:`parauni.registry.MODELS`; the toy world registers ``toy-all-layers`` and
+   ``toy-last-layer``, its shipped stage-II models);
+3. a real preset (``internvl3-2b_sana-1.6b_512`` ...; pretrained weights by hub id or local folder);
+4. a saved ``ParaUniPipeline`` folder, or the hub id of one.
+
+Training builds a *fresh* model from ``model.source`` with :func:`build_model`: ``tiny``, a registered
+builder (:data:`parauni.registry.MODEL_BUILDERS`; the toy world registers ``toy``), a preset, or a finished
+model by any name above; ``model.init`` then loads trained weights strictly.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import torch
 
+from ..errors import UsageError
 from ..models.presets import PRESETS, build_tiny, check_source, load_preset
+from ..registry import MODEL_BUILDERS, MODELS
 from .pipeline_parauni import ParaUniPipeline
+from .weights import load_trainable
+
+
+def model_names() -> list[str]:
+    """Every name :func:`load_pipeline` knows without a path: ``tiny``, the registered models, the presets."""
+    return ["tiny", *MODELS.names(), *sorted(PRESETS)]
+
+
+def _path_or_hub_id(name: str) -> bool:
+    """A local path (``/x``, ``./x``, ``~/x``, ``a/b/c``, an existing file) or a hub id ``owner/name``; a plain
+    word is neither (it must be a known name)."""
+    return "/" in name or name.startswith((".", "~")) or os.path.exists(name)
 
 
 def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> ParaUniPipeline:
-    """``tiny`` (random, local), ``toy-all-layers`` / ``toy-last-layer`` (the shipped stage-II toy models),
-    a real preset name (pretrained weights by hub id), a saved
-    ``ParaUniPipeline`` folder, or a hub id of one."""
+    """A ready ``ParaUniPipeline`` for a model name (see the module docstring for the order).
+
+    A plain word that is not a known name is an error listing the known names; a missing local path is an
+    error naming it.
+    """
     if model == "tiny":
         pipe = build_tiny()
-    elif model.startswith("toy-"):
-        from ..train.model import load_toy_model
-
-        pipe = load_toy_model(model)
+    elif model in MODELS:
+        pipe = MODELS.get(model)(dtype=dtype)
     elif model in PRESETS:
         pipe = load_preset(model, dtype=dtype)
     else:
-        source = check_source(model, "pipeline")
+        source = os.path.expanduser(str(model))
+        if not _path_or_hub_id(source):
+            close = difflib.get_close_matches(model, model_names(), n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"unknown model {model!r}: not a known name, a folder or a hub id 'owner/name'{hint} "
+                             f"(known names: {', '.join(model_names())})")
+        source = check_source(source, "pipeline")
         if os.path.isdir(source) and not os.path.exists(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(f"{source!r} is a folder but not a saved ParaUniPipeline (no model_index.json); "
-                                    "write one with ParaUniPipeline.save_pretrained(DIR)")
+                             "write one with ParaUniPipeline.save_pretrained(DIR) or `parauni export`")
         pipe = ParaUniPipeline.from_pretrained(source, torch_dtype=dtype)
     if device:
         pipe = pipe.to(device)
+    return pipe
+
+
+def build_model(model_cfg, seed: int = 0) -> ParaUniPipeline:
+    """A pipeline to train from a ``model`` config section: ``source`` (fresh: ``tiny``, a registered builder
+    such as ``toy``, a preset; finished: any :func:`load_pipeline` name), ``conditioner`` overrides (fresh
+    sources only), then ``init``: trained weights loaded strictly (:func:`load_trainable`)."""
+    src, overrides = model_cfg.source, dict(model_cfg.conditioner)
+    if src == "tiny":
+        pipe = build_tiny(seed=seed, **overrides)
+    elif src in MODEL_BUILDERS:
+        pipe = MODEL_BUILDERS.get(src)(model_cfg, seed)
+    elif src in PRESETS:
+        parts = {k: getattr(model_cfg, k, None) for k in ("vlm", "transformer", "vae")}  # GRPO configs lack them
+        pipe = load_preset(src, **parts, **overrides)
+    else:
+        if src not in MODELS and not _path_or_hub_id(str(src)):
+            fresh = ["tiny", *MODEL_BUILDERS.names(), *sorted(PRESETS)]
+            raise UsageError(f"model.source: unknown model {src!r} (fresh models: {', '.join(fresh)}; finished "
+                             f"models: {', '.join(MODELS.names())}; or a saved pipeline folder / hub id)")
+        if overrides:
+            raise UsageError("model.conditioner overrides need a fresh model (model.source "
+                             f"{', '.join(['tiny', *MODEL_BUILDERS.names()])} or a preset); {src!r} is a finished "
+                             "model whose conditioner is fixed")
+        pipe = load_pipeline(src)
+    if getattr(model_cfg, "init", None):
+        load_trainable(pipe, model_cfg.init)
     return pipe

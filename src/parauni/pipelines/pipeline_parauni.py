@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
@@ -15,6 +16,7 @@ from ..models.backbone import VLMBackbone
 from ..models.prompt import tokenize_prompts
 from ..sampling import sample_flow
 from ..utils.images import vlm_pixel_values
+from .weights import check_component
 
 RECONSTRUCT_INSTRUCTION = "Keep the image as it is."
 
@@ -69,6 +71,23 @@ class ParaUniPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, then a strict check of every component against its files
+        (:func:`parauni.pipelines.weights.check_component`): missing, unexpected or mis-shaped weights are an
+        error naming them, never a warning and random weights."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = Path(str(pretrained_model_name_or_path))
+        if not folder.is_dir():  # a hub id: the snapshot diffusers just used
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(pretrained_model_name_or_path), local_files_only=True))
+        for name in ("vlm", "conditioner", "transformer", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None and (folder / name).is_dir():
+                check_component(module, folder / name, name, renamed=name == "vlm")
+        return pipe
+
     @cached_property
     def backbone(self) -> VLMBackbone:
         return VLMBackbone(self.vlm)
@@ -112,6 +131,38 @@ class ParaUniPipeline(DiffusionPipeline):
             return latents
         return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
+    _callback_tensor_inputs = ["latents"]
+    _output_types = ("pil", "np", "pt", "latent")
+
+    def check_inputs(self, prompt, image, height, width, num_inference_steps, guidance_scale,
+                     num_images_per_prompt=1, prompt_embeds=None, output_type="pil", callback_on_step_end=None,
+                     callback_on_step_end_tensor_inputs=("latents",)) -> None:
+        """diffusers' input checks, before any work: each error names the argument and what it accepts."""
+        import math
+
+        if prompt is None and image is None and prompt_embeds is None:
+            raise ValueError("give a prompt, an image, or prompt_embeds")
+        for text in ([prompt] if isinstance(prompt, str) else list(prompt or [])):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"prompt must be non-empty text, got {text!r}")
+        f = self.vae_scale_factor
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (not isinstance(value, int) or value <= 0 or value % f):
+                raise ValueError(f"{name} must be a positive multiple of {f}, got {value!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if output_type not in self._output_types:
+            raise ValueError(f"output_type must be one of {self._output_types}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError("callback_on_step_end must be callable")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: {bad} not in {self._callback_tensor_inputs}")
+
     @torch.no_grad()
     def __call__(
         self,
@@ -130,6 +181,8 @@ class ParaUniPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         negative_image: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
         """Generate images.
 
@@ -150,7 +203,13 @@ class ParaUniPipeline(DiffusionPipeline):
             overrides ``negative_prompt`` and ``negative_image``.
         guidance_scale: CFG scale; 1.0 runs the conditional branch alone.
         output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+        callback_on_step_end: diffusers' hook ``(pipe, step, timestep, callback_kwargs) -> dict`` after every
+            denoising step; ``callback_kwargs`` holds the tensors named in ``callback_on_step_end_tensor_inputs``
+            (``["latents"]``), and a ``"latents"`` entry in the returned dict replaces the latents.
         """
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        self.check_inputs(prompt, image, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
+                          prompt_embeds, output_type, callback_on_step_end, tensor_inputs)
         images = [image] if isinstance(image, Image.Image) else image
         prompts = _as_list(prompt)
         instructions = None  # with images: the conditional branch's instruction per image
@@ -195,8 +254,14 @@ class ParaUniPipeline(DiffusionPipeline):
         cond = cond.to(device=device, dtype=dtype)
         mask = torch.ones(cond.shape[:2], device=device, dtype=torch.long)
 
+        step_hook = None
+        if callback_on_step_end is not None:
+            def step_hook(i, t, x):
+                out = callback_on_step_end(self, i, t, {"latents": x}) or {}
+                return out.get("latents")
+
         latents = sample_flow(self.transformer, self.scheduler, latents, cond, mask, num_inference_steps,
-                              guidance_scale, progress=self.progress_bar)
+                              guidance_scale, progress=self.progress_bar, callback=step_hook)
 
         if output_type == "latent":
             out = latents

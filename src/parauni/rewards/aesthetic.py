@@ -1,4 +1,4 @@
-"""The LAION aesthetic predictor v2 (SPEC §4): CLIP ViT-L/14 image embedding -> MLP -> score on 1-10.
+"""The LAION aesthetic predictor v2: CLIP ViT-L/14 image embedding -> MLP -> score on 1-10.
 
 The head is ``christophschuhmann/improved-aesthetic-predictor``'s ``sac+logos+ava1-l14-linearMSE.pth``: a
 state dict of ``Linear(768, 1024), Dropout, Linear(1024, 128), Dropout, Linear(128, 64), Dropout,

@@ -7,14 +7,16 @@ returns NaN for it; :class:`WeightedReward` reports those and leaves them out of
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..registry import REWARDS, import_target, resolve
+from ..utils.images import as_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -29,30 +31,14 @@ class Reward(Protocol):
 
 def as_uint8_batch(images: Sequence[ImageLike]) -> list[np.ndarray]:
     """Every image as an RGB uint8 ``(H, W, 3)`` array."""
-    from ..toy.detect import as_uint8
-
     return [as_uint8(im) for im in images]
-
-
-# name -> factory; each factory takes keyword options (e.g. a weights path) and returns a Reward.
-REWARDS: dict[str, str] = {
-    "toy_alignment": "parauni.rewards.toy_alignment:ToyAlignmentReward",
-    "toy_geneval": "parauni.rewards.toy_geneval:ToyGenEvalReward",
-    "toy_quality": "parauni.rewards.toy_quality:ToyQualityReward",
-    "pickscore": "parauni.rewards.pickscore:PickScoreReward",
-    "aesthetic": "parauni.rewards.aesthetic:AestheticReward",
-    "clipscore": "parauni.rewards.clipscore:ClipScoreReward",
-    "redness": "parauni.rewards.redness:RednessReward",
-}
 
 
 def build_reward(name: str, **options: Any) -> Reward:
     """A reward by registered name or dotted path ``package.module:Factory``."""
-    target = REWARDS.get(name, name)
-    if ":" not in target:
-        raise KeyError(f"unknown reward {name!r}; known: {sorted(REWARDS)} or a 'package.module:Factory' path")
-    module, attr = target.split(":", 1)
-    factory: Callable[..., Reward] = getattr(importlib.import_module(module), attr)
+    factory = resolve(REWARDS, name)
+    if isinstance(factory, str):  # registered lazily as a dotted path
+        factory = import_target(factory)
     return factory(**options)
 
 

@@ -1,4 +1,4 @@
-"""CLIP score (SPEC §4): ``100 * max(cos(text, image), 0)`` under CLIP ViT-L/14, torchmetrics' convention.
+"""CLIP score (Hessel et al. 2021): ``100 * max(cos(text, image), 0)`` under CLIP ViT-L/14, torchmetrics' convention.
 
 ``scale`` multiplies the result (Flow-GRPO's logits/30 is ``scale = 1/30`` for a CLIP whose logit scale is 100).
 """

@@ -1,4 +1,4 @@
-"""PickScore (Kirstain et al. 2023): a CLIP ViT-H/14 fine-tuned on human preferences (SPEC §4).
+"""PickScore (Kirstain et al. 2023): a CLIP ViT-H/14 fine-tuned on human preferences (Pick-a-Pic).
 
 Score = ``scale * logit_scale.exp() * cos(text, image)``; Flow-GRPO uses ``scale = 1/26``.
 """

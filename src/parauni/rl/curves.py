@@ -1,4 +1,4 @@
-"""Reward curves against RL steps: raw (thin) and EMA-smoothed (thick), with and without LDAM (SPEC §5).
+"""Reward curves against RL steps: raw (thin) and EMA-smoothed (thick), with and without LDAM.
 
 Plots use matplotlib's object API with the Agg canvas (no display, no global pyplot state).
 """

@@ -1,4 +1,5 @@
-"""``parauni grpo``: stage III, Flow-GRPO with several rewards and LDAM (SPEC §4, §5).
+"""``parauni grpo``: stage III, Flow-GRPO with several rewards and LDAM (the paper's stage III; Flow-GRPO,
+Liu et al. 2025, yifan123/flow_grpo).
 
 One epoch: ``prompts.per_epoch`` prompts, ``G`` images each, sampled with the SDE step of
 :mod:`parauni.rl.sde` (CFG as one batched forward), rewarded, turned into group-normalised advantages,
@@ -6,7 +7,11 @@ and used for one pass of clipped-ratio updates with a KL penalty to the referenc
 transformer with its LoRA adapter off). LDAM watches every reward and, when one stalls, adds noise to
 the query features of that reward's layer group for the next rollouts; the noise is stored with each
 rollout and replayed in the update. Checkpoints hold the LoRA (and LIM) weights, their EMA, the
-optimizer, LDAM's state and the epoch, written atomically; ``--resume`` continues exactly.
+optimizer, LDAM's state, the epoch and the config, written atomically; ``--resume`` continues exactly or
+refuses (a changed config, see :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS`) and cuts ``metrics.jsonl``
+and ``ldam.jsonl`` back to the checkpoint's epoch. At the end ``<output_dir>/final`` holds the EMA model (LoRA
+merged) as a ``ParaUniPipeline`` folder; :func:`export_checkpoint` (``parauni export``) makes one from any
+checkpoint.
 """
 
 from __future__ import annotations
@@ -16,21 +21,24 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..eval.geneval import TASK_ORDER
+from ..pipelines.loading import build_model
+from ..registry import DEFAULT_EVALUATOR, EVALUATORS
 from ..rewards.base import WeightedReward
 from ..train.config import ModelConfig, resolve_precision, save_config
-from ..train.model import build_pipeline
+from ..train.optim import decay_groups
 from ..utils.checkpoints import resume_path, write_checkpoint
+from ..utils.images import signed_to_uint8
 from .config import GRPOConfig
 from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
+from .lora import add_lora, lora_delta_norm, merged_transformer
 from .objective import (
     clipped_policy_loss,
     ema_decay,
@@ -40,161 +48,83 @@ from .objective import (
     ratio_stats,
     split_evenly,
 )
+from .prompts import prompt_source
+from .rollout import Rollout, cfg_velocity, trained_transitions
 from .sde import sde_step, sigma_grid
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "grpo_state.json"
+CHECKPOINT_FILES = ("trainable.safetensors", "ema.safetensors")  # besides Accelerate's states and the state file
 
 
-# -- prompts ------------------------------------------------------------------------------------------------
-class PromptSource:
-    """Prompts (and GenEval metadata, passed to the rewards) for each epoch, deterministic from the seed."""
+def _read_like(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's safetensors file, which must hold exactly the names of ``like`` with the same
+    shapes (a checkpoint of other LoRA targets, rank or ``train_lim`` fails here, naming the weights)."""
+    from ..pipelines.weights import WeightsMismatchError, read_trainable
 
-    def __init__(self, cfg, seed: int):
-        self.kind, self.seed = cfg.kind, seed
-        self.records: list[dict] = []
-        if cfg.kind == "file":
-            path = Path(cfg.path)
-            if not path.is_file():
-                raise FileNotFoundError(f"prompts.path {cfg.path!r} not found")
-            lines = [x for x in path.read_text().splitlines() if x.strip()]
-            if path.suffix == ".jsonl":
-                self.records = [json.loads(x) for x in lines]
-            else:
-                self.records = [{"prompt": x.strip()} for x in lines]
-            if not self.records:
-                raise ValueError(f"{path}: no prompts")
-        elif cfg.pool:
-            from ..toy.prompts import random_meta
-
-            rng = np.random.default_rng([seed, 4242])
-            self.records = [dict(random_meta(rng)) for _ in range(cfg.pool)]
-
-    def epoch(self, epoch: int, n: int) -> list[dict]:
-        """Epoch ``epoch``'s ``n`` records. A fixed set (a file or a toy pool) is walked in shuffled passes,
-        like a data loader: every record comes once per pass, so with ``n`` equal to the set's size every
-        epoch sees the same records (in another order) and the reward curve follows the same prompts."""
-        if self.kind == "toy" and not self.records:
-            from ..toy.prompts import random_meta
-
-            rng = np.random.default_rng([self.seed, epoch, 17])
-            return [dict(random_meta(rng)) for _ in range(n)]
-        size = len(self.records)
-        orders: dict[int, np.ndarray] = {}  # pass -> its shuffled order
-        out = []
-        for pos in range(epoch * n, (epoch + 1) * n):
-            k = pos // size
-            if k not in orders:
-                orders[k] = np.random.default_rng([self.seed, k, 17]).permutation(size)
-            out.append(self.records[int(orders[k][pos % size])])
-        return out
+    path, weights = read_trainable(path)
+    missing, unexpected = sorted(set(like) - set(weights)), sorted(set(weights) - set(like))
+    shapes = [f"{n} {tuple(weights[n].shape)} vs {tuple(like[n].shape)}" for n in sorted(set(like) & set(weights))
+              if weights[n].shape != like[n].shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing ({len(missing)}): {', '.join(missing[:8])}" if missing else "",
+                 f"unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}" if unexpected else "",
+                 f"shape mismatch: {', '.join(shapes[:8])}" if shapes else ""]
+        raise WeightsMismatchError(f"{path} does not fit this model ({'; '.join(p for p in parts if p)}); was it "
+                                   "saved with other model.lora_rank / lora_targets / train_lim or another model?")
+    return weights
 
 
-# -- LoRA -----------------------------------------------------------------------------------------------------
-def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
-    from peft import LoraConfig
+def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True) -> Path:
+    """A ``ParaUniPipeline`` folder from a ``parauni grpo`` checkpoint (or run folder: its newest intact
+    checkpoint), with the EMA LoRA (``ema=False``: the raw LoRA) merged into a plain transformer.
 
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
-                                       init_lora_weights="gaussian"))
+    The base model is rebuilt from the checkpoint's ``config.yaml`` (``model.source``, ``model.init``,
+    ``model.conditioner``), the LoRA added with its rank, alpha and targets, and the saved weights loaded strictly
+    (:func:`parauni.pipelines.weights.load_trainable`: every LoRA / LIM weight, nothing else, the same shapes).
+    """
+    from ..pipelines.pipeline_parauni import ParaUniPipeline
+    from ..pipelines.weights import expected_names, load_trainable
+    from ..utils.checkpoints import newest_intact
+    from .config import load_grpo_config
 
-
-def merged_state(transformer) -> dict[str, torch.Tensor]:
-    """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
-    the adapter's own tensors left out: the keys of the plain (adapter-free) model."""
-    from peft.tuners.lora import LoraLayer
-
-    deltas = {}
-    for name, module in transformer.named_modules():
-        if isinstance(module, LoraLayer) and "default" in module.lora_A:
-            deltas[name] = module.get_delta_weight("default")
-    state = {}
-    for key, value in transformer.state_dict().items():
-        if "lora_" in key:
-            continue
-        key = key.replace(".base_layer.", ".")
-        owner = key.rsplit(".", 1)[0]
-        if key.endswith(".weight") and owner in deltas:
-            value = value + deltas[owner].to(value.dtype)
-        state[key] = value
-    return state
-
-
-def lora_delta_norm(transformer) -> float:
-    """``sqrt(sum ||scale * B A||_F^2)`` over every LoRA layer: how far the adapter has moved the weights."""
-    from peft.tuners.lora import LoraLayer
-
-    total = 0.0
-    with torch.no_grad():
-        for module in transformer.modules():
-            if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                total += float(module.get_delta_weight("default").float().pow(2).sum())
-    return total ** 0.5
-
-
-def merged_transformer(transformer, into=None):
-    """A plain copy of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight
-    (on the adapter's device and dtype). ``into``: an earlier result to refresh in place instead."""
-    state = merged_state(transformer)
-    if into is None:
-        into = type(transformer).from_config(transformer.config)
-        if transformer.dtype != into.dtype:
-            into = into.to(dtype=transformer.dtype)
-        into = into.to(next(transformer.parameters()).device)
-    into.load_state_dict(state, strict=True)
-    return into.eval().requires_grad_(False)
-
-
-# -- rollouts -------------------------------------------------------------------------------------------------
-@dataclass
-class Rollout:
-    """One epoch's samples on this process; ``T`` SDE steps, ``B`` images."""
-
-    prompts: list[str]
-    metadata: list[dict | None]
-    group: torch.Tensor  # (B,) global prompt index
-    states: torch.Tensor | None  # (L, B, N, D) query states (kept when the LIM trains)
-    layer_noise: torch.Tensor | None  # (L, B, N, D) LDAM noise used for these samples, or None
-    cond: torch.Tensor  # (B, N, C) condition used (after LDAM noise)
-    latents: torch.Tensor  # (B, T + 1, c, h, w) the path from noise (index 0) to the sample (index T)
-    log_probs: torch.Tensor  # (B, T); NaN for ODE transitions (outside an SDE window)
-    sigmas: torch.Tensor  # (T + 1,)
-    images: list[np.ndarray]
-    trainable: list[int]  # the transitions the update may train (the SDE ones, never the last)
-
-
-def cfg_velocity(transformer, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor,
-                 scale: float) -> torch.Tensor:
-    """CFG velocity with the unconditional and conditional rows in one forward. ``x`` ``(B, c, h, w)``."""
-    b = x.shape[0]
-    dtype = getattr(transformer, "module", transformer).dtype  # DDP wraps the transformer in several processes
-    x_in = torch.cat([x, x]).to(dtype)
-    emb = torch.cat([uncond.expand(b, -1, -1), cond]).to(dtype)  # (2B, N, C): unconditional first
-    mask = torch.ones(emb.shape[:2], dtype=torch.long, device=x.device)
-    t = torch.full((2 * b,), sigma * 1000.0, device=x.device, dtype=dtype)
-    v = transformer(x_in, encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=t, return_dict=False)[0]
-    v_u, v_c = v.float().chunk(2)
-    return v_u + scale * (v_c - v_u)
-
-
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """``(B, 3, H, W)`` in [-1, 1] -> RGB uint8 arrays."""
-    arr = images.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return list(arr)
-
-
-def trained_transitions(trainable: int, fraction: float) -> int:
-    """Transitions trained per sample: ``fraction`` of the ``trainable`` ones (every SDE transition but the last,
-    or the SDE window's), at least one."""
-    return max(1, int(round(trainable * fraction)))
+    ckpt = Path(checkpoint)
+    if not (ckpt / STATE_FILE).is_file():
+        newest = newest_intact(ckpt, STATE_FILE, required=CHECKPOINT_FILES)
+        if newest is None:
+            raise UsageError(f"{ckpt} is not a complete `parauni grpo` checkpoint (no {STATE_FILE}) and holds no "
+                             "intact checkpoint-* folder to export")
+        logger.info("exporting the newest checkpoint of %s: %s", ckpt, newest)
+        ckpt = newest
+    if not (ckpt / "config.yaml").is_file():
+        raise UsageError(f"{ckpt} has no config.yaml: the model it trained cannot be rebuilt")
+    cfg = load_grpo_config(ckpt / "config.yaml")
+    m = cfg.model
+    pipe = build_model(ModelConfig(source=m.source, init=m.init, conditioner=dict(m.conditioner)), cfg.train.seed)
+    tr = pipe.transformer
+    tr.requires_grad_(False)
+    add_lora(tr, m.lora_rank, m.lora_alpha, m.lora_targets)
+    expected = {f"transformer.{n}" for n, p in tr.named_parameters() if p.requires_grad}
+    if m.train_lim:
+        expected |= expected_names({"conditioner": pipe.conditioner}, ["lim"])
+    load_trainable(pipe, ckpt / ("ema.safetensors" if ema else "trainable.safetensors"), expected=expected)
+    merged = merged_transformer(tr)
+    ParaUniPipeline(vlm=pipe.vlm, tokenizer=pipe.tokenizer, conditioner=pipe.conditioner.eval(), transformer=merged,
+                    scheduler=pipe.scheduler, vae=pipe.vae).save_pretrained(out)
+    return Path(out)
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------
 class GRPOTrainer:
     def __init__(self, cfg: GRPOConfig, resume: bool | str = False, progress: bool = True, rewards=None,
-                 pipeline=None):
+                 pipeline=None, allow_config_change: bool = False, prompts=None, evaluate=None):
         """``rewards``: a ready reward callable instead of ``cfg.rewards``; ``pipeline``: a ready
         ``ParaUniPipeline`` instead of ``cfg.model.source`` (e.g. a preset built at real size with random
-        weights for a benchmark). Everything else comes from ``cfg``."""
+        weights for a benchmark); ``prompts``: a prompt source (``epoch(epoch, n) -> records``) instead of
+        ``cfg.prompts``; ``evaluate``: the GenEval-style evaluation ``(pipe, out, ...) -> summary`` run with
+        ``train.eval_geneval`` (default: the registered ``toy_geneval``). Everything else comes from ``cfg``.
+        ``resume`` and ``allow_config_change``: as
+        for :class:`parauni.train.trainer.Trainer` (the checkpoint is checked before any model is built)."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -207,10 +137,19 @@ class GRPOTrainer:
                                log_with=None if t.logger == "none" else t.logger,
                                project_config=ProjectConfiguration(project_dir=str(self.out),
                                                                    logging_dir=str(self.out / "logs")))
-        self.prompt_source = PromptSource(cfg.prompts, t.seed)
+        self.config_changes: list = []
+        self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
+        from ..utils.checkpoints import complete_checkpoints
+
+        if not resume and self.acc.is_main_process and complete_checkpoints(self.out, STATE_FILE):
+            logger.warning("%s holds checkpoints of an earlier run: this fresh start replaces its logs and its "
+                           "checkpoints as it goes; pass --resume to continue it, or use another train.output_dir",
+                           self.out)
+        self.prompt_source = prompts or prompt_source(cfg.prompts, t.seed)
+        self._evaluate = evaluate
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
         self.reward_names = list(cfg.rewards.weights)
-        pipe = pipeline or build_pipeline(ModelConfig(source=m.source, init=m.init,
+        pipe = pipeline or build_model(ModelConfig(source=m.source, init=m.init,
                                                       conditioner=dict(m.conditioner)), t.seed)
         self.pipe = pipe
         dev = self.acc.device
@@ -231,11 +170,7 @@ class GRPOTrainer:
                                 if p.requires_grad})
         self.ema = {n: p.detach().clone() for n, p in self.params.items()}
         o = cfg.optim
-        decay = [p for p in self.params.values() if p.ndim >= 2]
-        rest = [p for p in self.params.values() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": o.weight_decay}] + ([{"params": rest, "weight_decay": 0.0}]
-                                                                        if rest else [])
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas))
         self.transformer, self.opt = self.acc.prepare(tr, opt)
         self.acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
@@ -257,8 +192,8 @@ class GRPOTrainer:
         self.sigmas = sigma_grid(cfg.sampling.steps, shift=shift, kind=cfg.sampling.grid)
         with torch.no_grad():
             self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
-        if resume:
-            self._resume(resume)
+        if self._ckpt is not None:
+            self._resume(self._ckpt)
 
     @property
     def raw_transformer(self):
@@ -329,7 +264,7 @@ class GRPOTrainer:
                 lps.append(out.log_prob)
             path.append(torch.cat(xs))
             logps.append(torch.cat(lps))
-        images = to_uint8(pipe.decode(path[-1].to(pipe.transformer.dtype)))
+        images = signed_to_uint8(pipe.decode(path[-1].to(pipe.transformer.dtype)))
         keep_states = states if cfg.model.train_lim else None
         return Rollout(prompts, metas, group, keep_states, noise if cfg.model.train_lim else None, cond,
                        torch.stack(path, dim=1), torch.stack(logps, dim=1), self.sigmas, images,
@@ -493,14 +428,31 @@ class GRPOTrainer:
         return write_checkpoint(self.acc, self.out, f"checkpoint-{self.epoch:06d}", write,
                                 self.cfg.train.keep_last, STATE_FILE)
 
-    def _resume(self, resume) -> None:
-        ckpt = resume_path(self.out, resume, STATE_FILE)
+    def _checked_checkpoint(self, resume, allow_config_change: bool = False) -> Path | None:
+        """The checkpoint ``resume`` names (corrupt ones skipped or refused, see
+        :func:`parauni.utils.checkpoints.resume_path`), its config compared with this one: only the keys of
+        :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS` may differ without ``allow_config_change``."""
+        from ..train.config import to_yaml_dict
+        from ..utils.checkpoints import check_resume_config
+
+        ckpt = resume_path(self.out, resume, STATE_FILE, required=CHECKPOINT_FILES)
         if ckpt is None:  # --resume auto without a checkpoint: a fresh start
+            return None
+        epoch = int(json.loads((ckpt / STATE_FILE).read_text())["epoch"])
+        self.config_changes = check_resume_config(ckpt, to_yaml_dict(self.cfg), to_yaml_dict(GRPOConfig()),
+                                                  allow_config_change, self.out if self.acc.is_main_process else None,
+                                                  where={"epoch": epoch})
+        return ckpt
+
+    def _resume(self, resume) -> None:
+        """Load a checkpoint (a folder, or a ``--resume`` value: see :meth:`_checked_checkpoint`): the LoRA (and
+        LIM) weights and their EMA strictly by name and shape, the optimizer and RNG states, LDAM, the epoch."""
+        ckpt = resume if isinstance(resume, Path) else self._checked_checkpoint(resume)
+        if ckpt is None:
             return
         self.acc.load_state(str(ckpt))
-        weights, ema = load_file(str(ckpt / "trainable.safetensors")), load_file(str(ckpt / "ema.safetensors"))
-        if set(weights) != set(self.params):
-            raise KeyError(f"{ckpt}: its trainable weights do not match this config (LoRA targets / train_lim)")
+        weights = _read_like(ckpt / "trainable.safetensors", self.params)
+        ema = _read_like(ckpt / "ema.safetensors", self.params)
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(weights[n].to(p.dtype))
@@ -510,6 +462,12 @@ class GRPOTrainer:
         state = json.loads((ckpt / STATE_FILE).read_text())
         self.epoch = int(state["epoch"])
         self.opt_step = int(state.get("optimizer_steps", 0))
+        if self.config_changes:  # --allow-config-change: the optimizer takes this config's settings
+            o = self.cfg.optim
+            for group in self.opt.param_groups:  # decay on the group of >= 2-D weights only
+                decayed = all(p.ndim >= 2 for p in group["params"])
+                group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay if decayed else 0.0)
+        logger.info("resumed from %s at epoch %d", ckpt, self.epoch)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def merged_pipeline(self, ema: bool = True):
@@ -533,14 +491,28 @@ class GRPOTrainer:
         self.merged_pipeline(ema).save_pretrained(out)
         return Path(out)
 
+    def export_final(self) -> Path:
+        """``<output_dir>/final``: the EMA model as a ``ParaUniPipeline`` folder, written under a temporary name
+        and renamed (``parauni generate --model``, ``parauni eval ... --model`` read it)."""
+        import shutil
+
+        final = self.out / "final"
+        tmp = final.with_name("final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.export(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+        return final
+
     def geneval(self, name: str) -> dict:
         """Toy GenEval of the current EMA model into ``<out>/eval/<name>`` (``geneval_before`` for the
         initial model, ``geneval`` for the final one, where ``parauni report`` looks)."""
-        from ..toy.evaluation import toy_geneval
-
+        toy_geneval = self._evaluate or EVALUATORS.get(DEFAULT_EVALUATOR)
         s = self.cfg.sampling
+        # "refresh": the images are kept only when provenance.json matches these weights (a resumed run regenerates)
         return toy_geneval(self.merged_pipeline(), self.out / "eval" / name, s.eval_images_per_prompt, s.eval_steps,
-                           s.guidance_scale, limit=self.cfg.train.eval_limit)
+                           s.guidance_scale, limit=self.cfg.train.eval_limit, mode="refresh",
+                           name=f"{self.out} EMA (epoch {self.epoch})")
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict:
@@ -554,6 +526,11 @@ class GRPOTrainer:
             if t.eval_geneval and t.eval_before and self.epoch == 0 and not before.is_file():
                 result["geneval_before"] = self.geneval("geneval_before")
         end = t.epochs if stop_after is None else min(stop_after, t.epochs)
+        if main:  # rows of epochs after the checkpoint (an interrupted run) are redone: drop them first
+            from ..utils.checkpoints import truncate_jsonl
+
+            truncate_jsonl(self.out / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= self.epoch)
+            truncate_jsonl(self.out / "ldam.jsonl", lambda r: int(r.get("epoch", 0)) < self.epoch)
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
         ldam_log = open(self.out / "ldam.jsonl", "a") if main and self.ldam is not None else None
         if t.logger != "none":
@@ -600,6 +577,7 @@ class GRPOTrainer:
         result.update(epochs=self.epoch, seconds=time.perf_counter() - t0)
         if self.epoch >= t.epochs and main:
             self.plot()
+            result["final"] = str(self.export_final())
             if t.eval_geneval:
                 result["geneval_after"] = self.geneval("geneval")
                 before = self.out / "eval" / "geneval_before" / "summary.json"
@@ -631,6 +609,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("grpo", help="stage III: Flow-GRPO with several rewards and LDAM")
     add_run_arguments(p, "configs/toy_grpo.yaml", "ldam.enabled=false")
+    p.epilog = "At the end the EMA model is written to <output_dir>/final (a ParaUniPipeline folder)."
     p.set_defaults(func=run)
 
 
@@ -639,11 +618,14 @@ def run(args) -> dict:
     from .config import load_grpo_config
 
     cfg = load_grpo_config(args.config, args.overrides)
-    trainer = GRPOTrainer(cfg, resume=args.resume or False, progress=not args.no_progress)
+    trainer = GRPOTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
+                          allow_config_change=getattr(args, "allow_config_change", False))
     result = trainer.run()
     if trainer.acc.is_main_process:
         rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}
         if rows:
             print(format_table(rows))
         print(f"{result['epochs']} epochs in {result['seconds']:.0f}s; curves in {trainer.out / 'curves'}")
+        if "final" in result:
+            print(f"EMA model (LoRA merged) in {result['final']}")
     return result

@@ -1,4 +1,4 @@
-"""LDAM, the Layer-wise Dynamic Adjustment Mechanism (SPEC §5).
+"""LDAM, the Layer-wise Dynamic Adjustment Mechanism of the ParaUni paper.
 
 Per reward, LDAM keeps the last ``window`` epochs' mean reward ``r`` and gradient norm ``g`` and two
 counters, updated once per epoch by :meth:`LDAM.update`:

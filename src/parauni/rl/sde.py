@@ -1,4 +1,4 @@
-"""The Flow-GRPO exploration step (SPEC §4) as pure functions.
+"""The Flow-GRPO exploration step (Liu et al. 2025, yifan123/flow_grpo) as pure functions.
 
 Flow time ``sigma`` runs from 1 (noise) to 0 (data) and ``v`` is the predicted velocity
 ``noise - x_0``.  One step from ``sigma`` to ``sigma_next`` (``dt = sigma_next - sigma < 0``)::

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from parauni.toy.prompts import NUMBER_WORDS, TASKS, free_caption, make_plural, random_meta, with_article
@@ -27,6 +28,7 @@ from parauni.toy.world import (
     render,
     scene_from_metadata,
 )
+from parauni.utils.images import signed_to_uint8
 
 TRAIN_DOMAIN = 0
 HELDOUT_DOMAIN = 1
@@ -65,8 +67,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def to_image(tensor: torch.Tensor) -> np.ndarray:
     """Float ``(3, H, W)`` in [-1, 1] -> RGB uint8 ``(H, W, 3)``."""
-    arr = tensor.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return arr.permute(1, 2, 0).numpy()
+    return signed_to_uint8(tensor[None])[0]
 
 
 def _item(ex: Example, index: int) -> dict:
@@ -165,3 +166,17 @@ def sample_qa(ex: Example, rng: np.random.Generator, describe_prob: float = 0.2)
     names = sorted(kinds)
     pairs = kinds[names[int(rng.integers(len(names)))]]
     return pairs[int(rng.integers(len(pairs)))]
+
+
+class ToySource:
+    """The toy world's endless training stream for ``parauni train`` (``data.kind: toy``; no length): sample
+    ``k`` is a fixed scene of the training domain, so the data order is exact across processes and resumes."""
+
+    length = None
+
+    def __init__(self, seed: int, resolution: int = 32, template_prob: float = 0.5):
+        self.seed, self.resolution, self.template_prob = seed, resolution, template_prob
+
+    def get(self, k: int) -> tuple[Image.Image, str]:
+        ex = make_example(sample_rng(TRAIN_DOMAIN, self.seed, k), self.resolution, self.template_prob)
+        return Image.fromarray(ex.image), ex.caption

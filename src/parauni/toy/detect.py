@@ -65,6 +65,7 @@ from parauni.toy.world import (
     ToyObject,
     shape_mask,
 )
+from parauni.utils.images import as_uint8
 
 # Edge softness (Gaussian sigma in pixels at 32 px, scaled with the canvas) tried for each shape.
 BLUR_LEVELS: tuple[float, ...] = (0.0, 0.5, 0.9, 1.3)
@@ -81,7 +82,7 @@ CLUTTER_MARGIN = 0.25  # the surroundings: the component's box grown by this sha
 # Specks: non-object blobs smaller than the smallest object the world draws (a triangle of the
 # smallest side, half its box).
 SPECK_AREA_FRAC = 0.5 * min(lo for lo, _ in SIZE_RANGES.values()) ** 2
-_REFERENCE = np.asarray([BACKGROUND, *(PALETTE[c] for c in COLORS)], dtype=np.float32)
+REFERENCE_COLORS = np.asarray([BACKGROUND, *(PALETTE[c] for c in COLORS)], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -100,22 +101,10 @@ class Detection:
                 "confidence": round(self.confidence, 4), "area": self.area}
 
 
-def as_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
-    """An RGB uint8 ``(H, W, 3)`` array from a PIL image or an array (uint8, or float in [0, 1])."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255), 0, 255).astype(np.uint8)
-    return arr
-
-
 def quantize(image: np.ndarray) -> np.ndarray:
     """Index map: 0 for background, ``1 + COLORS.index(c)`` for colour ``c``."""
     px = image.astype(np.float32)
-    d = ((px[..., None, :] - _REFERENCE) ** 2).sum(-1)
+    d = ((px[..., None, :] - REFERENCE_COLORS) ** 2).sum(-1)
     return d.argmin(-1)
 
 
@@ -150,7 +139,7 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 def coverage(crop: np.ndarray, color: str) -> np.ndarray:
     """Per-pixel share of ``color`` against the background, in [0, 1], of an RGB float crop."""
-    bg = _REFERENCE[0]
+    bg = REFERENCE_COLORS[0]
     v = np.asarray(PALETTE[color], np.float32) - bg
     return np.clip(((crop - bg) @ v) / float(v @ v), 0.0, 1.0)
 
@@ -231,7 +220,7 @@ def color_residual(pixels: np.ndarray, color: str) -> float:
     Rendered pixels (the colour mixed with the background by anti-aliasing or blur) lie on it;
     off-palette hues and mixtures of two colours lie away from it.
     """
-    bg = _REFERENCE[0]
+    bg = REFERENCE_COLORS[0]
     v = np.asarray(PALETTE[color], np.float32) - bg
     d = np.asarray(pixels, np.float32) - bg
     t = np.clip(d @ v / float(v @ v), 0.0, 1.0)
@@ -305,7 +294,7 @@ def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_co
         if area < min_area or min(y1 - y0, x1 - x0) < min_side:
             specks[ys, xs] = True
             continue
-        votes = np.bincount(q[ys, xs], minlength=len(_REFERENCE))[1:]
+        votes = np.bincount(q[ys, xs], minlength=len(REFERENCE_COLORS))[1:]
         color = COLORS[int(votes.argmax())]
         purity = float(votes.max() / area)
         score = purity

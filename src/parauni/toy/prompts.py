@@ -12,9 +12,11 @@ from collections import Counter
 
 import numpy as np
 
+from parauni.eval.geneval import TASK_ORDER
+from parauni.rl.prompts import FixedPrompts
 from parauni.toy.world import COLORS, RELATIONS, SHAPES, Scene, relative_position
 
-TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+TASKS: tuple[str, ...] = TASK_ORDER  # GenEval's six tasks, in its order
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
 )
@@ -154,3 +156,26 @@ def free_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def _prefix(text: str, rng: np.random.Generator) -> str:
     return [text, f"a photo of {text}", f"an image of {text}"][int(rng.integers(3))]
+
+
+class ToyPromptSource:
+    """``prompts.kind: toy`` for ``parauni grpo``: random toy GenEval records (prompt + metadata for the
+    rewards), fresh every epoch, or with ``pool`` a fixed set of that many drawn once and walked in shuffled
+    passes (:class:`parauni.rl.prompts.FixedPrompts`). Deterministic from the seed."""
+
+    def __init__(self, seed: int, pool: int | None = None):
+        self.seed = seed
+        self.fixed = None
+        if pool:
+            rng = np.random.default_rng([seed, 4242])
+            self.fixed = FixedPrompts([dict(random_meta(rng)) for _ in range(pool)], seed)
+
+    @property
+    def records(self) -> list[dict]:
+        return self.fixed.records if self.fixed else []
+
+    def epoch(self, epoch: int, n: int) -> list[dict]:
+        if self.fixed:
+            return self.fixed.epoch(epoch, n)
+        rng = np.random.default_rng([self.seed, epoch, 17])
+        return [dict(random_meta(rng)) for _ in range(n)]

@@ -9,10 +9,11 @@ What runs (every step is a ``parauni`` command in its own process, logged to ``<
    and the last-layer baseline (``configs/toy_stage*_lastlayer.yaml``), each scored on toy GenEval at the end
    of its run; ``<out>/seed<S>/<variant>/stage2/final`` is the stage-II pipeline.
    ``--from rl`` uses the shipped stage-II models (``toy-all-layers``, ``toy-last-layer``) for every seed.
-3. Per seed: reconstruction of ``--recon-images`` toy scenes (PSNR, SSIM, CLIP-sim with the toy alignment
-   encoder) by both stage-II models; the layer-response analysis of the all-layer model (perturb and drop
-   each third of the read layers, the three toy rewards); Flow-GRPO from the all-layer stage-II model on the
-   three toy rewards, with LDAM and without (``configs/toy_grpo.yaml``), each scored on toy GenEval after.
+3. Per seed: reconstruction of the scale's ``recon_images`` toy scenes (``SCALES``: 32 full, 16 quick; PSNR,
+   SSIM, CLIP-sim with the toy alignment encoder) by both stage-II models; the layer-response analysis of the
+   all-layer model (perturb and drop each third of the read layers, the three toy rewards); Flow-GRPO from the
+   all-layer stage-II model on the three toy rewards, with LDAM and without (``configs/toy_grpo.yaml``), each
+   scored on toy GenEval after.
 4. ``<out>/table.md`` and ``<out>/results.json``: mean ± std over seeds of every number, and
    ``<out>/curves/ldam_vs_none.png`` (reward curves with vs without LDAM, the mean over seeds, raw and EMA).
 
@@ -39,11 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+from ..eval.geneval import TASK_ORDER as TASKS
+
 VARIANTS = {"all": ("toy_stage1.yaml", "toy_stage2.yaml", "toy-all-layers"),
             "last": ("toy_stage1_lastlayer.yaml", "toy_stage2_lastlayer.yaml", "toy-last-layer")}
 VARIANT_NAMES = {"all": "all layers", "last": "last layer"}
-TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 # Run lengths. "full" is the shipped recipe (the configs' own lengths and the pretraining commands the
 # shipped weights were made with); "quick" keeps every comparison but shortens every run.
@@ -68,12 +69,10 @@ SCALES: dict[str, dict] = {
 
 
 def config_file(name: str) -> Path:
-    """A file of the repository's ``configs/`` folder (parauni installed from a clone, ``pip install -e .``)."""
-    path = CONFIGS / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the toy recipes live in the repository's configs/ folder; "
-                                "install parauni from a clone of the repository with `pip install -e .`")
-    return path
+    """A config shipped with the package (``parauni/configs/``, the repository's ``configs``)."""
+    from ..utils.configs import shipped_config
+
+    return shipped_config(name)
 
 
 @dataclass

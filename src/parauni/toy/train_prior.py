@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -29,6 +28,7 @@ from parauni.models.presets import SANA_SCHEDULER
 from parauni.toy.data import ToyStream
 from parauni.toy.prior import UNCOND_PROMPT, ToyPrior, ToyTextEncoder
 from parauni.toy.tokenizer import build_toy_tokenizer
+from parauni.train.optim import cosine, decay_groups
 
 
 def build_vae(latent_channels: int = 8, width: int = 32) -> AutoencoderDC:
@@ -82,8 +82,9 @@ class Budget:
         return min(max(by_steps, by_time), 1.0)
 
     def lr_factor(self, warmup: int) -> float:
-        """Linear warm-up over ``warmup`` steps, then cosine decay to 0 over the progress."""
-        return min(1.0, (self.step + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * self.progress))
+        """Linear warm-up over ``warmup`` steps times a cosine decay to 0 over the progress, which counts steps
+        or wall time (``--minutes``), whichever is further: the two overlap, unlike :func:`warmup_cosine`."""
+        return min(1.0, (self.step + 1) / max(warmup, 1)) * cosine(self.progress)
 
 
 def batches(seed: int, batch_size: int, template_prob: float) -> Iterator[tuple[torch.Tensor, list[str]]]:
@@ -119,10 +120,7 @@ def flow_step(prior: ToyPrior, images: torch.Tensor, captions: list[str], genera
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with weight decay on >=2-D parameters only, betas (0.9, 0.95)."""
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(decay_groups(params, weight_decay), lr=lr, betas=(0.9, 0.95))
 
 
 class Logger:

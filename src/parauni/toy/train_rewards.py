@@ -1,14 +1,13 @@
 """``parauni toy train-rewards``: train the toy alignment model (CLIP-score role).
 
 The other two toy rewards need no training: GenEval partial credit comes from the programmatic
-detector, and the quality score is a fixed formula (``parauni.rewards.toy_quality``).
+detector, and the quality score is a fixed formula (``parauni.toy.rewards.quality``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -17,8 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..rewards.toy_alignment import DEFAULT_PATH, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
+from ..train.optim import decay_groups, warmup_cosine
 from .data import HELDOUT_DOMAIN, TRAIN_DOMAIN, make_example, sample_rng
+from .rewards.alignment import DEFAULT_PATH, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
 from .tokenizer import build_toy_tokenizer
 
 
@@ -66,13 +66,8 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
     images, captions = make_pool(pool, seed)
     held_images, held_captions = make_pool(1024, seed, HELDOUT_DOMAIN)
     model = ToyCLIP(vocab_size=len(tokenizer))
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
-    warmup = max(steps // 20, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(
-        math.pi * min(max(s - warmup, 0) / max(steps - warmup, 1), 1.0)))))
+    opt = torch.optim.AdamW(decay_groups(model.parameters(), 0.05), lr=lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(steps // 20, 1), steps))
     gen = np.random.default_rng(seed)
     ids, mask = tokenize(tokenizer, captions, model.config.max_text_len)  # the pool, tokenised once
     caption_id = torch.tensor(np.unique(np.asarray(captions), return_inverse=True)[1])

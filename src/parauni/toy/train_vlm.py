@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from parauni.toy.data import TRAIN_DOMAIN, heldout_examples, make_example, qa_by_kind, sample_rng
 from parauni.toy.tokenizer import build_toy_tokenizer
 from parauni.toy.vlm import DESCRIBE, IGNORE_INDEX, build_toy_vlm, encode_dialogues, format_accuracy, qa_accuracy
+from parauni.train.optim import decay_groups, warmup_cosine
 
 
 def sample_dialogue(seed: int, index: int, turns: int, describe_prob: float = 0.2,
@@ -118,10 +118,7 @@ def answer_loss(model, chunks: list[dict]) -> float:
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return lr * warmup_cosine(warmup, steps)(step)
 
 
 def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, lr: float = 1.5e-3, seed: int = 0,
@@ -150,10 +147,7 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     tokenizer = build_toy_tokenizer()
     model = build_toy_vlm(tokenizer, seed=seed, vision=vision, text=text).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(decay_groups(model.parameters(), weight_decay), lr=lr, betas=(0.9, 0.95))
     data = DialogueBatches(tokenizer, seed, batch_size, turns, describe_prob, by_question, chunks)
     loader = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                              persistent_workers=bool(workers)))

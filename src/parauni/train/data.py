@@ -6,10 +6,12 @@ random crop, the caption drop and the diffusion noise of sample ``k`` depend onl
 run with ``W`` processes sees the same global batches as one with one process, and a resumed run
 continues exactly where it stopped (its position is ``step * G``).
 
-Sources: the toy-world stream (``kind: toy``), a JSON list of ``{image, annotation}`` records with the
+Sources: a JSON list of ``{image, annotation}`` records with the
 caption inside the annotation file (``json``, the reference layout), a folder of images with ``.txt``
 captions beside them (``folder``), webdataset tar shards read as streams without extraction
-(``webdataset``), and latents cached by ``parauni cache-latents`` (``latents``).
+(``webdataset``), and latents cached by ``parauni cache-latents`` (``latents``). Plugins add kinds through
+:data:`parauni.registry.DATASETS` (the toy world's endless stream is ``kind: toy``): a factory
+``(data_cfg, seed)`` returning a source with ``length`` (``None``: endless) and ``get(k) -> (image, caption)``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from ..registry import DATASETS
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +73,6 @@ class Sample:
     image: torch.Tensor | None  # (3, R, R) in [-1, 1]; None when latents are given
     caption: str
     latents: torch.Tensor | None = None  # (C, h, w) from a latent cache
-
-
-class ToySource:
-    """The toy world's endless training stream (no length); sample ``k`` is a fixed scene."""
-
-    length = None
-
-    def __init__(self, seed: int, resolution: int = 32, template_prob: float = 0.5):
-        self.seed, self.resolution, self.template_prob = seed, resolution, template_prob
-
-    def get(self, k: int) -> tuple[Image.Image, str]:
-        from ..toy.data import TRAIN_DOMAIN, make_example, sample_rng
-
-        ex = make_example(sample_rng(TRAIN_DOMAIN, self.seed, k), self.resolution, self.template_prob)
-        return Image.fromarray(ex.image), ex.caption
 
 
 class JsonSource:
@@ -207,8 +196,8 @@ class LatentSource:
 def build_source(data_cfg, seed: int):
     """The configured source; empty data and a wrong caption key fail here, before training."""
     kind = data_cfg.kind
-    if kind == "toy":
-        return ToySource(seed, data_cfg.resolution, data_cfg.template_prob)
+    if kind in DATASETS:  # a plugin's data kind (the toy world registers "toy")
+        return DATASETS.get(kind)(data_cfg, seed)
     if kind == "json":
         return JsonSource(data_cfg.path, data_cfg.caption_key, data_cfg.image_root)
     if kind == "folder":
@@ -218,7 +207,7 @@ def build_source(data_cfg, seed: int):
     if kind == "webdataset":
         key = "txt" if data_cfg.caption_key == "caption" else data_cfg.caption_key
         return WebDatasetSource(tar_shards(data_cfg.path), key)
-    raise ValueError(f"unknown data.kind {kind!r}")
+    raise DATASETS.unknown(kind, ", json, folder, webdataset, latents")
 
 
 class WebDatasetSource:

@@ -1,4 +1,4 @@
-"""Image I/O helpers: loading with clear errors, VLM preprocessing, labelled grids."""
+"""Image helpers: loading with clear errors, the one float -> uint8 conversion, VLM preprocessing, grids."""
 
 from __future__ import annotations
 
@@ -22,6 +22,27 @@ def load_image(path: str | Path) -> Image.Image:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"image {str(path)!r} is corrupt or not an image: {err}") from err
+
+
+def unit_to_uint8(images: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] (any shape) -> uint8, rounded to the nearest level and clipped."""
+    return np.clip(np.rint(np.asarray(images, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+
+
+def signed_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """``(B, 3, H, W)`` tensors in [-1, 1] (a decoder's output) -> RGB uint8 ``(H, W, 3)`` arrays."""
+    arr = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return list(arr)
+
+
+def as_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
+    """An RGB uint8 ``(H, W, 3)`` array from a PIL image or an array (uint8, or float in [0, 1])."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}")
+    return arr if arr.dtype == np.uint8 else unit_to_uint8(arr)
 
 
 def vlm_pixel_values(images: list[Image.Image], size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -9,6 +9,7 @@ convention: ``100 * max(cos(image, text), 0)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from PIL import Image
 from torch import nn
 
-from ..models.connector import Connector
-from .base import as_uint8_batch
+from ...eval.reconstruct import to_tensor
+from ...models.connector import Connector
+from ...rewards.base import as_uint8_batch
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "toy" / "weights" / "rewards" / "alignment"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "weights" / "rewards" / "alignment"
 
 
 class ToyCLIP(ModelMixin, ConfigMixin):
@@ -101,3 +104,21 @@ class ToyAlignmentReward:
         cos = (self.model.encode_image(pixels) * self.model.encode_text(ids.to(self.device),
                                                                         mask.to(self.device))).sum(-1)
         return (100 * cos.clamp(min=0)).float().cpu()
+
+
+class ToyImageEmbedder:
+    """Unit image embeddings from the toy alignment model's image encoder (the toy world's CLIP)."""
+
+    def __init__(self, path: str | Path | None = None, device: str = "cpu"):
+        path = Path(path) if path else DEFAULT_PATH
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"no toy alignment model at {str(path)!r}")
+        self.name = "toy"
+        self.model = ToyCLIP.from_pretrained(path, torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        size = self.model.config.image_size
+        x = to_tensor([im.convert("RGB").resize((size, size), Image.BICUBIC) for im in images]) * 2 - 1
+        return self.model.encode_image(x.to(self.device)).float().cpu()

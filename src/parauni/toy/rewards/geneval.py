@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..toy.detect import detect
-from ..toy.geneval import partial_credit
-from .base import as_uint8_batch
+from ...rewards.base import as_uint8_batch
+from ..detect import detect
+from ..geneval import partial_credit
 
 
 class ToyGenEvalReward:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..toy.detect import _REFERENCE, connected_components, detect, quantize
-from .base import as_uint8_batch
+from ...rewards.base import as_uint8_batch
+from ..detect import REFERENCE_COLORS, connected_components, detect, quantize
 
 WEIGHTS = {"purity": 0.4, "clean": 0.3, "fragments": 0.3}
 PURITY_TOLERANCE = 40.0  # RGB distance (0-441) at which a pixel counts as fully impure
@@ -30,7 +30,7 @@ def quality_terms(image: np.ndarray) -> dict[str, float]:
     """The four terms for one RGB uint8 image ``(H, W, 3)``."""
     h, w, _ = image.shape
     labels = quantize(image)  # (H, W): 0 background, 1.. palette colours
-    dist = np.linalg.norm(image.astype(np.float32) - _REFERENCE[labels], axis=-1)
+    dist = np.linalg.norm(image.astype(np.float32) - REFERENCE_COLORS[labels], axis=-1)
     purity = float(1 - np.clip(dist / PURITY_TOLERANCE, 0, 1).mean())
     dets = detect(image)
     inside = np.zeros((h, w), dtype=bool)
@@ -40,7 +40,7 @@ def quality_terms(image: np.ndarray) -> dict[str, float]:
     outside = ~inside
     clean = float((labels[outside] == 0).mean()) if outside.any() else 0.0
     blobs = 0
-    for k in range(1, len(_REFERENCE)):
+    for k in range(1, len(REFERENCE_COLORS)):
         comp = connected_components(labels == k)
         blobs += len(np.unique(comp[comp >= 0]))
     fragments = 1.0 / (1.0 + max(blobs - len(dets), 0))

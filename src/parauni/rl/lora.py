@@ -1,0 +1,61 @@
+"""LoRA on the SANA transformer (peft): adding it, folding it into the weights, measuring how far it moved.
+
+peft is imported inside the functions: it is only needed once a run adds an adapter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
+    from peft import LoraConfig  # optional until an adapter is added
+
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
+                                       init_lora_weights="gaussian"))
+
+
+def merged_state(transformer) -> dict[str, torch.Tensor]:
+    """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
+    the adapter's own tensors left out: the keys of the plain (adapter-free) model."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            deltas[name] = module.get_delta_weight("default")
+    state = {}
+    for key, value in transformer.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        owner = key.rsplit(".", 1)[0]
+        if key.endswith(".weight") and owner in deltas:
+            value = value + deltas[owner].to(value.dtype)
+        state[key] = value
+    return state
+
+
+def lora_delta_norm(transformer) -> float:
+    """``sqrt(sum ||scale * B A||_F^2)`` over every LoRA layer: how far the adapter has moved the weights."""
+    from peft.tuners.lora import LoraLayer
+
+    total = 0.0
+    with torch.no_grad():
+        for module in transformer.modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                total += float(module.get_delta_weight("default").float().pow(2).sum())
+    return total ** 0.5
+
+
+def merged_transformer(transformer, into=None):
+    """A plain copy of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight
+    (on the adapter's device and dtype). ``into``: an earlier result to refresh in place instead."""
+    state = merged_state(transformer)
+    if into is None:
+        into = type(transformer).from_config(transformer.config)
+        if transformer.dtype != into.dtype:
+            into = into.to(dtype=transformer.dtype)
+        into = into.to(next(transformer.parameters()).device)
+    into.load_state_dict(state, strict=True)
+    return into.eval().requires_grad_(False)

@@ -1,0 +1,64 @@
+"""The prompts of a Flow-GRPO run: a fixed set walked in shuffled passes (a file), or a plugin's source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from ..registry import PROMPT_SOURCES
+
+
+class FixedPrompts:
+    """A fixed set of records (prompts and, for GenEval records, their metadata, passed to the rewards), walked
+    in shuffled passes like a data loader: every record comes once per pass, deterministic from the seed."""
+
+    def __init__(self, records: list[dict], seed: int):
+        if not records:
+            raise UsageError("the prompt set is empty")
+        self.records, self.seed = list(records), seed
+
+    def epoch(self, epoch: int, n: int) -> list[dict]:
+        """Epoch ``epoch``'s ``n`` records; with ``n`` equal to the set's size every epoch sees the same records
+        (in another order), so the reward curve follows the same prompts."""
+        size = len(self.records)
+        orders: dict[int, np.ndarray] = {}  # pass -> its shuffled order
+        out = []
+        for pos in range(epoch * n, (epoch + 1) * n):
+            k = pos // size
+            if k not in orders:
+                orders[k] = np.random.default_rng([self.seed, k, 17]).permutation(size)
+            out.append(self.records[int(orders[k][pos % size])])
+        return out
+
+
+def read_prompt_file(path: str | Path) -> list[dict]:
+    """``{"prompt": ...}`` records of a ``.txt`` file (one prompt a line) or GenEval-style ``.jsonl`` records."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts.path {str(path)!r} not found")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
+        else:
+            records.append({"prompt": line.strip()})
+    if not records:
+        raise UsageError(f"{path}: no prompts")
+    return records
+
+
+def prompt_source(cfg, seed: int):
+    """The ``prompts`` section's source: ``kind: file`` (:class:`FixedPrompts` of :func:`read_prompt_file`) or
+    a plugin's kind (:data:`parauni.registry.PROMPT_SOURCES`; the toy world registers ``toy``). A source has
+    ``epoch(epoch, n) -> list[dict]``."""
+    if cfg.kind == "file":
+        return FixedPrompts(read_prompt_file(cfg.path), seed)
+    return PROMPT_SOURCES.get(cfg.kind)(cfg, seed)

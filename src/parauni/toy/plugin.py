@@ -1,0 +1,120 @@
+"""The toy world as a plugin of the core: its models, rewards, data stream, prompts and evaluation.
+
+``register`` is announced under the ``parauni.plugins`` entry-point group (``pyproject.toml``), so the core
+finds the toy world by name (``--model toy-all-layers``, ``model.source: toy``, ``data.kind: toy``,
+``prompts.kind: toy``, ``rewards.weights: {toy_geneval: 1}``, ``train.eval: toy_geneval``) without importing
+it. The loaders import the toy modules when called, so registering costs nothing.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+TOY_MODEL_HELP = {"toy-all-layers": "shipped stage-II toy model, the LIM over every VLM layer",
+                  "toy-last-layer": "shipped stage-II toy model, the last VLM layer only (the baseline)"}
+TOY_REWARDS = {"toy_alignment": "parauni.toy.rewards.alignment:ToyAlignmentReward",
+               "toy_geneval": "parauni.toy.rewards.geneval:ToyGenEvalReward",
+               "toy_quality": "parauni.toy.rewards.quality:ToyQualityReward"}
+
+
+def _load_model(name: str, dtype=None, device=None):
+    from .models import load_toy_model
+
+    return load_toy_model(name, dtype=dtype, device=device)
+
+
+def _build_model(model_cfg, seed: int = 0):
+    from .models import build_from_config
+
+    return build_from_config(model_cfg, seed)
+
+
+def _dataset(data_cfg, seed: int):
+    from .data import ToySource
+
+    return ToySource(seed, data_cfg.resolution, data_cfg.template_prob)
+
+
+def _prompts(prompt_cfg, seed: int):
+    from .prompts import ToyPromptSource
+
+    return ToyPromptSource(seed, prompt_cfg.pool)
+
+
+def _evaluate(pipe, out, *args, **kwargs):
+    from .evaluation import toy_geneval
+
+    return toy_geneval(pipe, out, *args, **kwargs)
+
+
+def _is_toy_pipeline(pipe) -> bool:
+    from .vlm import is_toy_vlm_pipeline
+
+    return is_toy_vlm_pipeline(pipe)
+
+
+def _toy_metadata():
+    from importlib import resources
+
+    from .geneval import METADATA_FILE
+
+    return resources.files("parauni.toy").joinpath("data", METADATA_FILE)
+
+
+def _score_geneval(out):
+    from .geneval import score_dir
+
+    return score_dir(out)
+
+
+def _is_prior(model: str) -> bool:
+    from .prior import is_prior_arg
+
+    return is_prior_arg(model)
+
+
+def _load_prior(model: str, steps: int, guidance):
+    from .evaluation import resolve_model
+
+    return resolve_model(model, steps, guidance)
+
+
+def _embedder(path=None, device: str = "cpu"):
+    from .rewards.alignment import ToyImageEmbedder
+
+    return ToyImageEmbedder(path, device=device)
+
+
+def register() -> None:
+    from ..registry import (
+        DATASETS,
+        EVALUATORS,
+        FAMILIES,
+        GENERATORS,
+        IMAGE_EMBEDDERS,
+        MODEL_BUILDERS,
+        MODELS,
+        PROMPT_SOURCES,
+        REWARDS,
+        Family,
+        Generator,
+    )
+
+    for name, text in TOY_MODEL_HELP.items():
+        MODELS.register(name, partial(_load_model, name), text, replace=True)
+    MODEL_BUILDERS.register("toy", _build_model, "the shipped toy VLM and prior with a fresh conditioner",
+                            replace=True)
+    for name, target in TOY_REWARDS.items():
+        REWARDS.register(name, target, replace=True)
+    DATASETS.register("toy", _dataset, "the toy world's endless stream of rendered scenes", replace=True)
+    PROMPT_SOURCES.register("toy", _prompts, "random toy GenEval records (prompts.pool: a fixed set)",
+                            replace=True)
+    EVALUATORS.register("toy_geneval", _evaluate, "toy GenEval of the final model", replace=True)
+    FAMILIES.register("toy", Family("toy", _is_toy_pipeline, geneval_metadata=_toy_metadata,
+                                     geneval_scorer=_score_geneval, embedder="toy"),
+                      "pipelines on the toy VLM: toy GenEval prompts, the toy detector, the toy image encoder",
+                      replace=True)
+    GENERATORS.register("prior", Generator(_is_prior, _load_prior, family="toy"),
+                        "'prior' (the shipped toy prior) or a toy prior folder", replace=True)
+    IMAGE_EMBEDDERS.register("toy", _embedder, "the toy alignment model's image encoder ('toy' or 'toy:PATH')",
+                             replace=True)
