@@ -262,3 +262,27 @@ def test_check_resolution():
         check_resolution(32, 48)
     with pytest.raises(ConfigError, match="got 0"):
         check_resolution(8, 0)
+
+
+def test_broken_jsonl_names_the_file_and_line(tmp_path, capsys):
+    """A broken GenEval metadata line is reported with its file and line (not 'line 1 column 9')."""
+    from parauni.cli import main
+
+    good = '{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}'
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text(f"{good}\n{good}\n{{\"tag\": broken\n")
+    assert main(["eval", "geneval", "--model", "toy-all-layers", "--metadata", str(meta), "--out",
+                 str(tmp_path / "out"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{meta}, line 3, column 9: not valid JSON" in err and "Traceback" not in err
+
+
+def test_offline_clip_names_the_fix(tmp_path, monkeypatch):
+    """Without the CLIP model in the cache and without network, the error says to pass --clip."""
+    from parauni.errors import UsageError
+    from parauni.eval.reconstruct import ClipImageEmbedder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(UsageError, match="--clip PATH .* --clip none"):
+        ClipImageEmbedder("openai/clip-vit-large-patch14")

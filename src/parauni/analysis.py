@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from .rewards.base import build_reward
 from .rl.ldam import default_layer_groups
 from .utils.images import unit_to_uint8
+from .utils.jsonl import parse_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str],
     lines = [x.strip() for x in path.read_text().splitlines() if x.strip()]
     if path.suffix == ".jsonl" or (lines and lines[0].startswith("{")):
         records = []
-        for i, line in enumerate(lines):
-            rec = json.loads(line)
+        for i, rec in enumerate(parse_jsonl("\n".join(lines), str(path))):
             if not isinstance(rec, dict) or "prompt" not in rec:
                 raise ValueError(f"{path}:{i + 1}: a JSONL record needs a 'prompt' field")
             records.append(rec)

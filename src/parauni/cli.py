@@ -145,13 +145,13 @@ def _run_eval_geneval(args) -> None:
     official ``evaluate_images.py``; ``{images}`` / ``{outfile}`` placeholders), it is run and its
     ``results.jsonl`` summarised into ``summary.json``; without it the official commands are printed.
     """
-    import json
     import os
     from pathlib import Path
 
     from .eval import provenance as prov
     from .eval.dpg import model_generate_fn
     from .eval.geneval import format_table, generate_geneval, geneval_record, limit_per_task
+    from .utils.jsonl import parse_jsonl
 
     generate, family, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution,
                                                    args.device)
@@ -161,7 +161,7 @@ def _run_eval_geneval(args) -> None:
         args.metadata = str(default_geneval_metadata(family))
         print(f"prompts: {args.metadata}")
     lines = Path(args.metadata).read_text().splitlines()
-    metas_all = [json.loads(x) for x in lines if x.strip()]
+    metas_all = parse_jsonl("\n".join(lines), str(args.metadata))
     metas = limit_per_task(metas_all, args.limit)
     if not metas:
         raise ValueError(f"no prompts in {args.metadata!r}")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..pipelines.pipeline_parauni import RECONSTRUCT_INSTRUCTION
 from ..registry import IMAGE_EMBEDDERS, family_of
 from ..utils.images import load_image
@@ -114,7 +115,18 @@ class ClipImageEmbedder:
         from transformers import CLIPModel
 
         self.name = source
-        self.model = CLIPModel.from_pretrained(source, dtype=torch.float32).to(device).eval().requires_grad_(False)
+        hint = "pass --clip PATH (a local CLIPModel folder), --clip toy for toy models, or --clip none"
+        try:  # the local cache first: no network round trip, and offline machines get the hint at once
+            model = CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=True)
+        except OSError:
+            logger.warning("CLIP model %r is not in the local cache; fetching it from the Hub (offline? %s)",
+                           source, hint)
+            try:
+                model = CLIPModel.from_pretrained(source, dtype=torch.float32)
+            except OSError as err:
+                first = str(err).splitlines()[0]
+                raise UsageError(f"cannot load the CLIP model {source!r} ({first}); {hint}") from None
+        self.model = model.to(device).eval().requires_grad_(False)
         self.size = int(self.model.config.vision_config.image_size)
         self.device = device
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
 from ..registry import PROMPT_SOURCES
+from ..utils.jsonl import read_jsonl
 
 
 class FixedPrompts:
@@ -39,17 +39,10 @@ def read_prompt_file(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts.path {str(path)!r} not found")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
-        else:
-            records.append({"prompt": line.strip()})
+    if path.suffix == ".jsonl":
+        records = read_jsonl(path)
+    else:
+        records = [{"prompt": line.strip()} for line in path.read_text().splitlines() if line.strip()]
     if not records:
         raise UsageError(f"{path}: no prompts")
     return records

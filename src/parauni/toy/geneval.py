@@ -23,6 +23,7 @@ from parauni.toy.detect import Detection, detect
 from parauni.toy.prompts import TASKS, all_metas
 from parauni.toy.world import relative_position
 from parauni.utils.images import as_uint8
+from parauni.utils.jsonl import parse_jsonl, read_jsonl
 
 PROMPTS_PER_TASK = 50
 METADATA_FILE = "toy_geneval_metadata.jsonl"
@@ -48,10 +49,8 @@ def make_toy_geneval(seed: int = 0, per_task: int = PROMPTS_PER_TASK) -> list[di
 def load_toy_geneval(path: str | Path | None = None) -> list[dict]:
     """The prompts of a GenEval metadata file (default: the toy file shipped with the package)."""
     if path is None:
-        text = resources.files("parauni.toy").joinpath("data", METADATA_FILE).read_text()
-    else:
-        text = Path(path).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return parse_jsonl(resources.files("parauni.toy").joinpath("data", METADATA_FILE).read_text(), METADATA_FILE)
+    return read_jsonl(path)
 
 
 def write_metadata(metas: Sequence[dict], path: str | Path) -> None:
