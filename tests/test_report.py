@@ -170,3 +170,47 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(colours) > 50, "the screenshot is (nearly) a single colour"
     dark = (a.sum(-1) < 200).mean()  # text and figures leave dark pixels on the white page
     assert 0.001 < dark < 0.5
+
+
+def test_report_reads_headline_first_with_notes_seeds_and_enlarged_samples(tmp_path):
+    """Headline comparison, then curves, then each run; every table says what it holds; samples under their task,
+    32-px toy images enlarged x4 nearest-neighbour; configs folded; runs named <x>_seed<k> give mean ± std."""
+    a = make_run(tmp_path / "toy_seed0", per_task=2)
+    b = tmp_path / "toy_seed1"
+    (b / "eval" / "geneval").mkdir(parents=True)
+    summary_a = json.loads((a / "eval" / "geneval" / "summary.json").read_text())
+    summary_b = {**summary_a, "tasks": {t: 1.0 for t in summary_a["tasks"]}, "overall": 1.0}
+    (b / "eval" / "geneval" / "summary.json").write_text(json.dumps(summary_b))
+    (b / "eval" / "wise").mkdir()
+    (b / "eval" / "wise" / "summary.json").write_text(json.dumps({
+        "protocol": "verified", "wiscore": "score, 0 or 1 (calculate_verified.py)", "overall": 0.5, "scored": 6,
+        "overall_weights": {"CULTURE": 0.4, "TIME": 0.12}, "unscored": [],
+        "categories": {"CULTURE": {"wiscore": 0.5, "images": 1}, "TIME": {"wiscore": 0.25, "images": 1}}}))
+    (b / "eval" / "dpg").mkdir()
+    (b / "eval" / "dpg" / "dpg_summary.json").write_text(json.dumps({
+        "score": 61.5, "l1": {"entity": 70.0}, "l2": {"entity - whole": 70.0}, "items": 2, "images_per_item": 4,
+        "questions": 7, "vqa": "Salesforce/blip-vqa-base"}))
+    html_path, md_path = build_report([a, b], tmp_path / "r.html", samples_per_task=1)
+    text = html_path.read_text()
+    order = [text.index(h) for h in ("<h2>GenEval across runs</h2>", "<h2>WISE</h2>", "<h2>DPG-Bench</h2>",
+                                     "<h2>Curves</h2>", "<h2>toy_seed0</h2>", "<h2>toy_seed1</h2>")]
+    assert order == sorted(order)
+    # the seed group: mean ± sample std of the two runs' overall
+    overall = [summary_a["overall"], 1.0]
+    mean, std = float(np.mean(overall)), float(np.std(overall, ddof=1))
+    assert "toy (mean ± std, 2 seeds)" in text and f"{mean:.3f} ± {std:.3f}" in text
+    assert "sample std over the seeds" in text
+    # every table is followed by a note that says what its numbers are
+    assert text.count("<table>") == text.count('</table>\n<p class="note">') >= 7
+    assert "1 image(s) per prompt" in text and "x 100" in text and "WiScore" in text
+    # configs folded away
+    assert re.search(r"<details><summary>config\.yaml \(\d+ lines\)</summary><pre>", text)
+    assert "<details><summary>config.yaml" in md_path.read_text()
+    # samples sit under their task heading, enlarged x4 with nearest-neighbour (4x4 blocks of one colour)
+    section = text[text.index("<h4>counting"):]
+    src = re.search(r'<img src="(data:image/png;base64,[^"]+)"', section).group(1)
+    im = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+    assert im.shape == (128, 128, 3)
+    assert np.array_equal(im, np.repeat(np.repeat(im[::4, ::4], 4, 0), 4, 1))
+    original = next((a / "eval" / "geneval").glob("*/samples/0000.png"))
+    assert Image.open(original).size == (32, 32)

@@ -238,3 +238,27 @@ def test_record_without_objects_is_an_error(tmp_path, capsys):
     assert main(["toy", "eval", "--model", "prior", "--metadata", str(meta), "--images-per-prompt", "1",
                  "--steps", "1", "--threads", "1"]) == 2
     assert not (tmp_path / "g" / "summary.json").exists()
+
+
+def test_toy_scorer_runs_the_core_rule_engine(metas):
+    """The toy scorer is GenEval's rule engine (parauni.eval.geneval_rules) fed with toy detections: every toy
+    detection counts (TOY_SELECTION), colours are the detector's own; GenEval's selection is an explicit option."""
+    from parauni.eval import geneval_rules as rules
+    from parauni.toy.geneval import TOY_SELECTION
+
+    rng = np.random.default_rng(3)
+    for i, meta in enumerate(metas[::10]):
+        img = render(scene_from_metadata(metas[(i * 7) % len(metas)], np.random.default_rng([3, i])))
+        dets = detect(img)
+        objects = rules.select_objects(dets, meta["tag"], TOY_SELECTION)
+        assert evaluate(dets, meta) == rules.evaluate(objects, meta, palette=None)
+    for _ in range(200):  # one position rule for the toy world and the rules
+        a, b = rng.uniform(0, 32, 2), rng.uniform(0, 32, 2)
+        box_a, box_b = (*a, *(a + rng.uniform(1, 12, 2))), (*b, *(b + rng.uniform(1, 12, 2)))
+        assert relative_position(box_a, box_b) == rules.relative_position(box_a, box_b)
+    # GenEval's counting threshold (0.9) is not the toy scorer's: a 0.8 detection counts only for the toy one
+    meta = {"tag": "counting", "include": [{"class": "circle", "count": 2}],
+            "exclude": [{"class": "circle", "count": 3}], "prompt": "a photo of two circles"}
+    two = [det("circle", "red", (0, 0, 5, 5), 0.95), det("circle", "red", (9, 0, 14, 5), 0.8)]
+    assert evaluate(two, meta) == (True, "")
+    assert evaluate(two, meta, rules.GENEVAL) == (False, "expected circle>=2, found 1")

@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from ..utils.images import unit_to_uint8
 from . import provenance as prov
+from .geneval_rules import TASKS
 
 # generate(prompts, seeds) -> one RGB uint8 (H, W, 3) image per prompt
 GenerateFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
-TASK_ORDER = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+TASK_ORDER = TASKS  # GenEval's six tasks (parauni.eval.geneval_rules)
 SEED_RULE = "seed + index * images_per_prompt + k (index: the prompt's folder number)"
 LIMIT_RULE = "first N prompts of each task (GenEval's 'tag'), in file order"
 _FOLDER = re.compile(r"\d+")

@@ -1,0 +1,289 @@
+"""The native GenEval scorer (parauni.eval.geneval_native) on tiny random-weight Mask2Former and CLIP models:
+label mapping, detections (boxes from masks, scores, shapes), the colour crops, forced detections through GenEval's
+rules, and ``parauni eval geneval --scorer native`` end to end."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    PreTrainedTokenizerFast,
+    SwinConfig,
+)
+from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+
+from parauni.cli import GENEVAL_SCORER_ENV, main
+from parauni.eval import geneval_rules as rules
+from parauni.eval.bundled import geneval_metadata_path
+from parauni.eval.geneval import generate_geneval
+from parauni.eval.geneval_native import (
+    ColorClassifier,
+    Mask2FormerDetector,
+    NativeScorer,
+    geneval_class_names,
+    label_map,
+    mask_to_box,
+)
+from parauni.eval.geneval_rules import Detection
+
+LABELS = {0: "person", 1: "mouse", 2: "dog", 3: "wall-other"}  # COCO spellings; 'wall-other' is a stuff class
+WORDS = "a photo of red orange yellow green blue purple pink brown black white colored object car dog cup".split()
+SCALE = (64, 96)  # the test detector's input scale (GenEval's is 800 / 1333)
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory):
+    """A saved random Mask2Former (Swin backbone, 10 queries, 4 labels) with its PIL image processor config."""
+    path = tmp_path_factory.mktemp("tiny_m2f")
+    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                      window_size=2, out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                            encoder_feedforward_dim=32, dim_feedforward=32, encoder_layers=1, decoder_layers=2,
+                            num_attention_heads=2, num_queries=10, common_stride=4, id2label=LABELS,
+                            label2id={v: k for k, v in LABELS.items()})
+    torch.manual_seed(0)
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(path)
+    Mask2FormerImageProcessorPil().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dog_detector(tiny_detector, tmp_path_factory):
+    """The tiny detector with its class head forced to "dog" (weights 0, bias +20 for dog, -20 else)."""
+    path = tmp_path_factory.mktemp("dog_m2f")
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(tiny_detector)
+    with torch.no_grad():
+        model.class_predictor.weight.zero_()
+        model.class_predictor.bias.fill_(-20.0)
+        model.class_predictor.bias[2] = 20.0
+    model.save_pretrained(path)
+    Mask2FormerImageProcessorPil().save_pretrained(path)
+    return path
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>",
+                                                       special_tokens=[("<bos>", 2), ("<eos>", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A saved random CLIP (projection 16, 32x32 images) with a word-level tokenizer and a processor config."""
+    path = tmp_path_factory.mktemp("tiny_clip")
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+                         eos_token_id=3),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(1)
+    CLIPModel(cfg).save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 32},
+                                                               "crop_size": {"height": 32, "width": 32}}))
+    return path
+
+
+def _image(h=40, w=48, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_label_map_to_genevals_names():
+    assert len(geneval_class_names()) == 80
+    assert label_map(LABELS) == {0: "person", 1: "computer mouse", 2: "dog"}  # the stuff class is no GenEval class
+    assert label_map({0: "tv_remote", 1: "Hair-Drier", 2: "keyboard"}) == {
+        0: "tv remote", 1: "hair drier", 2: "computer keyboard"}
+    generic = {i: f"LABEL_{i}" for i in range(80)}
+    assert label_map(generic)[64] == "computer mouse"  # unnamed labels: COCO order
+    with pytest.raises(ValueError, match="none of the detector's 2 labels.*COCO"):
+        label_map({0: "wall", 1: "sky"})
+
+
+def test_mask_to_box_is_mmdetections_mask2bbox():
+    mask = np.zeros((10, 12), bool)
+    mask[2:5, 3:9] = True
+    assert mask_to_box(mask) == (3.0, 2.0, 9.0, 5.0)  # x2, y2 one past the last pixel
+    assert mask_to_box(np.zeros((4, 4), bool)) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_detector_plumbing(tiny_detector):
+    detector = Mask2FormerDetector(tiny_detector, scale=SCALE)
+    image = _image()
+    dets = detector(image)
+    assert 0 < len(dets) <= detector.max_per_image
+    assert [d.confidence for d in dets] == sorted((d.confidence for d in dets), reverse=True)
+    for d in dets:
+        assert d.cls in {"person", "computer mouse", "dog"}
+        assert d.mask.shape == (40, 48) and d.mask.dtype == bool and d.mask.any()
+        assert d.bbox == mask_to_box(d.mask)
+        assert 0 <= d.bbox[0] < d.bbox[2] <= 48 and 0 <= d.bbox[1] < d.bbox[3] <= 40
+        assert 0.0 <= d.confidence <= 1.0
+    assert detector(image) == dets  # deterministic
+    # a class forced by the weights: every query says "dog", so every confident detection is a dog
+    with torch.no_grad():
+        head = detector.model.class_predictor
+        head.weight.zero_()
+        head.bias.fill_(-20.0)
+        head.bias[2] = 20.0
+    forced = detector(image)
+    confident = [d for d in forced if d.confidence > rules.THRESHOLD]
+    assert confident and {d.cls for d in confident} == {"dog"}
+    # score = class probability (~1) x the mean mask probability inside the mask (> 0.5)
+    assert all(0.5 < d.confidence <= 1.0 for d in confident)
+
+
+def test_color_crops_mask_the_background_and_crop_the_box(tiny_clip):
+    colors = ColorClassifier(tiny_clip)
+    arr = np.zeros((20, 30, 3), np.uint8)
+    arr[...] = (0, 0, 255)
+    arr[5:10, 4:12] = (255, 0, 0)
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 4:10] = True  # the mask misses two red columns of the box
+    d = Detection("car", (4.0, 5.0, 12.0, 10.0), 0.9, mask=mask)
+    crop = np.asarray(colors.crops(Image.fromarray(arr), [d])[0])
+    assert crop.shape == (5, 8, 3)
+    assert (crop[:, :6] == (255, 0, 0)).all() and (crop[:, 6:] == (153, 153, 153)).all()  # #999 outside the mask
+    w = colors.weights("car")
+    assert w.shape == (16, len(rules.COLORS)) and torch.allclose(w.norm(dim=0), torch.ones(len(rules.COLORS)))
+    got = colors(Image.fromarray(arr), [d, Detection("car", (0.0, 0.0, 30.0, 20.0), 0.5)], "car")
+    assert len(got) == 2 and set(got) <= set(rules.COLORS)
+    assert colors(Image.fromarray(arr), [], "car") == []
+
+
+def test_forced_detections_go_through_genevals_rules(tiny_detector, tiny_clip):
+    scorer = NativeScorer(tiny_detector, tiny_clip, scale=SCALE)
+    image = _image(seed=1)
+    mask = np.zeros((40, 48), bool)
+    mask[4:20, 6:30] = True
+    car = Detection("car", mask_to_box(mask), 0.95, mask=mask)
+    said = scorer.colors(image, [car], "car")[0]
+    other = next(c for c in rules.COLORS if c != said)
+    meta = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": said}], "prompt": "p"}
+    assert scorer.judge(image, [car], meta)[:2] == (True, "")
+    wrong = {**meta, "include": [{"class": "car", "count": 1, "color": other}]}
+    assert scorer.judge(image, [car], wrong)[:2] == (False, f"expected {other} car>=1, found 0 {other}; and 1 {said}")
+    cars = [Detection("car", (i * 10.0, 0.0, i * 10.0 + 8, 8.0), c) for i, c in enumerate((0.95, 0.93, 0.85))]
+    count = {"tag": "counting", "include": [{"class": "car", "count": 3}], "exclude": [{"class": "car", "count": 4}],
+             "prompt": "p"}
+    correct, reason, objects = scorer.judge(image, cars, count)
+    assert (correct, reason) == (False, "expected car>=3, found 2") and len(objects["car"]) == 2
+    assert rules.official_details(objects) == {"car": [[0, 0, 8, 8, 0.95], [10, 0, 18, 8, 0.93]]}
+
+
+def _genevals_first(tags):
+    records = [json.loads(x) for x in geneval_metadata_path().read_text().splitlines()]
+    return [next(r for r in records if r["tag"] == t) for t in tags]
+
+
+def test_native_scorer_end_to_end_on_genevals_layout(tmp_path, dog_detector, tiny_clip):
+    """GenEval-schema prompts about dogs, noise images in GenEval's layout, a detector that only sees dogs (with
+    random masks, at about 0.5 confidence: above the detection threshold, below the counting one)."""
+    metas = [{"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}],
+              "prompt": "a photo of a red dog"},
+             {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}],
+              "prompt": "a photo of two dogs"}]
+
+    def noise(prompts, seeds):
+        return [np.asarray(_image(32, 32, s)) for s in seeds]
+
+    out = generate_geneval(noise, metas, tmp_path, images_per_prompt=2)
+    scorer = NativeScorer(dog_detector, tiny_clip, scale=SCALE)
+    summary = scorer.score_dir(out)
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and [r["tag"] for r in rows] == ["colors", "colors", "counting", "counting"]
+    for r in rows:
+        assert list(r) == list(rules.RESULT_KEYS)  # the official keys, no toy extras
+        assert json.loads(r["metadata"])["prompt"] == r["prompt"] and isinstance(r["correct"], bool)
+        details = json.loads(r["details"])
+        assert r["correct"] == (r["reason"] == "")
+        if r["tag"] == "counting":  # no dog reaches the counting threshold 0.9
+            assert details == {} and r["reason"] == "expected dog>=2, found 0"
+            continue
+        assert set(details) == {"dog"}  # the forced class, mapped to GenEval's name
+        assert all(len(b) == 5 and 0.3 < b[4] < 0.9 for b in details["dog"])
+        image = Image.open(r["filename"]).convert("RGB")
+        top = scorer.detector(image)[0]  # the colour of the most confident dog, as the classifier sees it
+        assert details["dog"][0] == top.box_and_score()
+        said = scorer.colors(image, [top], "dog")[0]
+        assert r["correct"] == (said == "red")
+        assert r["correct"] or r["reason"] == f"expected red dog>=1, found 0 red; and 1 {said}"
+    assert summary["tasks"]["counting"] == 0.0 and summary["total_images"] == 4
+    assert summary["overall"] == pytest.approx(np.mean(list(summary["tasks"].values())))
+    assert summary["scorer"]["kind"] == "native" and summary["scorer"]["detector"] == str(dog_detector)
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_cli_native_scorer(tmp_path, tiny_detector, tiny_clip, capsys):
+    """``parauni eval geneval --scorer native``: generate with the toy prior, score with the given models."""
+    meta_file = tmp_path / "m.jsonl"
+    meta_file.write_text("".join(json.dumps(m) + "\n" for m in _genevals_first(("colors", "position"))))
+    out = tmp_path / "g"
+    assert main(["eval", "geneval", "--model", "prior", "--metadata", str(meta_file), "--out", str(out),
+                 "--images-per-prompt", "1", "--steps", "1", "--scorer", "native", "--detector", str(tiny_detector),
+                 "--clip", str(tiny_clip)]) == 0
+    assert "overall" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["tag"] for r in rows] == ["colors", "position"]
+    assert all(list(r) == list(rules.RESULT_KEYS) and isinstance(json.loads(r["details"]), dict) for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"colors", "position"}
+    assert summary["scorer"] == NativeScorer(tiny_detector, tiny_clip).about()
+
+
+def test_cli_scorer_choices(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(GENEVAL_SCORER_ENV, raising=False)
+    meta_file = tmp_path / "m.jsonl"
+    meta_file.write_text(json.dumps(_genevals_first(("single_object",))[0]) + "\n")
+    base = ["eval", "geneval", "--model", "prior", "--metadata", str(meta_file), "--images-per-prompt", "1",
+            "--steps", "1"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--scorer", "toy", "--detector", "x"]) == 2
+    assert "--detector is read by --scorer native only" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # refused before generating
+    # official on a toy model: no toy scoring, the official instructions
+    assert main([*base, "--out", str(tmp_path / "b"), "--scorer", "official"]) == 0
+    assert "evaluate_images.py" in capsys.readouterr().out and not (tmp_path / "b" / "results.jsonl").exists()
+    # toy on GenEval's prompts: the toy detector (its rows carry partial credit)
+    assert main([*base, "--out", str(tmp_path / "c"), "--scorer", "toy"]) == 0
+    row = json.loads((tmp_path / "c" / "results.jsonl").read_text().splitlines()[0])
+    assert "partial" in row and row["correct"] is False  # no toy shape is a bench
+
+
+def test_cli_official_scorer_summarises_official_results(tmp_path, monkeypatch):
+    """--scorer official on a toy model runs $PARAUNI_GENEVAL_SCORER; rows with the official ``details`` (a dict of
+    boxes per class) are summarised with GenEval's summary (summary_scores.py)."""
+    scorer = tmp_path / "fake_scorer.py"
+    scorer.write_text(
+        "import json, pathlib, sys\n"
+        "images, outfile = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[sys.argv.index('--outfile') + 1])\n"
+        "rows = []\n"
+        "for d in sorted(images.glob('[0-9]*')):\n"
+        "    meta = json.loads((d / 'metadata.jsonl').read_text())\n"
+        "    for s in sorted((d / 'samples').glob('*.png')):\n"
+        "        rows.append({'filename': str(s), 'tag': meta['tag'], 'prompt': meta['prompt'], 'reason': '',\n"
+        "                     'correct': True, 'metadata': json.dumps(meta),\n"
+        "                     'details': json.dumps({'bench': [[1.0, 2.0, 3.0, 4.0, 0.9]]})})\n"
+        "outfile.write_text(''.join(json.dumps(r) + '\\n' for r in rows))\n")
+    monkeypatch.setenv(GENEVAL_SCORER_ENV, f"{sys.executable} {scorer}")
+    meta_file = tmp_path / "m.jsonl"
+    meta_file.write_text("".join(json.dumps(m) + "\n" for m in _genevals_first(("single_object", "colors"))))
+    out = tmp_path / "g"
+    assert main(["eval", "geneval", "--model", "prior", "--metadata", str(meta_file), "--out", str(out),
+                 "--images-per-prompt", "1", "--steps", "1", "--scorer", "official"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == rules.summarize([json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()])
+    assert summary["tasks"] == {"single_object": 1.0, "colors": 1.0} and summary["overall"] == 1.0
