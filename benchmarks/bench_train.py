@@ -6,6 +6,7 @@ is that workload's alone.
 
     python benchmarks/bench_train.py                            # tiny (or the toy models if shipped), CPU
     python benchmarks/bench_train.py --steps 3 --warmup 1       # quicker
+    python benchmarks/bench_train.py --trainer                  # parauni train's step vs the model-only step
     python benchmarks/bench_train.py --size internvl3-2b_sana-1.6b_512 --device cuda --dtype bf16 --batch 32
 
 Small sizes use the project's ``Trainer`` (``parauni.train.trainer``) on the toy data stream: a step is
@@ -16,10 +17,13 @@ frozen parts in ``--dtype``, the trainable ones in float32 under bf16 autocast (
 precision trains), with gradient checkpointing on; latents are random (a cached-latents run: no VAE) and
 the tokenizer is the local byte-level one (the templated prompt's token count is printed).
 
-FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (matmuls, convolutions,
-attention; recomputation by checkpointing excluded: at real size the count is taken at batch 1 without
-checkpointing and scaled by the batch), so MFU = model FLOPs per step / step time / ``--peak-tflops``
-(default 989, H100 dense bf16; shown on CUDA, or on CPU when ``--peak-tflops`` is given).  Peak memory:
+FLOPs: ``parauni.utils.flops.count_flops`` over one forward + backward (``FlopCounterMode`` with PyTorch's
+over-count of grouped-convolution weight gradients corrected: SANA's depthwise conv; matmuls, convolutions,
+attention; recomputation excluded: at real size the count is taken at batch 1 without checkpointing and
+scaled by the batch).  MFU = model FLOPs per step / step time / peak, the peak being ``--peak-tflops`` or,
+with ``--dtype bf16`` on CUDA, the GPU's dense bf16 peak from ``parauni.utils.flops.GPU_PEAKS`` (by
+``torch.cuda.get_device_name()``); with neither, MFU is not shown.  ``--json`` also writes the rows, the GPU,
+the peak and the counting method.  ``benchmarks/mfu_recount.py`` recounts a stored run's FLOPs.  Peak memory:
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process's peak RSS growth over the built model.
 """
 
@@ -50,11 +54,36 @@ def _toy_available() -> bool:
 
 
 def _count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    from parauni.utils.flops import count_flops
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+    return count_flops(fn)
+
+
+def _gpu_name(device: str) -> str | None:
+    """``torch.cuda.get_device_name`` of ``device`` (asked in a child process: this one holds no CUDA context)."""
+    if not device.startswith("cuda"):
+        return None
+    code = f"import torch; print(torch.cuda.get_device_name(torch.device({device!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"error: cannot read the name of GPU {device!r}:\n{proc.stderr[-2000:]}")
+    return proc.stdout.strip()
+
+
+def _peak(args, gpu: str | None) -> tuple[float | None, str]:
+    """(peak TFLOP/s for MFU or None, where it comes from)."""
+    from parauni.utils.flops import gpu_peak_tflops
+
+    if args.peak_tflops:
+        return args.peak_tflops, "--peak-tflops"
+    if gpu is None:
+        return None, "no GPU: pass --peak-tflops for an MFU"
+    found = gpu_peak_tflops(gpu)
+    if found is None:
+        return None, f"no dense bf16 peak known for {gpu!r} (parauni.utils.flops.GPU_PEAKS): pass --peak-tflops"
+    if args.dtype != "bf16":
+        return None, f"the table's peaks are bf16 ones and this run is {args.dtype}: pass --peak-tflops"
+    return found[1], f"{found[0]} dense bf16 (NVIDIA datasheet, without sparsity)"
 
 
 def _small_step(args, variant: str, stage: str):
@@ -86,7 +115,7 @@ def _real_step(args, variant: str, stage: str):
     from parauni.models.prompt import tokenize_prompts
     from parauni.models.tokenizer import build_tokenizer
     from parauni.train.model import FlowTrainModule
-    from parauni.train.trainer import param_groups
+    from parauni.train.optim import decay_groups
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     preset = get_preset(args.size)
@@ -100,11 +129,12 @@ def _real_step(args, variant: str, stage: str):
         module.transformer.float()
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    opt = torch.optim.AdamW(param_groups(named, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(decay_groups(params, 0.05), lr=1e-4, betas=(0.9, 0.95))
     latent = preset.resolution // 32
     amp = dict(device_type="cuda" if args.device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                enabled=args.dtype == "bf16")
-    gen = torch.Generator(args.device).manual_seed(0)
+    # the meta device (a FLOP count without memory: mfu_recount.py) has no generator
+    gen = None if args.device == "meta" else torch.Generator(args.device).manual_seed(0)
 
     def batch(n: int):
         shape = (n, preset.transformer["in_channels"], latent, latent)
@@ -183,9 +213,25 @@ def main() -> None:
     ap.add_argument("--stages", default="I,II", help="comma-separated: I, II")
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
                     help="real size: train without gradient checkpointing (small sizes never use it)")
-    ap.add_argument("--peak-tflops", type=float, help="device peak for MFU (default 989: H100 dense bf16, on CUDA)")
+    ap.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (default: the GPU's dense bf16 "
+                    "peak when known and --dtype bf16; no MFU otherwise)")
+    ap.add_argument("--json", help="also write the rows, GPU, peak and FLOP-count method to this JSON file")
     ap.add_argument("--worker", nargs=2, metavar=("STAGE", "VARIANT"), help=argparse.SUPPRESS)
+    tr = ap.add_argument_group("--trainer: parauni train's own step vs the model-only step, and data throughput "
+                               "(benchmarks/trainer_speed.py)")
+    tr.add_argument("--trainer", action="store_true", help="time the Trainer on a generated JPEG folder "
+                    "(data.kind=folder) against the same step on pre-loaded batches; then the data pipeline")
+    tr.add_argument("--data-workers", type=int, default=2, help="--trainer: data.num_workers")
+    tr.add_argument("--trainer-image-px", type=int, help="--trainer: JPEG height (default 2 x the resolution)")
+    tr.add_argument("--throughput-px", type=int, default=1024, help="--trainer: JPEG height for the data throughput")
+    tr.add_argument("--throughput-resolution", type=int, default=512, help="--trainer: crop size for the throughput")
+    tr.add_argument("--throughput-workers", default="0,1,2", help="--trainer: loader processes to measure")
     args = ap.parse_args()
+    if args.trainer:
+        from trainer_speed import report
+
+        report(args)
+        return
     if args.worker:
         args.stage, args.variant = args.worker
         if args.size == "tiny":
@@ -193,7 +239,10 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    peak = args.peak_tflops or (989.0 if args.device.startswith("cuda") else None)
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        sys.exit(f"error: --peak-tflops {args.peak_tflops} must be > 0 (the GPU's dense TFLOP/s for the run's dtype)")
+    gpu = _gpu_name(args.device)
+    peak, peak_source = _peak(args, gpu)
     env = dict(os.environ)
     if not args.device.startswith("cuda"):
         env["CUDA_VISIBLE_DEVICES"] = ""  # the Trainer picks CUDA whenever it sees one
@@ -229,6 +278,19 @@ def main() -> None:
                   f"peak memory x{r[v]['peak_mb'] / max(base['peak_mb'], 1e-9):.2f}  "
                   f"FLOPs x{r[v]['flops_per_step'] / max(base['flops_per_step'], 1):.2f}  "
                   f"trainable {r[v]['trainable'] / 1e6:.2f}M")
+    from parauni.utils.flops import METHOD
+
+    print(f"\nGPU: {gpu or 'none (' + args.device + ')'}; "
+          + (f"MFU peak {peak:g} TFLOP/s ({peak_source})" if peak else f"MFU not shown: {peak_source}")
+          + f".\nFLOPs: {METHOD}" + ("; real size: batch 1 without checkpointing, times the batch."
+                                      if args.size != "tiny" else "."))
+    if args.json:
+        meta = dict(size=args.size, device=args.device, dtype=args.dtype, batch=args.batch, steps=args.steps,
+                    warmup=args.warmup, checkpointing=args.checkpointing and args.size != "tiny", gpu=gpu,
+                    peak_tflops=peak, peak_source=peak_source, flop_count_method=METHOD)
+        with open(args.json, "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":

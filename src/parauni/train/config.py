@@ -61,7 +61,9 @@ class ModelConfig:
     vae: str | None = None
     init: str | None = None  # a checkpoint or pipeline folder whose trainable weights start the run
     conditioner: dict = field(default_factory=dict)  # ParaUniConditioner overrides (layers, fusion, ...)
-    gradient_checkpointing: bool = False
+    # true / false, or a list of the modules to checkpoint: any of "vlm", "connector", "transformer"
+    # (typed Any: OmegaConf has no bool-or-list union)
+    gradient_checkpointing: Any = False
 
 
 @dataclass
@@ -111,6 +113,7 @@ class TrainConfig:
     eval_limit: int | None = None  # toy GenEval: first N prompts of each task only (None: all 300)
     threads: int | None = None  # torch CPU threads
     timesteps: str = "uniform"  # flow-time sampling: "uniform" (the reference) or "logit-normal"
+    compile: bool = False  # torch.compile the transformer and the connector (first steps slower while it compiles)
 
 
 @dataclass
@@ -132,6 +135,7 @@ DATA_KINDS = ("json", "folder", "webdataset", "latents")  # built in; plugins re
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
 TIMESTEPS = ("uniform", "logit-normal")
+CHECKPOINTABLE = ("vlm", "connector", "transformer")  # model.gradient_checkpointing as a list
 POSITIVE = number(0.0, lo_open=True)
 NON_NEGATIVE = number(0.0)
 BETAS = list_of(number(0.0, 1.0, hi_open=True), length=2)
@@ -145,7 +149,7 @@ CHECKS: dict[str, Check] = {
     "model.vae": optional(PATH),
     "model.init": optional(PATH),
     "model.conditioner": mapping(),
-    "model.gradient_checkpointing": boolean(),
+    "model.gradient_checkpointing": either(boolean(), list_of(choice(*CHECKPOINTABLE))),
     "data.kind": registered_choice(DATASETS, *DATA_KINDS),
     "data.path": optional(either(PATH, list_of(PATH))),
     "data.image_root": optional(PATH),
@@ -179,6 +183,7 @@ CHECKS: dict[str, Check] = {
     "train.eval_limit": optional(POSITIVE_INT),
     "train.threads": optional(POSITIVE_INT),
     "train.timesteps": choice(*TIMESTEPS),
+    "train.compile": boolean(),
 }
 
 

@@ -4,7 +4,11 @@ Every sample of a run has a global index ``k``: step ``s`` uses samples ``s * G 
 (``G`` the global batch) and process ``r`` of ``W`` takes its contiguous share of each micro-batch. The
 random crop, the caption drop and the diffusion noise of sample ``k`` depend only on ``(seed, k)``, so a
 run with ``W`` processes sees the same global batches as one with one process, and a resumed run
-continues exactly where it stopped (its position is ``step * G``).
+continues exactly where it stopped (its position is ``step * G``). :class:`MicroBatches` turns this order
+into a dataset of whole micro-batches for a ``torch.utils.data.DataLoader`` (``data.num_workers``
+processes); since every micro-batch is made from its global indices alone, the number of processes does not
+change what the run sees. A webdataset stream is read by every loader process up to its own samples
+(only those are decoded).
 
 Sources: a JSON list of ``{image, annotation}`` records with the
 caption inside the annotation file (``json``, the reference layout), a folder of images with ``.txt``
@@ -47,6 +51,17 @@ def sample_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
 
 def crop_resize(image: Image.Image, resolution: int, generator: torch.Generator) -> torch.Tensor:
     """A random square crop, resized to ``resolution``, as ``(3, R, R)`` in [-1, 1]."""
+    return to_unit_range(crop_resize_uint8(image, resolution, generator))
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (any shape, on any device) as float32 in [-1, 1]: ``x / 127.5 - 1``. The trainer uploads
+    uint8 (a quarter of float32's bytes) and converts on the device with this same arithmetic."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def crop_resize_uint8(image: Image.Image, resolution: int, generator: torch.Generator) -> torch.Tensor:
+    """A random square crop, resized to ``resolution``, as ``(3, R, R)`` uint8."""
     image = image.convert("RGB")
     w, h = image.size
     side = min(w, h)
@@ -56,7 +71,7 @@ def crop_resize(image: Image.Image, resolution: int, generator: torch.Generator)
     if side != resolution:
         image = image.resize((resolution, resolution), Image.BICUBIC)
     arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (R, R, 3)
-    return arr.permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return arr.permute(2, 0, 1).contiguous()
 
 
 def _open_image(data: bytes | str | Path, name: str) -> Image.Image:
@@ -233,8 +248,8 @@ class SampleLoader:
 
     ``take(step, micro)`` returns the micro-batch ``micro`` (of ``grad_accum``) of ``step`` for this rank:
     global samples ``step * G + (micro * W + rank) * b + i`` for ``i < b``, with ``b`` the micro-batch
-    size. A sample that cannot be read is replaced by the next index past the run's nominal range
-    (``replacement`` samples come from a separate pool), so the batch size stays fixed.
+    size. A sample that cannot be read is replaced by a readable sample of the same micro-batch, so the
+    batch size stays fixed.
     """
 
     def __init__(self, source, data_cfg, seed: int, global_batch: int, world: int, rank: int, grad_accum: int = 1,
@@ -248,6 +263,15 @@ class SampleLoader:
         self.shuffle = shuffle
         self.skipped = 0
         self._stream, self._stream_pos = None, 0
+        self._perm_epoch, self._perm = None, None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The dataset order of ``epoch``: ``randperm(n)`` seeded by ``(seed, epoch)``, computed once per epoch
+        (the last one is kept, so each sample costs O(1) rather than the O(n) of a fresh permutation)."""
+        if self._perm_epoch != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.source.length, generator=gen), epoch
+        return self._perm
 
     def index_of(self, k: int) -> int:
         """Dataset index of global sample ``k``: a fresh seeded permutation every epoch (with ``shuffle``)."""
@@ -255,8 +279,7 @@ class SampleLoader:
         if n is None or not self.shuffle:
             return k
         epoch, pos = divmod(k, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-        return int(perm[pos])
+        return int(self.permutation(epoch)[pos])
 
     def _stream_get(self, k: int) -> tuple[bytes | None, str | None, str]:
         if self._stream is None or self._stream_pos > k:
@@ -268,8 +291,9 @@ class SampleLoader:
         self._stream_pos += 1
         return image, caption, key
 
-    def load(self, k: int) -> Sample:
-        """Global sample ``k`` (raises :class:`UnreadableSample` for a bad image)."""
+    def load(self, k: int, uint8: bool = False) -> Sample:
+        """Global sample ``k`` (raises :class:`UnreadableSample` for a bad image); ``uint8``: the image as
+        ``(3, R, R)`` uint8 instead of float in [-1, 1] (:func:`to_unit_range` converts it)."""
         gen = sample_generator(self.seed, k, 0)
         if isinstance(self.source, WebDatasetSource):
             image, caption, key = self._stream_get(k)
@@ -281,29 +305,37 @@ class SampleLoader:
             if isinstance(item, torch.Tensor):
                 return Sample(None, caption, item)
             pil = item
-        return Sample(crop_resize(pil, self.cfg.resolution, gen), caption)
+        pixels = crop_resize_uint8(pil, self.cfg.resolution, gen)
+        return Sample(pixels if uint8 else to_unit_range(pixels), caption)
 
     def first_index(self, step: int, micro: int) -> int:
         """Global index of the first sample of this rank's micro-batch ``micro`` of ``step``."""
         return step * self.global_batch + (micro * self.world + self.rank) * self.micro
 
-    def take(self, step: int, micro: int) -> list[Sample]:
-        """This rank's micro-batch ``micro`` of ``step``. An unreadable sample is counted, logged and
-        replaced by a readable sample of the same micro-batch, so the batch size stays fixed."""
+    def micro_batch(self, step: int, micro: int, uint8: bool = False) -> tuple[list[Sample], int]:
+        """This rank's micro-batch ``micro`` of ``step`` and how many of its samples were unreadable (each is
+        logged and replaced by a readable sample of the same micro-batch). Counts nothing itself, so it can run
+        in a loader process; :meth:`take` counts."""
         start = self.first_index(step, micro)
         samples: list[Sample | None] = []
         for k in range(start, start + self.micro):
             try:
-                samples.append(self.load(k))
+                samples.append(self.load(k, uint8))
             except UnreadableSample as err:
-                self.skipped += 1
-                logger.warning("skipping unreadable sample %d (%s); %d skipped so far", k, err, self.skipped)
+                logger.warning("skipping unreadable sample %d (%s)", k, err)
                 samples.append(None)
         good = [s for s in samples if s is not None]
         if not good:
             raise RuntimeError(f"every sample of step {step} ({start}..{start + self.micro - 1}) is unreadable; "
                                "check the dataset")
-        return [s if s is not None else good[i % len(good)] for i, s in enumerate(samples)]
+        skipped = len(samples) - len(good)
+        return [s if s is not None else good[i % len(good)] for i, s in enumerate(samples)], skipped
+
+    def take(self, step: int, micro: int) -> list[Sample]:
+        """This rank's micro-batch ``micro`` of ``step`` (see :meth:`micro_batch`), counting skipped samples."""
+        samples, skipped = self.micro_batch(step, micro)
+        self.skipped += skipped
+        return samples
 
 
 def collate(samples: list[Sample]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
@@ -311,6 +343,78 @@ def collate(samples: list[Sample]) -> tuple[torch.Tensor | None, torch.Tensor | 
     images = torch.stack([s.image for s in samples]) if samples[0].image is not None else None
     latents = torch.stack([s.latents for s in samples]) if samples[0].latents is not None else None
     return images, latents, [s.caption for s in samples]
+
+
+def per_sample_inputs(ids: list[int], seed: int, uncond_prob: float, shape: tuple[int, ...], timesteps: str):
+    """Caption-drop flags ``(B,)``, noise ``(B, *shape)`` and flow times ``(B,)`` of global samples ``ids``."""
+    drops, noises, sigmas = [], [], []
+    for k in ids:
+        drops.append(bool(torch.rand(1, generator=sample_generator(seed, k, 1)) < uncond_prob))
+        noises.append(torch.randn(shape, generator=sample_generator(seed, k, 2)))
+        g = sample_generator(seed, k, 3)
+        sigmas.append(torch.sigmoid(torch.randn(1, generator=g)) if timesteps == "logit-normal"
+                      else torch.rand(1, generator=g))
+    return drops, torch.stack(noises), torch.cat(sigmas)
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """The training micro-batches as a map-style dataset for :class:`torch.utils.data.DataLoader`: item
+    ``(step, micro)`` is everything the step needs from the host, made from global sample indices only, so it
+    is the same in the main process and in any loader process (and after a resume):
+
+    ``images`` (B, 3, R, R) uint8 or None, ``latents`` (B, C, h, w) or None, ``captions`` (``None`` where the
+    caption is dropped for classifier-free guidance), ``noise`` (B, *latent_shape), ``sigma`` (B,) and
+    ``skipped`` (unreadable samples replaced in this micro-batch). Decoding, cropping, resizing and the noise
+    thus run in ``data.num_workers`` processes while the device trains.
+    """
+
+    def __init__(self, loader: SampleLoader, latent_shape: tuple[int, ...], uncond_prob: float, timesteps: str):
+        self.loader, self.latent_shape = loader, tuple(latent_shape)
+        self.uncond_prob, self.timesteps = uncond_prob, timesteps
+
+    def __len__(self) -> int:  # addressed by (step, micro) through a sampler; the length is not used
+        return 0
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        step, micro = key
+        samples, skipped = self.loader.micro_batch(step, micro, uint8=True)
+        start = self.loader.first_index(step, micro)
+        images, latents, captions = collate(samples)
+        drops, noise, sigma = per_sample_inputs(range(start, start + len(samples)), self.loader.seed,
+                                                self.uncond_prob, self.latent_shape, self.timesteps)
+        captions = [None if drop else c for c, drop in zip(captions, drops, strict=True)]
+        return {"step": step, "micro": micro, "images": images, "latents": latents, "captions": captions,
+                "noise": noise, "sigma": sigma, "skipped": skipped}
+
+
+class StepOrder(torch.utils.data.Sampler):
+    """``(step, micro)`` for ``step = start, start + 1, ...`` (endless) and ``micro < grad_accum``."""
+
+    def __init__(self, start: int, grad_accum: int):
+        self.start, self.grad_accum = start, grad_accum
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step = self.start
+        while True:
+            for micro in range(self.grad_accum):
+                yield step, micro
+            step += 1
+
+
+def _whole(batch):
+    """The DataLoader's collate for items that are already micro-batches."""
+    return batch
+
+
+def micro_batch_loader(dataset: MicroBatches, start_step: int, num_workers: int, pin_memory: bool,
+                       prefetch_factor: int = 2) -> torch.utils.data.DataLoader:
+    """A :class:`~torch.utils.data.DataLoader` over ``dataset``'s micro-batches from ``start_step`` on, with
+    ``num_workers`` processes (0: in this process, as before), pinned memory for asynchronous uploads to a
+    GPU, and ``prefetch_factor`` micro-batches in flight per process."""
+    extra = dict(prefetch_factor=prefetch_factor, persistent_workers=False) if num_workers else {}
+    order = StepOrder(start_step, dataset.loader.grad_accum)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=order, num_workers=num_workers,
+                                       collate_fn=_whole, pin_memory=pin_memory, **extra)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from ..flow import flow_loss, interpolate, sigma_to_timestep
 from ..models.backbone import VLMBackbone
 from ..models.prompt import tokenize_prompts
 from ..pipelines.pipeline_parauni import ParaUniPipeline
+from .config import CHECKPOINTABLE
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +42,39 @@ class FlowTrainModule(nn.Module):
         """Trainable parameters by their pipeline name (``conditioner.…``, ``transformer.…``)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def set_gradient_checkpointing(self, on: bool) -> None:
-        if on:
-            self.conditioner.enable_gradient_checkpointing()
-            if "transformer" in self.parts:
+    def set_gradient_checkpointing(self, on: bool | list[str]) -> None:
+        """``model.gradient_checkpointing``: ``true`` checkpoints the VLM, the connector (the conditioner) and,
+        when it trains, the transformer; a list (of ``vlm``, ``connector``, ``transformer``) just those
+        modules (recomputing activations in the backward pass instead of storing them: less memory, ~1/3 more
+        compute for each module named). The transformer may be named in stage I too: the queries' gradient
+        flows back through it."""
+        if on is True:
+            on = ["vlm", "connector"] + (["transformer"] if "transformer" in self.parts else [])
+        for name in on or []:
+            if name == "connector":
+                self.conditioner.enable_gradient_checkpointing()
+            elif name == "transformer":
                 self.transformer.enable_gradient_checkpointing()
-            # The VLM is frozen but the queries' gradients flow through it; its activations dominate.
-            self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.vlm.train()  # HF checkpoints layers in train mode only; the language model has no dropout
+            elif name == "vlm":
+                # frozen, but the queries' gradients flow through it; its activations dominate
+                self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                self.vlm.train()  # HF checkpoints layers in train mode only; the language model has no dropout
+            else:
+                raise ValueError(f"model.gradient_checkpointing: unknown module {name!r} "
+                                 f"(allowed: {', '.join(CHECKPOINTABLE)})")
+
+    def compile_parts(self) -> None:
+        """``train.compile``: ``torch.compile`` the transformer and the connector in place
+        (:meth:`torch.nn.Module.compile`, so parameter names, checkpoints and exports are unchanged)."""
+        self.transformer.compile()
+        self.conditioner.compile()
+
+    def frozen_to(self, dtype: torch.dtype) -> None:
+        """Frozen weights in ``dtype`` (bf16 under bf16 mixed precision on CUDA): the VLM, and the transformer
+        when it does not train. Trainable weights stay float32 (the optimizer's master weights)."""
+        self.vlm.to(dtype)
+        if "transformer" not in self.parts:
+            self.transformer.to(dtype)
 
     def condition(self, captions: list[str | None]) -> torch.Tensor:
         """``(B, N, C)`` conditions; ``None`` captions get the unconditional prompt."""
@@ -61,9 +87,10 @@ class FlowTrainModule(nn.Module):
     def forward(self, captions: list[str | None], latents: torch.Tensor, noise: torch.Tensor,
                 sigma: torch.Tensor) -> torch.Tensor:
         cond = self.condition(captions)  # (B, N, C)
-        mask = torch.ones(cond.shape[:2], dtype=torch.long, device=cond.device)
+        # every condition token (the N query outputs) is valid: no mask, so SDPA may take its flash kernel
+        # (an all-ones mask becomes an all-zeros additive bias, which keeps SDPA on the masked kernels)
         x_t = interpolate(latents, noise, sigma).to(self.transformer.dtype)
-        v = self.transformer(x_t, encoder_hidden_states=cond.to(self.transformer.dtype), encoder_attention_mask=mask,
+        v = self.transformer(x_t, encoder_hidden_states=cond.to(self.transformer.dtype), encoder_attention_mask=None,
                              timestep=sigma_to_timestep(sigma).to(x_t.dtype), return_dict=False)[0]
         return flow_loss(v, latents, noise)
 

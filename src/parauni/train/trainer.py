@@ -9,12 +9,20 @@ checkpoint is written to ``checkpoint-XXXXXXX.tmp`` and renamed when complete; t
 same weights as an uninterrupted run: it refuses a config that differs from the checkpoint's in a key that
 changes the training (:data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS` lists the ones that may change) unless
 ``--allow-config-change``, and cuts ``metrics.jsonl`` back to the checkpoint's step before appending.
+
+Speed: micro-batches come from a ``torch.utils.data.DataLoader`` with ``data.num_workers`` processes
+(:class:`parauni.train.data.MicroBatches`: decoding, cropping and the noise happen there; the results do not
+depend on the number of processes), images travel as uint8, and the step never waits for the host: the loss
+and gradient norm stay on the device and are read (and a non-finite loss stops the run, naming its step) every
+``train.log_every`` steps and before each checkpoint. On CUDA under bf16 the frozen weights are bf16, TF32 is on
+and AdamW is fused; ``train.compile`` compiles the transformer and the connector.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -32,7 +40,15 @@ from ..utils.checkpoints import (
     write_checkpoint,
 )
 from .config import Config, resolve_precision, save_config, to_yaml_dict, trainable_parts
-from .data import SampleLoader, build_source, collate, sample_generator
+from .data import (
+    MicroBatches,
+    SampleLoader,
+    UnreadableSample,
+    build_source,
+    micro_batch_loader,
+    per_sample_inputs,
+    to_unit_range,
+)
 from .model import FlowTrainModule, save_trainable
 from .optim import decay_groups, warmup_cosine
 
@@ -116,16 +132,7 @@ def checkpoints(out: Path) -> list[Path]:
     return complete_checkpoints(out, STATE_FILE)
 
 
-def per_sample_inputs(ids: list[int], seed: int, uncond_prob: float, shape: tuple[int, ...], timesteps: str):
-    """Caption-drop flags ``(B,)``, noise ``(B, *shape)`` and flow times ``(B,)`` of global samples ``ids``."""
-    drops, noises, sigmas = [], [], []
-    for k in ids:
-        drops.append(bool(torch.rand(1, generator=sample_generator(seed, k, 1)) < uncond_prob))
-        noises.append(torch.randn(shape, generator=sample_generator(seed, k, 2)))
-        g = sample_generator(seed, k, 3)
-        sigmas.append(torch.sigmoid(torch.randn(1, generator=g)) if timesteps == "logit-normal"
-                      else torch.rand(1, generator=g))
-    return drops, torch.stack(noises), torch.cat(sigmas)
+__all__ = ["Trainer", "checkpoints", "export", "per_sample_inputs"]  # per_sample_inputs lives in .data
 
 
 class Trainer:
@@ -180,17 +187,33 @@ class Trainer:
         self.pipe = build_model(cfg.model, t.seed)
         self.parts = trainable_parts(cfg)
         module = FlowTrainModule(self.pipe, self.parts)
+        # On CUDA under bf16 mixed precision the frozen weights (VLM, VAE, the stage-I transformer) are bf16:
+        # half the memory and bandwidth, and autocast would run their matmuls in bf16 anyway. TF32 for the
+        # float32 matmuls and convolutions that remain. None of this applies on CPU (float32 results unchanged).
+        self.bf16_frozen = cuda and self.acc.mixed_precision == "bf16"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if self.bf16_frozen:
+            module.frozen_to(torch.bfloat16)
         module.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
         module.conditioner.train()
         if "transformer" in self.parts:
             module.transformer.train()
+        if t.compile:
+            module.compile_parts()
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("nothing to train: check train.stage / train.trainable")
         self.n_trainable = sum(p.numel() for _, p in named)
         o = cfg.optim
+        # fused AdamW (one kernel for all parameters) needs them on CUDA before the optimizer is built; under
+        # FSDP / DeepSpeed Accelerate places (and shards) the module itself
+        fused = cuda and self.acc.distributed_type not in (FSDP, DEEPSPEED)
+        if fused:
+            module.to(self.acc.device)
         opt = torch.optim.AdamW(decay_groups((p for _, p in named), o.weight_decay), lr=o.lr, betas=tuple(o.betas),
-                                eps=o.eps)
+                                eps=o.eps, **({"fused": True} if fused else {}))
         self.sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o.warmup_steps, t.steps, o.min_lr_ratio))
         self.loader = SampleLoader(self.source, cfg.data, t.seed, t.batch_size, self.acc.num_processes,
                                    self.acc.process_index, t.grad_accum)
@@ -203,7 +226,9 @@ class Trainer:
         self.acc.register_load_state_pre_hook(self._load_hook)
         self.vae = self.pipe.vae
         if self.vae is not None:
-            self.vae.to(self.acc.device).requires_grad_(False).eval()
+            self.vae.to(self.acc.device, torch.bfloat16 if self.bf16_frozen else None).requires_grad_(False).eval()
+        self._batches, self._batches_step = None, None  # the DataLoader's iterator and the step it is at
+        self._pending: list[tuple[int, torch.Tensor, object]] = []  # (step, loss, grad norm) not yet read
         if self._ckpt is not None:
             self._resume(self._ckpt)
 
@@ -291,21 +316,58 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------------
     def _latents(self, images, latents) -> torch.Tensor:
+        """Latents ``x_0`` of a micro-batch on the device: given (a latent cache), or the uint8 images uploaded,
+        converted to [-1, 1] there and encoded by the VAE (bf16 under autocast on CUDA with bf16 weights)."""
+        device = self.acc.device
         if latents is not None:
-            return latents.to(self.acc.device)
-        images = images.to(self.acc.device)
+            return latents.to(device, non_blocking=True).float()
+        images = to_unit_range(images.to(device, non_blocking=True))
         if self.vae is None:
             return images
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16_frozen):
             return self.vae.encode(images.to(self.vae.dtype)).latent.float() * self.vae.config.scaling_factor
 
+    def _latent_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's latents (the noise's shape): the first readable sample, through the VAE."""
+        if getattr(self, "_shape", None) is not None:
+            return self._shape
+        start = self.loader.first_index(0, 0)
+        for k in range(start, start + self.loader.micro):
+            try:
+                first = self.loader.load(k, uint8=True)
+            except UnreadableSample:
+                continue
+            if first.latents is not None:
+                self._shape = tuple(first.latents.shape)
+            else:
+                self._shape = tuple(self._latents(first.image[None], None).shape[1:])
+            return self._shape
+        raise RuntimeError(f"every sample of step 0 ({start}..{start + self.loader.micro - 1}) is unreadable; "
+                           "check the dataset")
+
+    def _next_batch(self) -> dict:
+        """The next micro-batch of this rank from the DataLoader (``data.num_workers`` processes, pinned memory
+        on CUDA), started at ``self.step``; rebuilt if the step moved under it (a resume)."""
+        if self._batches is None or self._batches_step != self.step:
+            self.close_loader()
+            d = self.cfg.data
+            dataset = MicroBatches(self.loader, self._latent_shape(), d.uncond_prob, self.cfg.train.timesteps)
+            self._batches = iter(micro_batch_loader(dataset, self.step, d.num_workers,
+                                                    pin_memory=self.acc.device.type == "cuda"))
+            self._batches_step = self.step
+        batch = next(self._batches)
+        self.loader.skipped += batch["skipped"]
+        return batch
+
+    def close_loader(self) -> None:
+        """Stop the loader processes (a new iterator starts from ``self.step``)."""
+        self._batches, self._batches_step = None, None
+
     def train_step(self) -> dict:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the logged values."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns the logged values as they are on the
+        device (tensors: reading them would wait for the step; :meth:`check_steps` reads them every
+        ``train.log_every`` steps and before each checkpoint)."""
         total = self.accumulate_gradients()
-        if not torch.isfinite(total):
-            raise FloatingPointError(
-                f"non-finite loss at step {self.step}; lower optim.lr, check the data, or resume from the last "
-                f"checkpoint in {self.out}")
         # DeepSpeed clipped and stepped inside the last backward (its engine.step); Accelerate then returns
         # the engine's global norm here and makes opt.step / zero_grad no-ops (DeepSpeedOptimizerWrapper).
         grad_norm = self.acc.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
@@ -314,9 +376,28 @@ class Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
+        self._batches_step = self.step if self._batches is not None else None
         self.samples_seen += self.cfg.train.batch_size
-        loss = self.acc.reduce(total.reshape(1), reduction="mean")
-        return {"loss": float(loss), "lr": self.sched.get_last_lr()[0], "grad_norm": _scalar(grad_norm)}
+        self._pending.append((self.step, total, grad_norm))
+        return {"loss": total, "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm}
+
+    def check_steps(self) -> dict:
+        """Read the losses and gradient norms of the steps since the last check (one host sync and one
+        all-reduce for all of them) and raise :class:`FloatingPointError` naming the first step whose loss is
+        not finite. Returns the newest step's ``{"loss", "grad_norm"}`` as floats ({} when nothing is pending)."""
+        if not self._pending:
+            return {}
+        steps = [s for s, _, _ in self._pending]
+        losses = self.acc.reduce(torch.stack([loss.reshape(()) for _, loss, _ in self._pending]), reduction="mean")
+        losses = losses.float().cpu().tolist()
+        norm = _scalar(self._pending[-1][2])
+        self._pending.clear()
+        for step, loss in zip(steps, losses, strict=True):
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss ({loss}) at step {step}; lower optim.lr, check the data, or resume from the "
+                    f"last checkpoint in {self.out}")
+        return {"loss": losses[-1], "grad_norm": norm}
 
     def accumulate_gradients(self) -> torch.Tensor:
         """Forward and backward the ``grad_accum`` micro-batches of ``self.step``; returns their mean loss.
@@ -329,22 +410,22 @@ class Trainer:
         the gradient reduction before it (``no_sync``), and Accelerate's DeepSpeed wrapper marks only it
         as the accumulation boundary and calls ``engine.step`` there (not after every micro-batch).
         """
-        t, d = self.cfg.train, self.cfg.data
+        t = self.cfg.train
         module, total = self.module, torch.zeros((), device=self.acc.device)
         self.acc.step = 0  # accumulate() counts micro-batches: sync on the grad_accum-th
         for micro in range(t.grad_accum):
-            samples = self.loader.take(self.step, micro)
-            start = self.loader.first_index(self.step, micro)
-            ids = list(range(start, start + len(samples)))
-            images, latents, captions = collate(samples)
-            x0 = self._latents(images, latents)
-            drops, noise, sigma = per_sample_inputs(ids, t.seed, d.uncond_prob, tuple(x0.shape[1:]), t.timesteps)
-            captions = [None if drop else c for c, drop in zip(captions, drops, strict=True)]
+            batch = self._next_batch()
+            if (batch["step"], batch["micro"]) != (self.step, micro):
+                raise RuntimeError(f"the data loader is at step {batch['step']} micro-batch {batch['micro']}, "
+                                   f"the trainer at step {self.step} micro-batch {micro}")
+            x0 = self._latents(batch["images"], batch["latents"])
+            noise = batch["noise"].to(x0.device, non_blocking=True)
+            sigma = batch["sigma"].to(x0.device, non_blocking=True)
             with self.acc.accumulate(module), self.acc.autocast():
                 if self.acc.sync_gradients != (micro == t.grad_accum - 1):
                     raise RuntimeError(f"Accelerate's gradient sync ({self.acc.sync_gradients}) is off for "
                                        f"micro-batch {micro + 1} of train.grad_accum={t.grad_accum}")
-                loss = module(captions, x0, noise.to(x0.device), sigma.to(x0.device))
+                loss = module(batch["captions"], x0, noise, sigma)
                 self.acc.backward(loss)
             total = total + loss.detach().float() / t.grad_accum
         return total
@@ -366,23 +447,35 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, desc=f"stage {t.stage}", disable=not (main and self.progress),
                    dynamic_ncols=True)
         t0, s0, smooth, row = time.perf_counter(), self.step, None, {}
-        while self.step < end:
-            row = self.train_step()
-            smooth = row["loss"] if smooth is None else 0.9 * smooth + 0.1 * row["loss"]
-            rate = (self.step - s0) / (time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{row['lr']:.2e}", its=f"{rate:.2f}")
-            if self.step % t.log_every == 0 or self.step == end:
-                row = {"step": self.step, **row, "it_per_s": rate, "skipped_images": self.loader.skipped}
-                if main:
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                self.acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
-            if self.step % t.save_every == 0 or self.step == t.steps:
-                self.save_checkpoint()
-        bar.close()
-        if metrics:
-            metrics.close()
+        try:
+            while self.step < end:
+                row = self.train_step()
+                bar.update(1)
+                # the step's numbers stay on the device (no host sync per step); they are read, checked for a
+                # non-finite loss and logged every train.log_every steps and before every checkpoint
+                logging_step = self.step % t.log_every == 0 or self.step == end
+                saving_step = self.step % t.save_every == 0 or self.step == t.steps
+                if not (logging_step or saving_step):
+                    continue
+                values = self.check_steps()
+                if logging_step:
+                    rate = (self.step - s0) / (time.perf_counter() - t0)
+                    smooth = values["loss"] if smooth is None else 0.9 * smooth + 0.1 * values["loss"]
+                    bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{row['lr']:.2e}", its=f"{rate:.2f}")
+                    row = {"step": self.step, "loss": values["loss"], "lr": row["lr"],
+                           "grad_norm": values["grad_norm"], "it_per_s": rate, "skipped_images": self.loader.skipped}
+                    if main:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                    self.acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
+                if saving_step:
+                    self.save_checkpoint()
+            self.check_steps()
+        finally:
+            self.close_loader()
+            bar.close()
+            if metrics:
+                metrics.close()
         result = {"step": self.step, "loss": smooth, "seconds": time.perf_counter() - t0,
                   "skipped_images": self.loader.skipped, "trainable_parameters": self.n_trainable}
         if self.step >= t.steps:
@@ -399,6 +492,10 @@ class Trainer:
         pipe = self.pipe
         pipe.conditioner.eval()
         pipe.transformer.eval()
+        if self.bf16_frozen:  # the exported pipeline holds float32 weights, as built
+            for part in (pipe.vlm, pipe.transformer, pipe.vae):
+                if part is not None:
+                    part.float()
         pipe.save_pretrained(self.out / "final")
         t = self.cfg.train
         # "refresh": the images are kept only when provenance.json matches these weights (a resumed, longer

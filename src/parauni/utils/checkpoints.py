@@ -61,6 +61,7 @@ RESUME_SAFE_KEYS: dict[str, str] = {
     "sampling.eval_steps": "the evaluation of stage III (not its rollouts)",
     "sampling.eval_images_per_prompt": "the evaluation of stage III (not its rollouts)",
     "data.num_workers": "loader processes (the samples and their order are fixed by the seed and the step)",
+    "model.gradient_checkpointing": "which activations are recomputed in the backward (the same values)",
 }
 
 
