@@ -425,7 +425,7 @@ def run(args) -> dict:
     from .pipelines.loading import load_pipeline
 
     prompts, metadata = read_prompts(args.prompts, args.limit)
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe = load_pipeline(args.model, dtype=getattr(args, "dtype", "auto"), device=args.device)
     modes = MODES if args.mode == "both" else (args.mode,)
     result = analyze_layers(pipe, prompts, metadata, parse_reward_args(args.rewards), args.groups, modes, args.scale,
                             args.images_per_prompt, args.steps, args.guidance, args.seed, args.batch_size,

@@ -22,29 +22,60 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
+    p.add_argument("--images-per-prompt", type=int, default=1,
+                   help="images of each prompt (image k of prompt i is seeded seed + i * N + k)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="images per pipeline call; each image has its own seed, so the images do not depend on it")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (prompts, denoising steps)")
+    _add_dtype_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (images, denoising steps)")
     p.set_defaults(func=lambda a: _generate().run_generate(a))
+
+
+def _add_dtype_option(p) -> None:
+    """``--dtype`` of the commands that run a pipeline (:func:`parauni.pipelines.loading.resolve_dtype`)."""
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="weights' dtype: auto (default) is bf16 on CUDA and fp32 on CPU")
 
 
 # ---- evaluation and reports: `parauni eval geneval|dpg|reconstruct`, `parauni report` --------------------------
 
 GENEVAL_SCORER_ENV = "PARAUNI_GENEVAL_SCORER"
+GENEVAL_SCORERS = ("auto", "native", "official", "toy")
 GENEVAL_HELP = f"""Generate GenEval's layout (<out>/<index:05d>/metadata.jsonl + samples/<k:04d>.png), resumable:
 <out>/provenance.json records the model (a hash of its weights), steps, guidance, seed, resolution, images per
 prompt and prompts; a rerun keeps finished images only when all of that matches (else it stops and names what
 differs; --overwrite regenerates). --limit N: the first N prompts of each task.
-Toy models (the toy prior, a pipeline folder built on the toy VLM) or toy metadata are scored at once with the
-toy detector (results.jsonl + summary.json in --out). Real models need the official scorer (mmdetection 2.x,
-Mask2Former, CLIP, a GPU): set {GENEVAL_SCORER_ENV} to its command, e.g.
+Then --scorer (results.jsonl + summary.json in --out):
+  auto (default): toy models (the toy prior, a pipeline folder built on the toy VLM) or toy metadata with the toy
+    detector; other models with the official scorer as below.
+  toy: the toy detector. native: GenEval's rules on transformers' Mask2Former (--detector) + CLIP (--clip) --
+    GenEval-compatible scores, not official ones (another detector checkpoint; see the README).
+  official: the official scorer (mmdetection 2.x, Mask2Former, CLIP, a GPU): set {GENEVAL_SCORER_ENV} to its
+    command, e.g.
   export {GENEVAL_SCORER_ENV}="python /path/geneval/evaluation/evaluate_images.py {{images}}
       --outfile {{outfile}} --model-path /path/to/detector"    (one line)
 ({{images}} and {{outfile}} are filled in; without them the images folder and --outfile OUT/results.jsonl are
 appended); its results.jsonl is then summarised into summary.json. Otherwise the command prints how to run it."""
 
 
+WISE_JUDGE_ENV = "PARAUNI_WISE_JUDGE"
+WISE_HELP = f"""Generate WISE's layout (<out>/<prompt_id>.png, one image per prompt, seed + prompt_id), resumable with
+<out>/provenance.json; <out>/prompts/<name>.json holds the prompts of each prompt file for the judge.
+WISE's prompt files are not bundled (no license in PKU-YuanGroup/WISE): pass --prompts.
+The judge (--judge-command or ${WISE_JUDGE_ENV}) runs once per prompt file with {{images}} (<out>), {{prompts}}
+(<out>/prompts/<name>.json), {{out}} (<out>/judge/<name>_scores_results.jsonl, which it must write) and {{name}}
+filled in, e.g. WISE's own judge (one line):
+  --judge-command "python /path/WISE/vllm_eval.py --json_path {{prompts}} --image_dir {{images}}
+      --output_dir {{images}}/judge --model Qwen3.5-35B-A3B --result_scores {{out}} --result_full {{out}}.full.json"
+or WISE_legacy/gpt_eval.py (GPT-4o, the paper's protocol). Its records ('score' 0/1, or 'consistency',
+'realism', 'aesthetic_quality' 0-2) are summarised per category with WISE's WiScore and overall weights into
+<out>/summary.json."""
+
+
 def _add_eval(sub) -> None:
-    ev = sub.add_parser("eval", help="benchmarks: GenEval / DPG-Bench layouts, reconstruction metrics")
+    ev = sub.add_parser("eval", help="benchmarks: GenEval / DPG-Bench / WISE layouts and scoring, "
+                                     "reconstruction metrics")
     evs = ev.add_subparsers(dest="eval_command", required=True)
     model_help = "'tiny', a preset, a saved pipeline folder, or (geneval, dpg) 'prior' / a toy prior folder"
 
@@ -59,13 +90,40 @@ def _add_eval(sub) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="images per batch")
     g.add_argument("--limit", type=int, help="the first N prompts of each task (GenEval's overall score is the "
                                              "mean of the tasks), e.g. --limit 2 scores 12 prompts of 6 tasks")
-    d = evs.add_parser("dpg", help="DPG-Bench: a 2x2 grid <item_id>.png per prompt, resumable")
-    d.add_argument("--model", required=True, help=model_help)
+    g.add_argument("--scorer", choices=GENEVAL_SCORERS, default="auto",
+                   help="auto: the toy detector for toy models / toy metadata, else official; toy; native "
+                        "(transformers Mask2Former + CLIP with GenEval's rules; GenEval-compatible, not official); "
+                        f"official (${GENEVAL_SCORER_ENV} or printed instructions)")
+    g.add_argument("--detector", help="--scorer native: Mask2FormerForUniversalSegmentation hub id or folder "
+                                      "(COCO instance segmentation; default facebook/mask2former-swin-small-coco-"
+                                      "instance)")
+    g.add_argument("--clip", dest="clip", help="--scorer native: CLIPModel hub id or folder for the colour "
+                                               "classifier (default openai/clip-vit-large-patch14, GenEval's ViT-L/14)")
+    d = evs.add_parser("dpg", help="DPG-Bench: a 2x2 grid <item_id>.png per prompt, resumable; --score: VQA score")
+    d.add_argument("--model", help=model_help + " (required unless --score scores the grids already in --out)")
     d.add_argument("--prompts", help="JSONL of {item_id, prompt} records (default: DPG-Bench's 1065 prompts, "
                                      "bundled)")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--batch-size", type=int, default=16, help="images per batch (4 per prompt)")
     d.add_argument("--limit", type=int, help="the first N prompts of the file (DPG-Bench has no tasks)")
+    d.add_argument("--score", action="store_true",
+                   help="score the grids with DPG-Bench's method (questions with a dependency graph, 4 images per "
+                        "grid): after generating with --model, or the grids already in --out without it")
+    d.add_argument("--questions", metavar="CSV", help="--score: DPG-Bench's dpg_bench.csv (TencentQQGYLab/ELLA)")
+    d.add_argument("--vqa", metavar="MODEL", help="--score: a transformers VQA model or VLM id / folder that answers "
+                                                 "yes/no (BlipForQuestionAnswering, or an image-text-to-text model "
+                                                 "with a chat template); the official mPLUG-large is not in "
+                                                 "transformers")
+    w = evs.add_parser("wise", help="WISE: <prompt_id>.png per prompt, resumable; a judge command scores them",
+                       description=WISE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("--model", required=True, help=model_help)
+    w.add_argument("--prompts", required=True, help="a WISE prompt JSON file or a folder of them (WISE's "
+                                                    "data_verified/ or WISE_legacy/data/; not bundled)")
+    w.add_argument("--out", required=True, help="output folder (images, prompts/, judge/, summary.json)")
+    w.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    w.add_argument("--limit", type=int, help="the first N prompts of each category")
+    w.add_argument("--judge-command", metavar="CMD", help=f"run after generation, once per prompt file (default "
+                                                          f"${WISE_JUDGE_ENV}); see the description")
     r = evs.add_parser("reconstruct", help="image -> VLM -> reconstruction: PSNR / SSIM / CLIP-sim table")
     r.add_argument("--model", action="append", required=True, help="'tiny', a preset or pipeline folder; repeat")
     r.add_argument("--images", required=True, help="folder of input images (unreadable files are skipped)")
@@ -82,18 +140,20 @@ def _add_eval(sub) -> None:
     cfg.add_argument("--cfg-text-only", action="store_true",
                      help="drop the image from the unconditional branch and use the text-only unconditional "
                           "prompt ('Generate an image.') instead")
-    for p in (g, d, r):
+    for p in (g, d, w, r):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=20)
         p.add_argument("--guidance", type=float, help="CFG scale (default 4.5; the toy prior: its own)")
         p.add_argument("--resolution", type=int, help="square output side (default: the model's native size)")
         p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+        _add_dtype_option(p)
     from .toy.evaluation import add_overwrite_options
 
-    for p in (g, d):
+    for p in (g, d, w):
         add_overwrite_options(p)
     g.set_defaults(func=_run_eval_geneval)
     d.set_defaults(func=_run_eval_dpg)
+    w.set_defaults(func=_run_eval_wise)
     r.set_defaults(func=_run_eval_reconstruct)
 
     rep = sub.add_parser("report", help="a self-contained HTML report (+ Markdown twin) of run folders")
@@ -117,7 +177,7 @@ def _official_geneval(out, scorer: str) -> dict:
     import subprocess
     from pathlib import Path
 
-    from .toy.geneval import summarize
+    from .eval.geneval_rules import summarize
 
     outfile = Path(out) / "results.jsonl"
     if "{images}" in scorer or "{outfile}" in scorer:
@@ -131,8 +191,7 @@ def _official_geneval(out, scorer: str) -> dict:
     except subprocess.CalledProcessError as err:
         raise ValueError(f"the GenEval scorer ({GENEVAL_SCORER_ENV}) exited with status {err.returncode}") from err
     results = [json.loads(x) for x in outfile.read_text().splitlines() if x.strip()]
-    summary = summarize([{**r, "partial": float(r.get("partial", r["correct"]))} for r in results])
-    summary.pop("mean_partial")
+    summary = summarize(results)  # GenEval's summary_scores.py: per-task accuracy, overall = mean of the tasks
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -140,13 +199,20 @@ def _official_geneval(out, scorer: str) -> dict:
 def _run_eval_geneval(args) -> None:
     """``parauni eval geneval``: write GenEval's layout (resumable), then score it.
 
-    Toy models (``prior``, a toy prior folder, a pipeline on the toy VLM) and toy metadata (every class a toy
-    shape) are scored with the toy detector.  Otherwise, when ``$PARAUNI_GENEVAL_SCORER`` holds a command (the
-    official ``evaluate_images.py``; ``{images}`` / ``{outfile}`` placeholders), it is run and its
-    ``results.jsonl`` summarised into ``summary.json``; without it the official commands are printed.
+    ``--scorer auto``: toy models (``prior``, a toy prior folder, a pipeline on the toy VLM) and toy metadata
+    (every class a toy shape) are scored with the toy detector, other models as ``official``.  ``toy``: the toy
+    detector.  ``native``: :class:`parauni.eval.geneval_native.NativeScorer` (``--detector``, ``--clip``).
+    ``official``: when ``$PARAUNI_GENEVAL_SCORER`` holds a command (the official ``evaluate_images.py``;
+    ``{images}`` / ``{outfile}`` placeholders), it is run and its ``results.jsonl`` summarised into
+    ``summary.json``; without it the official commands are printed.
     """
     import os
     from pathlib import Path
+
+    for flag in ("detector", "clip"):
+        if getattr(args, flag) is not None and args.scorer != "native":
+            raise UsageError(f"--{flag} is read by --scorer native only (got --scorer {args.scorer}); add "
+                             f"--scorer native or drop --{flag}")
 
     from .eval import provenance as prov
     from .eval.dpg import model_generate_fn
@@ -154,7 +220,7 @@ def _run_eval_geneval(args) -> None:
     from .utils.jsonl import parse_jsonl
 
     generate, family, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution,
-                                                   args.device)
+                                                   args.device, dtype=args.dtype)
     if args.metadata is None:
         from .eval.bundled import default_geneval_metadata
 
@@ -172,9 +238,14 @@ def _run_eval_geneval(args) -> None:
     generate_geneval(generate, metas, args.out, args.images_per_prompt, args.seed, args.batch_size,
                      provenance=record, mode="overwrite" if args.overwrite else "resume")
     scorer = os.environ.get(GENEVAL_SCORER_ENV)
-    if family is not None and family.geneval_scorer is not None:
+    if args.scorer == "native":
+        from .eval.geneval_native import DEFAULT_CLIP, DEFAULT_DETECTOR, NativeScorer
+
+        native = NativeScorer(args.detector or DEFAULT_DETECTOR, args.clip or DEFAULT_CLIP, args.device or "cpu")
+        summary = native.score_dir(args.out)
+    elif args.scorer == "auto" and family is not None and family.geneval_scorer is not None:
         summary = family.geneval_scorer(args.out)
-    elif _is_toy_metadata(metas):
+    elif args.scorer == "toy" or (args.scorer == "auto" and _is_toy_metadata(metas)):
         from .toy.geneval import score_dir
 
         summary = score_dir(args.out)
@@ -194,6 +265,12 @@ def _run_eval_geneval(args) -> None:
 
 def _run_eval_dpg(args) -> None:
     from .eval.dpg import run
+
+    run(args)
+
+
+def _run_eval_wise(args) -> None:
+    from .eval.wise import run
 
     run(args)
 
@@ -240,6 +317,7 @@ def _add_analyze(sub) -> None:
                                              "of a plain text file, the first N prompts")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    _add_dtype_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (generations, denoising steps)")
     p.set_defaults(func=_run_analyze_layers)
 

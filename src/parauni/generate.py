@@ -18,32 +18,49 @@ def slug(text: str, n: int = 40) -> str:
 
 def generate_images(pipe, prompts: list[str], out: str | Path, image: str | None = None, seed: int = 0,
                     steps: int = 20, guidance: float = 4.5, height: int | None = None,
-                    width: int | None = None, grid_scale: int = 1, progress: bool = True) -> list[Path]:
-    """One image per prompt (seeded by ``seed + index``), saved as PNGs plus ``grid.png``.
+                    width: int | None = None, grid_scale: int = 1, progress: bool = True,
+                    batch_size: int = 1, images_per_prompt: int = 1) -> list[Path]:
+    """``images_per_prompt`` images per prompt, saved as PNGs plus ``grid.png``.
 
-    ``progress``: a bar over the prompts and, below it, the pipeline's own bar over the denoising steps of the
-    current image (a large image takes long per step); ``False`` shows neither."""
+    Image ``k`` of prompt ``i`` is drawn from its own generator seeded ``seed + i * images_per_prompt + k``
+    (one image per prompt: ``seed + i``), so it does not depend on ``batch_size``: up to ``batch_size`` images
+    (whole prompts' worth where possible) go through one pipeline call, with one generator per image.
+    ``progress``: a bar over the images and, below it, the pipeline's own bar over the denoising steps of the
+    current batch (a large image takes long per step); ``False`` shows neither."""
+    if batch_size < 1 or images_per_prompt < 1:
+        raise ValueError(f"batch_size and images_per_prompt must be >= 1, got {batch_size} and {images_per_prompt}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     init = load_image(image) if image else None
     pipe.set_progress_bar_config(disable=not progress, desc="denoising", unit="step", leave=False)
-    paths, images = [], []
-    for i, prompt in enumerate(tqdm(prompts, desc="generating", unit="prompt", disable=not progress)):
-        g = torch.Generator().manual_seed(seed + i)
-        im = pipe(prompt, image=init, num_inference_steps=steps, guidance_scale=guidance, height=height,
-                  width=width, generator=g).images[0]
-        path = out / f"{i:03d}_{slug(prompt)}.png"
-        im.save(path)
-        paths.append(path)
-        images.append(im)
-    labelled_grid(images, prompts, scale=grid_scale).save(out / "grid.png")
+    jobs = [(i, k) for i in range(len(prompts)) for k in range(images_per_prompt)]  # (prompt, image of it)
+    paths, images, labels = [], [], []
+    bar = tqdm(total=len(jobs), desc="generating", unit="image", disable=not progress)
+    for a in range(0, len(jobs), batch_size):
+        chunk = jobs[a:a + batch_size]
+        texts = [prompts[i] for i, _ in chunk]
+        gens = [torch.Generator().manual_seed(seed + i * images_per_prompt + k) for i, k in chunk]
+        ims = pipe(texts, image=[init] * len(chunk) if init is not None else None, num_inference_steps=steps,
+                   guidance_scale=guidance, height=height, width=width, generator=gens).images
+        for (i, k), im in zip(chunk, ims, strict=True):
+            name = f"{i:03d}_{slug(prompts[i])}" + (f"_{k}" if images_per_prompt > 1 else "")
+            path = out / f"{name}.png"
+            im.save(path)
+            paths.append(path)
+            images.append(im)
+            labels.append(prompts[i])
+        bar.update(len(chunk))
+    bar.close()
+    labelled_grid(images, labels, scale=grid_scale).save(out / "grid.png")
     return paths
 
 
 def run_generate(args) -> None:
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe = load_pipeline(args.model, dtype=getattr(args, "dtype", "auto"), device=args.device)
     paths = generate_images(pipe, args.prompt, args.out, args.image, args.seed, args.steps, args.guidance,
-                            args.height, args.width, progress=not getattr(args, "no_progress", False))
+                            args.height, args.width, progress=not getattr(args, "no_progress", False),
+                            batch_size=getattr(args, "batch_size", 1),
+                            images_per_prompt=getattr(args, "images_per_prompt", 1))
     print(f"wrote {len(paths)} image(s) and grid.png to {args.out}")
 
 

@@ -44,7 +44,7 @@ def pipeline_generate(pipe, steps: int = 20, guidance: float = 4.5, resolution: 
 
 
 def model_generate_fn(model: str, steps: int = 20, guidance: float | None = None, resolution: int | None = None,
-                      device: str | None = None) -> tuple[GenerateFn, Family | None, dict]:
+                      device: str | None = None, dtype: str = "auto") -> tuple[GenerateFn, Family | None, dict]:
     """``(generate, family, identity)`` for a ``--model`` argument: a registered generator that is not a pipeline
     (:data:`parauni.registry.GENERATORS`, e.g. the toy world's ``prior``), or any :func:`load_pipeline` name.
     ``family``: the model's :class:`parauni.registry.Family` (its evaluation defaults) or ``None``;
@@ -56,7 +56,7 @@ def model_generate_fn(model: str, steps: int = 20, guidance: float | None = None
                 raise UsageError(f"{model!r} generates at its own size; drop --resolution")
             generate, identity = gen.load(model, steps, guidance)
             return generate, FAMILIES.get(gen.family) if gen.family else None, identity
-    pipe = load_pipeline(model, device=device)
+    pipe = load_pipeline(model, dtype=dtype, device=device)
     generate = pipeline_generate(pipe, steps, 4.5 if guidance is None else guidance, resolution)
     return generate, family_of(pipe), {**prov.model_identity(pipe), "default_guidance": 4.5}
 
@@ -144,7 +144,19 @@ def generate_dpg(generate: GenerateFn, items: Sequence[dict], out_dir: str | Pat
 
 
 def run(args) -> None:
-    """``parauni eval dpg``."""
+    """``parauni eval dpg``: generate the grids (with ``--model``), then score them when ``--score`` is given
+    (:mod:`parauni.eval.dpg_score`; without ``--model`` the grids already in ``--out`` are scored)."""
+    if getattr(args, "score", False):
+        from .dpg_score import run_score
+
+        if not args.questions or not args.vqa:
+            raise UsageError("--score needs --questions (DPG-Bench's dpg_bench.csv) and --vqa (a transformers VQA "
+                             "model or VLM id / folder)")
+        if args.model is None:
+            run_score(args)
+            return
+    elif args.model is None:
+        raise UsageError("--model is required (or --score with --questions and --vqa to score the grids in --out)")
     if args.prompts is None:
         from .bundled import dpg_prompts_path
 
@@ -153,12 +165,18 @@ def run(args) -> None:
     items = items_all[: args.limit] if args.limit is not None else items_all
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1 (the first N prompts), got {args.limit}")
-    generate, _, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device)
+    generate, _, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device,
+                                              dtype=getattr(args, "dtype", "auto"))
     record = dpg_record(args.model, identity, items_all, items, prompts=str(args.prompts), steps=args.steps,
                         guidance=args.guidance, seed=args.seed, resolution=args.resolution, limit=args.limit,
                         batch_size=args.batch_size, device=args.device)
     mode = "overwrite" if getattr(args, "overwrite", False) else "resume"
     generate_dpg(generate, items, args.out, args.seed, args.batch_size, provenance=record, mode=mode)
+    if getattr(args, "score", False):
+        from .dpg_score import run_score
+
+        run_score(args, record)
+        return
     print(f"{len(items)} DPG-Bench grids (<item_id>.png, 2x2) of {prov.label(record)} in {args.out} "
           f"(what made them: {args.out}/{prov.PROVENANCE_FILE})\nscore them with ELLA's DPG-Bench "
           f"scorer (mPLUG VQA, GPU): accelerate launch dpg_bench/compute_dpg_bench.py --image-root-path {args.out} "

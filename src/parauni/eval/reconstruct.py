@@ -250,7 +250,8 @@ def _slug(text: str) -> str:
 def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_dir: str | Path,
                             clip: str | None = None, steps: int = 20, guidance: float = 4.5, seed: int = 0,
                             batch_size: int = 8, resolution: int | None = None, device: str | None = None,
-                            load=None, cfg_prompt: str | None = None, cfg_text_only: bool = False) -> dict:
+                            load=None, cfg_prompt: str | None = None, cfg_text_only: bool = False,
+                            dtype: str = "auto") -> dict:
     """Reconstruct every image of ``image_dir`` with each model; write ``<out>/<model>/`` reconstructions,
     ``per_image.jsonl``, ``summary.json`` and ``table.md``; return the summary.
 
@@ -261,7 +262,7 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
     if load is None:
         from ..pipelines.loading import load_pipeline
 
-        load = lambda m: load_pipeline(m, device=device)
+        load = lambda m: load_pipeline(m, dtype=dtype, device=device)
     if not models:
         raise ValueError("give at least one --model")
     named = dict.fromkeys(models)
@@ -321,7 +322,8 @@ def run(args) -> None:
     guidance = 4.5 if args.guidance is None else args.guidance
     summary = evaluate_reconstruction(args.model, args.images, args.out, args.clip, args.steps, guidance,
                                       args.seed, args.batch_size, args.resolution, args.device,
-                                      cfg_prompt=args.cfg_prompt, cfg_text_only=args.cfg_text_only)
+                                      cfg_prompt=args.cfg_prompt, cfg_text_only=args.cfg_text_only,
+                                      dtype=getattr(args, "dtype", "auto"))
     print(format_table(summary["models"]))
     note = f"; {summary['n_skipped']} unreadable image(s) skipped" if summary["n_skipped"] else ""
     print(f"\n{summary['n_images']} image(s), CLIP: {summary['clip']}{note}; PSNR capped at {PSNR_CAP:g} dB")

@@ -164,7 +164,7 @@ def load_preset(name: str, vlm: str | None = None, transformer: str | None = Non
     """
     from transformers import AutoTokenizer
 
-    from ..pipelines import ParaUniPipeline
+    from ..pipelines import ParaUniPipeline  # pipelines import models: a top-level import would be circular
 
     p = get_preset(name)
     vlm_src = vlm or p.vlm_id
@@ -186,7 +186,7 @@ def load_preset(name: str, vlm: str | None = None, transformer: str | None = Non
 
 def build_tiny(seed: int = 0, pixel_space: bool = False, sample_size: int = 8, **conditioner_overrides):
     """A complete pipeline with every component tiny and random, built locally (tests, demos)."""
-    from ..pipelines import ParaUniPipeline
+    from ..pipelines import ParaUniPipeline  # pipelines import models: a top-level import would be circular
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()

@@ -38,14 +38,35 @@ def _path_or_hub_id(name: str) -> bool:
     return "/" in name or name.startswith((".", "~")) or os.path.exists(name)
 
 
-def load_pipeline(model: str, dtype: torch.dtype = torch.float32, device: str | None = None) -> ParaUniPipeline:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
+    """The weights' dtype for a ``--dtype`` value: ``auto`` (or ``None``) is bfloat16 on CUDA, as SANA's and
+    InternVL3's released weights run, and float32 anywhere else (CPU results stay float32); ``fp32`` /
+    ``bf16`` / ``fp16`` or a ``torch.dtype`` are taken as they are."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device is not None and torch.device(device).type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype: expected one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | None = None) -> ParaUniPipeline:
     """A ready ``ParaUniPipeline`` for a model name (see the module docstring for the order).
 
+    ``dtype``: see :func:`resolve_dtype` (the default ``auto``: bfloat16 on CUDA, float32 on CPU / no device).
     A plain word that is not a known name is an error listing the known names; a missing local path is an
     error naming it.
     """
+    dtype = resolve_dtype(dtype, device)
     if model == "tiny":
         pipe = build_tiny()
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     elif model in MODELS:
         pipe = MODELS.get(model)(dtype=dtype)
     elif model in PRESETS:

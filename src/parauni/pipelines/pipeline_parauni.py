@@ -70,6 +70,7 @@ class ParaUniPipeline(DiffusionPipeline):
                               scheduler=scheduler, vae=vae)
         self.vae_scale_factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._uncond_cache: tuple[tuple, torch.Tensor] | None = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -111,6 +112,33 @@ class ParaUniPipeline(DiffusionPipeline):
         """Condition sequences ``(B, N, C)`` for the diffusion transformer."""
         return self.conditioner(self.layer_states(prompts, images, instruction), layer_noise)
 
+    def _weights_key(self) -> tuple:
+        """What the unconditional condition depends on: every tensor of the VLM and the conditioner by identity,
+        storage, version counter (bumped by optimizer steps, ``load_state_dict``, ``copy_``), dtype and device,
+        plus an exact checksum (the norm of every parameter) that also catches in-place edits made through
+        ``.data``, which bypass the version counters."""
+        tensors = [t for m in (self.vlm, self.conditioner) for t in (*m.parameters(), *m.buffers())]
+        versions = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        params = [p.detach() for m in (self.vlm, self.conditioner) for p in m.parameters() if p.numel()]
+        checksum = tuple(torch.stack([n.float() for n in torch._foreach_norm(params)]).tolist()) if params else ()
+        return id(self.vlm), id(self.conditioner), self.conditioner.template, versions, checksum
+
+    @torch.no_grad()
+    def unconditional_condition(self) -> torch.Tensor:
+        """The CFG branch's default condition ``(1, N, C)``: the unconditional prompt through the VLM and the
+        conditioner, computed once and reused while their weights are unchanged (see :meth:`_weights_key`:
+        a training step, loading weights, ``.to()`` or an in-place edit recomputes it).  The same value as
+        ``encode_prompt([None])``: it is always computed at batch 1."""
+        key = self._weights_key()
+        if self._uncond_cache is None or self._uncond_cache[0] != key:
+            self._uncond_cache = None  # never keep a stale condition, even if the encoding below fails
+            self._uncond_cache = (key, self.encode_prompt([None]).detach())
+        return self._uncond_cache[1]
+
+    def clear_unconditional_cache(self) -> None:
+        """Drop the cached unconditional condition (it is recomputed on the next call)."""
+        self._uncond_cache = None
+
     def image_condition(self, images: list[Image.Image], instructions: list[str]) -> torch.Tensor:
         """Condition sequences ``(B, N, C)`` of ``images[i]`` with ``instructions[i]`` (one VLM batch
         when the instructions are all the same)."""
@@ -129,6 +157,7 @@ class ParaUniPipeline(DiffusionPipeline):
         """Latents (or pixels) -> images in [-1, 1], ``(B, 3, H, W)``."""
         if self.vae is None:
             return latents
+        latents = latents.to(self.vae.dtype)
         return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
 
     _callback_tensor_inputs = ["latents"]
@@ -237,7 +266,7 @@ class ParaUniPipeline(DiffusionPipeline):
                 same = prompt_embeds is None and negs == instructions
                 uncond = cond if same else self.image_condition(images, negs)
             elif negative_prompt is None:
-                uncond = self.encode_prompt([None]).expand(batch, -1, -1)
+                uncond = self.unconditional_condition().expand(batch, -1, -1)
             else:
                 neg = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
                 uncond = self.encode_prompt(neg)
@@ -249,8 +278,14 @@ class ParaUniPipeline(DiffusionPipeline):
         sample = self.transformer.config.sample_size * self.vae_scale_factor
         height, width = height or sample, width or sample
         dtype, device = self.transformer.dtype, self._execution_device
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(f"generator: give one generator or one per image ({total} images = {batch} "
+                             f"condition(s) x num_images_per_prompt {num_images_per_prompt}), got {len(generator)}")
         if latents is None:
-            latents = self.prepare_latents(total, height, width, generator, dtype, device)
+            # float32 noise and latents at every weights dtype, as diffusers' SanaPipeline keeps them: the same
+            # seed draws the same noise in bf16 as in fp32, and one generator per image draws each image's
+            # noise on its own, so an image does not depend on the batch it is generated in
+            latents = self.prepare_latents(total, height, width, generator, torch.float32, device)
         cond = cond.to(device=device, dtype=dtype)
         mask = torch.ones(cond.shape[:2], device=device, dtype=torch.long)
 
@@ -260,6 +295,14 @@ class ParaUniPipeline(DiffusionPipeline):
                 out = callback_on_step_end(self, i, t, {"latents": x}) or {}
                 return out.get("latents")
 
+        # Cross-attention K/V are recomputed at every step, although ``cond`` is the same at each: diffusers'
+        # SanaTransformer2DModel (0.42) projects the condition inside its forward (caption_projection and
+        # caption_norm, then to_k / to_v in each block's SanaAttnProcessor2_0), and the processor receives a
+        # new tensor every step with nothing that names the sampling run. Caching would need a run scope plus
+        # a key on the input tensor's identity (the GRPO rollout slices its batch, the allocator reuses
+        # addresses, LoRA / DDP wrap the model), i.e. a second forward path to keep in step with diffusers;
+        # not done. The saving would be the K/V projections' share of the block matmuls: 2·N·D² against about
+        # 13.5·T·D² for the image side, i.e. ~13% at 512 px (T = 256 latent tokens) with N = 256 queries.
         latents = sample_flow(self.transformer, self.scheduler, latents, cond, mask, num_inference_steps,
                               guidance_scale, progress=self.progress_bar, callback=step_hook)
 

@@ -7,6 +7,7 @@ names (:func:`check_reward_names`) before building any model."""
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass, field
 
 from ..checks import (
@@ -25,8 +26,10 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError
-from ..registry import PROMPT_SOURCES
+from ..registry import PROMPT_SOURCES, REWARDS
 from ..train.config import BETAS, PRECISIONS, check_values, load_config
+from .objective import KL_FORMS
+from .sde import GRIDS
 
 
 @dataclass
@@ -153,8 +156,6 @@ class GRPOConfig:
 def grpo_checks() -> dict[str, Check]:
     """What every key of :class:`GRPOConfig` accepts (built on first use: the grid and KL-form choices come from
     :mod:`parauni.rl.sde` and :mod:`parauni.rl.objective`, which import torch)."""
-    from .objective import KL_FORMS
-    from .sde import GRIDS
 
     positive, non_negative = number(0.0, lo_open=True), number(0.0)
     return {
@@ -224,9 +225,7 @@ def check_reward_names(rewards: RewardConfig) -> None:
     (:data:`parauni.rewards.REWARDS`) or a ``package.module:Factory`` path that imports; else a ``ConfigError``.
     Run by ``parauni grpo`` before any model is built (programmatic runs may pass their own reward callables to
     :class:`~parauni.rl.grpo.GRPOTrainer` under any name)."""
-    import importlib
 
-    from ..rewards.base import REWARDS
 
     for key, names in (("rewards.weights", rewards.weights), ("rewards.options", rewards.options)):
         for name in names:

@@ -19,24 +19,37 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..eval.geneval import TASK_ORDER
+from ..eval.geneval import TASK_ORDER, format_table
 from ..pipelines.loading import build_model
+from ..pipelines.pipeline_parauni import ParaUniPipeline
+from ..pipelines.weights import WeightsMismatchError, expected_names, load_trainable, read_trainable
 from ..registry import DEFAULT_EVALUATOR, EVALUATORS
 from ..rewards.base import WeightedReward
-from ..train.config import ModelConfig, resolve_precision, save_config
+from ..train.config import ModelConfig, resolve_precision, save_config, to_yaml_dict
 from ..train.optim import decay_groups
-from ..utils.checkpoints import resume_path, write_checkpoint
+from ..utils.checkpoints import (
+    check_resume_config,
+    complete_checkpoints,
+    newest_intact,
+    resume_path,
+    truncate_jsonl,
+    write_checkpoint,
+)
 from ..utils.images import signed_to_uint8
-from .config import GRPOConfig
+from .config import GRPOConfig, load_grpo_config
+from .curves import plot_curves
 from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
 from .lora import add_lora, lora_delta_norm, merged_transformer
 from .objective import (
@@ -60,7 +73,6 @@ CHECKPOINT_FILES = ("trainable.safetensors", "ema.safetensors")  # besides Accel
 def _read_like(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint's safetensors file, which must hold exactly the names of ``like`` with the same
     shapes (a checkpoint of other LoRA targets, rank or ``train_lim`` fails here, naming the weights)."""
-    from ..pipelines.weights import WeightsMismatchError, read_trainable
 
     path, weights = read_trainable(path)
     missing, unexpected = sorted(set(like) - set(weights)), sorted(set(weights) - set(like))
@@ -83,10 +95,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
     ``model.conditioner``), the LoRA added with its rank, alpha and targets, and the saved weights loaded strictly
     (:func:`parauni.pipelines.weights.load_trainable`: every LoRA / LIM weight, nothing else, the same shapes).
     """
-    from ..pipelines.pipeline_parauni import ParaUniPipeline
-    from ..pipelines.weights import expected_names, load_trainable
-    from ..utils.checkpoints import newest_intact
-    from .config import load_grpo_config
 
     ckpt = Path(checkpoint)
     if not (ckpt / STATE_FILE).is_file():
@@ -125,8 +133,6 @@ class GRPOTrainer:
         ``train.eval_geneval`` (default: the registered ``toy_geneval``). Everything else comes from ``cfg``.
         ``resume`` and ``allow_config_change``: as
         for :class:`parauni.train.trainer.Trainer` (the checkpoint is checked before any model is built)."""
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
 
         self.cfg, self.progress = cfg, progress
         t, m = cfg.train, cfg.model
@@ -139,7 +145,6 @@ class GRPOTrainer:
                                                                    logging_dir=str(self.out / "logs")))
         self.config_changes: list = []
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
-        from ..utils.checkpoints import complete_checkpoints
 
         if not resume and self.acc.is_main_process and complete_checkpoints(self.out, STATE_FILE):
             logger.warning("%s holds checkpoints of an earlier run: this fresh start replaces its logs and its "
@@ -157,6 +162,12 @@ class GRPOTrainer:
         if pipe.vae is not None:
             pipe.vae.to(dev).requires_grad_(False).eval()
         pipe.conditioner.to(dev).requires_grad_(False).eval()
+        if self.acc.mixed_precision == "bf16" and dev.type == "cuda":
+            # the frozen VLM and VAE run in bf16 (rollouts, evaluation; exports then hold them in bf16, as
+            # InternVL3 is released); the LIM keeps its trained float32 weights (it runs once per prompt)
+            for part in (pipe.vlm, pipe.vae):
+                if part is not None:
+                    part.to(torch.bfloat16)
         tr = pipe.transformer.to(dev)
         tr.requires_grad_(False)
         torch.manual_seed(t.seed)
@@ -432,8 +443,6 @@ class GRPOTrainer:
         """The checkpoint ``resume`` names (corrupt ones skipped or refused, see
         :func:`parauni.utils.checkpoints.resume_path`), its config compared with this one: only the keys of
         :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS` may differ without ``allow_config_change``."""
-        from ..train.config import to_yaml_dict
-        from ..utils.checkpoints import check_resume_config
 
         ckpt = resume_path(self.out, resume, STATE_FILE, required=CHECKPOINT_FILES)
         if ckpt is None:  # --resume auto without a checkpoint: a fresh start
@@ -472,7 +481,6 @@ class GRPOTrainer:
     # -- evaluation -----------------------------------------------------------------------------------------
     def merged_pipeline(self, ema: bool = True):
         """A ``ParaUniPipeline`` with the (EMA) LoRA merged into a plain copy of the transformer."""
-        from ..pipelines.pipeline_parauni import ParaUniPipeline
 
         backup = {n: p.detach().clone() for n, p in self.params.items()}
         with torch.no_grad():
@@ -494,7 +502,6 @@ class GRPOTrainer:
     def export_final(self) -> Path:
         """``<output_dir>/final``: the EMA model as a ``ParaUniPipeline`` folder, written under a temporary name
         and renamed (``parauni generate --model``, ``parauni eval ... --model`` read it)."""
-        import shutil
 
         final = self.out / "final"
         tmp = final.with_name("final.tmp")
@@ -527,7 +534,6 @@ class GRPOTrainer:
                 result["geneval_before"] = self.geneval("geneval_before")
         end = t.epochs if stop_after is None else min(stop_after, t.epochs)
         if main:  # rows of epochs after the checkpoint (an interrupted run) are redone: drop them first
-            from ..utils.checkpoints import truncate_jsonl
 
             truncate_jsonl(self.out / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= self.epoch)
             truncate_jsonl(self.out / "ldam.jsonl", lambda r: int(r.get("epoch", 0)) < self.epoch)
@@ -586,7 +592,6 @@ class GRPOTrainer:
         return result
 
     def plot(self) -> None:
-        from .curves import plot_curves
 
         rows = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
         keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -605,7 +610,7 @@ class GRPOTrainer:
 
 
 def add_parser(sub) -> None:
-    from ..train.commands import add_run_arguments
+    from ..train.commands import add_run_arguments  # train.commands imports this module: avoid the cycle
 
     p = sub.add_parser("grpo", help="stage III: Flow-GRPO with several rewards and LDAM")
     add_run_arguments(p, "configs/toy_grpo.yaml", "ldam.enabled=false")
@@ -614,8 +619,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> dict:
-    from ..eval.geneval import format_table
-    from .config import load_grpo_config
 
     cfg = load_grpo_config(args.config, args.overrides)
     trainer = GRPOTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
