@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from parauni.eval.bundled import geneval_metadata_path
+from parauni.eval.geneval_rules import relative_position
 from parauni.toy.detect import Detection, detect, gaussian_blur
 from parauni.toy.geneval import (
     evaluate,
@@ -22,7 +23,7 @@ from parauni.toy.geneval import (
     write_geneval_layout,
 )
 from parauni.toy.prompts import TASKS, meta_from_fields
-from parauni.toy.world import INVERSE_RELATION, relative_position, render, scene_from_metadata
+from parauni.toy.world import INVERSE_RELATION, render, scene_from_metadata
 
 REAL_GENEVAL = geneval_metadata_path()  # GenEval's own prompts, bundled with the package
 SEEDS = (0, 1)

@@ -13,8 +13,9 @@ from collections import Counter
 import numpy as np
 
 from parauni.eval.geneval import TASK_ORDER
+from parauni.eval.geneval_rules import relative_position
 from parauni.rl.prompts import FixedPrompts
-from parauni.toy.world import COLORS, RELATIONS, SHAPES, Scene, relative_position
+from parauni.toy.world import COLORS, RELATIONS, SHAPES, Scene
 
 TASKS: tuple[str, ...] = TASK_ORDER  # GenEval's six tasks, in its order
 NUMBER_WORDS: tuple[str, ...] = (

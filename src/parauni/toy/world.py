@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from parauni.eval.geneval_rules import POSITION_THRESHOLD
+from parauni.eval.geneval_rules import relative_position as relative_position  # GenEval's rule, one copy
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -54,7 +57,6 @@ SIZE_RANGES: dict[int, tuple[float, float]] = {
 MARGIN_FRAC = 0.05  # free border around the canvas
 GAP_FRAC = 0.07  # minimum free space between two objects' boxes
 SUPERSAMPLE = 4
-POSITION_THRESHOLD = 0.1  # GenEval's default
 
 
 @dataclass(frozen=True)
@@ -92,34 +94,6 @@ class Scene:
             {"shape": o.shape, "color": o.color, "bbox": list(o.bbox), "centre": list(o.centre)}
             for o in self.objects
         ]
-
-
-def relative_position(box_a: Sequence[float], box_b: Sequence[float],
-                      threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Relations of box A relative to box B by GenEval's rule (boxes are ``x1, y1, x2, y2``).
-
-    The centre offset is shrunk on each axis by ``threshold * (dim_a + dim_b)``; if nothing is
-    left there is no relation, otherwise the shrunk offset divided by the true offset's length gives
-    ``(dx, dy)`` and each component beyond +-0.5 names a relation (y grows downward).
-    """
-    a = np.asarray(box_a[:4], dtype=np.float64).reshape(2, 2)
-    b = np.asarray(box_b[:4], dtype=np.float64).reshape(2, 2)
-    offset = a.mean(0) - b.mean(0)
-    dims = np.abs(a[1] - a[0]) + np.abs(b[1] - b[0])
-    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    rels = set()
-    if dx < -0.5:
-        rels.add("left of")
-    if dx > 0.5:
-        rels.add("right of")
-    if dy < -0.5:
-        rels.add("above")
-    if dy > 0.5:
-        rels.add("below")
-    return rels
 
 
 def clear_relation(a: ToyObject, b: ToyObject, relation: str,
