@@ -53,6 +53,6 @@ def load_toy_model(name: str = "toy-all-layers", dtype: torch.dtype | None = Non
     load_trainable(pipe, folder, parts=trainable_parts(cfg))
     pipe.conditioner.eval()
     pipe.transformer.eval()
-    if dtype is not None:
+    if dtype is not None and dtype != pipe.transformer.dtype:
         pipe = pipe.to(dtype=dtype)
     return pipe.to(device) if device else pipe
