@@ -20,7 +20,8 @@ from transformers import (
 )
 from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
-from parauni.cli import GENEVAL_SCORER_ENV, main
+from parauni.cli import main
+from parauni.eval import GENEVAL_SCORER_ENV
 from parauni.eval import geneval_rules as rules
 from parauni.eval.bundled import geneval_metadata_path
 from parauni.eval.geneval import generate_geneval

@@ -141,12 +141,14 @@ class Family:
 
     ``match``: does a loaded pipeline belong to the family; ``geneval_metadata``: ``() -> path`` of the
     family's GenEval-format prompts; ``geneval_scorer``: ``(out_dir) -> summary`` scoring a GenEval layout
-    at once; ``embedder``: the :data:`IMAGE_EMBEDDERS` name reconstruction metrics default to.
+    at once; ``embedder``: the :data:`IMAGE_EMBEDDERS` name reconstruction metrics default to;
+    ``metadata_match``: GenEval records that belong to the family (e.g. every class a toy shape).
     """
 
     name: str
     match: Callable[[Any], bool]
     geneval_metadata: Callable[[], Any] | None = None
+    metadata_match: Callable[[list[dict]], bool] | None = None  # GenEval records that only this family can draw
     geneval_scorer: Callable[[Any], dict] | None = None
     embedder: str | None = None
 
@@ -168,6 +170,15 @@ def family_of(pipe) -> Family | None:
     for name in FAMILIES:
         family = FAMILIES.get(name)
         if family.match(pipe):
+            return family
+    return None
+
+
+def family_of_metadata(metas: list[dict]) -> Family | None:
+    """The registered family whose GenEval records these are (its scorer then applies), if any."""
+    for name in FAMILIES:
+        family = FAMILIES.get(name)
+        if family.metadata_match is not None and family.geneval_scorer is not None and family.metadata_match(metas):
             return family
     return None
 

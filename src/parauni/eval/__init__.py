@@ -4,3 +4,6 @@
 * :mod:`parauni.eval.dpg` -- DPG-Bench's 2x2 grids (resumable), ``--model`` helpers shared by ``parauni eval``;
 * :mod:`parauni.eval.reconstruct` -- reconstruction through the VLM: PSNR, SSIM, CLIP image similarity.
 """
+
+# the environment variable naming the official GenEval scorer's command (``parauni eval geneval --scorer official``)
+GENEVAL_SCORER_ENV = "PARAUNI_GENEVAL_SCORER"

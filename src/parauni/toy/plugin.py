@@ -67,6 +67,13 @@ def _score_geneval(out):
     return score_dir(out)
 
 
+def _is_toy_metadata(metas: list[dict]) -> bool:
+    from .world import SHAPES
+
+    classes = {inc["class"] for m in metas for inc in m.get("include", [])}
+    return bool(classes) and classes <= set(SHAPES)
+
+
 def _is_prior(model: str) -> bool:
     from .prior import is_prior_arg
 
@@ -111,7 +118,8 @@ def register() -> None:
                             replace=True)
     EVALUATORS.register("toy_geneval", _evaluate, "toy GenEval of the final model", replace=True)
     FAMILIES.register("toy", Family("toy", _is_toy_pipeline, geneval_metadata=_toy_metadata,
-                                     geneval_scorer=_score_geneval, embedder="toy"),
+                                     metadata_match=_is_toy_metadata, geneval_scorer=_score_geneval,
+                                     embedder="toy"),
                       "pipelines on the toy VLM: toy GenEval prompts, the toy detector, the toy image encoder",
                       replace=True)
     GENERATORS.register("prior", Generator(_is_prior, _load_prior, family="toy"),
