@@ -266,10 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .toy import train_vlm as toy_vlm
 
     for module in (toy_vlm, toy_prior, toy_rewards, toy_eval, toy_reproduce):
-        before = set(toy.choices)
-        module.add_parser(toy)
-        for name in set(toy.choices) - before:  # each toy module adds one command, run by module.run
-            toy.choices[name].set_defaults(func=module.run)
+        module.add_parser(toy)  # each registers its command and its handler, as every other command module
     _add_threads_option(parser)
     _add_debug_option(parser)
     _check_options(parser)

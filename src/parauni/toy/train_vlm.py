@@ -216,6 +216,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--fp16", action="store_true", help="save the weights in float16 (for shipping)")
     p.add_argument("--device", default="cpu", help="e.g. cuda (the data is drawn on the CPU by --workers)")
+    p.set_defaults(func=run)
     return p
 
 
