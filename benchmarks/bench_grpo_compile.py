@@ -7,7 +7,8 @@ first one's weights, so the two see slightly different policies; the work is the
 
     OMP_NUM_THREADS=1 python benchmarks/bench_grpo_compile.py --epochs 4 --threads 1
 
-Measured on the 2-core CPU (1 thread): plain 2.44 s, compiled 2.27 s (1.08x); not enough to add an option.
+Measured on the 2-core CPU (1 thread), two runs: 2.31 -> 2.20 s (1.05x) and 2.44 -> 2.27 s (1.08x); not
+enough to add an option.
 """
 
 from __future__ import annotations
