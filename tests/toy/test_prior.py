@@ -11,6 +11,7 @@ import torch
 
 from parauni.models.conditioner import ParaUniConditioner
 from parauni.pipelines import ParaUniPipeline
+from parauni.toy.config import PRIOR_FLAGS, config_from_args, load_pretrain_prior_config
 from parauni.toy.data import heldout_examples, to_tensor
 from parauni.toy.geneval import load_toy_geneval
 from parauni.toy.prior import DEFAULT_PATH, ToyTextEncoder, load_prior
@@ -76,7 +77,9 @@ def test_cli_parser_defaults():
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["pretrain-prior", "--out", "x", "--fp16"])
-    assert args.func.__name__ == "run" and args.fp16 and args.space == "latent"
+    assert args.func.__name__ == "run" and args.fp16 and args.space is None  # an absent flag: the config's value
+    cfg = config_from_args(args, PRIOR_FLAGS, load_pretrain_prior_config)
+    assert cfg.train.fp16 and cfg.model.space == "latent" and cfg.train.output_dir == "x"
 
 
 def test_missing_prior_names_the_command(tmp_path):

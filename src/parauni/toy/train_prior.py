@@ -25,9 +25,11 @@ from tqdm.auto import tqdm
 
 from parauni.flow import flow_loss, interpolate, sigma_to_timestep
 from parauni.models.presets import SANA_SCHEDULER
+from parauni.toy.config import PRIOR_FLAGS, add_config_options, config_from_args, flat, load_pretrain_prior_config
 from parauni.toy.data import ToyStream
 from parauni.toy.prior import UNCOND_PROMPT, ToyPrior, ToyTextEncoder
 from parauni.toy.tokenizer import build_toy_tokenizer
+from parauni.train.config import save_config
 from parauni.train.optim import cosine, decay_groups
 
 
@@ -207,56 +209,63 @@ def train_diffusion(prior: ToyPrior, args: argparse.Namespace, log: Logger) -> N
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``pretrain-prior`` on an argparse ``subparsers`` object."""
+    """Register ``pretrain-prior`` on an argparse ``subparsers`` object. Every flag names a key of
+    :class:`parauni.toy.config.PretrainPriorConfig` (defaults there); ``--config`` and ``key=value`` overrides
+    set any key."""
     p = subparsers.add_parser("pretrain-prior", help="pre-train the toy diffusion prior (SANA + text encoder)")
-    p.add_argument("--out", default="outputs/toy/prior", help="output folder")
-    p.add_argument("--space", choices=("latent", "pixel"), default="latent")
-    p.add_argument("--steps", type=int, default=1500, help="diffusion steps (0: by --minutes only)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-time cap for the diffusion phase")
-    p.add_argument("--ae-steps", type=int, default=400, help="autoencoder steps (latent space)")
-    p.add_argument("--ae-minutes", type=float, default=None, help="wall-time cap for the autoencoder phase")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ae-lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--timesteps", choices=("logit-normal", "uniform"), default="logit-normal")
-    p.add_argument("--uncond-prob", type=float, default=0.1)
-    p.add_argument("--template-prob", type=float, default=0.7, help="share of GenEval-template captions")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--patch", type=int, default=None, help="patch size (default: 4 pixel, 1 latent)")
-    p.add_argument("--caption-channels", type=int, default=64)
-    p.add_argument("--text-width", type=int, default=64)
-    p.add_argument("--text-depth", type=int, default=2)
-    p.add_argument("--latent-channels", type=int, default=8)
-    p.add_argument("--vae-width", type=int, default=32)
-    p.add_argument("--flow-shift", type=float, default=1.0, help="sampling scheduler's flow shift")
-    p.add_argument("--guidance", type=float, default=4.5, help="default CFG scale saved with the prior")
-    p.add_argument("--eval-images", type=int, default=0, help="toy GenEval images per prompt after training")
-    p.add_argument("--eval-steps", type=int, default=20)
-    p.add_argument("--fp16", action="store_true", help="save weights in float16")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--out", help="output folder (default outputs/toy/prior)")
+    p.add_argument("--space", choices=("latent", "pixel"), help="default latent")
+    p.add_argument("--steps", type=int, help="diffusion steps (0: by --minutes only; default 1500)")
+    p.add_argument("--minutes", type=float, help="wall-time cap for the diffusion phase")
+    p.add_argument("--ae-steps", type=int, help="autoencoder steps (latent space; default 400)")
+    p.add_argument("--ae-minutes", type=float, help="wall-time cap for the autoencoder phase")
+    p.add_argument("--batch-size", type=int, help="default 64")
+    p.add_argument("--lr", type=float, help="default 1e-3")
+    p.add_argument("--ae-lr", type=float, help="default 2e-3")
+    p.add_argument("--warmup", type=int, help="default 100")
+    p.add_argument("--weight-decay", type=float, help="default 0.01")
+    p.add_argument("--ema", type=float, help="default 0.999")
+    p.add_argument("--timesteps", choices=("logit-normal", "uniform"), help="default logit-normal")
+    p.add_argument("--uncond-prob", type=float, help="default 0.1")
+    p.add_argument("--template-prob", type=float, help="share of GenEval-template captions (default 0.7)")
+    p.add_argument("--hidden", type=int, help="default 128")
+    p.add_argument("--layers", type=int, help="default 4")
+    p.add_argument("--patch", type=int, help="patch size (default: 4 pixel, 1 latent)")
+    p.add_argument("--caption-channels", type=int, help="default 64")
+    p.add_argument("--text-width", type=int, help="default 64")
+    p.add_argument("--text-depth", type=int, help="default 2")
+    p.add_argument("--latent-channels", type=int, help="default 8")
+    p.add_argument("--vae-width", type=int, help="default 32")
+    p.add_argument("--flow-shift", type=float, help="sampling scheduler's flow shift (default 1.0)")
+    p.add_argument("--guidance", type=float, help="default CFG scale saved with the prior (default 4.5)")
+    p.add_argument("--eval-images", type=int, help="toy GenEval images per prompt after training (default 0)")
+    p.add_argument("--eval-steps", type=int, help="default 20")
+    p.add_argument("--fp16", action="store_true", default=None, help="save weights in float16")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--threads", type=int, help="default 2")
+    p.add_argument("--log-every", type=int, help="default 50")
+    add_config_options(p, "toy_pretrain_prior.yaml")
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train and save the prior to ``args.out``; returns 0."""
-    torch.set_num_threads(args.threads)
+def run(cli: argparse.Namespace) -> int:
+    """Train and save the prior to ``train.output_dir`` (``--out``), with ``config.yaml``; returns 0. The config
+    is ``--config`` (or the defaults), then the flags given, then ``key=value`` overrides."""
+    cfg = config_from_args(cli, PRIOR_FLAGS, load_pretrain_prior_config)
+    args = argparse.Namespace(**flat(cfg, PRIOR_FLAGS))  # the flags' names, as the training functions read them
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_log.txt").unlink(missing_ok=True)
     log = Logger(out / "train_log.txt")
-    config = {k: v for k, v in vars(args).items() if k != "func"}
     prog = Path(sys.argv[0]).name
     prog = "python -m parauni.toy.train_prior" if prog == "train_prior.py" else prog
-    config["command"] = " ".join([prog, shlex.join(sys.argv[1:])])
+    config = {"command": " ".join([prog, shlex.join(sys.argv[1:])]), **vars(args)}
     (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_config(cfg, out / "config.yaml")
     prior = build_prior(args.space, args.hidden, args.layers, args.patch, args.caption_channels, args.text_width,
                         args.text_depth, args.latent_channels, args.vae_width, args.flow_shift, args.guidance,
                         args.seed)

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..train.config import save_config
 from ..train.optim import decay_groups, warmup_cosine
+from .config import REWARDS_FLAGS, add_config_options, config_from_args, load_train_rewards_config
 from .data import HELDOUT_DOMAIN, TRAIN_DOMAIN, make_example, sample_rng
 from .rewards.alignment import DEFAULT_PATH, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
 from .tokenizer import build_toy_tokenizer
@@ -108,21 +110,34 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
 
 
 def add_parser(sub) -> None:
+    """Register ``train-rewards``. Every flag names a key of :class:`parauni.toy.config.TrainRewardsConfig`
+    (defaults there); ``--config`` and ``key=value`` overrides set any key."""
     p = sub.add_parser("train-rewards", help="train the toy alignment reward model (CLIP-score role)")
-    p.add_argument("--out", default=str(DEFAULT_PATH), help="output folder")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--pool", type=int, default=40000, help="rendered training pairs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fp16", action="store_true", help="save weights in fp16 (as shipped)")
+    p.add_argument("--out", help=f"output folder (default {DEFAULT_PATH})")
+    p.add_argument("--steps", type=int, help="default 1500")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--lr", type=float, help="default 2e-3")
+    p.add_argument("--pool", type=int, help="rendered training pairs (default 40000)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--fp16", action="store_true", default=None, help="save weights in fp16 (as shipped)")
+    add_config_options(p, "toy_train_rewards.yaml")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> None:
-    m = train_alignment(args.out, args.steps, args.batch_size, args.lr, args.pool, args.seed, args.fp16)
+def run(args: argparse.Namespace) -> dict:
+    """Train from ``--config`` (or the defaults), the flags given and ``key=value`` overrides; the config goes to
+    ``config.yaml`` in the output folder. Returns the held-out metrics."""
+    cfg = config_from_args(args, REWARDS_FLAGS, load_train_rewards_config)
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    Path(t.output_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(t.output_dir) / "config.yaml")
+    m = train_alignment(t.output_dir, t.steps, t.batch_size, cfg.optim.lr, cfg.data.pool, t.seed, t.fp16,
+                        t.log_every)
     print(f"held-out retrieval: image->text top-1 {m['i2t_top1']:.3f}, text->image top-1 {m['t2i_top1']:.3f}, "
-          f"true caption beats another {m['pair_win']:.3f}; {m['wall_s']:.0f} s; saved to {args.out}")
+          f"true caption beats another {m['pair_win']:.3f}; {m['wall_s']:.0f} s; saved to {t.output_dir}")
+    return m
 
 
 if __name__ == "__main__":

@@ -22,9 +22,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from parauni.errors import ConfigError
+from parauni.toy.config import (
+    VLM_FLAGS,
+    add_config_options,
+    config_from_args,
+    load_pretrain_vlm_config,
+)
 from parauni.toy.data import TRAIN_DOMAIN, heldout_examples, make_example, qa_by_kind, sample_rng
 from parauni.toy.tokenizer import build_toy_tokenizer
 from parauni.toy.vlm import DESCRIBE, IGNORE_INDEX, build_toy_vlm, encode_dialogues, format_accuracy, qa_accuracy
+from parauni.train.config import save_config
 from parauni.train.optim import decay_groups, warmup_cosine
 
 
@@ -201,31 +209,43 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``pretrain-vlm`` command to an argparse ``subparsers`` object."""
+    """Add the ``pretrain-vlm`` command to an argparse ``subparsers`` object. Every flag names a key of
+    :class:`parauni.toy.config.PretrainVLMConfig` (defaults there); ``--config`` and ``key=value`` overrides
+    set any key."""
     p = subparsers.add_parser("pretrain-vlm", help="pre-train the toy VLM on toy-world questions and captions")
-    p.add_argument("--out", required=True, help="output folder (model, tokenizer, train_log.txt)")
-    p.add_argument("--steps", type=int, default=2100)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1.5e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--turns", type=int, default=6, help="question-answer turns per training image")
-    p.add_argument("--eval-examples", type=int, default=300, help="held-out scenes for the final accuracy")
-    p.add_argument("--eval-every", type=int, default=0, help="steps between midway evaluations (0: none)")
-    p.add_argument("--workers", type=int, default=0, help="data-loader processes (0: in the training process)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--fp16", action="store_true", help="save the weights in float16 (for shipping)")
-    p.add_argument("--device", default="cpu", help="e.g. cuda (the data is drawn on the CPU by --workers)")
+    p.add_argument("--out", help="output folder (model, tokenizer, train_log.txt); train.output_dir")
+    p.add_argument("--steps", type=int, help="default 2100")
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--lr", type=float, help="default 1.5e-3")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--warmup", type=int, help="default 100")
+    p.add_argument("--turns", type=int, help="question-answer turns per training image (default 6)")
+    p.add_argument("--eval-examples", type=int, help="held-out scenes for the final accuracy (default 300)")
+    p.add_argument("--eval-every", type=int, help="steps between midway evaluations (default 0: none)")
+    p.add_argument("--workers", type=int, help="data-loader processes (default 0: in the training process)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 2)")
+    p.add_argument("--fp16", action="store_true", default=None, help="save the weights in float16 (for shipping)")
+    p.add_argument("--device", help="e.g. cuda (the data is drawn on the CPU by --workers; default cpu)")
+    add_config_options(p, "toy_pretrain_vlm.yaml")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Run ``pretrain-vlm`` from parsed arguments and print the held-out accuracy table."""
-    result = pretrain_vlm(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          eval_examples=args.eval_examples, warmup=args.warmup, turns=args.turns,
-                          eval_every=args.eval_every, workers=args.workers, threads=args.threads, fp16=args.fp16,
-                          device=args.device)
+    """Run ``pretrain-vlm`` from parsed arguments (``--config``, the flags given, ``key=value`` overrides), save
+    the config as ``config.yaml`` in the output folder and print the held-out accuracy table."""
+    cfg = config_from_args(args, VLM_FLAGS, load_pretrain_vlm_config)
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    if t.output_dir is None:
+        raise ConfigError("pretrain-vlm needs an output folder: --out DIR or train.output_dir=DIR")
+    Path(t.output_dir).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(t.output_dir) / "config.yaml")
+    result = pretrain_vlm(t.output_dir, steps=t.steps, batch_size=t.batch_size, lr=o.lr, seed=t.seed,
+                          eval_examples=t.eval_examples, warmup=o.warmup, turns=d.turns,
+                          describe_prob=d.describe_prob, by_question=d.by_question, chunks=d.chunks,
+                          weight_decay=o.weight_decay, eval_every=t.eval_every, mid_eval_examples=t.mid_eval_examples,
+                          workers=d.workers, threads=t.threads, fp16=t.fp16, log_every=t.log_every, vision=m.vision,
+                          text=m.text, device=t.device)
     print(format_accuracy(result["accuracy"]))
     print(f"{result['params']} parameters; {result['steps_per_s']:.2f} steps/s; {result['wall_s']:.0f}s in all; "
           f"saved to {result['out_dir']}")
