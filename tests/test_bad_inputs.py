@@ -26,22 +26,20 @@ class _NoModels:
     def __enter__(self):
         import parauni.pipelines.loading as loading
 
-        self.loading, self.saved = loading, (loading.build_model, loading.load_pipeline, loading.build_tiny)
-
         def refuse(*args, **kwargs):
             raise AssertionError("a model was built before the bad input was refused")
 
-        loading.build_tiny = refuse  # every model source goes through one of these two
-        loading.MODEL_BUILDERS_GET, loading.MODELS_GET = None, None
-        self.patches = []
-        for table in (loading.MODEL_BUILDERS, loading.MODELS):
-            self.patches.append((table, table.get))
+        # every model source goes through build_tiny or one of the two registries
+        self.loading, self.tiny = loading, loading.build_tiny
+        self.tables = [(table, table.get) for table in (loading.MODEL_BUILDERS, loading.MODELS)]
+        loading.build_tiny = refuse
+        for table, _ in self.tables:
             table.get = refuse
         return self
 
     def __exit__(self, *exc):
-        self.loading.build_model, self.loading.load_pipeline, self.loading.build_tiny = self.saved
-        for table, get in self.patches:
+        self.loading.build_tiny = self.tiny
+        for table, get in self.tables:
             table.get = get
         return False
 
