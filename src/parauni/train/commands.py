@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_run_arguments(p, config_example: str, override_example: str) -> None:
@@ -40,7 +41,11 @@ def add_parsers(sub) -> None:
                                       "(stage I / II, or stage III with its LoRA merged)")
     e.add_argument("checkpoint", help="a checkpoint-* folder or a run folder of `parauni train` or `parauni grpo` "
                                       "(a run folder without final weights: its newest intact checkpoint)")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True,
+                   help="the pipeline folder; written beside it (<out>.tmp-<pid>) and swapped in when complete")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an --out folder that holds another model or other files (without it, only an "
+                        "identical export is replaced)")
     e.add_argument("--no-ema", action="store_true",
                    help="stage III: merge the raw LoRA weights instead of their EMA (the default, as evaluated)")
     e.set_defaults(func=run_export)
@@ -81,8 +86,6 @@ def run_cache(args: argparse.Namespace) -> dict:
 def is_grpo_run(folder) -> bool:
     """Whether a checkpoint or run folder comes from ``parauni grpo``: its state file, or a saved config with
     stage III's sections."""
-    from pathlib import Path
-
     import yaml
 
     folder = Path(folder)
@@ -98,18 +101,66 @@ def is_grpo_run(folder) -> bool:
     return isinstance(data, dict) and ("sampling" in data or "lora_rank" in (data.get("model") or {}))
 
 
+def _export_target_problem(out: Path) -> str | None:
+    """Why ``out`` cannot receive an export without ``--overwrite`` before any work: ``None`` when it is free, is
+    an empty folder or holds an earlier export (compared with the new one when that is written)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return None  # a file: refused whatever --overwrite says (see run_export)
+    entries = list(out.iterdir())
+    if entries and not (out / "model_index.json").is_file():
+        names = ", ".join(sorted(p.name for p in entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        return (f"--out {str(out)!r} is a folder that holds other files ({names}), not an exported pipeline; "
+                "pass --overwrite to replace it, or give a new folder")
+    return None
+
+
+def _differing_files(old: Path, new: Path) -> list[str]:
+    """Files (relative paths) that differ between two folders: only in one of them, or different bytes."""
+    import filecmp
+
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+    a, b = files(old), files(new)
+    differ = sorted(a ^ b)
+    differ += sorted(f for f in a & b if not filecmp.cmp(old / f, new / f, shallow=False))
+    return differ
+
+
 def run_export(args: argparse.Namespace) -> None:
+    """``parauni export``: the pipeline is written to ``<out>.tmp-<pid>`` and swapped into place when complete
+    (:func:`parauni.utils.atomic.atomic_folder`), so an interrupted export leaves ``--out`` as it was. An
+    existing ``--out`` that holds another model (different weights) or other files is replaced only with
+    ``--overwrite``; an identical export replaces it silently."""
     from ..errors import UsageError
+    from ..utils.atomic import atomic_folder
 
-    if is_grpo_run(args.checkpoint):
-        from ..rl.grpo import export_checkpoint
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r} is a file; give a folder path")
+    overwrite = getattr(args, "overwrite", False)
+    problem = None if overwrite else _export_target_problem(out)
+    if problem:
+        raise UsageError(problem)
+    grpo = is_grpo_run(args.checkpoint)
+    if args.no_ema and not grpo:
+        raise UsageError("--no-ema: stage I / II checkpoints have no EMA (it applies to `parauni grpo` "
+                         "checkpoints only)")
+    with atomic_folder(out) as tmp:
+        if grpo:
+            from ..rl.grpo import export_checkpoint
 
-        out = export_checkpoint(args.checkpoint, args.out, ema=not args.no_ema)
-    else:
-        if args.no_ema:
-            raise UsageError("--no-ema: stage I / II checkpoints have no EMA (it applies to `parauni grpo` "
-                             "checkpoints only)")
-        from .trainer import export
+            export_checkpoint(args.checkpoint, tmp, ema=not args.no_ema)
+        else:
+            from .trainer import export
 
-        out = export(args.checkpoint, args.out)
+            export(args.checkpoint, tmp)
+        if not overwrite and out.is_dir() and any(out.iterdir()):
+            differ = _differing_files(out, tmp)
+            if differ:
+                shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+                raise UsageError(f"--out {args.out!r} already holds another model (differs in {shown}); pass "
+                                 "--overwrite to replace it, or give a new folder")
     print(f"pipeline written to {out}")

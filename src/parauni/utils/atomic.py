@@ -1,0 +1,98 @@
+"""Folders written atomically: built under a temporary sibling name, swapped into place only when complete.
+
+``with atomic_folder(out) as tmp:`` yields ``<out>.tmp-<pid>`` (an empty folder beside ``out``); when the block
+ends without an exception the temporary folder is renamed to ``out``. An ``out`` that already existed is moved
+aside (``<out>.old-<pid>``) just before and deleted only once the new folder is in place, so an interrupted
+write never leaves a half-written ``out`` nor loses the old one before the new one is complete. On an exception
+(or Ctrl-C) the temporary folder is removed and ``out`` is untouched.
+
+Files are given the permissions of ordinary new files (``0666`` / folders ``0777``, less the umask): some
+writers (safetensors through a temporary file) create them ``0600``, unreadable to the other users of a shared
+model folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_permissions(folder: str | Path) -> None:
+    """Give every file under ``folder`` mode ``0666 & ~umask`` and every folder ``0777 & ~umask`` (as
+    ``open()`` / ``mkdir`` would), keeping the execute bits of files that have them."""
+    mask = current_umask()
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+
+def temporary_sibling(out: str | Path, tag: str = "tmp") -> Path:
+    """``<out>.<tag>-<pid>``: the name a folder is built under before it replaces ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.{tag}-{os.getpid()}")
+
+
+def replace_folder(new: str | Path, out: str | Path) -> None:
+    """Move the complete folder ``new`` to ``out``; an existing ``out`` is moved aside first and deleted only
+    after ``new`` is in place."""
+    new, out = Path(new), Path(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        old = temporary_sibling(out, "old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:  # put the previous folder back
+            os.replace(old, out)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; on success give its files ordinary permissions and swap
+    it into place as ``out`` (:func:`replace_folder`); on failure remove it and leave ``out`` as it was."""
+    out = Path(out)
+    tmp = temporary_sibling(out)
+    if tmp.exists():  # left by an earlier process with this pid
+        shutil.rmtree(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        ordinary_permissions(tmp)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

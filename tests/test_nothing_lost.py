@@ -1,0 +1,112 @@
+"""Nothing lost, nothing silently wrong: exports are written atomically and never replace another model
+unasked."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from parauni.cli import main
+from parauni.train.config import load_config
+from parauni.train.trainer import Trainer
+from parauni.utils.atomic import atomic_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "toy_stage1.yaml")
+TINY = ["model.source=tiny", "data.resolution=16", "train.batch_size=4", "train.logger=none",
+        "train.eval_geneval=false", "train.steps=1", "train.save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two tiny stage I runs whose weights differ (their seeds)."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for seed in (0, 1):
+        run = root / f"run{seed}"
+        Trainer(load_config(CONFIG, [*TINY, f"train.output_dir={run}", f"train.seed={seed}"]), progress=False).run()
+        runs.append(run)
+    return runs
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_atomic_folder_keeps_the_old_folder_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with atomic_folder(out) as tmp:
+        assert tmp.name == f"out.tmp-{os.getpid()}" and tmp.parent == tmp_path
+        (tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(KeyboardInterrupt), atomic_folder(out) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_folder(out) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_export_is_atomic_readable_and_never_replaces_another_model(two_runs, tmp_path, capsys, monkeypatch):
+    run0, run1 = two_runs
+    out = tmp_path / "pipe"
+    assert main(["export", str(run0), "--out", str(out)]) == 0
+    # weight files are readable by others, as ordinary new files are (safetensors writes them 0600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    weights = list(out.rglob("*.safetensors"))
+    assert weights and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in weights), \
+        [oct(p.stat().st_mode) for p in weights]
+    first = _snapshot(out)
+    # the same export again: identical, replaced silently
+    assert main(["export", str(run0), "--out", str(out)]) == 0
+    assert _snapshot(out) == first
+    # another model: refused, the folder untouched, no temporary folder left
+    capsys.readouterr()
+    assert main(["export", str(run1), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "already holds another model" in last and "--overwrite" in last and "safetensors" in last, err
+    assert _snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    # an export cut short (Ctrl-C while writing the weights) leaves the previous folder as it was
+    from parauni.pipelines import ParaUniPipeline
+
+    real_save = ParaUniPipeline.save_pretrained
+
+    def interrupted(self, folder, *args, **kwargs):
+        real_save(self, folder, *args, **kwargs)
+        next(Path(folder).rglob("*.safetensors")).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ParaUniPipeline, "save_pretrained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["export", str(run1), "--out", str(out), "--overwrite"])
+    assert _snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    monkeypatch.setattr(ParaUniPipeline, "save_pretrained", real_save)
+    # --overwrite replaces it
+    assert main(["export", str(run1), "--out", str(out), "--overwrite"]) == 0
+    assert _snapshot(out) != first and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    ParaUniPipeline.from_pretrained(out)
+
+
+def test_export_refuses_a_file_and_a_folder_of_other_files(two_runs, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    assert main(["export", str(two_runs[0]), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--out {str(afile)!r} is a file; give a folder path")
+    assert afile.read_text() == "keep me"
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    assert main(["export", str(two_runs[0]), "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds other files (todo.txt)" in err and "--overwrite" in err, err
+    assert (other / "todo.txt").read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["todo.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", str(two_runs[0]), "--out", str(empty)]) == 0
+    assert (empty / "model_index.json").is_file()
