@@ -288,3 +288,168 @@ def test_cli_official_scorer_summarises_official_results(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary == rules.summarize([json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()])
     assert summary["tasks"] == {"single_object": 1.0, "colors": 1.0} and summary["overall"] == 1.0
+
+
+# ---- the reference's preprocessing and post-processing, written out here independently of the module ----
+
+# OpenAI CLIP's normalisation (open_clip/constants.py OPENAI_DATASET_MEAN / _STD) and ImageNet's in 0-255 units
+# (mmdetection's img_norm_cfg in mask2former_r50_lsj_8x2_50e_coco.py).
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+MMDET_MEAN, MMDET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+
+
+def _open_clip_preprocess(image: Image.Image, size: int = 32) -> np.ndarray:
+    """open_clip's eval transform: torchvision Resize(size, BICUBIC) (long side int(size * long / short)),
+    CenterCrop(size) (offset int(round(margin / 2.0))), ToTensor, Normalize(OpenAI mean, std); (3, size, size)."""
+    w, h = image.size
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    im = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    x = np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255
+    return ((x - np.array(OPENAI_MEAN, np.float32)) / np.array(OPENAI_STD, np.float32)).transpose(2, 0, 1)
+
+
+def _cv2_bilinear(arr: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """OpenCV INTER_LINEAR (imgproc/src/resize.cpp): source = (dst + 0.5) * in / out - 0.5, clamped at the
+    edges, no antialiasing, rounded half up to uint8."""
+    def taps(n_out, n_in):
+        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, None)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+    y0, y1, wy = taps(out_h, arr.shape[0])
+    x0, x1, wx = taps(out_w, arr.shape[1])
+    a = arr.astype(np.float64)
+    rows = a[y0] * (1 - wy)[:, None, None] + a[y1] * wy[:, None, None]
+    out = rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    return np.floor(out + 0.5).astype(np.uint8)
+
+
+def _mmdet_input(image: Image.Image, scale=(1333, 800)) -> tuple[np.ndarray, int, int]:
+    """mmdetection 2.x's test pipeline for GenEval's config: Resize(img_scale, keep_ratio=True) with mmcv's
+    rescale_size (factor min(long_max / long, short_max / short), sizes int(x * f + 0.5)), Pad(size_divisor=32,
+    pad_val=128), Normalize(ImageNet mean/std); returns (1, 3, Hp, Wp) and the resized (h, w)."""
+    arr = np.asarray(image.convert("RGB"))
+    h, w = arr.shape[:2]
+    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    nw, nh = int(w * f + 0.5), int(h * f + 0.5)
+    ph, pw = int(np.ceil(nh / 32)) * 32, int(np.ceil(nw / 32)) * 32
+    padded = np.full((ph, pw, 3), 128, np.uint8)
+    padded[:nh, :nw] = _cv2_bilinear(arr, nh, nw)
+    x = (padded.astype(np.float32) - np.array(MMDET_MEAN, np.float32)) / np.array(MMDET_STD, np.float32)
+    return x.transpose(2, 0, 1)[None], nh, nw
+
+
+def test_detector_input_is_mmdetections_test_pipeline(tiny_detector):
+    """Keep-ratio resize to the detector's scale + grey padding to a multiple of 32, not a stretch; the scale
+    setting is what the model sees."""
+    from parauni.eval.geneval_native import mmdet_preprocess, rescale_size
+
+    assert rescale_size(768, 512) == (1200, 800)  # GenEval's scale on a 3:2 image: 1200x800 (not 1216x800)
+    assert rescale_size(512, 512) == (800, 800) and rescale_size(2000, 500) == (1333, 333)
+    pixels, (h, w) = mmdet_preprocess(_image(512, 768), MMDET_MEAN, MMDET_STD)
+    assert tuple(pixels.shape) == (1, 3, 800, 1216) and (h, w) == (800, 1200)
+    detector = Mask2FormerDetector(tiny_detector, scale=SCALE)
+    seen = []
+    detector.model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["pixel_values"]),
+                                             with_kwargs=True)
+    for hw in ((40, 48), (37, 90)):
+        image = _image(*hw, seed=hw[1])
+        detector(image)
+        expected, nh, nw = _mmdet_input(image, scale=(96, 64))
+        got = seen[-1].numpy()
+        assert got.shape == expected.shape, (hw, got.shape, expected.shape)
+        diff = np.abs(got - expected)  # float vs fixed-point rounding: a pixel may differ by one level (1 / std)
+        assert (diff <= 1.01 / min(MMDET_STD)).all() and (diff > 1e-4).mean() < 1e-3, diff.max()
+        assert (got[..., nh:, :] == got[0, :, -1:, -1:]).all()  # grey padding below and right: one value
+
+
+def test_detections_follow_mmdets_instance_postprocess(tiny_detector):
+    """Every detection recomputed here from the model's raw outputs with mmdetection 2.x's rule
+    (maskformer_fusion_head.py instance_postprocess): top-k over the flattened (query, class) softmax scores,
+    masks upsampled to the padded input, cut to the resized image, upsampled to the original, score = class score
+    x mean sigmoid inside the mask, box = the mask's extent."""
+    image = _image(40, 52, seed=3)
+    k = 7
+    detector = Mask2FormerDetector(tiny_detector, scale=SCALE, max_per_image=k)
+    expected_pixels, nh, nw = _mmdet_input(image, scale=(96, 64))
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(tiny_detector).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.from_numpy(expected_pixels))
+    probs = torch.softmax(out.class_queries_logits[0], -1)[:, :-1].numpy()  # (10 queries, 4 classes)
+    pairs = sorted(((float(probs[q, c]), q, c) for q in range(probs.shape[0]) for c in range(probs.shape[1])),
+                   reverse=True)[:k]
+    assert len({q for _, q, _ in pairs}) < k or len(pairs) == k
+    names = {0: "person", 1: "computer mouse", 2: "dog"}  # label 3 (wall-other) is no GenEval class
+    expected = []
+    for p, q, c in pairs:
+        if c not in names:
+            continue
+        m = torch.nn.functional.interpolate(out.masks_queries_logits[0, q][None, None], size=expected_pixels.shape[-2:],
+                                            mode="bilinear", align_corners=False)[:, :, :nh, :nw]
+        m = torch.nn.functional.interpolate(m, size=(40, 52), mode="bilinear", align_corners=False)[0, 0]
+        binary = (m > 0).numpy()
+        if not binary.any():
+            continue
+        ys, xs = np.nonzero(binary)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        expected.append((names[c], box, p * float(m.sigmoid().numpy()[binary].mean())))
+    expected.sort(key=lambda e: -e[2])
+    got = detector(image)
+    assert [(d.cls, d.bbox) for d in got] == [(c, b) for c, b, _ in expected]
+    np.testing.assert_allclose([d.confidence for d in got], [s for _, _, s in expected], rtol=1e-4)
+
+
+def test_top_k_is_over_query_class_pairs():
+    """A query's runner-up class outranks another query's best: mmdetection keeps both of the first query's
+    classes (a per-query argmax would keep one class per query)."""
+    from parauni.eval.geneval_native import top_query_class_pairs
+
+    probs = torch.tensor([[0.50, 0.45, 0.00, 0.05],  # query 0: class 0, then class 1 (last column: no object)
+                          [0.10, 0.00, 0.30, 0.60],  # query 1: class 2
+                          [0.05, 0.05, 0.05, 0.85]])
+    scores, queries, labels = top_query_class_pairs(probs.log(), k=3)
+    torch.testing.assert_close(scores, torch.tensor([0.50, 0.45, 0.30]))
+    assert queries.tolist() == [0, 0, 1] and labels.tolist() == [0, 1, 2]
+    assert len(top_query_class_pairs(probs.log(), k=100)[0]) == 9  # k capped at queries x classes
+
+
+def test_clip_preprocessing_is_open_clips(tiny_clip):
+    """The colour classifier's CLIP input against open_clip's transform written out here: bicubic, OpenAI
+    mean/std, torchvision's rounded centre crop (a 40x59 crop resized to 32x47 starts 8 columns in, not 7)."""
+    colors = ColorClassifier(tiny_clip)
+    images = [_image(40, 59, seed=5), _image(70, 33, seed=6), _image(20, 25, seed=7), _image(32, 32, seed=8)]
+    got = colors.clip.preprocess([np.asarray(im) for im in images]).numpy()
+    expected = np.stack([_open_clip_preprocess(im) for im in images])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_colors_are_the_zero_shot_argmax(tiny_clip):
+    """Colours recomputed here from the CLIP model: each colour's text embedding = the mean of the unit embeddings
+    of GenEval's three templates, renormalised (CLIP_benchmark zero_shot_classifier); the colour = the argmax of the
+    image-text cosine (evaluate_images.py:127)."""
+    colors = ColorClassifier(tiny_clip)
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    tok = _tokenizer()
+    templates = ["a photo of a {c} car", "a photo of a {c}-colored car", "a photo of a {c} object"]
+    with torch.no_grad():
+        cols = []
+        for c in rules.COLORS:
+            enc = tok([t.format(c=c) for t in templates], padding=True, return_tensors="pt")
+            pooled = model.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+            e = torch.nn.functional.normalize(model.text_projection(pooled), dim=-1).mean(0)
+            cols.append(e / e.norm())
+        weights = torch.stack(cols, 1)
+        torch.testing.assert_close(colors.weights("car"), weights, atol=1e-5, rtol=1e-5)
+        images = [_image(30 + 3 * i, 40, seed=20 + i) for i in range(16)]
+        pixels = torch.from_numpy(np.stack([_open_clip_preprocess(im) for im in images]))
+        feats = torch.nn.functional.normalize(model.visual_projection(
+            model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+    logits = 100 * feats @ weights
+    expected = [rules.COLORS[i] for i in logits.argmax(1).tolist()]
+    assert len(set(expected)) > 1 or logits.argmin(1).tolist() != logits.argmax(1).tolist()
+    got = [colors(im, [Detection("car", (0.0, 0.0, float(im.size[0]), float(im.size[1])), 0.9)], "car")[0]
+           for im in images]
+    assert got == expected
+    assert colors.precision == "fp32" and not colors.amp  # CPU: fp32 (GenEval's fp16 autocast is CUDA-only)
+    with pytest.raises(ValueError, match="CUDA"):
+        ColorClassifier(tiny_clip, amp=True)

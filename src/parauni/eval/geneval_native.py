@@ -6,27 +6,35 @@ and OpenCLIP's ViT-L/14 (OpenAI weights).  This module does the same with transf
 
 - :class:`Mask2FormerDetector`: ``Mask2FormerForUniversalSegmentation`` (default
   ``facebook/mask2former-swin-small-coco-instance``, the Detectron2 release of the same architecture, NOT the
-  mmdetection checkpoint GenEval uses) at mmdetection's test scale (short side 800, long side at most 1333).  Its
+  mmdetection checkpoint GenEval uses), fed as mmdetection 2.x's test pipeline feeds GenEval's config
+  (``configs/mask2former/mask2former_r50_lsj_8x2_50e_coco.py`` ``test_pipeline``, inherited by
+  ``mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py``; :func:`mmdet_preprocess`): resized keeping the aspect
+  ratio to fit (1333, 800) (bilinear), padded bottom/right to a multiple of 32 with grey 128, then normalised.  Its
   instances are derived as mmdetection 2.x's ``MaskFormerFusionHead.instance_postprocess`` does
-  (``mmdet/models/seg_heads/panoptic_fusion_heads/maskformer_fusion_head.py``): the top 100 (query, class) pairs
-  of the softmax class scores (no-object column dropped), mask logits resized to the input then to the image
-  (bilinear), binary mask = logit > 0, score = class score x the mean sigmoid inside the mask, box = the mask's
-  extent (``mask2bbox``: ``x2, y2`` one past the last pixel).  Class names map to GenEval's 80 names
-  (``object_names.txt``; COCO's ``mouse`` / ``remote`` / ``keyboard`` are GenEval's ``computer mouse`` /
-  ``tv remote`` / ``computer keyboard``).
+  (``mmdet/models/seg_heads/panoptic_fusion_heads/maskformer_fusion_head.py``; :func:`top_query_class_pairs`): the
+  top 100 (query, class) pairs of the softmax class scores (no-object column dropped), mask logits resized to the
+  padded input, the padding cut off, then resized to the image (bilinear), binary mask = logit > 0, score = class
+  score x the mean sigmoid inside the mask, box = the mask's extent (``mask2bbox``: ``x2, y2`` one past the last
+  pixel), all in the original image's pixels.  Class names map to GenEval's 80 names (``object_names.txt``;
+  COCO's ``mouse`` / ``remote`` / ``keyboard`` are GenEval's ``computer mouse`` / ``tv remote`` /
+  ``computer keyboard``).
 - :class:`ColorClassifier`: ``CLIPModel`` (default ``openai/clip-vit-large-patch14``) zero-shot over GenEval's
   ten colours (evaluate_images.py:76) with its three templates (evaluate_images.py:113-117), text embeddings
   L2-normalised, averaged over templates and normalised again (CLIP_benchmark's ``zero_shot_classifier``); the
   image is the object's pixels composited over a #999 canvas with its mask, cropped to its box
-  (evaluate_images.py:81-106), preprocessed as OpenAI CLIP (bicubic shortest side, centre crop); the colour is
-  the argmax of the cosine similarities.
+  (evaluate_images.py:81-106), preprocessed as open_clip's ``image_transform`` (bicubic shortest side,
+  torchvision's centre crop, OpenAI's mean/std; :class:`parauni.rewards.clip_common.ClipPreprocess`); the colour is
+  the argmax of the cosine similarities (evaluate_images.py:127).  On CUDA the text and image towers run under
+  fp16 autocast by default, as CLIP_benchmark's ``zero_shot_classifier`` / ``run_classification`` (``amp=True``,
+  ``clip_benchmark/metrics/zeroshot_classification.py:40,111``) run them for GenEval; fp32 on the CPU.
 - :class:`NativeScorer`: both, then GenEval's rules (:mod:`parauni.eval.geneval_rules`): the same thresholds,
   cap, position margin and verdicts, ``results.jsonl`` with the official keys and ``details`` format, and
   ``summary.json``.
 
-The scores are GenEval-compatible, not official GenEval numbers: the detector checkpoint and the image
-preprocessing (PIL resizing) differ from the mmdetection toolchain until someone compares both scorers on the same
-images (``parauni eval geneval --scorer official`` runs the official one).  Models load by hub id or local folder;
+The scores are GenEval-compatible, not official GenEval numbers: the detector checkpoint differs, and the resize is
+float bilinear rounded to uint8 rather than OpenCV's fixed-point one (pixel values can differ by one level), until
+someone compares both scorers on the same images (``parauni eval geneval --scorer official`` runs the official one;
+``benchmarks/compare_geneval_scorers.py`` compares the two results files).  Models load by hub id or local folder;
 nothing here downloads on its own beyond ``from_pretrained``.
 """
 
@@ -48,9 +56,13 @@ from .geneval_rules import GENEVAL, Detection, Selection
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-# mmdetection's test scale for GenEval's config (mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py:
-# img_scale=(1333, 800), keep_ratio=True): short side 800, long side at most 1333.
+# mmdetection's test scale for GenEval's config (mask2former_r50_lsj_8x2_50e_coco.py test_pipeline, inherited by
+# mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.py: img_scale=(1333, 800), Resize keep_ratio=True): short side at
+# most 800, long side at most 1333, as (short, long).
 TEST_SCALE = (800, 1333)
+# the same test_pipeline: Pad(size_divisor=32, pad_val=dict(img=(128, 128, 128))) before Normalize
+PAD_DIVISOR = 32
+PAD_VALUE = 128
 # mmdetection's MaskFormerFusionHead test_cfg max_per_image: the (query, class) pairs kept per image.
 MAX_PER_IMAGE = 100
 # COCO label spellings (and VOC-style ones) that differ from GenEval's object_names.txt.
@@ -109,13 +121,69 @@ def load_image(path: str | Path) -> Image.Image:
         return ImageOps.exif_transpose(im).convert("RGB")
 
 
+def rescale_size(width: int, height: int, scale: tuple[int, int] = TEST_SCALE) -> tuple[int, int]:
+    """``(new_width, new_height)`` of mmcv's keep-ratio rescale (``mmcv/image/geometric.py`` ``rescale_size`` and
+    ``_scale_size``): factor ``min(long_max / long_side, short_max / short_side)``, sizes ``int(x * f + 0.5)``.
+
+    ``scale``: ``(short side, long side)``, in either order (mmcv takes the larger as the long side's limit)."""
+    short_max, long_max = min(scale), max(scale)
+    factor = min(long_max / max(width, height), short_max / min(width, height))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
+
+
+def bilinear_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image resized to ``(height, width)`` as OpenCV's ``INTER_LINEAR`` (mmcv's default
+    ``imresize``): half-pixel centres, edge pixels repeated, no antialiasing, rounded to uint8.
+
+    OpenCV computes in 11-bit fixed point, this in float: a pixel can differ by one level."""
+    x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
+    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+    return torch.floor(y + 0.5).clamp(0, 255)[0].permute(1, 2, 0).numpy().astype(np.uint8)
+
+
+def mmdet_preprocess(image: Image.Image, mean: Sequence[float], std: Sequence[float],
+                     scale: tuple[int, int] = TEST_SCALE, divisor: int = PAD_DIVISOR,
+                     pad_value: int = PAD_VALUE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """GenEval's detector input: ``(pixels (1, 3, Hp, Wp), (h, w))``, ``(h, w)`` the resized image inside the padding.
+
+    mmdetection 2.x's test pipeline for GenEval's config (``configs/mask2former/mask2former_r50_lsj_8x2_50e_coco.py``
+    ``test_pipeline``): ``Resize(keep_ratio=True)`` to ``img_scale=(1333, 800)`` (:func:`rescale_size`,
+    :func:`bilinear_resize`), ``Pad(size_divisor=32, pad_val=128)`` on the bottom and right, then ``Normalize``
+    with ``mean`` / ``std`` in 0-255 units (RGB; ImageNet's 123.675, 116.28, 103.53 / 58.395, 57.12, 57.375 for
+    that config).  A 768x512 image becomes 1200x800 padded to 1216x800, not stretched to 1216x800."""
+    arr = np.asarray(image.convert("RGB"))
+    width, height = rescale_size(arr.shape[1], arr.shape[0], scale)
+    resized = bilinear_resize(arr, width, height)
+    ph, pw = -(-height // divisor) * divisor, -(-width // divisor) * divisor
+    padded = np.full((ph, pw, 3), pad_value, np.uint8)
+    padded[:height, :width] = resized
+    x = torch.from_numpy(padded).permute(2, 0, 1).float()
+    mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (mean, std))
+    x = (x - mean_t) / std_t
+    return x[None], (height, width)
+
+
+def top_query_class_pairs(class_logits: torch.Tensor, k: int = MAX_PER_IMAGE) -> tuple[torch.Tensor, ...]:
+    """``(scores, queries, labels)`` of the ``k`` most confident (query, class) pairs, most confident first.
+
+    mmdetection 2.x ``MaskFormerFusionHead.instance_postprocess``: softmax over each query's classes, the
+    no-object column (the last) dropped, then the top ``max_per_image`` over the flattened ``(query, class)``
+    scores, so a query can give several instances of different classes and a confident query's runner-up class
+    can outrank another query's best.  ``class_logits``: ``(Q, C + 1)``."""
+    scores = F.softmax(class_logits.float(), dim=-1)[:, :-1]  # (Q, C)
+    num_classes = scores.shape[1]
+    top_scores, top = scores.flatten().topk(min(int(k), scores.numel()))
+    return top_scores, torch.div(top, num_classes, rounding_mode="floor"), top % num_classes
+
+
 class Mask2FormerDetector:
     """Instance detections of a ``Mask2FormerForUniversalSegmentation`` as GenEval's detector gives them.
 
-    ``model``: hub id or local folder with the model and its ``preprocessor_config.json`` (mean/std; the resize
-    is ``scale`` = (short side, longest side), mmdetection's test scale by default).  Returns every instance with
-    a non-empty mask (up to ``max_per_image``), most confident first; GenEval's thresholds are applied later by
-    :func:`parauni.eval.geneval_rules.select_objects`."""
+    ``model``: hub id or local folder with the model and its ``preprocessor_config.json`` (its ``image_mean`` /
+    ``image_std``; the resize and padding are mmdetection's, :func:`mmdet_preprocess`, at ``scale`` = (short side,
+    long side), mmdetection's test scale by default).  Returns every instance with a non-empty mask (up to
+    ``max_per_image``), most confident first, boxes and masks in the original image's pixels; GenEval's thresholds
+    are applied later by :func:`parauni.eval.geneval_rules.select_objects`."""
 
     def __init__(self, model: str | Path = DEFAULT_DETECTOR, device: str | torch.device = "cpu",
                  scale: tuple[int, int] = TEST_SCALE, max_per_image: int = MAX_PER_IMAGE):
@@ -137,26 +205,22 @@ class Mask2FormerDetector:
         self.labels = label_map(self.model.config.id2label)
         self.scale = (int(scale[0]), int(scale[1]))
         self.max_per_image = int(max_per_image)
+        # transformers' mean/std apply to pixels in [0, 1]; mmdetection's to 0-255
+        self.mean = [255.0 * float(m) for m in self.processor.image_mean]
+        self.std = [255.0 * float(s) for s in self.processor.image_std]
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> list[Detection]:
         """Detections of one RGB image: GenEval class, box, score and the binary mask at the image's size."""
         width, height = image.size
-        enc = self.processor(images=image, size={"shortest_edge": self.scale[0], "longest_edge": self.scale[1]},
-                             return_tensors="pt")
-        pixels = enc["pixel_values"].to(self.device)  # (1, 3, Hi, Wi)
-        valid = enc["pixel_mask"][0]  # (Hi, Wi): 1 on the image, 0 on padding
-        out = self.model(pixel_values=pixels, pixel_mask=enc["pixel_mask"].to(self.device))
-        cls_logits = out.class_queries_logits[0].float()  # (Q, C + 1), the last column "no object"
-        mask_logits = out.masks_queries_logits[0].float()  # (Q, Hi / 4, Wi / 4)
-        num_classes = cls_logits.shape[1] - 1
-        scores = F.softmax(cls_logits, dim=-1)[:, :-1]  # (Q, C)
-        k = min(self.max_per_image, scores.numel())
-        top_scores, top = scores.flatten().topk(k)  # sorted: the most confident first
-        labels, queries = top % num_classes, torch.div(top, num_classes, rounding_mode="floor")
-        keep = [i for i in range(k) if int(labels[i]) in self.labels]
+        pixels, (hi, wi) = mmdet_preprocess(image, self.mean, self.std, self.scale)  # (1, 3, Hp, Wp)
+        pixels = pixels.to(self.device)
+        # no pixel mask: mmdetection 2.x's Mask2Former reads none either (its pixel decoder's masks are all zeros)
+        out = self.model(pixel_values=pixels)
+        mask_logits = out.masks_queries_logits[0].float()  # (Q, Hp / 4, Wp / 4)
+        top_scores, queries, labels = top_query_class_pairs(out.class_queries_logits[0], self.max_per_image)
+        keep = [i for i in range(len(top_scores)) if int(labels[i]) in self.labels]
         used = sorted({int(queries[i]) for i in keep})
-        hi, wi = int(valid.any(1).sum()), int(valid.any(0).sum())
         masks, mask_scores = {}, {}
         for start in range(0, len(used), 16):  # chunks of queries: full-size masks are large
             idx = used[start:start + 16]
@@ -182,22 +246,40 @@ class ColorClassifier:
 
     ``model``: hub id or local folder with the model, its tokenizer and (optionally) ``preprocessor_config.json``.
     ``background``: the canvas outside the object's mask (GenEval's ``bgcolor`` option, default #999;
-    ``"original"`` keeps the image); ``crop``: crop to the object's box (GenEval's ``crop`` option, default on)."""
+    ``"original"`` keeps the image); ``crop``: crop to the object's box (GenEval's ``crop`` option, default on).
+    ``amp``: run CLIP under fp16 autocast, as GenEval does through CLIP_benchmark (``amp=True``,
+    ``zeroshot_classification.py:40,111``) on its CUDA-only scorer (evaluate_images.py:45-46); ``None`` (the
+    default): on when ``device`` is CUDA, off (fp32) elsewhere.  fp16 can flip a colour whose two best
+    similarities are within fp16 rounding of each other."""
 
     def __init__(self, model: str | Path = DEFAULT_CLIP, device: str | torch.device = "cpu",
                  colors: Sequence[str] = rules.COLORS, templates: Sequence[str] = rules.COLOR_TEMPLATES,
-                 background: str = rules.COLOR_BACKGROUND, crop: bool = True):
+                 background: str = rules.COLOR_BACKGROUND, crop: bool = True, amp: bool | None = None):
+        cuda = torch.device(device).type == "cuda"
+        if amp and not cuda:
+            raise ValueError(f"fp16 autocast (amp=True) is GenEval's CUDA setting; on {device!r} use amp=None or "
+                             "False (fp32), or pass a CUDA device")
         self.clip = ClipEmbedder(model, device=device)
         self.colors, self.templates = tuple(colors), tuple(templates)
         self.background, self.crop = background, crop
+        self.amp = cuda if amp is None else bool(amp)
         self._weights: dict[str, torch.Tensor] = {}
+
+    @property
+    def precision(self) -> str:
+        """``"fp16-autocast"`` or ``"fp32"``: recorded in ``summary.json``."""
+        return "fp16-autocast" if self.amp else "fp32"
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
 
     def weights(self, classname: str) -> torch.Tensor:
         """``(E, n_colors)`` unit text embeddings of each colour for ``classname``, averaged over the templates."""
         if classname not in self._weights:
             cols = []
             for c in self.colors:
-                emb = self.clip.text_embeds([t.format(c=c, classname=classname) for t in self.templates])
+                with self._autocast():
+                    emb = self.clip.text_embeds([t.format(c=c, classname=classname) for t in self.templates])
                 mean = emb.mean(0)
                 cols.append(mean / mean.norm())
             self._weights[classname] = torch.stack(cols, dim=1)
@@ -224,7 +306,8 @@ class ColorClassifier:
         """The colour name of each detection of ``classname`` (GenEval's ``color_classification``)."""
         if not dets:
             return []
-        feats = self.clip.image_embeds([np.asarray(c) for c in self.crops(image, dets)])  # (N, E), unit
+        with self._autocast():
+            feats = self.clip.image_embeds([np.asarray(c) for c in self.crops(image, dets)])  # (N, E), unit
         logits = 100.0 * feats @ self.weights(classname)  # (N, n_colors)
         return [self.colors[i] for i in logits.argmax(1).tolist()]
 
@@ -233,16 +316,17 @@ class NativeScorer:
     """GenEval on transformers: :class:`Mask2FormerDetector` + :class:`ColorClassifier` + GenEval's rules.
 
     ``detector`` / ``clip``: hub ids or local folders (or already built :class:`Mask2FormerDetector` /
-    :class:`ColorClassifier`); ``selection``: which detections are judged (GenEval's thresholds by default)."""
+    :class:`ColorClassifier`); ``selection``: which detections are judged (GenEval's thresholds by default);
+    ``scale``: the detector's test scale; ``amp``: the colour classifier's fp16 autocast (on CUDA by default)."""
 
     def __init__(self, detector: str | Path | Mask2FormerDetector = DEFAULT_DETECTOR,
                  clip: str | Path | ColorClassifier = DEFAULT_CLIP, device: str | torch.device = "cpu",
-                 selection: Selection = GENEVAL, scale: tuple[int, int] = TEST_SCALE):
+                 selection: Selection = GENEVAL, scale: tuple[int, int] = TEST_SCALE, amp: bool | None = None):
         self.detector_name = str(detector) if isinstance(detector, (str, Path)) else type(detector).__name__
         self.clip_name = str(clip) if isinstance(clip, (str, Path)) else type(clip).__name__
         self.detector = (Mask2FormerDetector(detector, device, scale) if isinstance(detector, (str, Path))
                          else detector)
-        self.colors = ColorClassifier(clip, device) if isinstance(clip, (str, Path)) else clip
+        self.colors = ColorClassifier(clip, device, amp=amp) if isinstance(clip, (str, Path)) else clip
         self.selection = selection
 
     def judge(self, image: Image.Image, dets: Sequence[Detection], meta: dict) -> tuple[bool, str, dict]:
@@ -260,6 +344,8 @@ class NativeScorer:
     def about(self) -> dict:
         """What scored: recorded in ``summary.json`` under ``scorer``."""
         return {"kind": "native", "detector": self.detector_name, "clip": self.clip_name,
+                "detector_scale": list(getattr(self.detector, "scale", ())),
+                "clip_precision": getattr(self.colors, "precision", None),
                 "selection": {"threshold": self.selection.threshold,
                               "counting_threshold": self.selection.counting_threshold,
                               "max_objects": self.selection.max_objects, "max_overlap": self.selection.max_overlap},

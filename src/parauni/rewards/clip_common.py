@@ -1,7 +1,11 @@
 """Shared CLIP plumbing for the real rewards: loading, image preprocessing, unit embeddings.
 
 Preprocessing is CLIP's, done here with PIL so it needs no torchvision and is the same everywhere:
-resize the shortest side (bicubic), center crop, scale to [0, 1], normalise.  Sizes and mean/std come
+resize the shortest side (bicubic), center crop, scale to [0, 1], normalise, as OpenAI CLIP's and open_clip's
+torchvision pipeline ``Resize(size, BICUBIC), CenterCrop(crop), ToTensor(), Normalize(mean, std)``
+(open_clip ``src/open_clip/transform.py`` ``image_transform``; torchvision ``transforms/functional.py``
+``resize``: the long side becomes ``int(size * long / short)``; ``center_crop``: the offset is
+``int(round((h - crop) / 2.0))``, Python's round, half to even).  Sizes and mean/std come
 from the processor folder's ``preprocessor_config.json`` when present, else the model's image size and
 OpenAI CLIP's constants.  Models load by hub id or local folder; ``trust_remote_code`` is never used.
 """
@@ -47,17 +51,36 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
+CROP_ROUNDINGS = ("round", "floor")
+
+
+def crop_offset(extent: int, crop: int, rounding: str = "round") -> int:
+    """Where a centre crop of ``crop`` pixels starts in ``extent`` pixels.
+
+    ``"round"``: torchvision's ``center_crop`` (``int(round((extent - crop) / 2.0))``, Python's round: half to
+    even, so a margin of 15 starts at 8 and one of 13 at 6), which OpenAI CLIP and open_clip (GenEval's colour
+    classifier) use; ``"floor"``: transformers' ``CLIPImageProcessor`` (``(extent - crop) // 2``)."""
+    if rounding == "round":
+        return int(round((extent - crop) / 2.0))
+    if rounding == "floor":
+        return (extent - crop) // 2
+    raise ValueError(f"crop rounding {rounding!r} is not one of {CROP_ROUNDINGS}")
+
+
 @dataclass(frozen=True)
 class ClipPreprocess:
-    """CLIP image preprocessing: shortest side -> ``size`` (bicubic), center crop ``crop``, normalise."""
+    """CLIP image preprocessing: shortest side -> ``size`` (bicubic), center crop ``crop``, normalise.
+
+    ``crop_rounding``: where an odd margin puts the crop (:func:`crop_offset`; torchvision's by default)."""
 
     size: int = 224
     crop: int = 224
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
+    crop_rounding: str = "round"
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | Path, image_size: int) -> ClipPreprocess:
+    def from_pretrained(cls, path_or_id: str | Path, image_size: int, crop_rounding: str = "round") -> ClipPreprocess:
         """Read ``preprocessor_config.json`` of a local folder or hub repo; defaults where it is absent."""
         cfg = {}
         _check_local(path_or_id, "CLIP processor")
@@ -79,7 +102,7 @@ class ClipPreprocess:
         size = size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else size
         crop = crop.get("height") if isinstance(crop, dict) else crop
         return cls(int(size), int(crop), tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
-                   tuple(cfg.get("image_std", OPENAI_CLIP_STD)))
+                   tuple(cfg.get("image_std", OPENAI_CLIP_STD)), crop_rounding)
 
     def __call__(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """RGB images -> normalised pixels ``(B, 3, crop, crop)`` float32."""
@@ -91,7 +114,8 @@ class ClipPreprocess:
             else:
                 new_w, new_h = int(self.size * w / h), self.size
             im = np.asarray(Image.fromarray(arr).resize((new_w, new_h), Image.Resampling.BICUBIC))
-            top, left = (new_h - self.crop) // 2, (new_w - self.crop) // 2
+            top = crop_offset(new_h, self.crop, self.crop_rounding)
+            left = crop_offset(new_w, self.crop, self.crop_rounding)
             if top < 0 or left < 0:
                 raise ValueError(f"image resized to {new_h}x{new_w} is smaller than the crop {self.crop}")
             out.append(im[top:top + self.crop, left:left + self.crop])
@@ -105,11 +129,12 @@ class ClipEmbedder:
     """A frozen ``transformers.CLIPModel`` with its tokenizer and preprocessing; unit image/text embeddings.
 
     ``processor`` is the folder or hub id holding the tokenizer and ``preprocessor_config.json``
-    (defaults to ``model``), as PickScore pairs its model with the LAION ViT-H processor.
+    (defaults to ``model``), as PickScore pairs its model with the LAION ViT-H processor.  ``crop_rounding``:
+    :func:`crop_offset` (torchvision's by default; ``"floor"`` is transformers' ``CLIPImageProcessor``).
     """
 
     def __init__(self, model: str | Path, processor: str | Path | None = None, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype = torch.float32):
+                 dtype: str | torch.dtype = torch.float32, crop_rounding: str = "round"):
         from transformers import AutoTokenizer, CLIPModel
 
         processor = processor or model
@@ -124,7 +149,8 @@ class ClipEmbedder:
             self.tokenizer = AutoTokenizer.from_pretrained(_name(processor))
         except OSError as err:
             raise _missing("CLIP tokenizer", processor, err) from err
-        self.preprocess = ClipPreprocess.from_pretrained(processor, self.model.config.vision_config.image_size)
+        self.preprocess = ClipPreprocess.from_pretrained(processor, self.model.config.vision_config.image_size,
+                                                         crop_rounding)
         self.max_text_len = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
         self.device = torch.device(device)
 
