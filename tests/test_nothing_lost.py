@@ -110,3 +110,67 @@ def test_export_refuses_a_file_and_a_folder_of_other_files(two_runs, tmp_path, c
     empty.mkdir()
     assert main(["export", str(two_runs[0]), "--out", str(empty)]) == 0
     assert (empty / "model_index.json").is_file()
+
+
+# -- one run per output folder ------------------------------------------------------------------------------------
+HOLD = """
+import sys, time
+from parauni.utils.locks import hold_folder_lock
+with hold_folder_lock(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_folder(tmp_path):
+    """A folder whose lock another process holds; yields (folder, that process)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        yield folder, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_process_is_refused_naming_the_first_and_the_lock_dies_with_it(held_folder, capsys):
+    from parauni.errors import UsageError
+    from parauni.utils.locks import LOCK_FILE, hold_folder_lock
+
+    folder, proc = held_folder
+    assert (folder / LOCK_FILE).read_text().strip() == str(proc.pid)
+    with pytest.raises(UsageError) as err, hold_folder_lock(folder):
+        pass
+    assert f"PID {proc.pid}" in str(err.value) and str(folder) in str(err.value)
+    # `parauni train` into that folder: one line naming the other run, nothing written
+    assert main(["train", CONFIG, *TINY, f"train.output_dir={folder}", "--no-progress"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("parauni train: error:") and f"PID {proc.pid}" in line and str(folder) in line, line
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]
+    # `parauni eval geneval` / `eval dpg` into it: the same
+    for argv in (["eval", "geneval", "--model", "prior", "--limit", "1", "--images-per-prompt", "1"],
+                 ["eval", "dpg", "--model", "prior", "--limit", "1"]):
+        assert main([*argv, "--steps", "1", "--out", str(folder)]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"in use by another evaluation (PID {proc.pid}" in line, line
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]
+    # the holder killed (no clean-up of its own): the OS released the lock
+    proc.kill()
+    proc.wait()
+    with hold_folder_lock(folder) as locked:
+        assert locked == folder and (folder / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_the_lock_is_reentrant_and_leaves_no_folder_when_nothing_was_written(tmp_path):
+    from parauni.utils.locks import hold_folder_lock
+
+    folder = tmp_path / "new"
+    with hold_folder_lock(folder), hold_folder_lock(folder):  # one process: re-entrant
+        assert folder.is_dir()
+    assert not folder.exists()

@@ -166,14 +166,18 @@ def _add_eval(sub) -> None:
 
 def _run_eval_geneval(args) -> None:
     from .eval.geneval_command import run
+    from .utils.locks import hold_folder_lock
 
-    run(args)
+    with hold_folder_lock(args.out, "evaluation"):  # one evaluation per output folder
+        run(args)
 
 
 def _run_eval_dpg(args) -> None:
     from .eval.dpg import run
+    from .utils.locks import hold_folder_lock
 
-    run(args)
+    with hold_folder_lock(args.out, "evaluation"):  # one evaluation per output folder
+        run(args)
 
 
 def _run_eval_wise(args) -> None:

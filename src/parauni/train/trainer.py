@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from ..utils.checkpoints import (
     truncate_jsonl,
     write_checkpoint,
 )
+from ..utils.locks import FolderLock
 from .config import Config, resolve_precision, save_config, to_yaml_dict, trainable_parts
 from .data import (
     MicroBatches,
@@ -175,6 +177,22 @@ class Trainer:
             raise ValueError("train.eval_geneval=true needs the whole model on one process, but FSDP shards it; "
                              "set train.eval_geneval=false and score the exported checkpoint "
                              "(`parauni export CHECKPOINT --out DIR`) afterwards")
+        # one run per output folder: a second run (another process) is refused, naming this one's PID; the lock is
+        # held until run() ends (or this trainer is collected), and released by the OS if the process dies
+        self._lock = FolderLock(self.out, "training run") if self.acc.is_main_process else None
+        if self._lock is not None:
+            self._lock.acquire()
+            weakref.finalize(self, self._lock.release)
+        try:
+            self._build(resume, allow_config_change)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _build(self, resume: bool | str, allow_config_change: bool) -> None:
+        """The rest of ``__init__``, run while the output folder's lock is held."""
+        cfg, t, cuda = self.cfg, self.cfg.train, torch.cuda.is_available()
         # the checkpoint to resume from, checked (intact files, a compatible config) before anything is built
         self.step, self.samples_seen, self.config_changes = 0, 0, []
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
@@ -433,6 +451,15 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> dict:
         """Train to ``train.steps``. ``stop_after`` ends the loop after that step without saving anything
         more, as an interrupted run would (tests of resuming)."""
+        if self._lock is not None:
+            self._lock.acquire()  # held since __init__, unless an earlier run() released it
+        try:
+            return self._run(stop_after)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self, stop_after: int | None) -> dict:
         t = self.cfg.train
         main = self.acc.is_main_process
         if main:

@@ -1,0 +1,113 @@
+"""One run per output folder: an advisory exclusive lock on ``<folder>/.lock``.
+
+``with hold_folder_lock(folder):`` (:func:`hold_folder_lock`) takes a non-blocking ``fcntl.flock`` on
+``<folder>/.lock`` (creating the folder) and writes the holder's PID into it. A second process asking for the
+same folder gets a :class:`FolderLockedError` naming the folder and the first one's PID, instead of two runs
+silently merging their files. The operating system releases the lock when the holder exits or is killed, so a
+crashed run never leaves a stale lock (the file itself stays; only the lock counts). Within one process the lock
+is re-entrant.
+
+Locks need a file system with ``flock`` (local disks; on some network file systems flock is local to one host).
+Where ``fcntl`` does not exist (Windows) no lock is taken.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_FILE = ".lock"
+_held: dict[str, list] = {}  # resolved folder -> [file descriptor, holders in this process, folder created]
+
+
+class FolderLockedError(UsageError):
+    """Another process holds the folder's lock; the message names it and its PID."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return "unknown"
+    return text.split()[0] if text else "unknown"
+
+
+class FolderLock:
+    """The lock of one output folder (see the module). :meth:`acquire` takes it or raises
+    :class:`FolderLockedError`; :meth:`release` gives it back (both idempotent). A folder the lock created and that
+    holds nothing else when the last holder of this process releases it is removed again, so a run refused or failed
+    before writing anything leaves no folder behind."""
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        self.folder, self.what, self.held = Path(folder), what, False
+
+    def acquire(self) -> FolderLock:
+        if self.held:
+            return self
+        folder = self.folder
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        key = str(folder.resolve())
+        if key in _held:  # re-entrant within one process
+            _held[key][1] += 1
+            self.held = True
+            return self
+        path = folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise FolderLockedError(
+                    f"{folder} is in use by another {self.what} (PID {_holder(path)}, see {path}): wait for it to "
+                    "end, stop it, or give another output folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _held[key] = [fd, 1, created]
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        key = str(self.folder.resolve())
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        fd, _, created = _held.pop(key)
+        try:
+            os.ftruncate(fd, 0)
+            if created and [p.name for p in self.folder.iterdir()] == [LOCK_FILE]:
+                (self.folder / LOCK_FILE).unlink()
+                self.folder.rmdir()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> Path:
+        self.acquire()
+        return self.folder
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def hold_folder_lock(folder: str | Path, what: str = "run") -> FolderLock:
+    """``with hold_folder_lock(folder):`` holds the exclusive lock of ``folder`` for the block (see the module)
+    and yields the folder; a second process asking for it gets :class:`FolderLockedError` naming this one's PID.
+    ``what`` names the kind of user in that refusal (``run``, ``evaluation``). Also usable without ``with``:
+    ``lock = hold_folder_lock(folder).acquire()`` ... ``lock.release()``."""
+    return FolderLock(folder, what)
