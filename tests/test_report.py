@@ -214,3 +214,31 @@ def test_report_reads_headline_first_with_notes_seeds_and_enlarged_samples(tmp_p
     assert np.array_equal(im, np.repeat(np.repeat(im[::4, ::4], 4, 0), 4, 1))
     original = next((a / "eval" / "geneval").glob("*/samples/0000.png"))
     assert Image.open(original).size == (32, 32)
+
+
+def test_a_report_cut_short_leaves_the_previous_one_whole(tmp_path, monkeypatch, capsys):
+    """The new report is built beside the old one under temporary names and swapped in at the end."""
+    import parauni.report as report
+
+    run = make_run(tmp_path / "run_a")
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
+    assert "report.md" in before and any(name.endswith(".png") for name in before)
+
+    def broken_plot(records):  # the curves fail midway (after the sample images were written)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_curves", broken_plot)
+    with pytest.raises(KeyboardInterrupt):
+        main(["report", str(run), "--out", str(out), "--samples-per-task", "1"])
+    after = {p.name: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}
+    assert after == before  # nothing changed, no temporary file or folder left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html", "report.md", "report_files"]
+    monkeypatch.undo()
+    assert main(["report", str(run), "--out", str(out), "--samples-per-task", "1"]) == 0
+    md = out.with_suffix(".md").read_text()
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert refs and all(ref.startswith("report_files/") and (out.parent / ref).is_file() for ref in refs)
+    assert sorted(p.name for p in (out.parent / "report_files").iterdir()) == sorted(Path(r).name for r in refs)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html", "report.md", "report_files"]

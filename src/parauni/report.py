@@ -22,7 +22,9 @@ and its configs folded in ``<details>``.  Runs whose names differ only by a seed
 get a mean ± std row (std over seeds, ``ddof=1``).
 
 The HTML embeds every image as a base64 data URI and its CSS inline (no external resources); the
-Markdown twin ``FILE.md`` references the same images as files in ``FILE_files/`` beside it.
+Markdown twin ``FILE.md`` references the same images as files in ``FILE_files/`` beside it. All three are built
+under temporary names beside the previous report and swapped in at the end, so a report cut short leaves the
+previous one whole.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ from PIL import Image
 
 from .eval.geneval import TASK_ORDER
 from .rl.curves import ema
+from .utils.atomic import atomic_folder, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -262,10 +266,13 @@ def _md_cell(text: str) -> str:
 class Page:
     """Builds the HTML page and its Markdown twin side by side; images go inline (HTML) and to files (MD)."""
 
-    def __init__(self, files_dir: Path):
+    def __init__(self, files_dir: Path, link_name: str | None = None):
+        """Images are written into ``files_dir`` and linked from the Markdown as ``<link_name>/<image>.png``
+        (default the folder's own name; another when the folder is built under a temporary name)."""
         self.html: list[str] = []
         self.md: list[str] = []
         self.files_dir = files_dir
+        self.link_name = link_name or files_dir.name
         self.names: set[str] = set()
 
     def heading(self, text: str, level: int) -> None:
@@ -311,7 +318,7 @@ class Page:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         (self.files_dir / f"{name}.png").write_bytes(png)
         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-        return uri, f"{self.files_dir.name}/{name}.png"
+        return uri, f"{self.link_name}/{name}.png"
 
     def image_row(self, items: list[tuple[bytes, str, str]]) -> None:
         """Figures ``(png, stem, alt)`` side by side (wrapping), e.g. one run's curves."""
@@ -572,21 +579,30 @@ def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: 
         runs.append(load_run(d, samples_per_task, name))
     out.parent.mkdir(parents=True, exist_ok=True)
     files_dir = out.with_name(out.stem + "_files")
-    if files_dir.is_dir():
-        for old in files_dir.glob("*.png"):
-            old.unlink()
-    page = Page(files_dir)
-    page.heading(title, 1)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    page.para(f"{len(runs)} run(s): {', '.join(r.name for r in runs)}; generated {stamp}", cls="note")
-    _headline(page, runs)
-    _curves(page, runs)
-    for run in runs:
-        _run_sections(page, run)
-    doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-           f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-           + "\n".join(page.html) + "\n</body></html>\n")
-    out.write_text(doc, encoding="utf-8")
     md_path = out.with_suffix(".md")
-    md_path.write_text("\n".join(page.md), encoding="utf-8")
+    # built beside the previous report under temporary names and swapped in at the end: a report cut short
+    # (an error, Ctrl-C) leaves the previous one whole
+    html_tmp, md_tmp = temporary_sibling(out), temporary_sibling(md_path)
+    try:
+        with atomic_folder(files_dir) as files_tmp:
+            page = Page(files_tmp, link_name=files_dir.name)
+            page.heading(title, 1)
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+            page.para(f"{len(runs)} run(s): {', '.join(r.name for r in runs)}; generated {stamp}", cls="note")
+            _headline(page, runs)
+            _curves(page, runs)
+            for run in runs:
+                _run_sections(page, run)
+            doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                   f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+                   + "\n".join(page.html) + "\n</body></html>\n")
+            html_tmp.write_text(doc, encoding="utf-8")
+            md_tmp.write_text("\n".join(page.md), encoding="utf-8")
+        os.replace(md_tmp, md_path)
+        os.replace(html_tmp, out)
+    finally:
+        html_tmp.unlink(missing_ok=True)
+        md_tmp.unlink(missing_ok=True)
+    if files_dir.is_dir() and not any(files_dir.iterdir()):  # a report without images needs no folder
+        files_dir.rmdir()
     return out, md_path
