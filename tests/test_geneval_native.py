@@ -265,29 +265,35 @@ def test_cli_scorer_choices(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_official_scorer_summarises_official_results(tmp_path, monkeypatch):
-    """--scorer official on a toy model runs $PARAUNI_GENEVAL_SCORER; rows with the official ``details`` (a dict of
-    boxes per class) are summarised with GenEval's summary (summary_scores.py)."""
+    """--scorer official on a toy model runs $PARAUNI_GENEVAL_SCORER; its rows are summarised as GenEval's
+    summary_scores.py does, checked against numbers worked out by hand: per task the share of correct images,
+    overall the mean of the tasks (not of the images), prompts correct when any of their images is."""
     scorer = tmp_path / "fake_scorer.py"
     scorer.write_text(
         "import json, pathlib, sys\n"
         "images, outfile = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[sys.argv.index('--outfile') + 1])\n"
+        "verdicts = {'single_object': [True, True], 'colors': [True, False], 'counting': [False, False]}\n"
         "rows = []\n"
         "for d in sorted(images.glob('[0-9]*')):\n"
         "    meta = json.loads((d / 'metadata.jsonl').read_text())\n"
-        "    for s in sorted((d / 'samples').glob('*.png')):\n"
-        "        rows.append({'filename': str(s), 'tag': meta['tag'], 'prompt': meta['prompt'], 'reason': '',\n"
-        "                     'correct': True, 'metadata': json.dumps(meta),\n"
+        "    for k, s in enumerate(sorted((d / 'samples').glob('*.png'))):\n"
+        "        ok = verdicts[meta['tag']][k]\n"
+        "        rows.append({'filename': str(s), 'tag': meta['tag'], 'prompt': meta['prompt'],\n"
+        "                     'reason': '' if ok else 'no', 'correct': ok, 'metadata': json.dumps(meta),\n"
         "                     'details': json.dumps({'bench': [[1.0, 2.0, 3.0, 4.0, 0.9]]})})\n"
         "outfile.write_text(''.join(json.dumps(r) + '\\n' for r in rows))\n")
     monkeypatch.setenv(GENEVAL_SCORER_ENV, f"{sys.executable} {scorer}")
     meta_file = tmp_path / "m.jsonl"
-    meta_file.write_text("".join(json.dumps(m) + "\n" for m in _genevals_first(("single_object", "colors"))))
+    meta_file.write_text("".join(json.dumps(m) + "\n" for m in _genevals_first(("single_object", "colors",
+                                                                                  "counting"))))
     out = tmp_path / "g"
     assert main(["eval", "geneval", "--model", "prior", "--metadata", str(meta_file), "--out", str(out),
-                 "--images-per-prompt", "1", "--steps", "1", "--scorer", "official"]) == 0
+                 "--images-per-prompt", "2", "--steps", "1", "--scorer", "official"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary == rules.summarize([json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()])
-    assert summary["tasks"] == {"single_object": 1.0, "colors": 1.0} and summary["overall"] == 1.0
+    # 6 images, 3 correct; 3 prompts, 2 with a correct image; tasks 2/2, 1/2, 0/2; overall (1 + 0.5 + 0) / 3
+    assert summary == {"total_images": 6, "total_prompts": 3, "correct_images": 0.5, "correct_prompts": 2 / 3,
+                       "tasks": {"single_object": 1.0, "colors": 0.5, "counting": 0.0},
+                       "task_images": {"single_object": 2, "colors": 2, "counting": 2}, "overall": 0.5}
 
 
 # ---- the reference's preprocessing and post-processing, written out here independently of the module ----
