@@ -34,7 +34,8 @@ COMMANDS = {  # command -> (flags table, loader)
     "pretrain-prior": (PRIOR_FLAGS, load_pretrain_prior_config),
     "train-rewards": (REWARDS_FLAGS, load_train_rewards_config),
 }
-# the flags' defaults before the configs existed (argparse defaults of each command)
+# the flags' defaults before the configs existed (argparse defaults of each command), except train-rewards' --out:
+# the working folder's outputs/toy/alignment, no longer the shipped weights inside the package
 OLD_DEFAULTS = {
     "pretrain-vlm": dict(out=None, steps=2100, batch_size=32, lr=1.5e-3, seed=0, warmup=100, turns=6,
                          eval_examples=300, eval_every=0, workers=0, threads=2, fp16=False, device="cpu"),
@@ -44,7 +45,7 @@ OLD_DEFAULTS = {
                            layers=4, patch=None, caption_channels=64, text_width=64, text_depth=2,
                            latent_channels=8, vae_width=32, flow_shift=1.0, guidance=4.5, eval_images=0,
                            eval_steps=20, fp16=False, seed=0, threads=2, log_every=50),
-    "train-rewards": dict(out=str(DEFAULT_PATH), steps=1500, batch_size=128, lr=2e-3, pool=40000, seed=0,
+    "train-rewards": dict(out="outputs/toy/alignment", steps=1500, batch_size=128, lr=2e-3, pool=40000, seed=0,
                           fp16=False, threads=None),
 }
 
@@ -196,3 +197,28 @@ def test_rewards_run_from_config_equals_run_from_flags(tmp_path):
     assert len(_losses(a)) == 2 and _losses(a) == _losses(b)
     recorded = json.loads((a / "train_config.json").read_text())
     assert recorded["command"].startswith(f"parauni toy train-rewards --out {a} --steps 2 --batch-size 16")
+
+
+def test_train_rewards_without_out_writes_to_the_working_folder_not_the_package(tmp_path, monkeypatch, capsys):
+    """The shipped reward model stays as shipped: no --out means outputs/toy/alignment in the working folder; an
+    output folder inside the package needs --into-package."""
+    shipped = _weights(Path(ALIGNMENT_PATH))
+    assert shipped
+    monkeypatch.chdir(tmp_path)
+    assert main(["toy", "train-rewards", "--steps", "1", "--pool", "16", "--batch-size", "8", "--threads", "1"]) == 0
+    assert _weights(tmp_path / "outputs" / "toy" / "alignment")
+    assert _weights(Path(ALIGNMENT_PATH)) == shipped
+    capsys.readouterr()
+    for command, folder in (("train-rewards", ALIGNMENT_PATH), ("pretrain-vlm", str(WEIGHTS / "vlm")),
+                            ("pretrain-prior", str(WEIGHTS / "prior"))):
+        assert main(["toy", command, "--out", folder, "--steps", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "inside the installed parauni package" in err and \
+            "--into-package" in err, err
+    assert _weights(Path(ALIGNMENT_PATH)) == shipped
+    # --into-package: the command's own shipped folder (checked on the config, nothing trained)
+    for command, folder in (("train-rewards", ALIGNMENT_PATH), ("pretrain-vlm", str(WEIGHTS / "vlm")),
+                            ("pretrain-prior", str(WEIGHTS / "prior"))):
+        assert Path(config_of([command, "--into-package"]).train.output_dir) == Path(folder)
+    assert main(["toy", "train-rewards", "--into-package", "--out", "elsewhere"]) == 2
+    assert "drop one of them" in capsys.readouterr().err

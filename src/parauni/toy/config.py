@@ -30,14 +30,23 @@ from ..checks import (
     number,
     optional,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..train.config import check_values, load_config
 
 POSITIVE = number(0.0, lo_open=True)
 NON_NEGATIVE = number(0.0)
-# where ``parauni toy train-rewards`` writes by default: the shipped weights (parauni.toy.rewards.alignment's
-# DEFAULT_PATH, spelled here so that loading a config does not import torch)
-ALIGNMENT_PATH = str(Path(__file__).resolve().parent / "weights" / "rewards" / "alignment")
+# the installed package: the pre-training commands write into it only with --into-package
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# the shipped toy alignment reward (parauni.toy.rewards.alignment's DEFAULT_PATH, spelled here so that loading a
+# config does not import torch); `parauni toy train-rewards --into-package` writes there
+ALIGNMENT_PATH = str(WEIGHTS_DIR / "rewards" / "alignment")
+# where `parauni toy train-rewards` writes by default, in the working folder (as the shipped config)
+ALIGNMENT_OUT = "outputs/toy/alignment"
+# each command's shipped weights, by its shipped config: the folder --into-package writes to
+SHIPPED_WEIGHTS = {"toy_pretrain_vlm.yaml": str(WEIGHTS_DIR / "vlm"),
+                   "toy_pretrain_prior.yaml": str(WEIGHTS_DIR / "prior"),
+                   "toy_train_rewards.yaml": ALIGNMENT_PATH}
 
 
 # ---- parauni toy pretrain-vlm -------------------------------------------------------------------------------------
@@ -260,7 +269,7 @@ class RewardsOptimConfig:
 
 @dataclass
 class RewardsTrainConfig:
-    output_dir: str = ALIGNMENT_PATH  # default: the shipped weights' folder
+    output_dir: str = ALIGNMENT_OUT  # the shipped weights' folder (ALIGNMENT_PATH) only with --into-package
     steps: int = 1500
     batch_size: int = 128
     seed: int = 0
@@ -328,10 +337,37 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> list[str]
             if getattr(args, dest, None) is not None]
 
 
+def _inside(path: str | Path, folder: str | Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 def config_from_args(args: argparse.Namespace, flags: dict[str, str], loader) -> Any:
-    """The config of a command: ``--config`` (or the defaults), then the flags given, then ``key=value``."""
-    return loader(getattr(args, "config", None), [*flag_overrides(args, flags), *(getattr(args, "overrides", None)
-                                                                                  or [])])
+    """The config of a command: ``--config`` (or the defaults), then the flags given, then ``key=value``.
+
+    An output folder inside the installed package is refused unless ``--into-package`` is given, which sets it to
+    the command's shipped weights folder (``args.shipped_weights``)."""
+    into, shipped = getattr(args, "into_package", False), getattr(args, "shipped_weights", None)
+    given = flag_overrides(args, flags)
+    if into:
+        if getattr(args, "out", None) is not None and not _same_folder(args.out, shipped):
+            raise UsageError(f"--into-package writes to the shipped weights ({shipped}), but --out says "
+                             f"{args.out!r}; drop one of them")
+        given.append(f"train.output_dir={json.dumps(shipped)}")
+    cfg = loader(getattr(args, "config", None), [*given, *(getattr(args, "overrides", None) or [])])
+    out = getattr(getattr(cfg, "train", None), "output_dir", None)
+    if out is None or shipped is None:
+        return cfg
+    if into and not _same_folder(out, shipped):
+        raise UsageError(f"--into-package writes to the shipped weights ({shipped}), but train.output_dir is "
+                         f"{out!r}; drop one of them")
+    if not into and _inside(out, PACKAGE_DIR):
+        raise UsageError(f"train.output_dir {out!r} is inside the installed parauni package ({PACKAGE_DIR}); give "
+                         f"--out DIR elsewhere, or pass --into-package to replace the shipped weights ({shipped})")
+    return cfg
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def flat(cfg: Any, flags: dict[str, str]) -> dict[str, Any]:
@@ -344,7 +380,13 @@ def flat(cfg: Any, flags: dict[str, str]) -> dict[str, Any]:
 
 
 def add_config_options(p: argparse.ArgumentParser, shipped: str) -> None:
-    """``--config FILE`` and trailing ``section.key=value`` overrides on a toy pre-training command."""
+    """``--config FILE``, ``--into-package`` and trailing ``section.key=value`` overrides on a toy pre-training
+    command (``shipped``: its shipped config, which names its shipped weights in :data:`SHIPPED_WEIGHTS`)."""
+    weights = SHIPPED_WEIGHTS[shipped]
+    p.add_argument("--into-package", action="store_true",
+                   help=f"write into the installed package's own weights ({weights}), replacing the shipped ones; "
+                        "without it an output folder inside the package is refused")
+    p.set_defaults(shipped_weights=weights)
     p.add_argument("--config", help=f"a YAML config, e.g. the shipped {shipped} (flags given on the command line "
                                     "and key=value overrides after it win)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

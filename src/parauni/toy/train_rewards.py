@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from ..train.config import save_config
 from ..train.optim import decay_groups, warmup_cosine
-from .config import REWARDS_FLAGS, add_config_options, config_from_args, load_train_rewards_config
+from .config import ALIGNMENT_OUT, REWARDS_FLAGS, add_config_options, config_from_args, load_train_rewards_config
 from .data import HELDOUT_DOMAIN, TRAIN_DOMAIN, make_example, sample_rng
-from .rewards.alignment import DEFAULT_PATH, ToyCLIP, contrastive_loss, images_to_tensor, tokenize
+from .rewards.alignment import ToyCLIP, contrastive_loss, images_to_tensor, tokenize
 from .tokenizer import build_toy_tokenizer
 
 
@@ -113,7 +113,8 @@ def add_parser(sub) -> None:
     """Register ``train-rewards``. Every flag names a key of :class:`parauni.toy.config.TrainRewardsConfig`
     (defaults there); ``--config`` and ``key=value`` overrides set any key."""
     p = sub.add_parser("train-rewards", help="train the toy alignment reward model (CLIP-score role)")
-    p.add_argument("--out", help=f"output folder (default {DEFAULT_PATH})")
+    p.add_argument("--out", help=f"output folder (default {ALIGNMENT_OUT}; the shipped weights only with "
+                                 "--into-package)")
     p.add_argument("--steps", type=int, help="default 1500")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--lr", type=float, help="default 2e-3")
