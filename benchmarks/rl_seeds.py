@@ -80,6 +80,9 @@ def summarize_run(folder: Path, window: int) -> dict:
     final = folder / "eval" / "geneval" / "summary.json"
     if final.is_file():
         out["geneval"] = json.loads(final.read_text())
+    # evaluations at the other guidance scales (sampling.eval_guidance_scales): eval/geneval_cfg<scale>
+    out["geneval_at"] = {f.parent.name[len("geneval_"):]: json.loads(f.read_text())
+                         for f in sorted((folder / "eval").glob("geneval_cfg*/summary.json"))}
     return out
 
 
@@ -125,17 +128,23 @@ def main() -> None:
                    "--resume", "auto", "--no-progress"]
             jobs.append((cmd, folder / "run.log", folder / "run.done"))
     baseline = out / "baseline" / "summary.json"
-    if not args.no_geneval and not (out / "baseline.done").is_file():
+    scales: list[float] = []
+    if not args.no_geneval:
         from parauni.rl.config import load_grpo_config
 
         cfg = load_grpo_config(args.config, [*args.overrides, *next(iter(arms.values()))])
         s = cfg.sampling
-        cmd = [*exe, "toy", "eval", "--model", cfg.model.source, "--out", str(out / "baseline"),
-               "--images-per-prompt", str(s.eval_images_per_prompt), "--steps", str(s.eval_steps),
-               "--guidance", str(s.guidance_scale)]
-        if cfg.train.eval_limit:
-            cmd += ["--limit", str(cfg.train.eval_limit)]
-        jobs.insert(0, (cmd, out / "baseline.log", out / "baseline.done"))
+        scales = [float(g) for g in (s.eval_guidance_scales or [s.guidance_scale])]
+        for k, g in enumerate(scales):  # the starting model at each evaluation scale
+            name = "baseline" if k == 0 else f"baseline_cfg{g:g}"
+            if (out / f"{name}.done").is_file():
+                continue
+            cmd = [*exe, "toy", "eval", "--model", cfg.model.source, "--out", str(out / name),
+                   "--images-per-prompt", str(s.eval_images_per_prompt), "--steps", str(s.eval_steps),
+                   "--guidance", str(g)]
+            if cfg.train.eval_limit:
+                cmd += ["--limit", str(cfg.train.eval_limit)]
+            jobs.insert(0, (cmd, out / f"{name}.log", out / f"{name}.done"))
     print(f"{len(jobs)} jobs, {args.jobs} at a time, {args.threads} thread(s) each")
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -150,6 +159,11 @@ def main() -> None:
     lines = [f"# `{args.config}` {' '.join(args.overrides)}", "",
              f"Seeds {args.seeds}; mean ± std over seeds (sample std). Rewards: mean of the first and the last "
              f"{args.window} epochs' rollouts."]
+    if before and len(scales) > 1:
+        best = max(scales, key=lambda g: json.loads((out / ("baseline" if g == scales[0] else f"baseline_cfg{g:g}")
+                                                     / "summary.json").read_text())["overall"])
+        lines.append(f"Evaluated at guidance {', '.join(f'{g:g}' for g in scales)} (the first is the main one); "
+                     f"the starting model scores best at guidance {best:g}.")
     if before:
         base_summary = json.loads(baseline.read_text())
         lines.append(f"Toy GenEval: {base_summary['total_images']} images ({base_summary['total_prompts']} "
@@ -170,6 +184,15 @@ def main() -> None:
                 a = [value] * len(after)
                 table[(arm, key)] = (a, after)
                 lines.append(f"| {arm} | toy GenEval {key} | {value:.3f} | {fmt(after)} | "
+                             f"{fmt([y - value for y in after])} |")
+        for g in scales[1:]:  # the other evaluation scales: overall, strict, objects per image
+            extra = json.loads((out / f"baseline_cfg{g:g}" / "summary.json").read_text())
+            for key, value in geneval_numbers(extra).items():
+                if key.startswith("task/"):
+                    continue
+                after = [geneval_numbers(r["geneval_at"][f"cfg{g:g}"]).get(key, float("nan")) for r in runs]
+                table[(arm, f"{key} @cfg{g:g}")] = ([value] * len(after), after)
+                lines.append(f"| {arm} | toy GenEval {key} at guidance {g:g} | {value:.3f} | {fmt(after)} | "
                              f"{fmt([y - value for y in after])} |")
         lines.append(f"| {arm} | wall time per run (s) | | {fmt([r['seconds'] for r in runs], 0)} | |")
     if len(arms) == 2:

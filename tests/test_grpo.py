@@ -70,7 +70,7 @@ def test_nan_reward_sample_leaves_the_update(tmp_path):
 
 
 def test_update_changes_only_lora_and_first_ratio_is_one(tmp_path):
-    tr = trainer(tmp_path, "optim.train_batch=8")
+    tr = trainer(tmp_path, "optim.train_batch=8", "optim.steps_per_epoch=1")
     roll = tr.rollout(0)
     adv, valid, _ = tr.advantages(roll)
     base = {n: p.clone() for n, p in tr.raw_transformer.named_parameters() if "lora" not in n}
@@ -420,7 +420,7 @@ def test_grpo_command_writes_final_and_export_makes_a_model(tmp_path, capsys):
 
     out = tmp_path / "grpo"
     assert main(["grpo", "configs/toy_grpo_redness.yaml", "prompts.per_epoch=1", "prompts.pool=1",
-                 "sampling.group_size=2", "sampling.steps=3", "optim.train_batch=2", "train.epochs=2",
+                 "sampling.group_size=2", "sampling.steps=3", "optim.train_batch=2", "optim.steps_per_epoch=1", "train.epochs=2",
                  "train.save_every=1", "train.logger=none", "train.eval_geneval=false", "optim.ema_every=1",
                  f"train.output_dir={out}", "--no-progress"]) == 0
     assert (out / "final" / "model_index.json").is_file()

@@ -34,3 +34,8 @@ class WeightsMismatchError(UsageError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingStalledError(UsageError):
+    """A run that cannot learn with its settings (every reward NaN or equal within groups, no optimizer step, for
+    several epochs in a row); the message names the cause and the setting to change."""

@@ -1,6 +1,7 @@
-"""``parauni grpo`` configuration: sections ``model``, ``prompts``, ``rewards``, ``sampling``, ``optim``,
-``ldam`` and ``train``, loaded like the stage I / II configs (:func:`parauni.train.config.load_config`: OmegaConf
-structured configs over these dataclasses, unknown keys are errors) and validated by :meth:`GRPOConfig.validate`
+"""``parauni grpo`` configuration: ``algorithm`` (``flow_grpo`` or ``diffusion_nft``) and the sections ``model``,
+``prompts``, ``rewards``, ``sampling``, ``optim``, ``nft`` (DiffusionNFT only), ``ldam`` and ``train``, loaded
+like the stage I / II configs (:func:`parauni.train.config.load_config`: OmegaConf structured configs over these
+dataclasses, unknown keys are errors) and validated by :meth:`GRPOConfig.validate`
 (every key's range in :func:`grpo_checks`, then the checks across keys). ``parauni grpo`` also checks the reward
 names (:func:`check_reward_names`) before building any model."""
 
@@ -28,8 +29,12 @@ from ..checks import (
 from ..errors import ConfigError
 from ..registry import PROMPT_SOURCES, REWARDS
 from ..train.config import BETAS, PRECISIONS, check_values, load_config
+from .nft import ADV_MODES, DECAY_TYPES
 from .objective import KL_FORMS
+from .ode import SOLVERS
 from .sde import GRIDS
+
+ALGORITHMS = ("flow_grpo", "diffusion_nft")
 
 
 @dataclass
@@ -72,6 +77,7 @@ class SamplingConfig:
     rollout_batch: int = 64  # images per sampling forward
     eval_steps: int = 20  # ODE (DPM-Solver) steps for evaluation
     eval_images_per_prompt: int = 1
+    eval_guidance_scales: list[float] | None = None  # evaluate at each (the first: the main one); None: guidance_scale
 
 
 @dataclass
@@ -95,6 +101,17 @@ class GRPOOptimConfig:
 
 
 @dataclass
+class NFTConfig:
+    """DiffusionNFT's own settings (NVlabs/DiffusionNFT ``config/nft.py``); the shared ones are in ``optim``:
+    ``adv_clip`` (adv_clip_max), ``kl_beta`` (train.beta), ``timestep_fraction``, the EMA and AdamW."""
+
+    beta: float = 1.0  # implicit policies v+ = beta v + (1 - beta) v_old (reference: 1; 0.1 for several rewards)
+    adv_mode: str = "all"  # how advantages become r: all, positive_only, negative_only, one_only, binary
+    decay_type: int = 1  # the old policy's soft-update schedule (0: on-policy; 1: 0 -> 0.5 over 500 steps; 2)
+    solver: str = "dpm2"  # the rollout's deterministic solver: dpm2 (DPM-Solver++(2M)) or euler
+
+
+@dataclass
 class LDAMConfig:
     enabled: bool = True
     window: int = 5
@@ -114,6 +131,7 @@ class GRPOTrainConfig:
     eval_geneval: bool = False  # toy GenEval of the initial and the final (EMA) model
     eval_before: bool = True  # with eval_geneval: also the initial model (false: only the final one)
     eval_limit: int | None = None  # toy GenEval: first N prompts of each task only
+    max_idle_epochs: int = 5  # stop with an error after this many epochs in a row that cannot learn (0: never)
     threads: int | None = None
     mixed_precision: str = "auto"
     logger: str = "tensorboard"  # "tensorboard" (under <output_dir>/logs) or "none"; metrics.jsonl is always written
@@ -121,11 +139,13 @@ class GRPOTrainConfig:
 
 @dataclass
 class GRPOConfig:
+    algorithm: str = "flow_grpo"  # flow_grpo (the paper's) or diffusion_nft
     model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: GRPOOptimConfig = field(default_factory=GRPOOptimConfig)
+    nft: NFTConfig = field(default_factory=NFTConfig)
     ldam: LDAMConfig = field(default_factory=LDAMConfig)
     train: GRPOTrainConfig = field(default_factory=GRPOTrainConfig)
 
@@ -144,6 +164,19 @@ class GRPOConfig:
         if s.sde_window is not None and not 1 <= s.sde_window <= s.steps - 1:
             raise ConfigError(f"sampling.sde_window: expected null or an integer in [1, sampling.steps - 1 = "
                               f"{s.steps - 1}] (the last transition is never trained), got {s.sde_window}")
+        if not any(w != 0 for w in self.rewards.weights.values()):
+            raise ConfigError(f"rewards.weights: every weight is 0 ({dict(self.rewards.weights)}), so every reward is "
+                              "equal and nothing can be learnt; give at least one reward a non-zero weight")
+        o = self.optim
+        samples = p.per_epoch * s.group_size
+        micro = -(-samples // o.train_batch)
+        if o.steps_per_epoch is not None and o.steps_per_epoch > micro:
+            raise ConfigError(f"optim.steps_per_epoch: an epoch of {p.per_epoch} prompts x {s.group_size} images in "
+                              f"micro-batches of optim.train_batch={o.train_batch} holds at most {micro} optimizer "
+                              f"steps, got {o.steps_per_epoch}; use at most {micro} (or a smaller optim.train_batch)")
+        if self.algorithm == "diffusion_nft" and self.model.train_lim:
+            raise ConfigError("model.train_lim=true is not supported with algorithm=diffusion_nft yet (its old "
+                              "policy would need a copy of the LIM); use algorithm=flow_grpo or train_lim=false")
         if s.sde_window_range is not None:
             lo, hi = s.sde_window_range
             if not 0 <= lo < hi <= s.steps - 1 or (s.sde_window or 1) > hi - lo:
@@ -159,6 +192,7 @@ def grpo_checks() -> dict[str, Check]:
 
     positive, non_negative = number(0.0, lo_open=True), number(0.0)
     return {
+        "algorithm": choice(*ALGORITHMS),
         "model.source": nonempty_str(),
         "model.init": optional(nonempty_str()),
         "model.conditioner": mapping(),
@@ -184,6 +218,7 @@ def grpo_checks() -> dict[str, Check]:
         "sampling.rollout_batch": POSITIVE_INT,
         "sampling.eval_steps": POSITIVE_INT,
         "sampling.eval_images_per_prompt": POSITIVE_INT,
+        "sampling.eval_guidance_scales": optional(list_of(non_negative, min_length=1)),
         "optim.lr": positive,
         "optim.weight_decay": non_negative,
         "optim.betas": BETAS,
@@ -200,6 +235,11 @@ def grpo_checks() -> dict[str, Check]:
         "optim.ema_decay": number(0.0, 1.0, hi_open=True),
         "optim.ema_every": POSITIVE_INT,
         "optim.ema_warmup": boolean(),
+        "nft.beta": positive,
+        "nft.adv_mode": choice(*ADV_MODES),
+        "nft.decay_type": Check(f"one of {', '.join(map(str, DECAY_TYPES))}",
+                                lambda v: isinstance(v, int) and not isinstance(v, bool) and v in DECAY_TYPES),
+        "nft.solver": choice(*SOLVERS),
         "ldam.enabled": boolean(),
         "ldam.window": POSITIVE_INT,
         "ldam.gamma0": non_negative,
@@ -214,6 +254,7 @@ def grpo_checks() -> dict[str, Check]:
         "train.eval_geneval": boolean(),
         "train.eval_before": boolean(),
         "train.eval_limit": optional(POSITIVE_INT),
+        "train.max_idle_epochs": NON_NEGATIVE_INT,
         "train.threads": optional(POSITIVE_INT),
         "train.mixed_precision": choice(*PRECISIONS),
         "train.logger": choice("tensorboard", "none"),

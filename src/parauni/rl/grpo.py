@@ -1,17 +1,20 @@
-"""``parauni grpo``: stage III, Flow-GRPO with several rewards and LDAM (the paper's stage III; Flow-GRPO,
-Liu et al. 2025, yifan123/flow_grpo).
+"""``parauni grpo``: stage III, online RL with several rewards and LDAM (the paper's stage III), by one of two
+algorithms that share this loop (``algorithm:`` in the config):
 
-One epoch: ``prompts.per_epoch`` prompts, ``G`` images each, sampled with the SDE step of
-:mod:`parauni.rl.sde` (CFG as one batched forward), rewarded, turned into group-normalised advantages,
-and used for one pass of clipped-ratio updates with a KL penalty to the reference model (the same
-transformer with its LoRA adapter off). LDAM watches every reward and, when one stalls, adds noise to
-the query features of that reward's layer group for the next rollouts; the noise is stored with each
-rollout and replayed in the update. Checkpoints hold the LoRA (and LIM) weights, their EMA, the
-optimizer, LDAM's state, the epoch and the config, written atomically; ``--resume`` continues exactly or
-refuses (a changed config, see :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS`) and cuts ``metrics.jsonl``
-and ``ldam.jsonl`` back to the checkpoint's epoch. At the end ``<output_dir>/final`` holds the EMA model (LoRA
-merged) as a ``ParaUniPipeline`` folder; :func:`export_checkpoint` (``parauni export``) makes one from any
-checkpoint.
+- ``flow_grpo`` (the paper's; Liu et al. 2025, yifan123/flow_grpo): SDE rollouts, clipped-ratio updates with a KL
+  penalty (:mod:`parauni.rl.flow_grpo`);
+- ``diffusion_nft`` (Zheng et al. 2025, NVlabs/DiffusionNFT): deterministic rollouts from a soft-updated old
+  policy, forward-process updates that need no log-probability and no CFG (:mod:`parauni.rl.diffusion_nft`).
+
+One epoch: ``prompts.per_epoch`` prompts, ``G`` images each, rolled out by the algorithm, rewarded, turned into
+group-normalised advantages and used for the algorithm's update. LDAM watches every reward and, when one stalls,
+adds noise to the query features of that reward's layer group for the next rollouts; the noise is stored with each
+rollout's conditions and replayed in the update. Checkpoints hold the LoRA (and LIM) weights, their EMA, the
+algorithm's state (DiffusionNFT's old policy), the optimizer, LDAM's state, the epoch and the config, written
+atomically; ``--resume`` continues exactly or refuses (a changed config, see
+:data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS`) and cuts ``metrics.jsonl`` and ``ldam.jsonl`` back to the
+checkpoint's epoch. At the end ``<output_dir>/final`` holds the EMA model (LoRA merged) as a ``ParaUniPipeline``
+folder; :func:`export_checkpoint` (``parauni export``) makes one from any checkpoint.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ import json
 import logging
 import shutil
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
+from ..errors import ConfigError, TrainingStalledError, UsageError
 from ..eval.geneval import TASK_ORDER, format_table
 from ..pipelines.loading import build_model
 from ..pipelines.pipeline_parauni import ParaUniPipeline
@@ -47,27 +53,20 @@ from ..utils.checkpoints import (
     truncate_jsonl,
     write_checkpoint,
 )
-from ..utils.images import signed_to_uint8
 from .config import GRPOConfig, load_grpo_config
 from .curves import plot_curves
+from .diffusion_nft import DiffusionNFT
+from .flow_grpo import FlowGRPO
 from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
 from .lora import add_lora, lora_delta_norm, merged_transformer
-from .objective import (
-    clipped_policy_loss,
-    ema_decay,
-    ema_due,
-    group_advantages,
-    kl_to_reference,
-    ratio_stats,
-    split_evenly,
-)
+from .objective import ema_decay, ema_due, group_advantages
 from .prompts import prompt_source
-from .rollout import Rollout, cfg_velocity, trained_transitions
-from .sde import sde_step, sigma_grid
+from .sde import sigma_grid
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "grpo_state.json"
 CHECKPOINT_FILES = ("trainable.safetensors", "ema.safetensors")  # besides Accelerate's states and the state file
+# (a DiffusionNFT checkpoint also holds old.safetensors)
 
 
 def _read_like(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,16 +122,36 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------
-class GRPOTrainer:
+@dataclass
+class RolloutInputs:
+    """What every algorithm's rollout starts from: this process's prompts of an epoch, ``G`` rows each."""
+
+    prompts: list[str]
+    metadata: list[dict | None]
+    group: torch.Tensor  # (B,) global prompt index
+    states: torch.Tensor  # (L, B, N, D) query states
+    noise: torch.Tensor | None  # (L, B, N, D) LDAM's noise for these samples, or None
+    cond: torch.Tensor  # (B, N, C) the conditions (after LDAM's noise)
+    uncond: torch.Tensor  # (1, N, C) the unconditional condition
+    generator: torch.Generator  # the epoch's rollout stream (initial noise, SDE noise)
+
+
+ALGORITHMS = {"flow_grpo": FlowGRPO, "diffusion_nft": DiffusionNFT}
+_STREAMS = ("rollout", "sde_window", "train_order", "transitions", "nft_noise")
+
+
+class RLTrainer:
     def __init__(self, cfg: GRPOConfig, resume: bool | str = False, progress: bool = True, rewards=None,
                  pipeline=None, allow_config_change: bool = False, prompts=None, evaluate=None):
-        """``rewards``: a ready reward callable instead of ``cfg.rewards``; ``pipeline``: a ready
+        """Stage III with ``cfg.algorithm`` (:data:`ALGORITHMS`: Flow-GRPO or DiffusionNFT).
+
+        ``rewards``: a ready reward callable instead of ``cfg.rewards``; ``pipeline``: a ready
         ``ParaUniPipeline`` instead of ``cfg.model.source`` (e.g. a preset built at real size with random
         weights for a benchmark); ``prompts``: a prompt source (``epoch(epoch, n) -> records``) instead of
         ``cfg.prompts``; ``evaluate``: the GenEval-style evaluation ``(pipe, out, ...) -> summary`` run with
-        ``train.eval_geneval`` (default: the registered ``toy_geneval``). Everything else comes from ``cfg``.
-        ``resume`` and ``allow_config_change``: as
-        for :class:`parauni.train.trainer.Trainer` (the checkpoint is checked before any model is built)."""
+        ``train.eval_geneval`` (default: the registered evaluator). Everything else comes from ``cfg``.
+        ``resume`` and ``allow_config_change``: as for :class:`parauni.train.trainer.Trainer` (the checkpoint is
+        checked before any model is built)."""
 
         self.cfg, self.progress = cfg, progress
         t, m = cfg.train, cfg.model
@@ -143,6 +162,10 @@ class GRPOTrainer:
                                log_with=None if t.logger == "none" else t.logger,
                                project_config=ProjectConfiguration(project_dir=str(self.out),
                                                                    logging_dir=str(self.out / "logs")))
+        if cfg.prompts.per_epoch % self.acc.num_processes:
+            raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
+                              f"processes ({self.acc.num_processes}): each process rolls out the same number of "
+                              "prompts")
         self.config_changes: list = []
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
 
@@ -154,10 +177,28 @@ class GRPOTrainer:
         self._evaluate = evaluate
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
         self.reward_names = list(cfg.rewards.weights)
-        pipe = pipeline or build_model(ModelConfig(source=m.source, init=m.init,
-                                                      conditioner=dict(m.conditioner)), t.seed)
-        self.pipe = pipe
-        dev = self.acc.device
+        self.pipe = pipeline or build_model(ModelConfig(source=m.source, init=m.init,
+                                                        conditioner=dict(m.conditioner)), t.seed)
+        self._setup_frozen_parts()
+        self._setup_policy()
+        self.ldam = self._setup_ldam()
+        self.epoch = 0
+        self.opt_step = 0  # optimizer steps taken (the EMA and old-policy schedules' clock)
+        shift = cfg.sampling.flow_shift
+        if shift is None:
+            shift = float(getattr(self.pipe.scheduler.config, "flow_shift", 1.0) or 1.0)
+        self.sigmas = sigma_grid(cfg.sampling.steps, shift=shift, kind=cfg.sampling.grid)
+        with torch.no_grad():
+            self.uncond_states = self.pipe.layer_states([None])  # (L, 1, N, D)
+            self._uncond = None if m.train_lim else self.pipe.conditioner(self.uncond_states)  # (1, N, C)
+        self.algo = ALGORITHMS[cfg.algorithm](self)
+        if self._ckpt is not None:
+            self._resume(self._ckpt)
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def _setup_frozen_parts(self) -> None:
+        """The VLM, VAE and conditioner on the device, frozen; bf16 VLM and VAE under bf16 on CUDA."""
+        pipe, dev = self.pipe, self.acc.device
         pipe.vlm.to(dev).requires_grad_(False).eval()
         if pipe.vae is not None:
             pipe.vae.to(dev).requires_grad_(False).eval()
@@ -168,7 +209,12 @@ class GRPOTrainer:
             for part in (pipe.vlm, pipe.vae):
                 if part is not None:
                     part.to(torch.bfloat16)
-        tr = pipe.transformer.to(dev)
+
+    def _setup_policy(self) -> None:
+        """LoRA on the transformer (and optionally the LIM) as the trainable policy, its EMA and AdamW."""
+        m, o, t = self.cfg.model, self.cfg.optim, self.cfg.train
+        pipe = self.pipe
+        tr = pipe.transformer.to(self.acc.device)
         tr.requires_grad_(False)
         torch.manual_seed(t.seed)
         add_lora(tr, m.lora_rank, m.lora_alpha, m.lora_targets)
@@ -180,64 +226,58 @@ class GRPOTrainer:
             self.params.update({f"conditioner.{n}": p for n, p in pipe.conditioner.named_parameters()
                                 if p.requires_grad})
         self.ema = {n: p.detach().clone() for n, p in self.params.items()}
-        o = cfg.optim
         opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas))
         self.transformer, self.opt = self.acc.prepare(tr, opt)
         self.acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
-        n_layers = len(pipe.conditioner.layer_indices)
-        lc = cfg.ldam
+
+    def _setup_ldam(self) -> LDAM | None:
+        """LDAM over the conditioner's layer groups (thirds by default), or ``None`` when off."""
+        n_layers = len(self.pipe.conditioner.layer_indices)
+        self.num_layers = n_layers
+        lc = self.cfg.ldam
+        if not lc.enabled:
+            return None
         groups_cfg = lc.groups or (default_layer_groups(n_layers) if n_layers >= 3 else
                                    {g: list(range(n_layers)) for g in ("shallow", "middle", "deep")})
         mapping = {**DEFAULT_REWARD_TO_GROUP, **(lc.reward_to_group or {})}
         mapping = {r: mapping[r] for r in self.reward_names if r in mapping}
-        self.ldam = LDAM(self.reward_names, groups_cfg, mapping, n_layers, lc.window, lc.gamma0, lc.patience,
-                         seed=t.seed) if lc.enabled else None
-        self.num_layers = n_layers
-        self.epoch = 0
-        self.opt_step = 0  # optimizer steps taken (the EMA schedule's clock)
-        self._rollout_model = None  # the merged copy, refreshed every epoch (sampling.merge_lora)
-        shift = cfg.sampling.flow_shift
-        if shift is None:
-            shift = float(getattr(pipe.scheduler.config, "flow_shift", 1.0) or 1.0)
-        self.sigmas = sigma_grid(cfg.sampling.steps, shift=shift, kind=cfg.sampling.grid)
-        with torch.no_grad():
-            self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
-        if self._ckpt is not None:
-            self._resume(self._ckpt)
+        return LDAM(self.reward_names, groups_cfg, mapping, n_layers, lc.window, lc.gamma0, lc.patience,
+                    seed=self.cfg.train.seed)
 
     @property
     def raw_transformer(self):
         return self.acc.unwrap_model(self.transformer)
 
-    # -- sampling --------------------------------------------------------------------------------------------
+    def generator(self, stream: str, epoch: int) -> torch.Generator:
+        """A torch generator for one named random stream of one epoch on this process, seeded from
+        ``numpy.random.SeedSequence([train.seed, stream, epoch, rank])``: streams and epochs never share a seed."""
+        entropy = [self.cfg.train.seed, _STREAMS.index(stream), epoch, self.acc.process_index]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return torch.Generator().manual_seed(seed)
+
+    # -- the algorithm's parts ---------------------------------------------------------------------------------
     def sde_transitions(self, epoch: int) -> list[int]:
-        """The transitions sampled with the SDE (and trained) in ``epoch``: all but the last, or with
-        ``sampling.sde_window = N`` a window of N consecutive ones placed at random each epoch (seeded) inside
-        ``sampling.sde_window_range`` (default: every transition but the last); the others run as the
-        deterministic ODE (Euler) step, as in Flow-GRPO-Fast / MixGRPO."""
-        s = self.cfg.sampling
-        if s.sde_window is None:
-            return list(range(s.steps - 1))
-        lo, hi = s.sde_window_range or (0, s.steps - 1)  # the window ends before the last step
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + 5)
-        start = int(torch.randint(lo, hi - s.sde_window + 1, (1,), generator=g))
-        return list(range(start, start + s.sde_window))
+        """Flow-GRPO's SDE window of ``epoch`` (see :meth:`parauni.rl.flow_grpo.FlowGRPO.sde_transitions`)."""
+        return self.algo.sde_transitions(epoch)
 
-    def rollout_model(self):
-        """The transformer the rollout samples with: a plain copy with the LoRA merged (refreshed here), or the
-        adapted transformer itself (``sampling.merge_lora=false``)."""
-        if not self.cfg.sampling.merge_lora:
-            return self.transformer
-        self._rollout_model = merged_transformer(self.raw_transformer, into=self._rollout_model)
-        return self._rollout_model
+    def rollout(self, epoch: int):
+        """This process's rollout of ``epoch`` (the algorithm's: an SDE path with log-probabilities, or clean
+        samples)."""
+        return self.algo.rollout(epoch)
 
+    def update(self, roll, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
+        """The algorithm's update on one rollout; returns the epoch's statistics."""
+        return self.algo.update(roll, adv, valid, epoch)
+
+    # -- shared parts of rollouts and updates ------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, epoch: int) -> Rollout:
-        """This process's prompts of ``epoch`` and their ``G`` samples each, with everything the update needs."""
-        cfg, s = self.cfg, self.cfg.sampling
+    def rollout_inputs(self, epoch: int) -> RolloutInputs:
+        """This process's prompts of ``epoch`` (``G`` rows each), their conditions with LDAM's noise, and the
+        epoch's rollout generator."""
+        s = self.cfg.sampling
         world, rank = self.acc.num_processes, self.acc.process_index
-        records = self.prompt_source.epoch(epoch, cfg.prompts.per_epoch)
+        records = self.prompt_source.epoch(epoch, self.cfg.prompts.per_epoch)
         mine = list(range(rank, len(records), world))
         prompts = [records[i]["prompt"] for i in mine for _ in range(s.group_size)]
         metas = [records[i] if "tag" in records[i] else None for i in mine for _ in range(s.group_size)]
@@ -245,7 +285,7 @@ class GRPOTrainer:
         pipe, dev = self.pipe, self.acc.device
         per_prompt = pipe.layer_states([records[i]["prompt"] for i in mine])  # (L, P, N, D)
         states = per_prompt.repeat_interleave(s.group_size, dim=1)  # (L, B, N, D)
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch * 1009 + rank)
+        gen = self.generator("rollout", epoch)
         noise = None
         if self.ldam is not None:
             noise = self.ldam.noise(self.num_layers, tuple(states.shape[1:]), generator=gen)
@@ -255,34 +295,73 @@ class GRPOTrainer:
         else:  # LDAM's noise differs per sample
             cond = pipe.conditioner(states, noise)  # (B, N, C)
         uncond = pipe.conditioner(self.uncond_states)  # (1, N, C)
-        shape = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size
-        b, steps = len(prompts), s.steps
-        trainable = self.sde_transitions(epoch)
-        sde = set(trainable) | ({steps - 1} if s.sde_window is None else set())  # the full SDE: the last step too
-        model = self.rollout_model()
-        x = torch.randn((b, shape[0], shape[1], shape[1]), generator=gen).to(dev)
-        path, logps = [x], []
-        sig = self.sigmas.tolist()
-        for j in range(steps):
-            xs, lps = [], []
-            for a in range(0, b, s.rollout_batch):
-                sl = slice(a, a + s.rollout_batch)
-                v = cfg_velocity(model, path[-1][sl], sig[j], cond[sl], uncond, s.guidance_scale)
-                eps = torch.randn(path[-1][sl].shape, generator=gen).to(dev)
-                level = s.noise_level if j in sde else 0.0
-                out = sde_step(path[-1][sl].float(), v, sig[j], sig[j + 1], level, noise=eps)
-                xs.append(out.prev_sample)
-                lps.append(out.log_prob)
-            path.append(torch.cat(xs))
-            logps.append(torch.cat(lps))
-        images = signed_to_uint8(pipe.decode(path[-1].to(pipe.transformer.dtype)))
-        keep_states = states if cfg.model.train_lim else None
-        return Rollout(prompts, metas, group, keep_states, noise if cfg.model.train_lim else None, cond,
-                       torch.stack(path, dim=1), torch.stack(logps, dim=1), self.sigmas, images,
-                       trainable)
+        return RolloutInputs(prompts, metas, group, states, noise, cond, uncond, gen)
+
+    def update_conditions(self, roll, mb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` of the micro-batch ``mb`` in an update: the stored conditions, or with
+        ``model.train_lim`` the LIM run again (with gradients) on the stored states and LDAM noise."""
+        if self._uncond is not None:
+            return roll.cond[mb], self._uncond
+        cond = self.pipe.conditioner(roll.states[:, mb], None if roll.layer_noise is None else roll.layer_noise[:, mb])
+        return cond, self.pipe.conditioner(self.uncond_states)
+
+    def train_indices(self, adv: torch.Tensor, valid: torch.Tensor, epoch: int, drop_zero: bool) -> torch.Tensor:
+        """This process's samples for the update, shuffled: the valid ones, without zero-advantage samples when
+        ``drop_zero`` (Flow-GRPO's ``optim.drop_zero_adv``, ``train_sd3.py:796-817``). With several processes every
+        rank needs the same number of backward passes, so ranks with fewer samples are topped up with dropped ones
+        (their advantage is 0: they add only the KL term), as the reference tops up its mask. DiffusionNFT keeps
+        every sample (NaN rewards weigh 0 in its loss)."""
+        keep = valid & (adv != 0) if drop_zero else (valid.clone() if self.cfg.algorithm == "flow_grpo"
+                                                      else torch.ones_like(valid))
+        gen = self.generator("train_order", epoch)
+        if self.acc.num_processes > 1:
+            most = int(self.acc.gather(keep.sum().reshape(1).to(self.acc.device)).max())
+            spare = torch.nonzero(~keep).flatten()
+            spare = spare[torch.randperm(len(spare), generator=gen)][:max(0, most - int(keep.sum()))]
+            keep[spare] = True
+        idx = torch.nonzero(keep).flatten()
+        return idx[torch.randperm(len(idx), generator=gen)]
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Clip the accumulated gradients (``optim.max_grad_norm``), step AdamW, then the EMA when due
+        (:func:`objective.ema_decay` every ``optim.ema_every`` steps); returns the gradient norm ``(1,)``."""
+        o = self.cfg.optim
+        norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if ema_due(self.opt_step, o.ema_every):
+            keep = ema_decay(self.opt_step, o.ema_decay, o.ema_warmup)
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
+        self.opt_step += 1
+        return torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu()
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of the trainable weights (for :meth:`distance_from`)."""
+        return [p.detach().clone() for p in self.params.values()]
+
+    def distance_from(self, before: list[torch.Tensor]) -> float:
+        """``||theta - before||`` over every trainable weight: how far one update moved them."""
+        return sum(float((p.detach() - b).float().pow(2).sum())
+                   for p, b in zip(self.params.values(), before, strict=True)) ** 0.5
+
+    @contextmanager
+    def swapped_weights(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The trainable weights replaced by ``values`` (same names) inside the block, restored after it."""
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        try:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(values[n])
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(backup[n])
 
     # -- rewards and advantages -----------------------------------------------------------------------------
-    def advantages(self, roll: Rollout) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def advantages(self, roll) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Group-normalised advantages ``(B,)`` of this process's samples (NaN rewards -> not valid), and the
         epoch's reward and advantage statistics over every process (see :func:`objective.group_advantages`)."""
         total, parts = self.reward(roll.images, roll.prompts, roll.metadata)
@@ -310,115 +389,12 @@ class GRPOTrainer:
             sel = (g_tags == k) & valid
             if sel.any():
                 stats[f"task/{tag}"] = float(g_total[sel].mean())
+                groups = g_group[sel].unique()
+                zero = sum(bool((g_total[(g_group == gid) & valid] == g_total[(g_group == gid) & valid][0]).all())
+                           for gid in groups)
+                stats[f"zero_std/{tag}"] = zero / len(groups)
         valid_local = valid[rank * n:(rank + 1) * n]
         return adv, valid_local, stats
-
-    # -- update ---------------------------------------------------------------------------------------------
-    def _train_indices(self, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> torch.Tensor:
-        """This process's samples for the update, shuffled: the valid ones, without zero-advantage samples when
-        ``optim.drop_zero_adv`` (Flow-GRPO, ``train_sd3.py:796-817``). With several processes every rank needs
-        the same number of backward passes, so ranks with fewer samples are topped up with dropped ones (their
-        advantage is 0: they add only the KL term), as the reference tops up its mask."""
-        keep = valid & (adv != 0) if self.cfg.optim.drop_zero_adv else valid.clone()
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch)
-        if self.acc.num_processes > 1:
-            most = int(self.acc.gather(keep.sum().reshape(1).to(self.acc.device)).max())
-            spare = torch.nonzero(~keep).flatten()
-            spare = spare[torch.randperm(len(spare), generator=gen)][:max(0, most - int(keep.sum()))]
-            keep[spare] = True
-        idx = torch.nonzero(keep).flatten()
-        return idx[torch.randperm(len(idx), generator=gen)]
-
-    def update(self, roll: Rollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
-        """Clipped-ratio + KL updates over the stored SDE transitions (never the last), Flow-GRPO style.
-
-        The samples are cut into micro-batches of ``optim.train_batch``; gradients accumulate over
-        ``1 / optim.steps_per_epoch`` of them times every trained transition, so an epoch makes
-        ``steps_per_epoch`` optimizer steps (the reference's default: 2, ``config/grpo.py:83-88``); the loss is
-        the mean over those samples and transitions. ``steps_per_epoch=None`` steps after every micro-batch.
-        After each optimizer step the EMA follows :func:`objective.ema_decay` every ``optim.ema_every`` steps.
-        """
-        o, s = self.cfg.optim, self.cfg.sampling
-        dev = self.acc.device
-        idx = self._train_indices(adv, valid, epoch)
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 7 + epoch + 1)
-        trainable = roll.trainable
-        n_train = trained_transitions(len(trainable), o.timestep_fraction)
-        sig = roll.sigmas.tolist()
-        train_lim = self.cfg.model.train_lim
-        if not train_lim:  # a frozen LIM: the unconditional condition is the same for every transition
-            with torch.no_grad():
-                uncond = self.pipe.conditioner(self.uncond_states)
-        micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
-        chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
-        acc_stats = {"policy_loss": [], "kl": [], "loss": [], "ratio": [], "clipped": [], "approx_kl": [],
-                     "grad_norm": []}
-        raw = self.raw_transformer
-        before = [p.detach().clone() for p in self.params.values()]
-        pos = 0
-        for size in chunks:
-            group = micro[pos:pos + size]
-            pos += size
-            n_samples = sum(len(mb) for mb in group)
-            for i, mb in enumerate(group):
-                chosen = torch.randperm(len(trainable), generator=gen)[:n_train].sort().values.tolist()
-                steps_j = [trainable[c] for c in chosen]
-                A = adv[mb].to(dev)
-                for k, j in enumerate(steps_j):
-                    if train_lim:
-                        cond = self.pipe.conditioner(roll.states[:, mb], None if roll.layer_noise is None
-                                                     else roll.layer_noise[:, mb])
-                        uncond = self.pipe.conditioner(self.uncond_states)
-                    else:
-                        cond = roll.cond[mb]
-                    x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
-                    last = i == len(group) - 1 and k == len(steps_j) - 1
-                    ctx = self.acc.no_sync(self.transformer) if not last else nullcontext()
-                    with ctx, self.acc.autocast():
-                        v = cfg_velocity(self.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
-                        new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
-                        old_lp = roll.log_probs[mb, j].to(dev)
-                        ratio = torch.exp(new.log_prob - old_lp)
-                        policy = clipped_policy_loss(A, ratio, o.clip_range)  # (b,)
-                        if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
-                            with torch.no_grad():
-                                raw.disable_adapters()
-                                v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(),
-                                                     s.guidance_scale)
-                                raw.enable_adapters()
-                                ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level,
-                                               prev_sample=x_next)
-                            kl = kl_to_reference(new.mean, ref.mean, new.std_dev_t, new.std_dev_t_dt, o.kl_form)
-                        else:  # no KL term: skip the reference forward
-                            kl = torch.zeros_like(policy)
-                        loss = (policy + o.kl_beta * kl).sum() / (n_samples * len(steps_j))
-                        self.acc.backward(loss)
-                    r = ratio_stats(new.log_prob, old_lp, o.clip_range)
-                    for key in ("ratio", "clipped", "approx_kl"):
-                        acc_stats[key].append(r[key].cpu())
-                    acc_stats["policy_loss"].append(policy.detach().cpu())
-                    acc_stats["kl"].append(kl.detach().cpu())
-                    acc_stats["loss"].append((policy + o.kl_beta * kl).detach().cpu())
-            norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
-            acc_stats["grad_norm"].append(torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu())
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            if ema_due(self.opt_step, o.ema_every):
-                keep = ema_decay(self.opt_step, o.ema_decay, o.ema_warmup)
-                with torch.no_grad():
-                    for n, p in self.params.items():
-                        self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
-            self.opt_step += 1
-        cat = {k: torch.cat(v).float() if v else torch.full((1,), float("nan")) for k, v in acc_stats.items()}
-        update_norm = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(self.params.values(), before,
-                                                                                       strict=True)) ** 0.5
-        return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
-                "kl": float(cat["kl"].mean()), "grad_norm": float(cat["grad_norm"].mean()),
-                "clip_frac": float(cat["clipped"].mean()), "ratio_dev": float((cat["ratio"] - 1).abs().mean()),
-                "diag/approx_kl": float(cat["approx_kl"].mean()), "diag/ratio_mean": float(cat["ratio"].mean()),
-                "diag/ratio_min": float(cat["ratio"].min()), "diag/ratio_max": float(cat["ratio"].max()),
-                "diag/update_norm": update_norm, "diag/trained_samples": len(idx),
-                "diag/optimizer_steps": len(chunks)}
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def _weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
@@ -426,13 +402,16 @@ class GRPOTrainer:
         return {n: v.float().cpu().contiguous() for n, v in src.items()}
 
     def save_checkpoint(self) -> Path:
-        """``checkpoint-<epoch>``: LoRA (+ LIM) weights, their EMA, optimizer, LDAM state, epoch, config."""
+        """``checkpoint-<epoch>``: LoRA (+ LIM) weights, their EMA, the algorithm's state (DiffusionNFT's old
+        weights), optimizer, LDAM state, epoch, config."""
 
         def write(folder: Path) -> None:
             save_file(self._weights(), str(folder / "trainable.safetensors"))
             save_file(self._weights(ema=True), str(folder / "ema.safetensors"))
             if self.ldam is not None:
                 torch.save(self.ldam.state_dict(), folder / "ldam.pt")
+            for name, tensors in self.algo.state_tensors().items():  # DiffusionNFT: the old policy's weights
+                save_file(tensors, str(folder / f"{name}.safetensors"))
             save_config(self.cfg, folder / "config.yaml")
             (folder / STATE_FILE).write_text(json.dumps({"epoch": self.epoch, "optimizer_steps": self.opt_step}) + "\n")
 
@@ -466,6 +445,9 @@ class GRPOTrainer:
             for n, p in self.params.items():
                 p.copy_(weights[n].to(p.dtype))
                 self.ema[n] = ema[n].to(p.device, p.dtype)
+        extra = {name: _read_like(ckpt / f"{name}.safetensors", self.params) for name in self.algo.state_tensors()}
+        if extra:
+            self.algo.load_state_tensors(extra)
         if self.ldam is not None and (ckpt / "ldam.pt").is_file():
             self.ldam.load_state_dict(torch.load(ckpt / "ldam.pt", weights_only=True))
         state = json.loads((ckpt / STATE_FILE).read_text())
@@ -482,15 +464,9 @@ class GRPOTrainer:
     def merged_pipeline(self, ema: bool = True):
         """A ``ParaUniPipeline`` with the (EMA) LoRA merged into a plain copy of the transformer."""
 
-        backup = {n: p.detach().clone() for n, p in self.params.items()}
-        with torch.no_grad():
-            if ema:
-                for n, p in self.params.items():
-                    p.copy_(self.ema[n])
+        with self.swapped_weights(self.ema if ema else {n: p.detach() for n, p in self.params.items()}):
             merged = merged_transformer(self.raw_transformer)
             cond = copy.deepcopy(self.pipe.conditioner).eval()
-            for n, p in self.params.items():
-                p.copy_(backup[n])
         return ParaUniPipeline(vlm=self.pipe.vlm, tokenizer=self.pipe.tokenizer, conditioner=cond, transformer=merged,
                                scheduler=self.pipe.scheduler, vae=self.pipe.vae)
 
@@ -511,15 +487,27 @@ class GRPOTrainer:
         tmp.replace(final)
         return final
 
-    def geneval(self, name: str) -> dict:
-        """Toy GenEval of the current EMA model into ``<out>/eval/<name>`` (``geneval_before`` for the
-        initial model, ``geneval`` for the final one, where ``parauni report`` looks)."""
+    def eval_scales(self) -> list[float]:
+        """The guidance scales of the evaluations: ``sampling.eval_guidance_scales``, else the rollouts' own."""
+        s = self.cfg.sampling
+        return [float(g) for g in (s.eval_guidance_scales or [s.guidance_scale])]
+
+    def geneval(self, name: str) -> dict[str, dict]:
+        """Toy GenEval of the current EMA model at each of :meth:`eval_scales`: the first into ``<out>/eval/<name>``
+        (``geneval_before`` for the initial model, ``geneval`` for the final one, where ``parauni report`` looks),
+        the others into ``<out>/eval/<name>_cfg<scale>``. Returns ``{folder name: summary}``."""
         toy_geneval = self._evaluate or EVALUATORS.get(DEFAULT_EVALUATOR)
         s = self.cfg.sampling
-        # "refresh": the images are kept only when provenance.json matches these weights (a resumed run regenerates)
-        return toy_geneval(self.merged_pipeline(), self.out / "eval" / name, s.eval_images_per_prompt, s.eval_steps,
-                           s.guidance_scale, limit=self.cfg.train.eval_limit, mode="refresh",
-                           name=f"{self.out} EMA (epoch {self.epoch})")
+        pipe = self.merged_pipeline()
+        out = {}
+        for k, g in enumerate(self.eval_scales()):
+            folder = name if k == 0 else f"{name}_cfg{g:g}"
+            # "refresh": the images are kept only when provenance.json matches these weights (a resumed run
+            # regenerates)
+            out[folder] = toy_geneval(pipe, self.out / "eval" / folder, s.eval_images_per_prompt, s.eval_steps, g,
+                                      limit=self.cfg.train.eval_limit, mode="refresh",
+                                      name=f"{self.out} EMA (epoch {self.epoch})")
+        return out
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict:
@@ -531,7 +519,7 @@ class GRPOTrainer:
             save_config(self.cfg, self.out / "config.yaml")
             before = self.out / "eval" / "geneval_before" / "summary.json"
             if t.eval_geneval and t.eval_before and self.epoch == 0 and not before.is_file():
-                result["geneval_before"] = self.geneval("geneval_before")
+                result.update(self.geneval("geneval_before"))
         end = t.epochs if stop_after is None else min(stop_after, t.epochs)
         if main:  # rows of epochs after the checkpoint (an interrupted run) are redone: drop them first
 
@@ -544,6 +532,7 @@ class GRPOTrainer:
         bar = tqdm(total=t.epochs, initial=self.epoch, desc="grpo", disable=not (main and self.progress),
                    dynamic_ncols=True)
         t0 = time.perf_counter()
+        idle = 0
         while self.epoch < end:
             e0 = time.perf_counter()
             active = [d["reward"] for d in self.ldam.active] if self.ldam is not None else []
@@ -552,7 +541,9 @@ class GRPOTrainer:
             adv, valid, rstats = self.advantages(roll)
             e2 = time.perf_counter()
             ustats = self.update(roll, adv, valid, self.epoch)
+            self.algo.after_epoch()
             e3 = time.perf_counter()
+            idle = self._idle_epochs(idle, rstats, ustats)
             row = {"step": self.epoch + 1, **rstats, **ustats,
                    "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer), "ldam_active": active,
                    "time/rollout": e1 - e0, "time/reward": e2 - e1, "time/update": e3 - e2, "seconds": e3 - e0}
@@ -570,8 +561,10 @@ class GRPOTrainer:
             if t.logger != "none":
                 self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.epoch)
             bar.update(1)
-            bar.set_postfix(reward=f"{rstats['reward/total']:.3f}", kl=f"{ustats['kl']:.2e}",
-                            clip=f"{ustats['clip_frac']:.2f}", ldam=",".join(active) or "-")
+            shown = {"clip": f"{ustats['clip_frac']:.2f}"} if "clip_frac" in ustats else \
+                {"old_dev": f"{ustats['diag/old_deviate']:.1e}"}
+            bar.set_postfix(reward=f"{rstats['reward/total']:.3f}", kl=f"{ustats['kl']:.2e}", **shown,
+                            ldam=",".join(active) or "-")
             if self.epoch % t.save_every == 0 or self.epoch == t.epochs:
                 self.save_checkpoint()
         bar.close()
@@ -585,11 +578,37 @@ class GRPOTrainer:
             self.plot()
             result["final"] = str(self.export_final())
             if t.eval_geneval:
-                result["geneval_after"] = self.geneval("geneval")
-                before = self.out / "eval" / "geneval_before" / "summary.json"
-                if "geneval_before" not in result and before.is_file():
-                    result["geneval_before"] = json.loads(before.read_text())
+                after = self.geneval("geneval")
+                result.update({"geneval_after" + k[len("geneval"):]: v for k, v in after.items()})
+                for k in after:
+                    before = self.out / "eval" / k.replace("geneval", "geneval_before", 1) / "summary.json"
+                    key = k.replace("geneval", "geneval_before", 1)
+                    if key not in result and before.is_file():
+                        result[key] = json.loads(before.read_text())
         return result
+
+    def _idle_epochs(self, idle: int, rstats: dict, ustats: dict) -> int:
+        """The count of consecutive epochs that could not learn (every reward NaN, every group's rewards equal,
+        or no optimizer step); past ``train.max_idle_epochs`` the run stops with an error naming the cause."""
+        n_valid = self.cfg.prompts.per_epoch * self.cfg.sampling.group_size - rstats["reward/dropped"]
+        all_equal = rstats.get("diag/zero_std_share") == 1.0
+        if n_valid > 0 and not all_equal and ustats.get("diag/optimizer_steps", 1) > 0:
+            return 0
+        idle += 1
+        limit = self.cfg.train.max_idle_epochs
+        if limit and idle >= limit:
+            if n_valid <= 0:
+                cause = ("every reward was NaN or raised (see the warnings above): check the rewards and their "
+                         "rewards.options")
+            elif all_equal:
+                cause = ("every group's rewards were equal, so no sample has an advantage: check rewards.weights "
+                         "(a zero weight?), the reward itself, and sampling.noise_level")
+            else:
+                cause = "no optimizer step ran"
+            raise TrainingStalledError(f"stage III stopped after {idle} consecutive epochs that could not learn "
+                                       f"(epoch {self.epoch}): {cause}. The last checkpoint is kept; "
+                                       "train.max_idle_epochs sets the limit (0: never stop)")
+        return idle
 
     def plot(self) -> None:
 
@@ -600,6 +619,7 @@ class GRPOTrainer:
                   and k != "reward/dropped"}
         plot_curves(series, self.out / "curves" / "rewards.png", title=f"rewards ({self.out.name})")
         diag = {k: [r.get(k, nan) for r in rows] for k in ("clip_frac", "kl", "grad_norm") if k in keys}
+        diag.update({k: [r.get(k, nan) for r in rows] for k in keys if k.startswith("zero_std/")})
         diag.update({k.split("/", 1)[1]: [r.get(k, nan) for r in rows] for k in keys
                      if k.startswith(("diag/", "time/"))})
         plot_curves(diag, self.out / "curves" / "diagnostics.png", title=f"diagnostics ({self.out.name})")
@@ -609,10 +629,13 @@ class GRPOTrainer:
                         title=f"total reward per GenEval task ({self.out.name})")
 
 
+GRPOTrainer = RLTrainer  # the name before DiffusionNFT joined; both algorithms run in it
+
+
 def add_parser(sub) -> None:
     from ..train.commands import add_run_arguments  # train.commands imports this module: avoid the cycle
 
-    p = sub.add_parser("grpo", help="stage III: Flow-GRPO with several rewards and LDAM")
+    p = sub.add_parser("grpo", help="stage III: online RL (Flow-GRPO or DiffusionNFT) with several rewards and LDAM")
     add_run_arguments(p, "configs/toy_grpo.yaml", "ldam.enabled=false")
     p.epilog = "At the end the EMA model is written to <output_dir>/final (a ParaUniPipeline folder)."
     p.set_defaults(func=run)
@@ -621,8 +644,8 @@ def add_parser(sub) -> None:
 def run(args) -> dict:
 
     cfg = load_grpo_config(args.config, args.overrides)
-    trainer = GRPOTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
-                          allow_config_change=getattr(args, "allow_config_change", False))
+    trainer = RLTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
+                        allow_config_change=getattr(args, "allow_config_change", False))
     result = trainer.run()
     if trainer.acc.is_main_process:
         rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}

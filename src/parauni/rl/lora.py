@@ -5,7 +5,21 @@ peft is imported inside the functions: it is only needed once a run adds an adap
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+
+
+@contextmanager
+def adapters_off(transformer) -> Iterator[None]:
+    """The transformer with its LoRA adapters disabled inside the block (the reference policy), enabled again on
+    the way out even when the block raises (as peft's own ``disable_adapter()`` context)."""
+    transformer.disable_adapters()
+    try:
+        yield
+    finally:
+        transformer.enable_adapters()
 
 
 def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:

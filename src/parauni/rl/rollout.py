@@ -28,14 +28,14 @@ class Rollout:
     trainable: list[int]  # the transitions the update may train (the SDE ones, never the last)
 
 
-def cfg_velocity(transformer, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor,
-                 scale: float) -> torch.Tensor:
-    """CFG velocity (float32) at flow time ``sigma`` with the unconditional and conditional rows in one forward
-    (:func:`parauni.sampling.guided_velocity`). ``x`` ``(B, c, h, w)``, ``cond`` ``(B, N, C)``, ``uncond``
-    ``(1 or B, N, C)``."""
+def cfg_velocity(transformer, x: torch.Tensor, sigma: float | torch.Tensor, cond: torch.Tensor,
+                 uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """CFG velocity (float32) at flow time ``sigma`` (a float, or one per row ``(B,)``) with the unconditional and
+    conditional rows in one forward (:func:`parauni.sampling.guided_velocity`). ``x`` ``(B, c, h, w)``, ``cond``
+    ``(B, N, C)``, ``uncond`` ``(1 or B, N, C)`` (unused, and may be ``None``, at scale 1)."""
     # (2B, N, C): unconditional first; a scale of 1 runs the conditional rows alone
     emb = cond if scale == 1.0 else torch.cat([uncond.expand(x.shape[0], -1, -1), cond])
-    t = sigma_to_timestep(torch.tensor(sigma, dtype=torch.float64, device=x.device))
+    t = sigma_to_timestep(torch.as_tensor(sigma, dtype=torch.float64, device=x.device))
     return guided_velocity(transformer, x, t, emb, None, scale, combine_dtype=torch.float32)
 
 

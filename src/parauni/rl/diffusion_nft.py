@@ -1,0 +1,191 @@
+"""DiffusionNFT's parts of a stage-III epoch (Zheng et al. 2025, arXiv 2509.16117; NVlabs/DiffusionNFT @ 24af555,
+``scripts/train_nft_sd3.py``, cited by line): deterministic rollouts from the *old* policy that store only clean
+latents and conditions, and the forward-process update of :func:`parauni.rl.nft.nft_loss`.
+
+- **The old policy** (:544, :576-581, :1035-1039): a copy of the trainable weights, equal to them at the start,
+  soft-updated after every epoch as ``old = d * old + (1 - d) * current`` with ``d`` =
+  :func:`parauni.rl.nft.old_policy_decay` of the optimizer steps taken (``nft.decay_type``). Rollouts and the
+  ``v_old`` predictions use it, as a plain transformer copy with the old LoRA merged (exact: the old weights do
+  not change within an epoch).
+- **Rollouts** (:640-676): the ODE solver ``nft.solver`` (``dpm2`` as the reference, or ``euler``) on the run's σ
+  grid, guidance ``sampling.guidance_scale`` (the reference's NFT configs: 1, ``config/nft.py``); stored: the clean
+  latents, the conditions (with any LDAM noise) and the grid.
+- **Training points** (:569, :807-816, :862-870): per sample the grid's σ values but the final 0, shuffled, the
+  first ``max(1, int(steps * optim.timestep_fraction))`` of them; fresh noise at each.
+- **Update** (:801-1030): per micro-batch and training point the old, current and reference (adapter off)
+  velocities, conditional only; gradients accumulate over ``1 / optim.steps_per_epoch`` of the micro-batches times
+  the training points (the reference's ``gradient_accumulation_steps * num_train_timesteps``); the EMA after each
+  optimizer step as for Flow-GRPO (the reference: decay 0.9 with warm-up, every step, :567).
+
+Departures, each for a stated reason:
+
+- Samples whose reward is NaN (a reward that failed) keep their place in the micro-batch with weight 0, so every
+  process makes the same number of backward passes (the reference has no failed rewards).
+- The update's predictions are always conditional (guidance 1): the reference concatenates unconditional
+  embeddings when its guidance is above 1 (:839-853), which does not fit its single-batch latents; its NFT
+  configs use guidance 1.
+- The advantages are :func:`parauni.rl.objective.group_advantages` (per-prompt mean, one std over the epoch, as
+  the reference's ``PerPromptStatTracker(global_std=True)`` of ``config/base.py``), clipped to ``optim.adv_clip``
+  (the reference's ``adv_clip_max``, 5).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..utils.images import signed_to_uint8
+from .lora import adapters_off, merged_transformer
+from .nft import nft_loss, noised, old_policy_decay, reward_weight
+from .objective import split_evenly
+from .ode import ode_sample
+from .rollout import cfg_velocity
+
+
+@dataclass
+class NFTRollout:
+    """One epoch's samples on this process for DiffusionNFT; ``B`` images."""
+
+    prompts: list[str]
+    metadata: list[dict | None]
+    group: torch.Tensor  # (B,) global prompt index
+    states: torch.Tensor | None  # (L, B, N, D) query states (kept when the LIM trains; NFT refuses that for now)
+    layer_noise: torch.Tensor | None  # (L, B, N, D) LDAM noise used for these samples, or None
+    cond: torch.Tensor  # (B, N, C) the condition used (after LDAM noise)
+    x_0: torch.Tensor  # (B, c, h, w) the clean latents
+    sigmas: torch.Tensor  # (T + 1,) the rollout's grid; training points are sigmas[:-1]
+    images: list[np.ndarray]
+
+
+def training_points(n_samples: int, n_steps: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """``(B, K)`` indices into the grid's first ``n_steps`` σ values: each sample's own shuffled order, the first
+    ``K = max(1, int(n_steps * fraction))`` of it (:569, :807-816)."""
+    k = max(1, int(n_steps * fraction))
+    return torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n_samples)])
+
+
+class DiffusionNFT:
+    """``algorithm: diffusion_nft``: deterministic rollouts from the old policy, forward-process updates."""
+
+    name = "diffusion_nft"
+
+    def __init__(self, trainer):
+        self.tr = trainer
+        # the old policy's weights, one per trainable tensor (the reference's "old" adapter), equal at the start
+        self.old = {n: p.detach().clone() for n, p in trainer.params.items()}
+        self._old_model = None  # a plain transformer with the old LoRA merged, refreshed when ``old`` changes
+        self._old_stale = True
+
+    # -- the old policy --------------------------------------------------------------------------------------
+    def old_model(self):
+        """The plain transformer with the old weights merged (rebuilt only after :meth:`after_epoch` moved them)."""
+        if self._old_stale or self._old_model is None:
+            tr = self.tr
+            with tr.swapped_weights(self.old):
+                self._old_model = merged_transformer(tr.raw_transformer, into=self._old_model)
+            self._old_stale = False
+        return self._old_model
+
+    @torch.no_grad()
+    def after_epoch(self) -> None:
+        """``old = d * old + (1 - d) * current`` with ``d = old_policy_decay(optimizer steps, nft.decay_type)``
+        (:1035-1039)."""
+        d = old_policy_decay(self.tr.opt_step, self.tr.cfg.nft.decay_type)
+        for n, p in self.tr.params.items():
+            self.old[n].mul_(d).add_(p.detach(), alpha=1 - d)
+        self._old_stale = True
+
+    def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The old weights, written to ``old.safetensors`` in each checkpoint (exact resume)."""
+        return {"old": {n: v.float().cpu().contiguous() for n, v in self.old.items()}}
+
+    def load_state_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        for n, v in tensors["old"].items():
+            self.old[n] = v.to(self.tr.params[n].device, self.tr.params[n].dtype)
+        self._old_stale = True
+
+    # -- sampling --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, epoch: int) -> NFTRollout:
+        """This process's prompts of ``epoch`` and their ``G`` clean samples each, from the old policy."""
+        tr, s = self.tr, self.tr.cfg.sampling
+        inp = tr.rollout_inputs(epoch)
+        pipe, dev = tr.pipe, tr.acc.device
+        cfg_t = pipe.transformer.config
+        b = len(inp.prompts)
+        model = self.old_model()
+        x = torch.randn((b, cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size), generator=inp.generator).to(dev)
+        outs = []
+        for a in range(0, b, s.rollout_batch):
+            sl = slice(a, a + s.rollout_batch)
+            cond = inp.cond[sl]
+
+            def velocity(z, sigma, cond=cond):
+                return cfg_velocity(model, z, sigma, cond, inp.uncond, s.guidance_scale)
+
+            outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), tr.cfg.nft.solver))
+        x_0 = torch.cat(outs)
+        images = signed_to_uint8(pipe.decode(x_0.to(pipe.transformer.dtype)))
+        return NFTRollout(inp.prompts, inp.metadata, inp.group, None, inp.noise, inp.cond, x_0, tr.sigmas, images)
+
+    # -- update ---------------------------------------------------------------------------------------------
+    def update(self, roll: NFTRollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
+        """DiffusionNFT's update over every sample of the rollout (see the module docstring)."""
+        tr = self.tr
+        o, n = tr.cfg.optim, tr.cfg.nft
+        dev = tr.acc.device
+        idx = tr.train_indices(adv, valid, epoch, drop_zero=False)
+        gen = tr.generator("transitions", epoch)
+        grid = roll.sigmas[:-1].to(torch.float32)  # training σ values (the final 0 is never trained)
+        points = training_points(len(roll.prompts), len(grid), o.timestep_fraction, gen)  # (B, K)
+        noise_gen = tr.generator("nft_noise", epoch)
+        r_all = reward_weight(adv.to(torch.float32), o.adv_clip, n.adv_mode)
+        weight_all = valid.to(torch.float32)
+        micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
+        chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
+        stats = {"policy_loss": [], "kl": [], "loss": [], "old_deviate": [], "grad_norm": []}
+        raw = tr.raw_transformer
+        old_model = self.old_model()
+        before = tr.snapshot()
+        k_points = points.shape[1]
+        pos = 0
+        for size in chunks:
+            group = micro[pos:pos + size]
+            pos += size
+            for i, mb in enumerate(group):
+                x_0 = roll.x_0[mb].to(dev).float()
+                cond, _ = tr.update_conditions(roll, mb)
+                r, w = r_all[mb].to(dev), weight_all[mb].to(dev)
+                for k in range(k_points):
+                    t = grid[points[mb, k]].to(dev)  # (b,)
+                    eps = torch.randn(x_0.shape, generator=noise_gen).to(dev)
+                    x_t = noised(x_0, eps, t)
+                    last = i == len(group) - 1 and k == k_points - 1
+                    ctx = tr.acc.no_sync(tr.transformer) if not last else nullcontext()
+                    with ctx, tr.acc.autocast():
+                        with torch.no_grad():
+                            v_old = cfg_velocity(old_model, x_t, t, cond.detach(), None, 1.0)
+                        v = cfg_velocity(tr.transformer, x_t, t, cond, None, 1.0)
+                        v_ref = None
+                        if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
+                            with torch.no_grad(), adapters_off(raw):
+                                v_ref = cfg_velocity(raw, x_t, t, cond.detach(), None, 1.0)
+                        loss, terms = nft_loss(v, v_old, v_ref, x_t, x_0, t, r, n.beta, o.adv_clip, o.kl_beta,
+                                               weight=w)
+                        tr.acc.backward(loss / (size * k_points))
+                    stats["policy_loss"].append(terms["policy"].cpu())
+                    stats["kl"].append(terms["kl"].cpu())
+                    stats["old_deviate"].append(terms["old_deviate"].cpu())
+                    stats["loss"].append(loss.detach().reshape(1).cpu())
+            stats["grad_norm"].append(tr.optimizer_step())
+        cat = {k: torch.cat(v).float() if v else torch.full((1,), float("nan")) for k, v in stats.items()}
+        return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
+                "kl": float(cat["kl"].mean()), "grad_norm": float(cat["grad_norm"].mean()),
+                "diag/old_deviate": float(cat["old_deviate"].mean()), "diag/r_mean": float(r_all[valid].mean())
+                if bool(valid.any()) else float("nan"),
+                "diag/old_decay": old_policy_decay(tr.opt_step, n.decay_type),
+                "diag/update_norm": tr.distance_from(before), "diag/trained_samples": int(valid[idx].sum()),
+                "diag/optimizer_steps": len(chunks)}
