@@ -27,20 +27,34 @@ PROMPTS = {
                         (882, "Chemistry", "An iron nail left in salt water for a month")],
 }
 
-# a stand-in for WISE's judge scripts: same arguments, same output records (the paper's 0-2 scores)
+# a stand-in for WISE's judge scripts: the same arguments, the same paths (the scores are written to
+# os.path.join(output_dir, result_scores), vllm_eval.py l.241 / gpt_eval.py l.215, the images opened as
+# os.path.join(image_dir, f"{pid}.png")), the same output records (the paper's 0-2 scores), chosen per prompt so
+# that the six categories score differently
 JUDGE = '''
 import argparse, json, os
+from pathlib import Path
 from PIL import Image
 p = argparse.ArgumentParser()
-p.add_argument("--json_path"); p.add_argument("--image_dir"); p.add_argument("--result_scores")
+p.add_argument("--json_path"); p.add_argument("--image_dir"); p.add_argument("--output_dir")
+p.add_argument("--result_scores")
 a = p.parse_args()
-with open(a.result_scores, "w") as f:
+CONSISTENCY = {1: 2, 2: 2, 401: 2, 402: 1, 521: 0, 522: 0, 641: 1, 761: 0, 881: 0, 882: 1}
+Path(a.output_dir).mkdir(parents=True, exist_ok=True)
+with open(os.path.join(a.output_dir, a.result_scores), "w") as f:
     for rec in json.load(open(a.json_path)):
         im = Image.open(os.path.join(a.image_dir, f"{rec['prompt_id']}.png"))
         assert im.size[0] > 0
-        f.write(json.dumps({"prompt_id": rec["prompt_id"], "Subcategory": rec["Subcategory"],
-                            "consistency": rec["prompt_id"] % 3, "realism": 2, "aesthetic_quality": 1}) + "\\n")
+        pid = rec["prompt_id"]
+        f.write(json.dumps({"prompt_id": pid, "Subcategory": rec["Subcategory"], "consistency": CONSISTENCY[pid],
+                            "realism": 0 if pid == 761 else 2, "aesthetic_quality": 1}) + "\\n")
 '''
+# WiScore (0.7 c + 0.2 r + 0.1 a) / 2 of each prompt above: c 2 -> 0.95, c 1 -> 0.6, c 0 -> 0.25, and 761 -> 0.05
+WISCORE = {1: 0.95, 2: 0.95, 401: 0.95, 402: 0.6, 521: 0.25, 522: 0.25, 641: 0.6, 761: 0.05, 881: 0.25, 882: 0.6}
+# category means of the full set: all different, so a swapped category or weight shows in the overall
+FULL = {"CULTURE": 0.95, "TIME": 0.775, "SPACE": 0.25, "BIOLOGY": 0.6, "PHYSICS": 0.05, "CHEMISTRY": 0.425}
+# WISE_legacy/Calculate.py l.240-241, written out
+LEGACY_OVERALL = 0.4 * 0.95 + 0.167 * 0.775 + 0.133 * 0.25 + 0.1 * (0.6 + 0.05 + 0.425)
 
 
 def write_prompts(folder: Path, merged: bool = True) -> Path:
@@ -60,12 +74,13 @@ def judge_command(tmp_path: Path) -> str:
     script = tmp_path / "judge.py"
     script.write_text(JUDGE)
     return (f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} --json_path {{prompts}} "
-            "--image_dir {images} --result_scores {out}")
+            "--image_dir {images} --output_dir {images}/judge --result_scores {out}")
 
 
-def test_wise_layout_judge_and_wiscore(tmp_path, capsys):
+def test_wise_layout_judge_and_wiscore(tmp_path, capsys, monkeypatch):
     prompts = write_prompts(tmp_path / "wise")
-    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)  # a relative --out: the judge gets absolute paths (it joins output_dir + {out})
+    out = Path("out")
     args = ["eval", "wise", "--model", "tiny", "--prompts", str(prompts), "--out", str(out), "--steps", "1",
             "--limit", "1", "--judge-command", judge_command(tmp_path)]
     assert main(args) == 0
@@ -75,19 +90,19 @@ def test_wise_layout_judge_and_wiscore(tmp_path, capsys):
     assert sorted(p.name for p in (out / "prompts").iterdir()) == [f"{n}.json" for n in sorted(PROMPTS)]
     sent = json.loads((out / "prompts" / "spatio-temporal_reasoning.json").read_text())
     assert [r["prompt_id"] for r in sent] == [401, 521] and sent[0]["Explanation"] == "explanation of 401"
+    assert sorted(p.name for p in (out / "judge").iterdir()) == [f"{n}_scores_results.jsonl" for n in sorted(PROMPTS)]
     record = json.loads((out / "provenance.json").read_text())
     assert record["layout"] == "wise" and record["seed_rule"] == "seed + prompt_id" and record["prompts"] == 6
     summary = json.loads((out / "summary.json").read_text())
-    # legacy WiScore (0.7 c + 0.2 r + 0.1 a) / 2 with c = prompt_id % 3, r = 2, a = 1: c=1 -> 0.6, c=2 -> 0.95
     assert summary["protocol"] == "legacy"
-    expect = {"CULTURE": 0.6, "TIME": 0.95, "SPACE": 0.95, "BIOLOGY": 0.95, "PHYSICS": 0.95, "CHEMISTRY": 0.95}
-    assert {c: v["wiscore"] for c, v in summary["categories"].items()} == pytest.approx(expect)
+    assert {c: v["wiscore"] for c, v in summary["categories"].items()} == pytest.approx(
+        {"CULTURE": 0.95, "TIME": 0.95, "SPACE": 0.25, "BIOLOGY": 0.6, "PHYSICS": 0.05, "CHEMISTRY": 0.25})
     assert all(v["images"] == 1 for v in summary["categories"].values())
-    # overall = 0.4 culture + 0.167 time + 0.133 space + 0.1 (biology + physics + chemistry)
-    assert summary["overall"] == pytest.approx(0.4 * 0.6 + 0.6 * 0.95)
-    assert summary["unscored"] == [] and summary["scored"] == 6
+    # 6 of the set's 10 prompts scored: no overall (WISE's calculators need the whole set)
+    assert summary["overall"] is None and summary["partial"] == "partial: 6 of 10 prompts scored"
+    assert summary["unscored"] == [2, 402, 522, 882] and summary["scored"] == 6 and summary["prompts"] == 10
     text = capsys.readouterr().out
-    assert "| CULTURE |" in text and f"{0.4 * 0.6 + 0.6 * 0.95:.3f}" in text
+    assert "| CULTURE |" in text and "partial: 6 of 10 prompts scored" in text
 
     # a rerun keeps the images (same provenance); other settings are refused, naming the setting
     before = {p.name: p.read_bytes() for p in out.glob("*.png")}
@@ -97,6 +112,15 @@ def test_wise_layout_judge_and_wiscore(tmp_path, capsys):
     assert main([*args, "--seed", "3"]) == 2
     assert "seed" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+
+    # the whole set: every category its own mean, the overall with the legacy weights
+    full = Path("full")
+    assert main(["eval", "wise", "--model", "tiny", "--prompts", str(prompts), "--out", str(full), "--steps", "1",
+                 "--judge-command", judge_command(tmp_path)]) == 0
+    summary = json.loads((full / "summary.json").read_text())
+    assert {c: v["wiscore"] for c, v in summary["categories"].items()} == pytest.approx(FULL)
+    assert summary["overall"] == pytest.approx(LEGACY_OVERALL) and summary["partial"] is None
+    assert f"{LEGACY_OVERALL:.3f}" in capsys.readouterr().out
 
 
 def test_wise_seed_rule_is_independent_of_limit(tmp_path, monkeypatch):
@@ -127,6 +151,12 @@ def test_verified_wiscore_and_partial_runs():
     assert s["overall"] == pytest.approx(0.4 * 0.5 + 0.12 * (1 + 0 + 1 + 0 + 0.5))
     part = summarize(scores[:4], prompts)  # no science scores: no overall, the unscored prompts listed
     assert part["overall"] is None and part["unscored"] == [521, 522, 641, 761, 881, 882]
+    assert part["partial"] == "partial: 4 of 10 prompts scored"
+    # every category present but one prompt unscored: still no overall (calculate_verified.py l.174-181)
+    almost = summarize([r for r in scores if r["prompt_id"] != 882], prompts)
+    assert almost["overall"] is None and almost["partial"] == "partial: 9 of 10 prompts scored"
+    # the legacy weights on the same scores would give another number
+    assert s["overall"] != pytest.approx(0.4 * 0.5 + 0.167 * 1 + 0.133 * 0 + 0.1 * (1 + 0 + 0.5))
     assert wiscore({"consistency": 2, "realism": 2, "aesthetic_quality": 2}) == ("legacy", pytest.approx(1.0))
     with pytest.raises(ValueError, match="mix"):
         summarize([{"prompt_id": 1, "score": 1}, {"prompt_id": 2, "consistency": 1, "realism": 1,
@@ -142,8 +172,9 @@ def test_wise_bad_inputs(tmp_path, capsys):
     assert load_wise_prompts(prompts / "natural_science.json")["natural_science"][0]["prompt_id"] == 641
     out = tmp_path / "out"
     assert main(["eval", "wise", "--model", "tiny", "--prompts", str(prompts), "--out", str(out)]) == 2
-    assert "prompt_id 641 appears in both natural_science.json and natural_science_rewrite.json" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prompt_id 641 appears in both natural_science.json and natural_science_rewrite.json" in err
+    assert "WISE_legacy/data/ whole is not supported" in err and "only the original files" in err
     # a judge command without {out} is refused before any image is generated
     assert main(["eval", "wise", "--model", "tiny", "--prompts", str(prompts / "natural_science.json"),
                  "--out", str(out), "--judge-command", "python judge.py {images}"]) == 2

@@ -5,7 +5,10 @@ that runs the judge and summarises its scores per category with WISE's WiScore w
 Prompts: WISE's JSON files (a list of ``{"Prompt", "Explanation", "Category", "Subcategory", "prompt_id"}``
 records, e.g. ``data_verified/cultural_common_sense_verified.json``), given as one file or a folder of them.
 They are not bundled: the WISE repository carries no license.  A folder that also holds a merged copy of the
-others (``data_verified/merge.json``) is read without that copy.
+others (``data_verified/merge.json``) is read without that copy.  ``WISE_legacy/data/`` cannot be passed as it is:
+it holds each prompt file twice, ``<name>.json`` and ``<name>_rewrite.json`` (the same prompt_ids with rewritten
+prompts), and one folder of ``<prompt_id>.png`` images holds one image per id; pass one of its files, or a folder
+with only the original (or only the ``_rewrite``) files.
 
 Layout: one image per prompt, ``<out>/<prompt_id>.png``: the judges open ``os.path.join(image_dir,
 f"{pid}.png")`` (``vllm_eval.py`` l.267, ``WISE_legacy/gpt_eval.py`` l.244).  The image of prompt ``p`` is drawn
@@ -16,9 +19,11 @@ file (all of them, or the limited subset), in WISE's format, for the judge.
 
 Judge: a command (``--judge-command`` or ``$PARAUNI_WISE_JUDGE``) run once per prompt file with ``{images}``
 (``<out>``), ``{prompts}`` (``<out>/prompts/<name>.json``), ``{out}`` (``<out>/judge/<name>_scores_results.jsonl``,
-the JSONL it must write) and ``{name}`` filled in -- e.g. WISE's own ``vllm_eval.py`` (Qwen3.5 judge, WISE_Verified)
-or ``WISE_legacy/gpt_eval.py`` (GPT-4o-2024-05-13, the paper's protocol).  Its score records are read as
-WISE's calculators read them:
+the JSONL it must write) and ``{name}`` filled in, every path absolute (WISE's scripts write
+``os.path.join(output_dir, result_scores)``, ``vllm_eval.py`` l.241, l.259, ``WISE_legacy/gpt_eval.py`` l.215,
+l.236, which is ``result_scores`` itself only when that is absolute) -- e.g. WISE's own ``vllm_eval.py``
+(Qwen3.5 judge, WISE_Verified) or ``WISE_legacy/gpt_eval.py`` (GPT-4o-2024-05-13, the paper's protocol).  Its
+score records are read as WISE's calculators read them:
 
 * WISE_Verified (``calculate_verified.py`` l.6-12, l.58): ``{"prompt_id", "score"}``, score 0 or 1, WiScore =
   score; overall = 0.40 culture + 0.12 (time + space + biology + physics + chemistry) (l.246-247);
@@ -26,8 +31,10 @@ WISE's calculators read them:
   "aesthetic_quality"}``, each 0-2, WiScore = (0.7 consistency + 0.2 realism + 0.1 aesthetic) / 2; overall =
   0.4 culture + 0.167 time + 0.133 space + 0.1 (biology + physics + chemistry) (l.240-241).
 
-A category's score is the mean WiScore of its images; the overall score exists only when all six categories
-have scored images (``calculate_verified.py`` l.236-238).  The calculators assign categories by prompt_id
+A category's score is the mean WiScore of its images; the overall score exists only when every prompt of the
+prompt set given (all files, before ``--limit``) has a score, as WISE's calculators refuse an overall when a
+prompt_id of the set is missing (``calculate_verified.py`` l.174-181, l.236-238); otherwise ``overall`` is null and
+``partial`` says ``"partial: N of M prompts scored"``.  The calculators assign categories by prompt_id
 ranges, which differ between the two prompt sets (legacy l.59-70, verified l.65-76); here a prompt's category
 comes from its own ``Category`` field, which names the same six groups in both sets.
 """
@@ -121,8 +128,15 @@ def load_wise_prompts(path: str | Path) -> dict[str, list[dict]]:
             pid = r["prompt_id"]
             if pid in seen:
                 where = "twice in " + name if seen[pid] == name else f"in both {seen[pid]}.json and {name}.json"
+                pair = {seen[pid].removesuffix("_rewrite"), name.removesuffix("_rewrite")}
+                if seen[pid] != name and len(pair) == 1:
+                    raise UsageError(
+                        f"WISE prompt_id {pid} appears {where}: {path} holds the same prompts twice, as "
+                        f"{pair.pop()}.json and its _rewrite (WISE_legacy/data/ does), and the images are named "
+                        "<prompt_id>.png, one per id; passing WISE_legacy/data/ whole is not supported: pass one "
+                        "file, or a folder holding only the original files (or only the _rewrite files)")
                 raise UsageError(f"WISE prompt_id {pid} appears {where}: every prompt needs its own id (the image "
-                                 "is <prompt_id>.png); pass one prompt set (e.g. not both a file and its _rewrite)")
+                                 "is <prompt_id>.png); pass one prompt set")
             seen[pid] = name
     return groups
 
@@ -216,13 +230,17 @@ def judge_command(template: str, images: Path, prompts: Path, out: Path, name: s
 
 def run_judge(template: str, out_dir: str | Path, prompt_paths: dict[str, Path]) -> dict[str, Path]:
     """Run the judge once per prompt file; ``{name: scores JSONL}``.  A failing command or a missing output is an
-    error naming the command."""
-    out = Path(out_dir)
+    error naming the command.
+
+    The placeholders get absolute paths: WISE's scripts write ``os.path.join(output_dir, result_scores)``
+    (``vllm_eval.py`` l.241, l.259, ``WISE_legacy/gpt_eval.py`` l.215, l.236), which lands elsewhere for a
+    relative ``{out}``."""
+    out = Path(out_dir).absolute()
     (out / "judge").mkdir(parents=True, exist_ok=True)
     results = {}
     for name, ppath in prompt_paths.items():
         target = out / "judge" / f"{name}{SCORES_SUFFIX}"
-        cmd = judge_command(template, out, ppath, target, name)
+        cmd = judge_command(template, out, Path(ppath).absolute(), target, name)
         print("running:", shlex.join(cmd))
         try:
             subprocess.run(cmd, check=True)
@@ -255,8 +273,10 @@ def wiscore(rec: dict) -> tuple[str, float]:
 def summarize(score_records: Sequence[dict], prompts: Sequence[dict]) -> dict:
     """Per-category mean WiScore and the weighted overall of judge score records (pure).
 
-    ``prompts``: the generated WISE records (their ``Category`` gives each prompt_id's category).  Records of
-    other prompt_ids are counted in ``ignored``; prompts without a record are listed in ``unscored``."""
+    ``prompts``: the WISE records of the whole prompt set (their ``Category`` gives each prompt_id's category).
+    Records of other prompt_ids are counted in ``ignored``; prompts without a record are listed in ``unscored``.
+    ``overall`` is null unless every prompt of the set is scored and all six categories are present (WISE's
+    calculators give no overall for a partial set); ``partial`` then says how many were scored."""
     cat_of = {r["prompt_id"]: category_of(r) for r in prompts}
     per_cat: dict[str, list[float]] = {}
     protocols, ignored, scored = set(), 0, set()
@@ -275,11 +295,14 @@ def summarize(score_records: Sequence[dict], prompts: Sequence[dict]) -> dict:
     order = [c for c in CATEGORIES if c in per_cat] + sorted(c for c in per_cat if c not in CATEGORIES)
     cats = {c: {"wiscore": float(np.mean(per_cat[c])), "images": len(per_cat[c])} for c in order}
     weights = WEIGHTS.get(protocol or "", {})
-    overall = (sum(w * cats[c]["wiscore"] for c, w in weights.items())
-               if weights and all(c in cats for c in CATEGORIES) else None)
+    unscored = sorted(set(cat_of) - scored)
+    complete = not unscored and all(c in cats for c in CATEGORIES)
+    overall = sum(w * cats[c]["wiscore"] for c, w in weights.items()) if weights and complete else None
+    partial = None if complete else (f"partial: {len(scored)} of {len(cat_of)} prompts scored" + (
+        "" if unscored else f"; categories missing: {', '.join(c for c in CATEGORIES if c not in cats)}"))
     return {"protocol": protocol, "wiscore": FORMULA.get(protocol or ""), "categories": cats, "overall": overall,
-            "overall_weights": weights or None, "images_per_prompt": 1, "scored": len(scored),
-            "prompts": len(cat_of), "unscored": sorted(set(cat_of) - scored), "ignored_records": ignored}
+            "overall_weights": weights or None, "partial": partial, "images_per_prompt": 1, "scored": len(scored),
+            "prompts": len(cat_of), "unscored": unscored, "ignored_records": ignored}
 
 
 def read_scores(paths: Sequence[Path]) -> list[dict]:
@@ -344,7 +367,8 @@ def run(args) -> dict | None:
               "{name} and rerun (finished images are kept); its scores are then summarised into summary.json.")
         return None
     score_files = run_judge(template, out, prompt_paths)
-    summary = summarize(read_scores(list(score_files.values())), records)
+    # the overall needs the whole set scored (WISE's calculators): judge the generated subset, count against all
+    summary = summarize(read_scores(list(score_files.values())), [r for rs in groups_all.values() for r in rs])
     summary["model"] = prov.label(record)
     summary["judge_command"] = template
     tmp = out / ".summary.json.tmp"
@@ -354,6 +378,7 @@ def run(args) -> dict | None:
     if summary["unscored"]:
         print(f"{len(summary['unscored'])} prompt(s) have no judge score: {summary['unscored'][:20]}")
     if summary["overall"] is None:
-        print("no overall WiScore: it needs scored images in all six categories " + ", ".join(CATEGORIES))
+        print(f"no overall WiScore ({summary['partial']}): as WISE's calculators, it needs every prompt of the set "
+              "scored, in all six categories " + ", ".join(CATEGORIES) + " (drop --limit, pass the whole set)")
     print(f"summary.json in {out}")
     return summary
