@@ -1,4 +1,6 @@
-"""Stage III speed: Flow-GRPO rollout images/s, reward time and update steps/s (``parauni.rl.grpo``).
+"""Stage III speed: rollout images/s, reward time, update steps/s and samples/s (``parauni.rl.grpo``), for
+Flow-GRPO (default) or DiffusionNFT (``--algorithm diffusion_nft``: its toy settings, ``configs/toy_nft_geneval.yaml``:
+guidance 1, DPM-Solver++(2M) rollouts, 2 training points a sample, KL beta 1e-4, one optimizer step an epoch).
 
 One epoch of ``GRPOTrainer`` is timed part by part: the SDE rollout (``prompts x G`` images, ``--sde-steps``
 steps, CFG as one batched forward, decoding included), the rewards, and the update (micro-batches of
@@ -10,6 +12,7 @@ the policy forward/backward and, with ``kl_beta > 0``, the reference forward wit
     python benchmarks/bench_grpo.py --size internvl3-2b_sana-1.6b_512 --device cuda --dtype bf16 \\
         --prompts 4 --group-size 8 --train-batch 8 --rollout-batch 32
     python benchmarks/bench_grpo.py --compare --epochs 3     # the earlier path against today's, in one run
+    python benchmarks/bench_grpo.py --algorithm diffusion_nft   # DiffusionNFT's epoch
 
 ``--compare`` times, on one trainer and alternating epoch by epoch, the earlier path (the rollout through the
 LoRA adapter, 1 thread) against today's (the rollout through a merged copy, ``--threads`` or 2 threads); the
@@ -46,10 +49,18 @@ def build_trainer(args):
     overrides = [f"train.output_dir={out}", f"prompts.per_epoch={args.prompts}",
                  f"sampling.group_size={args.group_size}", f"sampling.steps={args.sde_steps}",
                  f"sampling.rollout_batch={args.rollout_batch}", f"optim.train_batch={args.train_batch}",
-                 f"optim.kl_beta={args.kl_beta}", "train.eval_geneval=false", "ldam.enabled=false",
+                 f"optim.kl_beta={0.04 if args.kl_beta is None else args.kl_beta}", "train.eval_geneval=false",
+                 "ldam.enabled=false",
                  f"sampling.sde_window={args.sde_window or 'null'}", "train.logger=none",
                  "optim.drop_zero_adv=false",  # time the update on every sample, whatever the rewards
                  "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]
+    overrides.append(f"algorithm={args.algorithm}")
+    if args.algorithm == "diffusion_nft":
+        nft = load_grpo_config(config_file("toy_nft_geneval.yaml"))
+        overrides += [f"sampling.guidance_scale={nft.sampling.guidance_scale}", "optim.steps_per_epoch=1",
+                      f"optim.timestep_fraction={nft.optim.timestep_fraction}", f"nft.solver={nft.nft.solver}"]
+        if args.kl_beta is None:
+            overrides.append(f"optim.kl_beta={nft.optim.kl_beta}")
     if args.lora_rank:
         overrides += [f"model.lora_rank={args.lora_rank}", f"model.lora_alpha={2 * args.lora_rank}"]
     pipeline = None
@@ -96,7 +107,8 @@ def main() -> None:
     ap.add_argument("--sde-window", type=int, help="SDE (and training) on a window of N transitions (default: all)")
     ap.add_argument("--rollout-batch", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=16)
-    ap.add_argument("--kl-beta", type=float, default=0.04)
+    ap.add_argument("--kl-beta", type=float, help="default: 0.04 (Flow-GRPO), 1e-4 (DiffusionNFT)")
+    ap.add_argument("--algorithm", default="flow_grpo", choices=["flow_grpo", "diffusion_nft"])
     ap.add_argument("--lora-rank", type=int, help="LoRA rank (alpha = 2 x rank; default: the toy config's 32)")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs")
     ap.add_argument("--warmup", type=int, default=1)
@@ -144,17 +156,22 @@ def main() -> None:
     times = times["now"]
     med = {k: statistics.median(v) for k, v in times.items()}
     images = info["images_per_epoch"]
-    transitions = int(stats["diag/trained_samples"]) * trained_transitions(len(roll.trainable),
-                                                                           trainer.cfg.optim.timestep_fraction)
+    o = trainer.cfg.optim
+    if args.algorithm == "flow_grpo":
+        per_sample = trained_transitions(len(roll.trainable), o.timestep_fraction)
+    else:  # DiffusionNFT's training points (rl/diffusion_nft.training_points)
+        per_sample = max(1, int(args.sde_steps * o.timestep_fraction))
+    transitions = int(stats["diag/trained_samples"]) * per_sample
     result = dict(**info, rollout_s=med["rollout"], reward_s=med["reward"], update_s=med["update"],
                   rollout_images_per_s=images / med["rollout"], update_steps_per_s=n_updates / med["update"],
-                  transitions_per_s=transitions / med["update"],
+                  transitions_per_s=transitions / med["update"], samples_per_s=images / sum(med.values()),
                   epoch_s=sum(med.values()), peak_mb=peak_mb(args.device))
     print(json.dumps(result, indent=1))
-    print(f"\n{info['model']} on {args.device} ({args.dtype}): rollout {result['rollout_images_per_s']:.1f} images/s "
-          f"({images} images x {args.sde_steps} SDE steps in {med['rollout']:.2f}s), rewards {med['reward']:.2f}s, "
-          f"update {result['update_steps_per_s']:.2f} optimizer steps/s ({transitions} trained transitions in "
-          f"{med['update']:.2f}s), epoch {result['epoch_s']:.1f}s, peak {result['peak_mb']:.0f} MB")
+    print(f"\n{args.algorithm}, {info['model']} on {args.device} ({args.dtype}): rollout "
+          f"{result['rollout_images_per_s']:.1f} images/s ({images} images x {args.sde_steps} steps in "
+          f"{med['rollout']:.2f}s), rewards {med['reward']:.2f}s, update {result['update_steps_per_s']:.2f} optimizer "
+          f"steps/s ({transitions} trained transitions in {med['update']:.2f}s), epoch {result['epoch_s']:.1f}s "
+          f"({result['samples_per_s']:.1f} samples/s), peak {result['peak_mb']:.0f} MB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -209,9 +209,21 @@ def test_grpo_raises_a_simple_reward(tmp_path):
     assert np.mean(values[-5:]) > np.mean(values[:5]) + 0.01, values
 
 
-def test_two_processes_share_advantages_and_weights(tmp_path):
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("extra", [["model.train_lim=true"], ["algorithm=diffusion_nft", "optim.kl_beta=1e-4",
+                                                               "sampling.guidance_scale=1.0"]],
+                         ids=["flow_grpo_with_lim", "diffusion_nft"])
+def test_two_processes_share_advantages_and_weights(tmp_path, extra):
     """torchrun with 2 CPU processes (gloo): rewards are gathered, both ranks save their RNG state, and the
-    LoRA weights stay identical across ranks (DDP averages the gradients)."""
+    trainable weights stay identical across ranks: DDP averages the transformer's gradients, the trainer the LIM's
+    (``model.train_lim``); under both algorithms."""
     import os
     import subprocess
     import sys
@@ -230,10 +242,10 @@ def test_two_processes_share_advantages_and_weights(tmp_path):
         "torch.save(flat, f'{cfg.train.output_dir}/lora_rank{tr.acc.process_index}.pt')\n")
     args = [a for a in BASE if not a.startswith(("rewards.weights", "ldam.reward_to_group"))]
     args += ["rewards.weights={toy_quality: 1.0}", "prompts.per_epoch=4", "train.epochs=2", "train.save_every=2",
-             f"train.output_dir={tmp_path / 'two'}"]
+             f"train.output_dir={tmp_path / 'two'}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29537", str(script), *args], env=env, capture_output=True, text=True, timeout=300,
+                           str(free_port()), str(script), *args], env=env, capture_output=True, text=True, timeout=300,
                           cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
@@ -445,3 +457,37 @@ def test_grpo_command_writes_final_and_export_makes_a_model(tmp_path, capsys):
                  "--images-per-prompt", "1", "--steps", "2"]) == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert 0.0 <= summary["overall"] <= 1.0
+
+
+def test_random_streams_never_share_a_seed(tmp_path):
+    """Every (stream, epoch) has its own seed: the old ``seed * 7 + epoch + 1`` of one stream equalled the next
+    epoch's ``seed * 7 + epoch`` of another."""
+    tr = trainer(tmp_path)
+    draws = {(stream, e): tr.generator(stream, e).initial_seed() for stream in
+             ("rollout", "sde_window", "train_order", "transitions", "nft_noise") for e in range(20)}
+    assert len(set(draws.values())) == len(draws)
+    assert tr.generator("rollout", 3).initial_seed() == trainer(tmp_path, name="again").generator("rollout", 3) \
+        .initial_seed()
+
+
+def test_adapters_come_back_on_after_an_error():
+    from parauni.models.presets import build_tiny
+    from parauni.rl.lora import adapters_off
+
+    tr = build_tiny(seed=0).transformer
+    add_lora(tr, 4, 8, ["to_q", "to_k", "to_v", "to_out.0"])
+    with torch.no_grad():
+        for n, p in tr.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.1)
+    x = torch.randn(1, tr.config.in_channels, tr.config.sample_size, tr.config.sample_size)
+    cond = torch.randn(1, 4, tr.config.caption_channels)
+
+    def run():
+        return tr(x, encoder_hidden_states=cond, timestep=torch.tensor([500.0]), return_dict=False)[0]
+
+    adapted = run()
+    with pytest.raises(RuntimeError), adapters_off(tr):
+        plain = run()
+        raise RuntimeError("boom")
+    assert not torch.allclose(plain, adapted) and torch.equal(run(), adapted)

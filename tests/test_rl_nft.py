@@ -271,3 +271,18 @@ def test_a_run_that_cannot_learn_stops_with_the_cause(tmp_path):
     tr = nft_trainer(tmp_path, "train.epochs=5", "train.max_idle_epochs=2", name="nan", fns={"red": broken})
     with pytest.raises(TrainingStalledError, match="NaN or raised"):
         tr.run()
+
+
+def test_shipped_nft_configs_load_with_the_reference_numbers():
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*nft*.yaml"))
+    assert len(paths) >= 3
+    for cfg in [load_grpo_config(p) for p in paths]:
+        assert cfg.algorithm == "diffusion_nft" and cfg.sampling.guidance_scale == 1.0 and cfg.nft.solver == "dpm2"
+    real = load_grpo_config(next(p for p in paths if "toy" not in p.name))
+    o, n, s = real.optim, real.nft, real.sampling
+    assert (s.group_size, real.prompts.per_epoch, s.steps) == (24, 48, 10)  # config/nft.py _get_config
+    assert (n.beta, n.decay_type, o.kl_beta, o.lr, o.adv_clip, o.timestep_fraction) == (0.1, 1, 1e-4, 3e-4, 5.0, 0.99)
+    assert (o.ema_decay, o.ema_every, o.steps_per_epoch, real.model.lora_rank, real.model.lora_alpha) == \
+        (0.9, 1, 1, 32, 64)

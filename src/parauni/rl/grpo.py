@@ -326,6 +326,12 @@ class RLTrainer:
         """Clip the accumulated gradients (``optim.max_grad_norm``), step AdamW, then the EMA when due
         (:func:`objective.ema_decay` every ``optim.ema_every`` steps); returns the gradient norm ``(1,)``."""
         o = self.cfg.optim
+        if self.cfg.model.train_lim and self.acc.num_processes > 1:
+            # DDP averages the transformer's gradients; the LIM is outside it, so average its gradients here, or
+            # each process would train its own LIM
+            for n, p in self.params.items():
+                if n.startswith("conditioner.") and p.grad is not None:
+                    p.grad = self.acc.reduce(p.grad, reduction="mean")
         norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
