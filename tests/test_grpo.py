@@ -432,9 +432,9 @@ def test_grpo_command_writes_final_and_export_makes_a_model(tmp_path, capsys):
 
     out = tmp_path / "grpo"
     assert main(["grpo", "configs/toy_grpo_redness.yaml", "prompts.per_epoch=1", "prompts.pool=1",
-                 "sampling.group_size=2", "sampling.steps=3", "optim.train_batch=2", "optim.steps_per_epoch=1", "train.epochs=2",
-                 "train.save_every=1", "train.logger=none", "train.eval_geneval=false", "optim.ema_every=1",
-                 f"train.output_dir={out}", "--no-progress"]) == 0
+                 "sampling.group_size=2", "sampling.steps=3", "optim.train_batch=2", "optim.steps_per_epoch=1",
+                 "train.epochs=2", "train.save_every=1", "train.logger=none", "train.eval_geneval=false",
+                 "optim.ema_every=1", f"train.output_dir={out}", "--no-progress"]) == 0
     assert (out / "final" / "model_index.json").is_file()
     assert main(["export", str(out / "checkpoint-000002"), "--out", str(tmp_path / "ema")]) == 0
     assert main(["export", str(out), "--out", str(tmp_path / "run_folder")]) == 0  # its newest checkpoint
