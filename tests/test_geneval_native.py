@@ -459,3 +459,19 @@ def test_colors_are_the_zero_shot_argmax(tiny_clip):
     assert colors.precision == "fp32" and not colors.amp  # CPU: fp32 (GenEval's fp16 autocast is CUDA-only)
     with pytest.raises(ValueError, match="CUDA"):
         ColorClassifier(tiny_clip, amp=True)
+
+
+def test_cli_native_scorer_score_only(tmp_path, tiny_detector, tiny_clip):
+    """``--score-only DIR --scorer native``: images made elsewhere (non-square, no provenance) scored in place."""
+    folder = tmp_path / "elsewhere"
+    for i, meta in enumerate(_genevals_first(("colors", "two_object"))):
+        (folder / f"{i:05d}" / "samples").mkdir(parents=True)
+        (folder / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(meta))
+        _image(48, 72, seed=i).save(folder / f"{i:05d}" / "samples" / "00000.png")
+    assert main(["eval", "geneval", "--score-only", str(folder), "--scorer", "native", "--detector",
+                 str(tiny_detector), "--clip", str(tiny_clip)]) == 0
+    rows = [json.loads(x) for x in (folder / "results.jsonl").read_text().splitlines()]
+    assert [r["tag"] for r in rows] == ["colors", "two_object"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["scorer"]["kind"] == "native" and summary["scorer"]["clip_precision"] == "fp32"
+    assert json.loads((folder / "provenance.json").read_text())["source"] == "external"

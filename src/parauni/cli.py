@@ -74,6 +74,14 @@ or WISE_legacy/gpt_eval.py (GPT-4o, the paper's protocol). Its records ('score' 
 <out>/summary.json."""
 
 
+class _ScoreOnly(argparse.Action):
+    """``--score-only DIR``: DIR is also the output folder (results.jsonl and summary.json are written there)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.out = values
+
+
 def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="benchmarks: GenEval / DPG-Bench / WISE layouts and scoring, "
                                      "reconstruction metrics")
@@ -82,11 +90,17 @@ def _add_eval(sub) -> None:
 
     g = evs.add_parser("geneval", help="GenEval layout (+ toy scoring or the official scorer)",
                        description=GENEVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("--model", required=True, help=model_help)
+    g.add_argument("--model", help=model_help + " (required unless --score-only)")
     g.add_argument("--metadata", help="a GenEval-format JSONL; default: the toy GenEval prompts for toy models "
                                       "(the toy prior, toy-all-layers, toy-last-layer, any pipeline on the toy VLM), "
                                       "GenEval's own 553 prompts (bundled) for every other model")
-    g.add_argument("--out", required=True, help="output folder (the layout; results.jsonl and summary.json)")
+    where = g.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="output folder (the layout; results.jsonl and summary.json)")
+    where.add_argument("--score-only", metavar="DIR", action=_ScoreOnly,
+                       help="generate nothing: score the images already in DIR in GenEval's layout "
+                            "(<index:05d>/metadata.jsonl + samples/<k>.png), e.g. made by another model's own "
+                            "script; results.jsonl and summary.json are written in DIR, and its provenance.json "
+                            "records that the images came from elsewhere (parauni never adds images to them)")
     g.add_argument("--images-per-prompt", type=int, default=4)
     g.add_argument("--batch-size", type=int, default=32, help="images per batch")
     g.add_argument("--limit", type=int, help="the first N prompts of each task (GenEval's overall score is the "

@@ -14,6 +14,10 @@ the stored one (:func:`differences`) and decides (:func:`decide`):
 
 The weights hash covers the conditioner and the transformer (the parts training changes) byte for byte; the
 VLM and the VAE are frozen and identified by their class, their config and where they were loaded from.
+
+Images made elsewhere and only scored here (``parauni eval geneval --score-only DIR``) get an external record
+(:func:`external_record`: ``source: "external"``, no model, a hash of the image files); parauni never adds its own
+images to such a folder (:func:`decide` refuses to resume into it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -139,6 +143,12 @@ def decide(recorded: dict | None, wanted: dict, has_outputs: bool, mode: str = "
         raise ValueError(f"provenance mode must be one of {MODES}, got {mode!r}")
     if mode == "overwrite":
         return "overwrite" if has_outputs or recorded is not None else "start"
+    if recorded is not None and recorded.get("source") == EXTERNAL and wanted.get("source") != EXTERNAL:
+        if mode == "refresh":
+            return "overwrite"
+        raise ValueError(f"{where} holds images made elsewhere (its {PROVENANCE_FILE} says source 'external': they "
+                         "were scored with --score-only), and parauni does not add its own images to them; use "
+                         "another --out, or --overwrite to replace them with this model's images")
     if recorded is None:
         if not has_outputs:
             return "start"
@@ -196,6 +206,35 @@ def prepare(folder: str | Path, record: dict, mode: str, has_outputs: Callable[[
     return decision
 
 
+EXTERNAL = "external"
+
+
+def files_sha256(root: str | Path, files: Sequence[str | Path]) -> str:
+    """SHA-256 over files: each one's path relative to ``root`` and its bytes, in the order given."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for f in files:
+        h.update(f"{Path(f).relative_to(root).as_posix()}\n".encode())
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def external_record(*, layout: str, root: str | Path, images: Sequence[str | Path], records: Sequence[dict],
+                    **info) -> dict:
+    """The record of a folder whose images parauni did not generate (scored only): ``source: "external"``,
+    ``model: null``, how many prompts and images, a hash of the prompt records and one of the image files (so a
+    later look can tell whether the images changed since they were scored)."""
+    from .. import __version__
+
+    return {"layout": layout, "source": EXTERNAL, "model": None, "weights_sha256": None,
+            "metadata_sha256": records_sha256(records), "prompts": len(records), "images": len(images),
+            "images_sha256": files_sha256(root, images), "parauni_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
+
+
 def label(record: dict) -> str:
-    """``model (weights 1a2b3c4d)``: how a score names the model it belongs to."""
+    """``model (weights 1a2b3c4d)``: how a score names the model it belongs to (``external images (images
+    1a2b3c4d)`` for images made elsewhere)."""
+    if record.get("source") == EXTERNAL:
+        return f"external images (images {record['images_sha256'][:8]})"
     return f"{record['model']} (weights {record['weights_sha256'][:8]})"
