@@ -83,8 +83,9 @@ def test_export_is_atomic_readable_and_never_replaces_another_model(two_runs, tm
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ParaUniPipeline, "save_pretrained", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main(["export", str(run1), "--out", str(out), "--overwrite"])
+    capsys.readouterr()
+    assert main(["export", str(run1), "--out", str(out), "--overwrite"]) == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted; --out was left as it was: rerun the command")
     assert _snapshot(out) == first and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
     monkeypatch.setattr(ParaUniPipeline, "save_pretrained", real_save)
     # --overwrite replaces it
@@ -174,3 +175,78 @@ def test_the_lock_is_reentrant_and_leaves_no_folder_when_nothing_was_written(tmp
     with hold_folder_lock(folder), hold_folder_lock(folder):  # one process: re-entrant
         assert folder.is_dir()
     assert not folder.exists()
+
+
+# -- bad input is one line, bugs keep their traceback, Ctrl-C says how to continue --------------------------------
+def test_a_diverging_run_is_one_line_not_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", CONFIG, *TINY, "train.steps=2", "optim.lr=1e30", f"train.output_dir={run}",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("parauni train: error: non-finite loss") and "lower optim.lr" in err[-1], err
+    assert not any("Traceback" in line or "bug" in line for line in err), err
+
+
+def test_a_bug_keeps_its_traceback_with_a_line_asking_for_a_report(tmp_path, capsys, monkeypatch):
+    import parauni.generate
+
+    def bug(args):
+        int("not a number")  # a ValueError that is a bug, not bad input
+
+    monkeypatch.setattr(parauni.generate, "run_generate", bug)
+    with pytest.raises(ValueError, match="not a number"):
+        main(["generate", "--model", "tiny", "--prompt", "a", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "internal error: this is a bug in parauni" in err and "report it" in err and "error: invalid" not in err
+
+    def bad_key(args):
+        return {}["missing"]  # a KeyError from a bug
+
+    monkeypatch.setattr(parauni.generate, "run_generate", bad_key)
+    with pytest.raises(KeyError):
+        main(["generate", "--model", "tiny", "--prompt", "a", "--out", str(tmp_path)])
+    assert "internal error" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, capsys, monkeypatch):
+    import parauni.eval.geneval_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    assert main(["train", CONFIG, *TINY, f"train.output_dir={tmp_path / 'run'}", "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "parauni train: interrupted; continue from the newest checkpoint with the same command plus --resume"
+    monkeypatch.setattr(parauni.eval.geneval_command, "generate_geneval", interrupted)
+    assert main(["eval", "geneval", "--model", "prior", "--limit", "1", "--images-per-prompt", "1", "--steps", "1",
+                 "--out", str(tmp_path / "geneval")]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "parauni eval: interrupted; finished images are kept: rerun the same command with --resume to continue"
+
+
+def test_sigint_to_a_training_run_exits_130_with_one_line(tmp_path):
+    """A real Ctrl-C (SIGINT) to `parauni train` in its own process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "parauni", "train", CONFIG, *TINY, "train.steps=100000",
+                             "train.save_every=100000", f"train.output_dir={run}", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 240
+        while not (run / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)  # config.yaml: the run has started its training loop
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("parauni train: interrupted; continue from the newest checkpoint with "
+                                            "the same command plus --resume"), err

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UsageError
 from .rewards.base import build_reward
 from .rl.ldam import default_layer_groups
 from .utils.images import unit_to_uint8
@@ -74,7 +75,7 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str],
         records = []
         for i, rec in enumerate(parse_jsonl("\n".join(lines), str(path))):
             if not isinstance(rec, dict) or "prompt" not in rec:
-                raise ValueError(f"{path}:{i + 1}: a JSONL record needs a 'prompt' field")
+                raise UsageError(f"{path}:{i + 1}: a JSONL record needs a 'prompt' field")
             records.append(rec)
         from .eval.geneval import limit_per_task
 
@@ -82,11 +83,11 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str],
         prompts, metadata = [r["prompt"] for r in records], list(records)
     else:
         if limit is not None and limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {limit}")
+            raise UsageError(f"--limit must be >= 1, got {limit}")
         prompts = lines[:limit]
         metadata = [None] * len(prompts)
     if not prompts:
-        raise ValueError(f"no prompts in {str(path)!r}")
+        raise UsageError(f"no prompts in {str(path)!r}")
     return prompts, metadata
 
 
@@ -97,16 +98,16 @@ def layer_groups(num_layers: int, groups: str | Mapping[str, Sequence[int]] = "t
         out = {str(k): sorted(int(i) for i in v) for k, v in groups.items()}
     elif groups == "thirds":
         if num_layers < 3:
-            raise ValueError(f"the conditioner reads {num_layers} layer(s): too few for thirds; use per-layer groups")
+            raise UsageError(f"the conditioner reads {num_layers} layer(s): too few for thirds; use per-layer groups")
         out = default_layer_groups(num_layers)
     elif groups == "per-layer":
         names = list(vlm_layers) if vlm_layers is not None else list(range(num_layers))
         out = {f"layer_{names[i]}": [i] for i in range(num_layers)}
     else:
-        raise ValueError(f"unknown layer grouping {groups!r}; use 'thirds', 'per-layer' or a dict")
+        raise UsageError(f"unknown layer grouping {groups!r}; use 'thirds', 'per-layer' or a dict")
     for name, idx in out.items():
         if not idx or any(not 0 <= i < num_layers for i in idx):
-            raise ValueError(f"layer group {name!r} = {idx} must be non-empty indices in [0, {num_layers})")
+            raise UsageError(f"layer group {name!r} = {idx} must be non-empty indices in [0, {num_layers})")
     return out
 
 
@@ -123,7 +124,7 @@ def resolve_rewards(rewards: Mapping[str, float | Callable] | Sequence[str] | No
     if not explicit:
         rewards = {name: 1.0 for name in rewards}
     if not rewards:
-        raise ValueError("give at least one reward")
+        raise UsageError("give at least one reward")
     fns, weights = {}, {}
     for name, value in rewards.items():
         if callable(value):
@@ -164,7 +165,7 @@ def fuse_without(conditioner, states: torch.Tensor, drop: Sequence[int]) -> torc
     nothing dropped it equals ``conditioner(states)``."""
     keep = [i for i in range(states.shape[0]) if i not in set(drop)]
     if not keep:
-        raise ValueError("cannot drop every layer the conditioner reads")
+        raise UsageError("cannot drop every layer the conditioner reads")
     return conditioner(states, keep=keep)
 
 
@@ -220,19 +221,19 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
     """
     modes = [m for m in MODES if m in set(modes)]
     if not modes:
-        raise ValueError(f"modes must name some of {MODES}")
+        raise UsageError(f"modes must name some of {MODES}")
     if images_per_prompt < 1 or batch_size < 1:
-        raise ValueError("images_per_prompt and batch_size must be >= 1")
+        raise UsageError("images_per_prompt and batch_size must be >= 1")
     metadata = list(metadata) if metadata is not None else [None] * len(prompts)
     if len(metadata) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(metadata)} metadata records")
+        raise UsageError(f"{len(prompts)} prompts but {len(metadata)} metadata records")
     cond = pipe.conditioner
     read = list(cond.layer_indices)
     grp = layer_groups(len(read), groups, read)
     if "drop" in modes:
         full = [g for g, idx in grp.items() if len(set(idx)) == len(read)]
         if full:
-            raise ValueError(f"group(s) {full} hold every read layer and cannot be dropped; use mode perturb")
+            raise UsageError(f"group(s) {full} hold every read layer and cannot be dropped; use mode perturb")
     fns, weights, weighted = resolve_rewards(rewards, reward_options)
     device = cond.queries.device
     sample = pipe.transformer.config.sample_size * pipe.vae_scale_factor
@@ -402,7 +403,7 @@ def parse_reward_args(items: Sequence[str] | None) -> dict[str, float] | None:
         try:
             out[name] = float(weight)
         except ValueError as err:
-            raise ValueError(f"--rewards {item!r}: expected name=weight with a number") from err
+            raise UsageError(f"--rewards {item!r}: expected name=weight with a number") from err
     return out
 
 
@@ -413,10 +414,10 @@ def parse_reward_options(text: str | None) -> dict[str, dict] | None:
     try:
         out = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--reward-options must be a JSON object such as "
+        raise UsageError(f"--reward-options must be a JSON object such as "
                          f"'{{\"aesthetic\": {{\"head\": \"PATH\"}}}}': {err}") from err
     if not isinstance(out, dict) or not all(isinstance(v, dict) for v in out.values()):
-        raise ValueError("--reward-options must map each reward name to an object of options")
+        raise UsageError("--reward-options must map each reward name to an object of options")
     return out
 
 

@@ -310,7 +310,7 @@ def _set_threads(args: argparse.Namespace) -> None:
     if n is None:
         return
     if n < 1:
-        raise ValueError(f"--threads must be >= 1, got {n}")
+        raise UsageError(f"--threads must be >= 1, got {n}")
     import torch
 
     torch.set_num_threads(n)
@@ -447,7 +447,11 @@ OOM_HINT = ("lower the batch size (--batch-size; train.batch_size, optim.train_b
 
 
 def _bad_input_message(err: BaseException) -> str | None:
-    """The one-line message for an error caused by the input, or ``None`` for a bug (keeps its traceback)."""
+    """The one-line message for an error caused by the input, or ``None`` for a bug (keeps its traceback).
+
+    Bad input is the project's own errors (:mod:`parauni.errors`: ``UsageError``, ``ConfigError`` and their
+    kinds), a missing file or folder, invalid YAML and running out of memory. A ``ValueError``, ``KeyError`` or
+    ``OSError`` from anywhere else is a bug: an input check raises one of the project's errors."""
     if isinstance(err, (UsageError, ConfigError)):
         return str(err)
     if isinstance(err, IsADirectoryError):
@@ -462,11 +466,56 @@ def _bad_input_message(err: BaseException) -> str | None:
     yaml_error = sys.modules.get("yaml")
     if yaml_error is not None and isinstance(err, yaml_error.YAMLError):
         return f"invalid YAML: {' '.join(str(err).split())}"
-    if isinstance(err, KeyError):
-        return str(err.args[0]) if len(err.args) == 1 and isinstance(err.args[0], str) else str(err)
-    if isinstance(err, (ValueError, OSError)):
-        return str(err)
+    if isinstance(err, (ValueError, KeyError)) and _raised_by_check_in(err, PENDING_MODULES):
+        return str(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     return None
+
+
+# Modules whose input checks still raise plain ValueError / KeyError (they are being rewritten by their owners):
+# until they raise the project's errors, a ``raise ValueError(...)`` / ``raise KeyError(...)`` statement of theirs
+# is taken as bad input. A ValueError / KeyError raised by anything else in them (a library call, a builtin such
+# as int()) keeps its traceback.
+PENDING_MODULES = ("parauni.eval.", "parauni.rl.")
+
+
+def _raised_by_check_in(err: BaseException, modules: tuple[str, ...]) -> bool:
+    """Whether ``err`` was raised by a ``raise`` statement of one of ``modules`` (its innermost frame)."""
+    import linecache
+
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    if not module.startswith(modules):
+        return False
+    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise ")
+
+
+BUG_REPORT = ("internal error: this is a bug in parauni, not a problem with your input; please report it (an issue "
+              "in the project's tracker) with the command line and the traceback below")
+
+
+# what an interrupted command leaves and how to continue it, by command (``parauni <command> [<subcommand>]``)
+INTERRUPT_HINTS = {
+    "train": "continue from the newest checkpoint with the same command plus --resume",
+    "grpo": "continue from the newest checkpoint with the same command plus --resume",
+    "eval geneval": "finished images are kept: rerun the same command with --resume to continue",
+    "eval dpg": "finished grids are kept: rerun the same command with --resume to continue",
+    "eval wise": "finished images are kept: rerun the same command with --resume to continue",
+    "toy reproduce": "finished steps are kept: rerun the same command to continue",
+    "export": "--out was left as it was: rerun the command",
+    "report": "the previous report was left as it was: rerun the command",
+}
+
+
+def _interrupt_message(args: argparse.Namespace | None) -> str:
+    if args is None:
+        return "interrupted"
+    sub = getattr(args, "eval_command", None) or getattr(args, "toy_command", None)
+    key = f"{args.command} {sub}" if sub else args.command
+    return f"interrupted; {INTERRUPT_HINTS.get(key, 'rerun the command to start again')}"
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -486,16 +535,18 @@ def _generate():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. Bad input (:class:`UsageError`, :class:`ConfigError`, a missing file, invalid YAML, out
-    of memory, and the ``ValueError`` / ``KeyError`` / ``OSError`` the commands raise for bad data) prints one
-    ``<prog>: error: <message>`` line and returns 2; ``--debug`` shows the traceback instead. Other exceptions are
-    bugs and keep their traceback. Command-line errors found while parsing (an option out of range, a missing
-    argument) exit with ``SystemExit(2)``, as argparse does, after the same one line."""
+    """Run one command. Bad input (:class:`UsageError`, :class:`ConfigError` and the other errors of
+    :mod:`parauni.errors`, a missing file, invalid YAML, out of memory) prints one ``<prog>: error: <message>``
+    line and returns 2; ``--debug`` shows the traceback instead. Other exceptions are bugs: a line asking for a
+    bug report, then their traceback (re-raised). Ctrl-C prints one line saying how to continue and returns 130.
+    Command-line errors found while parsing (an option out of range, a missing argument) exit with
+    ``SystemExit(2)``, as argparse does, after the same one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # known before parsing, which can fail too
     prog = "parauni"
+    args = None
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -507,8 +558,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         _set_threads(args)
         args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line saying how to continue, exit status 130 (as a shell reports it)
+        if debug:
+            raise
+        print(f"\n{prog}: {_interrupt_message(args)}", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - sorted into bad input (one line) and bugs (re-raised)
         message = _bad_input_message(err)
+        if message is None and not debug:
+            print(f"{prog}: {BUG_REPORT}", file=sys.stderr)
         if message is None or debug:
             raise
         print(f"{getattr(err, 'prog', None) or prog}: error: {message}", file=sys.stderr)

@@ -22,6 +22,11 @@ class UsageError(ValueError):
     """A bad command line: an option out of range, a missing or wrong kind of file, an unavailable device."""
 
 
+class DivergedError(ConfigError, FloatingPointError):
+    """A training run whose loss became non-finite (a learning rate too large, bad data); the message names the
+    settings to change. Also a ``FloatingPointError`` (what it raised before)."""
+
+
 class UnknownNameError(UsageError, KeyError):
     """A name no registry knows (a model, reward, data kind ...). Also a ``KeyError``, as a failed lookup is."""
 

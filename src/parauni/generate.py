@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .errors import UsageError
 from .pipelines.loading import load_pipeline
 from .utils.images import labelled_grid, load_image
 
@@ -28,7 +29,7 @@ def generate_images(pipe, prompts: list[str], out: str | Path, image: str | None
     ``progress``: a bar over the images and, below it, the pipeline's own bar over the denoising steps of the
     current batch (a large image takes long per step); ``False`` shows neither."""
     if batch_size < 1 or images_per_prompt < 1:
-        raise ValueError(f"batch_size and images_per_prompt must be >= 1, got {batch_size} and {images_per_prompt}")
+        raise UsageError(f"batch_size and images_per_prompt must be >= 1, got {batch_size} and {images_per_prompt}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     init = load_image(image) if image else None

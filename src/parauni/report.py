@@ -44,6 +44,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .errors import UsageError
 from .eval.geneval import TASK_ORDER
 from .rl.curves import ema
 from .utils.atomic import atomic_folder, temporary_sibling
@@ -170,7 +171,7 @@ def load_run(path: str | Path, samples_per_task: int = 4, name: str | None = Non
             except json.JSONDecodeError:
                 logger.warning("%s is not valid JSON: left out", record)
     if run.empty():
-        raise ValueError(f"run folder {str(path)!r} holds nothing to report: expected any of "
+        raise UsageError(f"run folder {str(path)!r} holds nothing to report: expected any of "
                          f"{', '.join(CONFIG_FILES)}, {GENEVAL_DIR}/summary.json, a GenEval layout under "
                          f"{GENEVAL_DIR}/, {RECONSTRUCT_SUMMARY}, {WISE_SUMMARY}, {DPG_SUMMARY}, metrics.jsonl, "
                          "curves/*.png, ldam.jsonl")
@@ -563,10 +564,10 @@ def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: 
                  title: str = "ParaUni report") -> tuple[Path, Path]:
     """Write ``out`` (HTML) and its Markdown twin (``.md``, images in ``<stem>_files/``); return both paths."""
     if not run_dirs:
-        raise ValueError("give at least one run folder")
+        raise UsageError("give at least one run folder")
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out must be an .html file, got {str(out)!r}")
+        raise UsageError(f"--out must be an .html file, got {str(out)!r}")
     names: list[str] = []
     runs = []
     for d in run_dirs:

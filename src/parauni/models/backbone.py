@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class _StopForward(Exception):
     """Raised by the hook of the deepest selected layer to skip the layers after it."""
@@ -38,13 +40,13 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     out = []
     for i in layers:
         if not -num_layers <= int(i) < num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"layer index {i} is out of range for a VLM with {num_layers} decoder layers "
                 f"(valid: {-num_layers}..{num_layers - 1}, or null for all layers)"
             )
         out.append(int(i) % num_layers)
     if len(set(out)) != len(out):
-        raise ValueError(f"layer selection {list(layers)} names a layer twice")
+        raise ConfigError(f"layer selection {list(layers)} names a layer twice")
     return out
 
 

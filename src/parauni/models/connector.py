@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ConnectorLayer(nn.Module):
     """Pre-LN encoder layer: self-attention (no mask, no positional embedding) and a GELU-tanh MLP."""
@@ -13,7 +15,7 @@ class ConnectorLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, eps: float = 1e-6):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"connector width {dim} is not divisible by its {num_heads} heads")
+            raise ConfigError(f"connector width {dim} is not divisible by its {num_heads} heads")
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.qkv = nn.Linear(dim, 3 * dim)

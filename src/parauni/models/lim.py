@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .connector import Connector
 
 FUSIONS = ("mean", "softmax", "prefuse")
@@ -37,7 +38,7 @@ class LayerIntegrationModule(nn.Module):
     ):
         super().__init__()
         if fusion not in FUSIONS:
-            raise ValueError(f"unknown LIM fusion {fusion!r}; choose one of {FUSIONS}")
+            raise ConfigError(f"unknown LIM fusion {fusion!r}; choose one of {FUSIONS}")
         self.fusion, self.num_layers = fusion, num_layers
         self.connector = Connector(in_channels, connector_depth, connector_heads, connector_ffn, eps)
         self.projector = nn.Linear(in_channels, out_channels)

@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
+from ..errors import UnknownNameError, UsageError
 from .conditioner import ParaUniConditioner
 from .tokenizer import build_tokenizer
 
@@ -97,7 +98,7 @@ def sampling_scheduler() -> DPMSolverMultistepScheduler:
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)} and 'tiny'")
+        raise UnknownNameError(f"unknown preset {name!r}; known: {sorted(PRESETS)} and 'tiny'")
     return PRESETS[name]
 
 
@@ -148,7 +149,7 @@ def _load(loader, source: str, what: str, **kwargs):
     try:
         return loader(source, **kwargs)
     except OSError as err:  # hub id not cached and no network, or a folder without weights
-        raise OSError(
+        raise UsageError(
             f"could not load the {what} from {source!r}: {err}\nDownload it with "
             f"`huggingface-cli download {source} --local-dir DIR` and pass DIR instead."
         ) from err

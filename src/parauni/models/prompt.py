@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -80,7 +82,7 @@ def tokenize_prompts(
         suffix = _encode(tokenizer, post + tail + template.suffix)
         budget = template.max_length + n_img - len(prefix) - len(suffix)
         if budget < 0:
-            raise ValueError(
+            raise UsageError(
                 f"the prompt template alone is {len(prefix) + len(suffix) - n_img} tokens, over "
                 f"max_length={template.max_length}; raise max_length in the conditioner's config"
             )

@@ -12,6 +12,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..errors import UsageError
 from ..models.backbone import VLMBackbone
 from ..models.prompt import tokenize_prompts
 from ..sampling import sample_flow
@@ -26,19 +27,19 @@ def check_components(vlm, conditioner, transformer, vae) -> None:
     text = getattr(vlm.config, "text_config", vlm.config)
     cfg = conditioner.config
     if cfg.caption_channels != transformer.config.caption_channels:
-        raise ValueError(
+        raise UsageError(
             f"the LIM outputs {cfg.caption_channels} channels but the diffusion transformer expects "
             f"caption_channels={transformer.config.caption_channels}; set the conditioner's caption_channels "
             f"to {transformer.config.caption_channels}"
         )
     if cfg.llm_hidden_size != text.hidden_size or cfg.llm_num_layers != text.num_hidden_layers:
-        raise ValueError(
+        raise UsageError(
             f"the conditioner was built for a VLM of width {cfg.llm_hidden_size} with {cfg.llm_num_layers} layers, "
             f"but the VLM has width {text.hidden_size} and {text.num_hidden_layers} layers"
         )
     channels = vae.config.latent_channels if vae is not None else 3
     if transformer.config.in_channels != channels:
-        raise ValueError(f"the diffusion transformer takes {transformer.config.in_channels} channels but the "
+        raise UsageError(f"the diffusion transformer takes {transformer.config.in_channels} channels but the "
                          f"{'VAE latents have' if vae is not None else 'pixel space has'} {channels}")
 
 
@@ -51,7 +52,7 @@ def _per_image(texts: list[str | None], n: int, name: str) -> list[str | None]:
     if len(texts) == 1:
         return texts * n
     if len(texts) != n:
-        raise ValueError(f"{name}: give one text or one per image ({n} images), got {len(texts)}")
+        raise UsageError(f"{name}: give one text or one per image ({n} images), got {len(texts)}")
     return texts
 
 
@@ -150,7 +151,7 @@ class ParaUniPipeline(DiffusionPipeline):
     def prepare_latents(self, batch: int, height: int, width: int, generator, dtype, device) -> torch.Tensor:
         f, c = self.vae_scale_factor, self.transformer.config.in_channels
         if height % f or width % f:
-            raise ValueError(f"height and width must be multiples of {f}, got {height}x{width}")
+            raise UsageError(f"height and width must be multiples of {f}, got {height}x{width}")
         return randn_tensor((batch, c, height // f, width // f), generator=generator, device=device, dtype=dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -170,27 +171,27 @@ class ParaUniPipeline(DiffusionPipeline):
         import math
 
         if prompt is None and image is None and prompt_embeds is None:
-            raise ValueError("give a prompt, an image, or prompt_embeds")
+            raise UsageError("give a prompt, an image, or prompt_embeds")
         for text in ([prompt] if isinstance(prompt, str) else list(prompt or [])):
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"prompt must be non-empty text, got {text!r}")
+                raise UsageError(f"prompt must be non-empty text, got {text!r}")
         f = self.vae_scale_factor
         for name, value in (("height", height), ("width", width)):
             if value is not None and (not isinstance(value, int) or value <= 0 or value % f):
-                raise ValueError(f"{name} must be a positive multiple of {f}, got {value!r}")
+                raise UsageError(f"{name} must be a positive multiple of {f}, got {value!r}")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+            raise UsageError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+            raise UsageError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+            raise UsageError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         if output_type not in self._output_types:
-            raise ValueError(f"output_type must be one of {self._output_types}, got {output_type!r}")
+            raise UsageError(f"output_type must be one of {self._output_types}, got {output_type!r}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise ValueError("callback_on_step_end must be callable")
+            raise UsageError("callback_on_step_end must be callable")
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs: {bad} not in {self._callback_tensor_inputs}")
+            raise UsageError(f"callback_on_step_end_tensor_inputs: {bad} not in {self._callback_tensor_inputs}")
 
     @torch.no_grad()
     def __call__(
@@ -249,7 +250,7 @@ class ParaUniPipeline(DiffusionPipeline):
         elif images is not None:
             cond = self.image_condition(images, instructions)
         elif prompt is None:
-            raise ValueError("give a prompt, an image, or prompt_embeds")
+            raise UsageError("give a prompt, an image, or prompt_embeds")
         else:
             cond = self.encode_prompt(prompts)
         batch = cond.shape[0]
@@ -279,7 +280,7 @@ class ParaUniPipeline(DiffusionPipeline):
         height, width = height or sample, width or sample
         dtype, device = self.transformer.dtype, self._execution_device
         if isinstance(generator, list) and len(generator) != total:
-            raise ValueError(f"generator: give one generator or one per image ({total} images = {batch} "
+            raise UsageError(f"generator: give one generator or one per image ({total} images = {batch} "
                              f"condition(s) x num_images_per_prompt {num_images_per_prompt}), got {len(generator)}")
         if latents is None:
             # float32 noise and latents at every weights dtype, as diffusers' SanaPipeline keeps them: the same

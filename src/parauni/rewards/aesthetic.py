@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .clip_common import ClipEmbedder
 from .clipscore import CLIP_L14
 
@@ -64,7 +65,7 @@ class AestheticReward:
         self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype)
         dim = self.clip.model.config.projection_dim
         if dim != self.head.layers[0].in_features:
-            raise ValueError(f"the head expects {self.head.layers[0].in_features}-d embeddings but the CLIP model "
+            raise UsageError(f"the head expects {self.head.layers[0].in_features}-d embeddings but the CLIP model "
                              f"{str(model)!r} gives {dim}-d ones (the LAION head needs ViT-L/14)")
 
     @torch.no_grad()

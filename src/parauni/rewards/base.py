@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
 from ..registry import REWARDS, import_target, resolve
 from ..utils.images import as_uint8
 
@@ -52,7 +53,7 @@ class WeightedReward:
     def __init__(self, weights: dict[str, float], options: dict[str, dict] | None = None,
                  rewards: dict[str, Reward] | None = None):
         if not weights:
-            raise ValueError("give at least one reward weight")
+            raise ConfigError("give at least one reward weight")
         self.weights = dict(weights)
         options = options or {}
         self.rewards = rewards or {name: build_reward(name, **options.get(name, {})) for name in weights}

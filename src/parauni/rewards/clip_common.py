@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import ConfigError
 from .base import ImageLike, as_uint8_batch
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -64,7 +65,7 @@ def crop_offset(extent: int, crop: int, rounding: str = "round") -> int:
         return int(round((extent - crop) / 2.0))
     if rounding == "floor":
         return (extent - crop) // 2
-    raise ValueError(f"crop rounding {rounding!r} is not one of {CROP_ROUNDINGS}")
+    raise ConfigError(f"crop rounding {rounding!r} is not one of {CROP_ROUNDINGS}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UnknownNameError
 from ..models.conditioner import ParaUniConditioner
 from ..pipelines.pipeline_parauni import ParaUniPipeline
 from ..pipelines.weights import load_trainable
@@ -46,7 +47,7 @@ def load_toy_model(name: str = "toy-all-layers", dtype: torch.dtype | None = Non
     The weights load strictly: every weight the run trained must be in its ``trainable.safetensors``.
     """
     if name not in TOY_MODELS:
-        raise KeyError(f"unknown toy model {name!r}; known: {sorted(TOY_MODELS)}")
+        raise UnknownNameError(f"unknown toy model {name!r}; known: {sorted(TOY_MODELS)}")
     folder = TOY_MODEL_DIR / TOY_MODELS[name]
     cfg = load_config(folder / "config.yaml")
     pipe = build_toy_pipeline(cfg.model.vlm, cfg.model.transformer, cfg.train.seed, **cfg.model.conditioner)

@@ -17,6 +17,8 @@ from parauni.eval.geneval_rules import relative_position
 from parauni.rl.prompts import FixedPrompts
 from parauni.toy.world import COLORS, RELATIONS, SHAPES, Scene
 
+from ..errors import UsageError
+
 TASKS: tuple[str, ...] = TASK_ORDER  # GenEval's six tasks, in its order
 NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -88,7 +90,7 @@ def meta_from_fields(meta: dict) -> dict:
         return position_meta(inc[1]["class"], inc[1]["position"][0], inc[0]["class"])
     if tag == "color_attr":
         return color_attr_meta(inc[0]["class"], inc[0]["color"], inc[1]["class"], inc[1]["color"])
-    raise ValueError(f"unknown GenEval tag {tag!r}")
+    raise UsageError(f"unknown GenEval tag {tag!r}")
 
 
 def all_metas(tag: str, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = COLORS) -> list[dict]:
@@ -110,7 +112,7 @@ def all_metas(tag: str, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...
         return [position_meta(a, r, b) for a, b in pairs for r in RELATIONS]
     if tag == "color_attr":
         return [color_attr_meta(a, ca, b, cb) for a, b in pairs for ca in colors for cb in colors if ca != cb]
-    raise ValueError(f"unknown GenEval tag {tag!r}")
+    raise UsageError(f"unknown GenEval tag {tag!r}")
 
 
 def random_meta(rng: np.random.Generator, tag: str | None = None) -> dict:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from ..eval.geneval import TASK_ORDER as TASKS
 
 VARIANTS = {"all": ("toy_stage1.yaml", "toy_stage2.yaml", "toy-all-layers"),
@@ -94,9 +95,9 @@ def plan(out: Path, seeds: Sequence[int], start: str = "stage1", scale: str = "q
          grpo_epochs: int | None = None) -> list[Job]:
     """The jobs of a reproduction, in an order that respects their dependencies."""
     if start not in ("world", "stage1", "rl"):
-        raise ValueError(f"--from must be world, stage1 or rl, got {start!r}")
+        raise UsageError(f"--from must be world, stage1 or rl, got {start!r}")
     if scale not in SCALES:
-        raise ValueError(f"--scale must be one of {sorted(SCALES)}, got {scale!r}")
+        raise UsageError(f"--scale must be one of {sorted(SCALES)}, got {scale!r}")
     sc = SCALES[scale]
     jobs: list[Job] = []
     world = out / "world"

@@ -32,6 +32,8 @@ from parauni.toy.tokenizer import build_toy_tokenizer
 from parauni.train.config import save_config
 from parauni.train.optim import cosine, decay_groups
 
+from ..errors import ConfigError
+
 
 def build_vae(latent_channels: int = 8, width: int = 32) -> AutoencoderDC:
     """A tiny ResBlock ``AutoencoderDC``: ``(B, 3, 32, 32)`` -> ``(B, latent_channels, 8, 8)``."""
@@ -74,7 +76,7 @@ class Budget:
 
     def __init__(self, steps: int | None, minutes: float | None) -> None:
         if not steps and not minutes:
-            raise ValueError("give a number of steps or minutes")
+            raise ConfigError("give a number of steps or minutes")
         self.steps, self.seconds, self.start, self.step = steps, (minutes or 0) * 60, time.time(), 0
 
     @property

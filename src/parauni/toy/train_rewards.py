@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..train.config import save_config
 from ..train.optim import decay_groups, warmup_cosine
 from .config import ALIGNMENT_OUT, REWARDS_FLAGS, add_config_options, config_from_args, load_train_rewards_config
@@ -59,7 +60,7 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
                     seed: int = 0, fp16: bool = False, log_every: int = 50) -> dict:
     """Train ``ToyCLIP`` on a pool of toy pairs and save it (with its tokenizer and log) to ``out``."""
     if batch_size > pool:
-        raise ValueError(f"--batch-size {batch_size} is larger than --pool {pool}; raise the pool or lower the batch")
+        raise ConfigError(f"--batch-size {batch_size} is larger than --pool {pool}; raise the pool or lower the batch")
     torch.manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

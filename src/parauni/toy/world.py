@@ -34,6 +34,8 @@ import numpy as np
 from parauni.eval.geneval_rules import POSITION_THRESHOLD
 from parauni.eval.geneval_rules import relative_position as relative_position  # GenEval's rule, one copy
 
+from ..errors import UsageError
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -123,7 +125,7 @@ def shape_mask(shape: str, x: np.ndarray, y: np.ndarray, o: ToyObject) -> np.nda
     if shape == "triangle":
         top = o.cy - h
         return (y <= o.cy + h) & (np.abs(x - o.cx) <= (y - top) / 2)
-    raise ValueError(f"unknown shape {shape!r}")
+    raise UsageError(f"unknown shape {shape!r}")
 
 
 def render(scene: Scene, size: int | None = None) -> np.ndarray:
@@ -169,7 +171,7 @@ def place_objects(
     """
     n = len(specs)
     if not 1 <= n <= max(SIZE_RANGES):
-        raise ValueError(f"scenes hold 1..{max(SIZE_RANGES)} objects, got {n}")
+        raise UsageError(f"scenes hold 1..{max(SIZE_RANGES)} objects, got {n}")
     lo, hi = SIZE_RANGES[n]
     margin, gap = MARGIN_FRAC * size, GAP_FRAC * size
     for _ in range(max_tries):

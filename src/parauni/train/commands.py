@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UsageError
+
 
 def add_run_arguments(p, config_example: str, override_example: str) -> None:
     """The arguments every config-driven run takes: CONFIG, key=value overrides, --resume, --no-progress."""
@@ -77,7 +79,7 @@ def run_cache(args: argparse.Namespace) -> dict:
     source = build_source(cfg.data, cfg.train.seed)
     pipe = build_model(cfg.model, cfg.train.seed)
     if pipe.vae is None:
-        raise ValueError("this model works in pixel space (no VAE): there is nothing to cache")
+        raise UsageError("this model works in pixel space (no VAE): there is nothing to cache")
     result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size, limit=args.limit)
     print(json.dumps(result, indent=2))
     return result

@@ -33,9 +33,18 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import ConfigError, UsageError
 from ..registry import DATASETS
 
 logger = logging.getLogger(__name__)
+
+
+class MissingFieldError(ConfigError, KeyError):
+    """A dataset record without the field the config names (``data.caption_key``, ``image``, ``annotation``). Also
+    a ``KeyError`` (what it raised before)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -103,9 +112,9 @@ class JsonSource:
             raise FileNotFoundError(f"data.path {path!r}: no such JSON file")
         self.records = json.loads(p.read_text())
         if not isinstance(self.records, list):
-            raise ValueError(f"{path}: expected a JSON list of {{image, annotation}} records")
+            raise ConfigError(f"{path}: expected a JSON list of {{image, annotation}} records")
         if not self.records:
-            raise ValueError(f"{path}: the dataset is empty")
+            raise ConfigError(f"{path}: the dataset is empty")
         self.root = Path(image_root) if image_root else p.parent
         self.caption_key = caption_key
         self.length = len(self.records)
@@ -114,12 +123,12 @@ class JsonSource:
     def caption(self, i: int) -> str:
         rec = self.records[i]
         if "image" not in rec or "annotation" not in rec:
-            raise KeyError(f"record {i} lacks 'image' or 'annotation' (keys: {sorted(rec)})")
+            raise MissingFieldError(f"record {i} lacks 'image' or 'annotation' (keys: {sorted(rec)})")
         ann = rec["annotation"]
         ann = ann if isinstance(ann, dict) else json.loads((self.root / ann).read_text())
         if self.caption_key not in ann:
-            raise KeyError(f"caption key {self.caption_key!r} not in annotation of record {i} "
-                           f"(keys: {sorted(ann)}); set data.caption_key")
+            raise MissingFieldError(f"caption key {self.caption_key!r} not in annotation of record {i} "
+                                    f"(keys: {sorted(ann)}); set data.caption_key")
         return str(ann[self.caption_key])
 
     def get(self, k: int) -> tuple[Image.Image, str]:
@@ -137,7 +146,7 @@ class FolderSource:
         self.files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
                             and f.with_suffix(".txt").is_file())
         if not self.files:
-            raise ValueError(f"{path}: no images with a .txt caption beside them")
+            raise ConfigError(f"{path}: no images with a .txt caption beside them")
         self.length = len(self.files)
 
     def get(self, k: int) -> tuple[Image.Image, str]:
@@ -200,7 +209,7 @@ class LatentSource:
         info = json.loads(index.read_text())
         self.captions = info["captions"]
         if not self.captions:
-            raise ValueError(f"{path}: the latent cache is empty")
+            raise ConfigError(f"{path}: the latent cache is empty")
         self.latents = torch.cat([load_file(root / s)["latents"] for s in info["shards"]])  # (n, C, h, w)
         self.length = len(self.captions)
 
@@ -234,9 +243,10 @@ class WebDatasetSource:
         self.shards, self.caption_key = shards, caption_key
         first = next(iter_webdataset(shards[:1], caption_key), None)
         if first is None:
-            raise ValueError(f"{shards[0]}: the webdataset shard is empty")
+            raise ConfigError(f"{shards[0]}: the webdataset shard is empty")
         if first[2] is None:
-            raise KeyError(f"sample {first[0]!r} has no caption under {caption_key!r}; set data.caption_key")
+            raise MissingFieldError(f"sample {first[0]!r} has no caption under {caption_key!r}; set "
+                                    "data.caption_key")
 
     def stream(self) -> Iterator[tuple[str, bytes | None, str | None]]:
         while True:
@@ -255,8 +265,8 @@ class SampleLoader:
     def __init__(self, source, data_cfg, seed: int, global_batch: int, world: int, rank: int, grad_accum: int = 1,
                  shuffle: bool = True):
         if global_batch % (world * grad_accum):
-            raise ValueError(f"train.batch_size={global_batch} is not divisible by processes ({world}) x "
-                             f"train.grad_accum ({grad_accum})")
+            raise ConfigError(f"train.batch_size={global_batch} is not divisible by processes ({world}) x "
+                              f"train.grad_accum ({grad_accum})")
         self.source, self.cfg, self.seed = source, data_cfg, seed
         self.global_batch, self.world, self.rank, self.grad_accum = global_batch, world, rank, grad_accum
         self.micro = global_batch // (world * grad_accum)
@@ -430,7 +440,7 @@ def cache_latents(source, data_cfg, vae, out_dir: str | Path, seed: int = 0, bat
 
     n = source.length if source.length is not None else limit
     if n is None:
-        raise ValueError("a stream without a length needs --limit to be cached")
+        raise UsageError("a stream without a length needs --limit to be cached")
     n = min(n, limit) if limit else n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

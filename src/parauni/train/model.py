@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..flow import flow_loss, interpolate, sigma_to_timestep
 from ..models.backbone import VLMBackbone
 from ..models.prompt import tokenize_prompts
@@ -60,8 +61,8 @@ class FlowTrainModule(nn.Module):
                 self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                 self.vlm.train()  # HF checkpoints layers in train mode only; the language model has no dropout
             else:
-                raise ValueError(f"model.gradient_checkpointing: unknown module {name!r} "
-                                 f"(allowed: {', '.join(CHECKPOINTABLE)})")
+                raise ConfigError(f"model.gradient_checkpointing: unknown module {name!r} "
+                                  f"(allowed: {', '.join(CHECKPOINTABLE)})")
 
     def compile_parts(self) -> None:
         """``train.compile``: ``torch.compile`` the transformer and the connector in place

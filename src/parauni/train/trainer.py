@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, DivergedError
 from ..pipelines.loading import build_model
 from ..pipelines.weights import TRAINABLE_FILE, load_trainable
 from ..registry import DEFAULT_EVALUATOR, EVALUATORS
@@ -82,8 +83,8 @@ def _fsdp_on_cpu(acc) -> None:
 
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
-        raise ValueError(f"FSDP on CPU processes needs fsdp_version: 2 (FSDP2, fully_shard), got "
-                         f"{plugin.fsdp_version}; set fsdp_config.fsdp_version: 2 in the accelerate config")
+        raise ConfigError(f"FSDP on CPU processes needs fsdp_version: 2 (FSDP2, fully_shard), got "
+                          f"{plugin.fsdp_version}; set fsdp_config.fsdp_version: 2 in the accelerate config")
     if acc.state.mixed_precision != "no":  # as AcceleratorState does when it selects FSDP itself
         plugin.set_mixed_precision(acc.state.mixed_precision)
     # Both shared dicts: a later AcceleratorState() copies PartialState's distributed_type over its own.
@@ -104,9 +105,9 @@ def _configure_deepspeed(acc, micro_batch: int, grad_accum: int, global_batch: i
     """
     plugin = acc.state.deepspeed_plugin
     if plugin.zero_stage == 3:
-        raise ValueError("DeepSpeed ZeRO-3 partitions the trainable weights, which trainable.safetensors and "
-                         "resuming do not gather; use zero_stage: 2 (configs/accelerate/deepspeed_zero2.yaml) "
-                         "or FSDP (configs/accelerate/fsdp.yaml)")
+        raise ConfigError("DeepSpeed ZeRO-3 partitions the trainable weights, which trainable.safetensors and "
+                          "resuming do not gather; use zero_stage: 2 (configs/accelerate/deepspeed_zero2.yaml) "
+                          "or FSDP (configs/accelerate/fsdp.yaml)")
     conf = plugin.deepspeed_config
     wanted = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": grad_accum,
               "train_batch_size": global_batch, "gradient_clipping": max_grad_norm}
@@ -174,9 +175,9 @@ class Trainer:
         self.acc.gradient_accumulation_steps = t.grad_accum
         _fsdp_on_cpu(self.acc)
         if self.acc.distributed_type == FSDP and t.eval_geneval:
-            raise ValueError("train.eval_geneval=true needs the whole model on one process, but FSDP shards it; "
-                             "set train.eval_geneval=false and score the exported checkpoint "
-                             "(`parauni export CHECKPOINT --out DIR`) afterwards")
+            raise ConfigError("train.eval_geneval=true needs the whole model on one process, but FSDP shards it; "
+                              "set train.eval_geneval=false and score the exported checkpoint "
+                              "(`parauni export CHECKPOINT --out DIR`) afterwards")
         # one run per output folder: a second run (another process) is refused, naming this one's PID; the lock is
         # held until run() ends (or this trainer is collected), and released by the OS if the process dies
         self._lock = FolderLock(self.out, "training run") if self.acc.is_main_process else None
@@ -222,7 +223,7 @@ class Trainer:
             module.compile_parts()
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError("nothing to train: check train.stage / train.trainable")
+            raise ConfigError("nothing to train: check train.stage / train.trainable")
         self.n_trainable = sum(p.numel() for _, p in named)
         o = cfg.optim
         # fused AdamW (one kernel for all parameters) needs them on CUDA before the optimizer is built; under
@@ -412,7 +413,7 @@ class Trainer:
         self._pending.clear()
         for step, loss in zip(steps, losses, strict=True):
             if not math.isfinite(loss):
-                raise FloatingPointError(
+                raise DivergedError(
                     f"non-finite loss ({loss}) at step {step}; lower optim.lr, check the data, or resume from the "
                     f"last checkpoint in {self.out}")
         return {"loss": losses[-1], "grad_norm": norm}

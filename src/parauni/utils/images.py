@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from ..errors import UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -21,7 +23,7 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"image {str(path)!r} is corrupt or not an image: {err}") from err
+        raise UsageError(f"image {str(path)!r} is corrupt or not an image: {err}") from err
 
 
 def unit_to_uint8(images: np.ndarray) -> np.ndarray:
