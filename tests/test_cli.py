@@ -35,6 +35,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--limit", "1", "--rl-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "| toy-all-layers |" in out and "| toy-last-layer |" in out and "after RL (EMA)" in out
+    assert "before / after the RL phase (first 1 prompt of each task)" in out and "first 10" not in out
     for name in ("toy-all-layers", "toy-last-layer"):
         assert len((tmp_path / name / "eval" / "geneval" / "results.jsonl").read_text().splitlines()) == 6
     assert len((tmp_path / "rl_ldam" / "metrics.jsonl").read_text().splitlines()) == 2

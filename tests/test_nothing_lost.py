@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from parauni.cli import main
+from parauni.errors import UsageError
 from parauni.train.config import load_config
 from parauni.train.trainer import Trainer
 from parauni.utils.atomic import atomic_folder
@@ -250,3 +251,54 @@ def test_sigint_to_a_training_run_exits_130_with_one_line(tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("parauni train: interrupted; continue from the newest checkpoint with "
                                             "the same command plus --resume"), err
+
+
+# -- sizes and seeds out of range, a quiet load ---------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["generate", "--model", "tiny", "--prompt", "a"],
+    ["eval", "geneval", "--model", "prior", "--limit", "1", "--images-per-prompt", "1"],
+])
+def test_a_seed_over_64_bits_is_refused_before_anything_is_written(tmp_path, capsys, argv):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(out), "--seed", "99999999999999999999"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("argument --seed: expected an integer >= 0 and <= 2**63-1 (9223372036854775807), got "
+                        "'99999999999999999999' (see '" + " ".join(["parauni", *argv[:2 if argv[0] == "eval" else 1]])
+                        + " --help')"), err
+    assert not out.exists()  # no provenance.json, no folder
+    assert main(["train", CONFIG, *TINY, f"train.output_dir={out}", "train.seed=99999999999999999999"]) == 2
+    assert "train.seed: expected an integer >= 0 and <= 2**63-1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_generate_refuses_sizes_far_beyond_the_model_before_allocating(tmp_path, capsys, tiny_pipe):
+    from parauni.generate import check_size
+
+    native = tiny_pipe.transformer.config.sample_size * tiny_pipe.vae_scale_factor
+    out = tmp_path / "o"
+    assert main(["generate", "--model", "tiny", "--prompt", "a", "--out", str(out), "--height", "100000",
+                 "--width", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"parauni generate: error: --height 100000 and --width 100000: over 4x this model's native "
+                   f"{native}px side (at most {4 * native}); give a smaller size, or pass --force to try anyway")
+    assert not out.exists()
+    check_size(tiny_pipe, 4 * native, None)  # 4x is allowed
+    with pytest.raises(UsageError, match="--width"):
+        check_size(tiny_pipe, None, 4 * native + tiny_pipe.vae_scale_factor)
+    check_size(tiny_pipe, 100000, 100000, force=True)
+
+
+def test_loading_an_export_gives_no_dtype_deprecation_warning(two_runs, tmp_path):
+    import warnings
+
+    import torch
+
+    from parauni.pipelines.loading import load_pipeline
+
+    assert main(["export", str(two_runs[0]), "--out", str(tmp_path / "pipe")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = load_pipeline(str(tmp_path / "pipe"), dtype="bf16")
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.conditioner.dtype == torch.bfloat16

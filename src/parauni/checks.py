@@ -113,7 +113,8 @@ def mapping(value: Check | None = None, min_length: int = 0) -> Check:
 
 POSITIVE_INT = integer(lo=1)
 NON_NEGATIVE_INT = integer(lo=0)
-SEED = integer(lo=0)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed and numpy take 64-bit seeds; the derived ones stay under 2**64
+SEED = Check(f"an integer >= 0 and <= 2**63-1 ({MAX_SEED})", lambda v: _is_int(v) and 0 <= v <= MAX_SEED)
 RESOLUTION = integer(lo=8, multiple_of=8)
 PROBABILITY = number(0.0, 1.0)
 

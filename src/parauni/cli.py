@@ -28,6 +28,8 @@ def _add_generate(sub) -> None:
                    help="images per pipeline call; each image has its own seed, so the images do not depend on it")
     p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
     _add_dtype_option(p)
+    p.add_argument("--force", action="store_true",
+                   help="allow --height / --width over 4x the model's native side (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (images, denoising steps)")
     p.set_defaults(func=lambda a: _generate().run_generate(a))
 

@@ -56,8 +56,28 @@ def generate_images(pipe, prompts: list[str], out: str | Path, image: str | None
     return paths
 
 
+MAX_SIZE_FACTOR = 4  # --height / --width beyond this many times the model's native side need --force
+
+
+def check_size(pipe, height: int | None, width: int | None, force: bool = False) -> None:
+    """Refuse a height or width over :data:`MAX_SIZE_FACTOR` times the model's native side (the transformer's
+    sample size times the VAE's scale), before anything is allocated: such images are out of the range the model
+    was trained on and their latents and attention can exhaust the memory. ``force`` allows them."""
+    sample = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "sample_size", None)
+    if force or not isinstance(sample, int):
+        return
+    native = sample * getattr(pipe, "vae_scale_factor", 1)
+    limit = MAX_SIZE_FACTOR * native
+    big = [f"--{name} {value}" for name, value in (("height", height), ("width", width))
+           if value is not None and value > limit]
+    if big:
+        raise UsageError(f"{' and '.join(big)}: over {MAX_SIZE_FACTOR}x this model's native {native}px side (at "
+                         f"most {limit}); give a smaller size, or pass --force to try anyway")
+
+
 def run_generate(args) -> None:
     pipe = load_pipeline(args.model, dtype=getattr(args, "dtype", "auto"), device=args.device)
+    check_size(pipe, args.height, args.width, force=getattr(args, "force", False))
     paths = generate_images(pipe, args.prompt, args.out, args.image, args.seed, args.steps, args.guidance,
                             args.height, args.width, progress=not getattr(args, "no_progress", False),
                             batch_size=getattr(args, "batch_size", 1),
@@ -129,6 +149,8 @@ def run_demo(args) -> None:
     print(f"  LDAM fired {len(fired)} time(s): " + ", ".join(f"epoch {d['epoch']} {d['reward']} (gamma "
                                                           f"{d['gamma']:.3g})" for d in fired[:6]))
     if "geneval_before" in result and "geneval_after" in result:
-        print("\nToy GenEval before / after the RL phase (first 10 prompts of each task):\n")
+        n = cfg.train.eval_limit
+        shown = f"first {n} prompt{'s' if n > 1 else ''} of each task" if n else "all prompts"
+        print(f"\nToy GenEval before / after the RL phase ({shown}):\n")
         print(format_table({"before RL": result["geneval_before"], "after RL (EMA)": result["geneval_after"]}))
     print(f"\nreport: {html}\n(Markdown twin: {md}; all outputs in {out})")

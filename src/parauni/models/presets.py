@@ -173,10 +173,10 @@ def load_preset(name: str, vlm: str | None = None, transformer: str | None = Non
     tokenizer = _load(AutoTokenizer.from_pretrained, vlm_src, "tokenizer")
     t_src = transformer or p.transformer_id
     sub = {} if os.path.exists(os.path.join(t_src, "config.json")) else {"subfolder": "transformer"}
-    sana = _load(SanaTransformer2DModel.from_pretrained, t_src, "diffusion transformer", torch_dtype=dtype, **sub)
-    ae = _load(AutoencoderDC.from_pretrained, vae or p.vae_id, "VAE", torch_dtype=dtype)
+    sana = _load(SanaTransformer2DModel.from_pretrained, t_src, "diffusion transformer", dtype=dtype, **sub)
+    ae = _load(AutoencoderDC.from_pretrained, vae or p.vae_id, "VAE", dtype=dtype)
     if conditioner:
-        cond = _load(ParaUniConditioner.from_pretrained, conditioner, "conditioner", torch_dtype=dtype)
+        cond = _load(ParaUniConditioner.from_pretrained, conditioner, "conditioner", dtype=dtype)
     else:
         cond = ParaUniConditioner(llm_hidden_size=p.text["hidden_size"], llm_num_layers=p.text["num_hidden_layers"],
                                   caption_channels=p.transformer["caption_channels"],

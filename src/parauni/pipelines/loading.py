@@ -82,7 +82,7 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | N
         if os.path.isdir(source) and not os.path.exists(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(f"{source!r} is a folder but not a saved ParaUniPipeline (no model_index.json); "
                              "write one with ParaUniPipeline.save_pretrained(DIR) or `parauni export`")
-        pipe = ParaUniPipeline.from_pretrained(source, torch_dtype=dtype)
+        pipe = ParaUniPipeline.from_pretrained(source, dtype=dtype)
     if device:
         pipe = pipe.to(device)
     return pipe

@@ -228,7 +228,7 @@ def load_prior(path: str | Path | None = None, dtype: torch.dtype = torch.float3
         raise FileNotFoundError(f"no toy prior at {path}; train one with `parauni toy pretrain-prior --out DIR` "
                                 f"and pass DIR")
     info = json.loads((path / "prior.json").read_text()) if (path / "prior.json").is_file() else {}
-    load = dict(torch_dtype=dtype)
+    load = dict(dtype=dtype)
     transformer = SanaTransformer2DModel.from_pretrained(path / "transformer", **load).to(device).eval()
     text_encoder = ToyTextEncoder.from_pretrained(path / "text_encoder", **load).to(device).eval()
     vae = AutoencoderDC.from_pretrained(path / "vae", **load).to(device).eval() if (path / "vae").is_dir() else None

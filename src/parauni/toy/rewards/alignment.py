@@ -93,7 +93,7 @@ class ToyAlignmentReward:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no toy alignment model at {str(path)!r}; train one with "
                                     f"`parauni toy train-rewards --out DIR`")
-        self.model = ToyCLIP.from_pretrained(path, torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
+        self.model = ToyCLIP.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.device = device
 
@@ -114,7 +114,7 @@ class ToyImageEmbedder:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no toy alignment model at {str(path)!r}")
         self.name = "toy"
-        self.model = ToyCLIP.from_pretrained(path, torch_dtype=torch.float32).to(device).eval().requires_grad_(False)
+        self.model = ToyCLIP.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
         self.device = device
 
     @torch.no_grad()
