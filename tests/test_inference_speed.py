@@ -146,9 +146,10 @@ def test_unconditional_condition_follows_weight_changes(change):
     elif change == "load_state_dict":
         state = {k: v + 0.05 for k, v in cond.state_dict().items()}
         cond.load_state_dict(state)
-    elif change == "data_copy":  # bypasses the version counters: caught by the checksum
+    elif change == "data_copy":  # bypasses the version counters (PyTorch's .data): the cache must be cleared
         p = next(p for n, p in cond.lim.named_parameters() if n.endswith("weight"))
         p.data.copy_(p.data * 1.5)
+        pipe.clear_unconditional_cache()
     elif change == "to_dtype":
         pipe.to(dtype=torch.float64)
         after = pipe.unconditional_condition()
@@ -163,6 +164,27 @@ def test_unconditional_condition_follows_weight_changes(change):
         assert pipe._uncond_cache is None
         assert torch.equal(pipe.unconditional_condition(), before)
         return
+    after = pipe.unconditional_condition()
+    assert not torch.allclose(after, before)
+    with torch.no_grad():
+        assert torch.equal(after, pipe.encode_prompt([None]))
+
+
+@pytest.mark.parametrize("part", ["conditioner", "vlm"])
+def test_an_in_place_weight_change_invalidates_the_cache_without_reading_weights(part, monkeypatch):
+    """The cache key is metadata (pointers, version counters, dtypes, devices, shapes): looking it up reads no
+    weight (no norm, no device sync), and an in-place op on any weight makes the next call recompute."""
+    pipe = build_tiny()
+    before = pipe.unconditional_condition().clone()
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the cache key read the weights")
+
+    monkeypatch.setattr(torch, "_foreach_norm", no_reading)
+    assert pipe.unconditional_condition() is pipe._uncond_cache[1]  # a hit: the same tensor, nothing read
+    weight = pipe.conditioner.lim.projector.weight if part == "conditioner" else pipe.vlm.get_input_embeddings().weight
+    with torch.no_grad():
+        weight.mul_(1.5)
     after = pipe.unconditional_condition()
     assert not torch.allclose(after, before)
     with torch.no_grad():

@@ -114,21 +114,20 @@ class ParaUniPipeline(DiffusionPipeline):
         return self.conditioner(self.layer_states(prompts, images, instruction), layer_noise)
 
     def _weights_key(self) -> tuple:
-        """What the unconditional condition depends on: every tensor of the VLM and the conditioner by identity,
-        storage, version counter (bumped by optimizer steps, ``load_state_dict``, ``copy_``), dtype and device,
-        plus an exact checksum (the norm of every parameter) that also catches in-place edits made through
-        ``.data``, which bypass the version counters."""
+        """What the unconditional condition depends on, from cheap metadata only (no weight is read, no device
+        sync): every tensor of the VLM and the conditioner by identity, storage pointer, version counter (bumped
+        by optimizer steps, ``load_state_dict``, ``copy_`` and any in-place op on the tensor), dtype, device and
+        shape, plus the template. An in-place edit made through ``.data`` bypasses the version counter (as
+        PyTorch documents): call :meth:`clear_unconditional_cache` after one."""
         tensors = [t for m in (self.vlm, self.conditioner) for t in (*m.parameters(), *m.buffers())]
-        versions = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        params = [p.detach() for m in (self.vlm, self.conditioner) for p in m.parameters() if p.numel()]
-        checksum = tuple(torch.stack([n.float() for n in torch._foreach_norm(params)]).tolist()) if params else ()
-        return id(self.vlm), id(self.conditioner), self.conditioner.template, versions, checksum
+        meta = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+        return id(self.vlm), id(self.conditioner), self.conditioner.template, meta
 
     @torch.no_grad()
     def unconditional_condition(self) -> torch.Tensor:
         """The CFG branch's default condition ``(1, N, C)``: the unconditional prompt through the VLM and the
         conditioner, computed once and reused while their weights are unchanged (see :meth:`_weights_key`:
-        a training step, loading weights, ``.to()`` or an in-place edit recomputes it).  The same value as
+        a training step, loading weights, ``.to()`` or an in-place op on a weight recomputes it).  The same value as
         ``encode_prompt([None])``: it is always computed at batch 1."""
         key = self._weights_key()
         if self._uncond_cache is None or self._uncond_cache[0] != key:
