@@ -356,8 +356,10 @@ class NativeScorer:
         """Score every ``<index>/samples/<k>.png`` of GenEval's layout under ``image_dir``; write
         ``results.jsonl`` (default in ``image_dir``) and ``summary.json`` beside it; return the summary."""
         files = rules.image_files(image_dir)
-        for _, meta in files:  # before any model runs: a record without objects cannot be scored
-            rules.check_record(meta)
+        # before any model runs: the records' schema, and only names the detector and colour classifier know
+        vocabulary = rules.geneval_vocabulary()
+        for path, meta in {str(p.parent.parent): m for p, m in files}.items():
+            rules.validate_records([(1, meta)], f"{path}/metadata.jsonl", vocabulary)
         results = [self.score_image(path, meta) for path, meta in tqdm(files, desc="geneval native", unit="img")]
         out = Path(outfile) if outfile is not None else Path(image_dir) / "results.jsonl"
         return rules.write_results(results, out, lambda rows: {**rules.summarize(rows), "scorer": self.about()})
