@@ -135,7 +135,8 @@ def _add_eval(sub) -> None:
                        description=WISE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--model", required=True, help=model_help)
     w.add_argument("--prompts", required=True, help="a WISE prompt JSON file or a folder of them (WISE's "
-                                                    "data_verified/ or WISE_legacy/data/; not bundled)")
+                                                    "data_verified/, or one file of WISE_legacy/data/, whose "
+                                                    "_rewrite files repeat the prompt ids; not bundled)")
     w.add_argument("--out", required=True, help="output folder (images, prompts/, judge/, summary.json)")
     w.add_argument("--batch-size", type=int, default=16, help="images per batch")
     w.add_argument("--limit", type=int, help="the first N prompts of each category")

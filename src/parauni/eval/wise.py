@@ -113,7 +113,7 @@ def load_wise_prompts(path: str | Path) -> dict[str, list[dict]]:
         raise FileNotFoundError(f"WISE prompts {str(path)!r} do not exist")
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
-        raise UsageError(f"{path} holds no *.json prompt file (WISE's data_verified/ or WISE_legacy/data/)")
+        raise UsageError(f"{path} holds no *.json prompt file (e.g. WISE's data_verified/)")
     groups = {f.stem: _read_prompt_file(f) for f in files}
     if len(groups) > 2:
         for name, recs in list(groups.items()):
