@@ -302,3 +302,16 @@ def test_loading_an_export_gives_no_dtype_deprecation_warning(two_runs, tmp_path
         warnings.simplefilter("error", FutureWarning)
         pipe = load_pipeline(str(tmp_path / "pipe"), dtype="bf16")
     assert pipe.transformer.dtype == torch.bfloat16 and pipe.conditioner.dtype == torch.bfloat16
+
+
+def test_a_pipeline_folder_missing_a_weight_file_is_one_line(two_runs, tmp_path, capsys):
+    """diffusers' OSError for a broken folder is bad input (not a bug): one line naming the fix."""
+    pipe = tmp_path / "pipe"
+    assert main(["export", str(two_runs[0]), "--out", str(pipe)]) == 0
+    next((pipe / "transformer").glob("*.safetensors")).unlink()
+    capsys.readouterr()
+    assert main(["generate", "--model", str(pipe), "--prompt", "a", "--out", str(tmp_path / "o")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"parauni generate: error: could not load the pipeline {str(pipe)!r}") and \
+        "transformer" in line and line.endswith("write the folder again (ParaUniPipeline.save_pretrained or "
+                                                "`parauni export`)"), line

@@ -82,7 +82,15 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | N
         if os.path.isdir(source) and not os.path.exists(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(f"{source!r} is a folder but not a saved ParaUniPipeline (no model_index.json); "
                              "write one with ParaUniPipeline.save_pretrained(DIR) or `parauni export`")
-        pipe = ParaUniPipeline.from_pretrained(source, dtype=dtype)
+        try:
+            pipe = ParaUniPipeline.from_pretrained(source, dtype=dtype)
+        except OSError as err:  # a folder with a missing component file, a hub id not cached (no network)
+            if os.path.isdir(source):
+                fix = "write the folder again (ParaUniPipeline.save_pretrained or `parauni export`)"
+            else:
+                fix = f"download it with `huggingface-cli download {source} --local-dir DIR` and pass DIR"
+            why = " ".join(str(err).split()).rstrip(".")
+            raise UsageError(f"could not load the pipeline {source!r}: {why}; {fix}") from err
     if device:
         pipe = pipe.to(device)
     return pipe
