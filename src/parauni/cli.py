@@ -453,8 +453,9 @@ def _bad_input_message(err: BaseException) -> str | None:
     """The one-line message for an error caused by the input, or ``None`` for a bug (keeps its traceback).
 
     Bad input is the project's own errors (:mod:`parauni.errors`: ``UsageError``, ``ConfigError`` and their
-    kinds), a missing file or folder, invalid YAML and running out of memory. A ``ValueError``, ``KeyError`` or
-    ``OSError`` from anywhere else is a bug: an input check raises one of the project's errors."""
+    kinds), a missing file or folder, a path without permission, invalid YAML and running out of memory. A
+    ``ValueError``, ``KeyError`` or ``OSError`` from anywhere else is a bug: an input check raises one of the
+    project's errors."""
     if isinstance(err, (UsageError, ConfigError)):
         return str(err)
     if isinstance(err, IsADirectoryError):
@@ -463,6 +464,8 @@ def _bad_input_message(err: BaseException) -> str | None:
         return f"{err.filename!r} is not a folder" if err.filename else str(err)
     if isinstance(err, FileNotFoundError):
         return f"{err.filename!r} does not exist" if err.filename else str(err)
+    if isinstance(err, PermissionError) and err.filename:
+        return f"{err.filename!r}: permission denied; give a path you can write (or read)"
     if isinstance(err, MemoryError) or _is_out_of_memory(err):
         first = (str(err).strip().splitlines() or ["no more memory"])[0]
         return f"out of memory ({first}); {OOM_HINT}"
