@@ -63,6 +63,14 @@ def test_score_only_external_images_with_the_toy_scorer(tmp_path, capsys):
     changed = json.loads((d / prov.PROVENANCE_FILE).read_text())
     assert changed["source"] == "external" and changed["images_sha256"] != record["images_sha256"]
 
+    # --overwrite replaces the external images with the model's own, and the record with the model's
+    assert main(["eval", "geneval", "--model", "prior", "--metadata", TOY_META, "--out", str(d), "--limit", "1",
+                 "--images-per-prompt", "1", "--steps", "1", "--overwrite"]) == 0
+    replaced = json.loads((d / prov.PROVENANCE_FILE).read_text())
+    assert replaced["model"] == "prior" and "source" not in replaced
+    assert sorted(p.relative_to(d).as_posix() for p in d.rglob("*.png"))[0] == "00000/samples/0000.png"
+    assert len(list(d.rglob("*.png"))) == 6  # one image for each of the six toy tasks' first prompt
+
 
 def test_score_only_keeps_the_record_of_parauni_images(tmp_path, capsys):
     out = tmp_path / "g"
