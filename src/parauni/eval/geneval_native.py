@@ -306,10 +306,11 @@ class ColorClassifier:
         """The colour name of each detection of ``classname`` (GenEval's ``color_classification``)."""
         if not dets:
             return []
-        with self._autocast():
+        weights = self.weights(classname)
+        with self._autocast():  # the logits too, as run_classification does (zeroshot_classification.py:111-115)
             feats = self.clip.image_embeds([np.asarray(c) for c in self.crops(image, dets)])  # (N, E), unit
-        logits = 100.0 * feats @ self.weights(classname)  # (N, n_colors)
-        return [self.colors[i] for i in logits.argmax(1).tolist()]
+            logits = 100.0 * feats @ weights  # (N, n_colors); fp16 under autocast
+        return [self.colors[i] for i in logits.float().argmax(1).tolist()]
 
 
 class NativeScorer:
