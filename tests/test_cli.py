@@ -35,11 +35,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--limit", "1", "--rl-epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "| toy-all-layers |" in out and "| toy-last-layer |" in out and "after RL (EMA)" in out
-    assert "before / after the RL phase (first 1 prompt of each task)" in out and "first 10" not in out
+    assert "before / after the RL phase (first 1 prompt of each task x 1 image, guidance 1)" in out
+    assert "first 10" not in out and "DiffusionNFT" in out
     for name in ("toy-all-layers", "toy-last-layer"):
         assert len((tmp_path / name / "eval" / "geneval" / "results.jsonl").read_text().splitlines()) == 6
-    assert len((tmp_path / "rl_ldam" / "metrics.jsonl").read_text().splitlines()) == 2
-    assert len((tmp_path / "rl_ldam" / "ldam.jsonl").read_text().splitlines()) == 6  # 3 rewards x 2 epochs
+    assert len((tmp_path / "rl_nft" / "metrics.jsonl").read_text().splitlines()) == 2
+    for when in ("geneval_before", "geneval"):  # 6 prompts x 1 image, at guidance 1 only
+        assert len((tmp_path / "rl_nft" / "eval" / when / "results.jsonl").read_text().splitlines()) == 6
+    assert not list((tmp_path / "rl_nft" / "eval").glob("*cfg*"))
     html = (tmp_path / "report.html").read_text()
     assert "toy-all-layers" in html and "data:image/png;base64," in html and (tmp_path / "report.md").is_file()
 

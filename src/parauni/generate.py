@@ -85,16 +85,15 @@ def run_generate(args) -> None:
     print(f"wrote {len(paths)} image(s) and grid.png to {args.out}")
 
 
-# configs/toy_grpo.yaml, shortened for a CPU: 4 fixed prompts (the same every epoch, so the curves follow
-# them), 8 SDE steps; LDAM's window and patience are shortened so that its trigger can be seen in a short run
-DEMO_RL = ["model.source=toy-all-layers", "prompts.pool=4", "prompts.per_epoch=4", "sampling.steps=8",
-           "train.save_every=1000", "train.eval_geneval=true", "train.eval_limit=10", "ldam.window=3",
-           "ldam.patience=2"]
+# configs/toy_nft_geneval.yaml (DiffusionNFT on the toy GenEval reward), evaluated at guidance 1 only, 1 image a
+# prompt
+DEMO_RL = ["model.source=toy-all-layers", "train.save_every=1000", "train.eval_geneval=true",
+           "sampling.eval_images_per_prompt=1", "sampling.eval_guidance_scales=[1.0]", "train.logger=none"]
 
 
 def run_demo(args) -> None:
-    """The main job on a CPU: the shipped all-layer and last-layer toy models on toy GenEval, a short
-    Flow-GRPO phase with LDAM on the toy rewards, and one report of it all."""
+    """The main job on a CPU: the shipped all-layer and last-layer toy models on toy GenEval, a stage-III phase
+    (DiffusionNFT on the toy GenEval reward) from the all-layer model, and one report of it all."""
     import json
     import shutil
 
@@ -102,7 +101,7 @@ def run_demo(args) -> None:
     from .pipelines.loading import load_pipeline
     from .report import build_report
     from .rl.config import load_grpo_config
-    from .rl.grpo import GRPOTrainer
+    from .rl.grpo import RLTrainer
     from .toy.evaluation import random_latents_floor, toy_geneval
     from .toy.models import TOY_MODEL_DIR, TOY_MODELS
     from .toy.reproduce import config_file
@@ -124,15 +123,16 @@ def run_demo(args) -> None:
     print("[demo] the floor: toy GenEval of decoded random latents (no denoising; all 300 prompts)")
     rows["floor: random latents"] = random_latents_floor(next(iter(TOY_MODELS)),
                                                          images_per_prompt=args.images_per_prompt)
-    rl_dir = out / "rl_ldam"
+    rl_dir = out / "rl_nft"
     if rl_dir.exists():
         shutil.rmtree(rl_dir)
     quick = [f"sampling.eval_steps={args.steps}"] + ([f"train.eval_limit={args.limit}"] if args.limit else [])
-    cfg = load_grpo_config(config_file("toy_grpo.yaml"),
+    cfg = load_grpo_config(config_file("toy_nft_geneval.yaml"),
                            [*DEMO_RL, f"train.epochs={args.rl_epochs}", f"train.output_dir={rl_dir}", *quick])
-    print(f"[demo] Flow-GRPO with LDAM from toy-all-layers: {args.rl_epochs} epochs x "
-          f"{cfg.prompts.per_epoch} prompts x {cfg.sampling.group_size} images, rewards {cfg.rewards.weights}")
-    result = GRPOTrainer(cfg).run()
+    print(f"[demo] stage III, DiffusionNFT from toy-all-layers (configs/toy_nft_geneval.yaml): {args.rl_epochs} "
+          f"epochs x {cfg.prompts.per_epoch} prompts x {cfg.sampling.group_size} images, rewards "
+          f"{dict(cfg.rewards.weights)}")
+    result = RLTrainer(cfg).run()
     runs.append(rl_dir)
     metrics = [json.loads(x) for x in (rl_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     html, md = build_report(runs, out / "report.html", title="ParaUni demo (toy world)")
@@ -140,17 +140,18 @@ def run_demo(args) -> None:
           "the shipped stage-II models):\n")
     print(format_table({k: v for k, v in rows.items()}))
     k = max(1, len(metrics) // 3)
-    print(f"\nFlow-GRPO + LDAM, mean reward of the first {k} vs the last {k} epochs:")
+    print(f"\nDiffusionNFT, mean rollout reward of the first {k} vs the last {k} epochs:")
     for key in [x for x in metrics[0] if x.startswith("reward/") and x != "reward/dropped"]:
         first = sum(r[key] for r in metrics[:k]) / k
         last = sum(r[key] for r in metrics[-k:]) / k
         print(f"  {key[7:]:<14} {first:9.4f} -> {last:9.4f}  ({last - first:+.4f})")
-    fired = [json.loads(x) for x in (rl_dir / "ldam.jsonl").read_text().splitlines() if '"active": true' in x]
-    print(f"  LDAM fired {len(fired)} time(s): " + ", ".join(f"epoch {d['epoch']} {d['reward']} (gamma "
-                                                          f"{d['gamma']:.3g})" for d in fired[:6]))
+    if (rl_dir / "ldam.jsonl").is_file():
+        fired = [json.loads(x) for x in (rl_dir / "ldam.jsonl").read_text().splitlines() if '"active": true' in x]
+        print(f"  LDAM fired {len(fired)} time(s): " + ", ".join(f"epoch {d['epoch']} {d['reward']} (gamma "
+                                                              f"{d['gamma']:.3g})" for d in fired[:6]))
     if "geneval_before" in result and "geneval_after" in result:
         n = cfg.train.eval_limit
         shown = f"first {n} prompt{'s' if n > 1 else ''} of each task" if n else "all prompts"
-        print(f"\nToy GenEval before / after the RL phase ({shown}):\n")
+        print(f"\nToy GenEval before / after the RL phase ({shown} x 1 image, guidance 1):\n")
         print(format_table({"before RL": result["geneval_before"], "after RL (EMA)": result["geneval_after"]}))
     print(f"\nreport: {html}\n(Markdown twin: {md}; all outputs in {out})")
