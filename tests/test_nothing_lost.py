@@ -108,6 +108,10 @@ def test_export_refuses_a_file_and_a_folder_of_other_files(two_runs, tmp_path, c
     err = capsys.readouterr().err
     assert "holds other files (todo.txt)" in err and "--overwrite" in err, err
     assert (other / "todo.txt").read_text() == "mine" and sorted(p.name for p in other.iterdir()) == ["todo.txt"]
+    for inside in (two_runs[0], two_runs[0].parent):  # never replaced, even with --overwrite
+        assert main(["export", str(two_runs[0]), "--out", str(inside), "--overwrite"]) == 2
+        assert "holds the checkpoint" in capsys.readouterr().err
+    assert (two_runs[0] / "trainable.safetensors").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["export", str(two_runs[0]), "--out", str(empty)]) == 0

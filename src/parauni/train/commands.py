@@ -142,6 +142,9 @@ def run_export(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out!r} is a file; give a folder path")
+    if Path(args.checkpoint).resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"--out {args.out!r} holds the checkpoint {args.checkpoint!r} being exported; give another "
+                         "folder (replacing it would delete the checkpoint)")
     overwrite = getattr(args, "overwrite", False)
     problem = None if overwrite else _export_target_problem(out)
     if problem:
