@@ -384,7 +384,7 @@ def test_detections_follow_mmdets_instance_postprocess(tiny_detector):
     probs = torch.softmax(out.class_queries_logits[0], -1)[:, :-1].numpy()  # (10 queries, 4 classes)
     pairs = sorted(((float(probs[q, c]), q, c) for q in range(probs.shape[0]) for c in range(probs.shape[1])),
                    reverse=True)[:k]
-    assert len({q for _, q, _ in pairs}) < k or len(pairs) == k
+    assert len({q for _, q, _ in pairs}) < k  # some query gives two of the top pairs (two classes)
     names = {0: "person", 1: "computer mouse", 2: "dog"}  # label 3 (wall-other) is no GenEval class
     expected = []
     for p, q, c in pairs:
