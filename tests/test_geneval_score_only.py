@@ -81,6 +81,10 @@ def test_score_only_keeps_the_record_of_parauni_images(tmp_path, capsys):
     assert main(["eval", "geneval", "--score-only", str(out), "--scorer", "toy"]) == 0
     assert json.loads((out / prov.PROVENANCE_FILE).read_text()) == record  # the model that made them, kept
     assert f"| prior (weights {record['weights_sha256'][:8]}) |" in capsys.readouterr().out
+    # an image the record does not account for: refused (the scores would mix sources)
+    Image.new("RGB", (32, 32), "red").save(out / "00000" / "samples" / "0007.png")
+    assert main(["eval", "geneval", "--score-only", str(out), "--scorer", "toy"]) == 2
+    assert "also holds 1 other image(s) (00000/samples/0007.png)" in capsys.readouterr().err
 
 
 def test_score_only_with_the_official_scorer_command(tmp_path, monkeypatch):

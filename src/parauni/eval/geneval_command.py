@@ -71,7 +71,18 @@ def score_only_record(folder: str | Path) -> tuple[dict, list[tuple[str, list]]]
         raise UsageError(f"--score-only {folder}: its {prov.PROVENANCE_FILE} is for the {recorded.get('layout')!r} "
                          "layout, not GenEval's; pass a GenEval folder")
     if recorded is not None and recorded.get("source") != prov.EXTERNAL:
-        return recorded, sources  # made by parauni: the record already says by what
+        # made by parauni: the record says by what, for the images it names (<i:05d>/samples/<k:04d>.png)
+        made = {f"{i:05d}/samples/{k:04d}.png" for i in range(int(recorded.get("prompts", 0)))
+                for k in range(int(recorded.get("images_per_prompt", 0)))}
+        extra = sorted(p.relative_to(folder).as_posix() for p, _ in files
+                       if p.relative_to(folder).as_posix() not in made)
+        if extra:
+            raise UsageError(f"--score-only {folder}: its {prov.PROVENANCE_FILE} records {recorded.get('model')!r} "
+                             f"making {recorded.get('prompts')} prompts x {recorded.get('images_per_prompt')} "
+                             f"images, but it also holds {len(extra)} other image(s) ({', '.join(extra[:3])}"
+                             f"{' ...' if len(extra) > 3 else ''}), so the scores would mix sources; move them "
+                             "to a folder of their own")
+        return recorded, sources
     record = prov.external_record(layout="geneval", root=folder, images=[p for p, _ in files], records=metas)
     if recorded is not None and recorded.get("images_sha256") == record["images_sha256"]:
         record["created"] = recorded.get("created", record["created"])
