@@ -87,7 +87,9 @@ def _reference_logits(path, images, prompts):
     model = CLIPModel.from_pretrained(path).eval()
     tok = _tokenizer(16)
     enc = tok(prompts, padding=True, return_tensors="pt")
-    pixels = ClipPreprocess(36, 32, tuple(PREPROCESS["image_mean"]), tuple(PREPROCESS["image_std"]))(images)
+    # the rewards preprocess as their reference code does, with transformers' CLIPProcessor (its crop rounds down;
+    # test_preprocess_matches_transformers_clip_processor checks that "floor" is that processor)
+    pixels = ClipPreprocess(36, 32, tuple(PREPROCESS["image_mean"]), tuple(PREPROCESS["image_std"]), "floor")(images)
     with torch.no_grad():
         scale = model.logit_scale.exp().item()
         out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
@@ -121,7 +123,7 @@ def test_aesthetic_on_tiny_clip(tiny_clip, tiny_head, tmp_path):
     reward = AestheticReward(head=tiny_head, model=tiny_clip)
     images = _images(3)
     scores = reward(images, ["ignored"] * 3)
-    emb = ClipEmbedder(tiny_clip).image_embeds(images)
+    emb = ClipEmbedder(tiny_clip, crop_rounding="floor").image_embeds(images)  # Flow-GRPO: transformers' processor
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
     head = AestheticMLP(16)
     head.load_state_dict(torch.load(tiny_head, weights_only=True))

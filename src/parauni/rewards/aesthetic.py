@@ -62,7 +62,8 @@ class AestheticReward:
             raise FileNotFoundError(f"the aesthetic reward needs its MLP head: download {HEAD_URL} and pass "
                                     f"head=PATH (e.g. in the reward options)")
         self.head = AestheticMLP.from_file(head).to(device)
-        self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype)
+        # transformers' CLIPProcessor, as the reward's reference code (Flow-GRPO) preprocesses: its crop rounds down
+        self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype, crop_rounding="floor")
         dim = self.clip.model.config.projection_dim
         if dim != self.head.layers[0].in_features:
             raise UsageError(f"the head expects {self.head.layers[0].in_features}-d embeddings but the CLIP model "

@@ -19,7 +19,8 @@ class ClipScoreReward:
 
     def __init__(self, model: str | Path = CLIP_L14, processor: str | Path | None = None, scale: float = 1.0,
                  device: str = "cpu", dtype: str | torch.dtype = torch.float32):
-        self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype)
+        # transformers' CLIPProcessor, as the reward's reference code (Flow-GRPO) preprocesses: its crop rounds down
+        self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype, crop_rounding="floor")
         self.scale = scale
 
     @torch.no_grad()

@@ -20,7 +20,8 @@ class PickScoreReward:
 
     def __init__(self, model: str | Path = PICKSCORE_MODEL, processor: str | Path = PICKSCORE_PROCESSOR,
                  scale: float = 1 / 26, device: str = "cpu", dtype: str | torch.dtype = torch.float32):
-        self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype)
+        # transformers' CLIPProcessor, as the reward's reference code (Flow-GRPO) preprocesses: its crop rounds down
+        self.clip = ClipEmbedder(model, processor, device=device, dtype=dtype, crop_rounding="floor")
         self.scale = scale
 
     @torch.no_grad()
