@@ -286,3 +286,25 @@ def test_shipped_nft_configs_load_with_the_reference_numbers():
     assert (n.beta, n.decay_type, o.kl_beta, o.lr, o.adv_clip, o.timestep_fraction) == (0.1, 1, 1e-4, 3e-4, 5.0, 0.99)
     assert (o.ema_decay, o.ema_every, o.steps_per_epoch, real.model.lora_rank, real.model.lora_alpha) == \
         (0.9, 1, 1, 32, 64)
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path):
+    """Two stage-III runs in one output folder would merge their logs and checkpoints: the second is refused,
+    naming the first one's PID, until the first process ends."""
+    import subprocess
+    import sys
+
+    from parauni.utils.locks import FolderLockedError
+
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom parauni.utils.locks import FolderLock\n"
+                               f"FolderLock({str(folder)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderLockedError, match=f"PID {holder.pid}"):
+            nft_trainer(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    nft_trainer(tmp_path)  # the OS released the dead process's lock

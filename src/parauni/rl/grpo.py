@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from ..utils.checkpoints import (
     truncate_jsonl,
     write_checkpoint,
 )
+from ..utils.locks import FolderLock
 from .config import GRPOConfig, load_grpo_config
 from .curves import plot_curves
 from .diffusion_nft import DiffusionNFT
@@ -154,7 +156,7 @@ class RLTrainer:
         checked before any model is built)."""
 
         self.cfg, self.progress = cfg, progress
-        t, m = cfg.train, cfg.model
+        t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
         self.out = Path(t.output_dir)
@@ -166,6 +168,23 @@ class RLTrainer:
             raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
                               f"processes ({self.acc.num_processes}): each process rolls out the same number of "
                               "prompts")
+        # one run per output folder: a second run is refused, naming this one's PID; held until run() ends (or this
+        # trainer is collected), released by the OS if the process dies
+        self._lock = FolderLock(self.out, "stage-III run") if self.acc.is_main_process else None
+        if self._lock is not None:
+            self._lock.acquire()
+            weakref.finalize(self, self._lock.release)
+        try:
+            self._build(resume, rewards, pipeline, allow_config_change, prompts, evaluate)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _build(self, resume, rewards, pipeline, allow_config_change: bool, prompts, evaluate) -> None:
+        """The rest of ``__init__``, run while the output folder's lock is held."""
+        cfg = self.cfg
+        t, m = cfg.train, cfg.model
         self.config_changes: list = []
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
 
@@ -517,6 +536,17 @@ class RLTrainer:
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> dict:
+        """Train to ``train.epochs`` (``stop_after``: end after that epoch without saving more, as an interrupted
+        run would), then write ``final/`` and the evaluations."""
+        if self._lock is not None:
+            self._lock.acquire()  # held since __init__, unless an earlier run() released it
+        try:
+            return self._run(stop_after)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _run(self, stop_after: int | None) -> dict:
         t = self.cfg.train
         main = self.acc.is_main_process
         result = {}
