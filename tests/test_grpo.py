@@ -491,3 +491,22 @@ def test_adapters_come_back_on_after_an_error():
         plain = run()
         raise RuntimeError("boom")
     assert not torch.allclose(plain, adapted) and torch.equal(run(), adapted)
+
+
+def test_prompts_per_epoch_must_split_evenly_over_processes(tmp_path):
+    """3 prompts on 2 processes used to split 2 + 1 while the gather assumed equal shares: refused at start."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text("import sys\nfrom parauni.rl.config import load_grpo_config\n"
+                      "from parauni.rl.grpo import RLTrainer\n"
+                      "RLTrainer(load_grpo_config(None, sys.argv[1:]), progress=False)\n")
+    args = [*BASE, "prompts.per_epoch=3", f"train.output_dir={tmp_path / 'odd'}"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), str(script), *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode != 0
+    assert "prompts.per_epoch (3) must be a multiple of the number of processes (2)" in proc.stderr
