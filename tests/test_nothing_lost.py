@@ -150,7 +150,7 @@ def test_a_second_process_is_refused_naming_the_first_and_the_lock_dies_with_it(
     from parauni.utils.locks import LOCK_FILE, hold_folder_lock
 
     folder, proc = held_folder
-    assert (folder / LOCK_FILE).read_text().strip() == str(proc.pid)
+    assert (folder / LOCK_FILE).read_text().strip() == f"{proc.pid} run"
     with pytest.raises(UsageError) as err, hold_folder_lock(folder):
         pass
     assert f"PID {proc.pid}" in str(err.value) and str(folder) in str(err.value)
@@ -164,13 +164,29 @@ def test_a_second_process_is_refused_naming_the_first_and_the_lock_dies_with_it(
                  ["eval", "dpg", "--model", "prior", "--limit", "1"]):
         assert main([*argv, "--steps", "1", "--out", str(folder)]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
-        assert f"in use by another evaluation (PID {proc.pid}" in line, line
+        assert f"in use by another run (PID {proc.pid}" in line, line  # the holder's kind
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]
     # the holder killed (no clean-up of its own): the OS released the lock
     proc.kill()
     proc.wait()
     with hold_folder_lock(folder) as locked:
-        assert locked == folder and (folder / LOCK_FILE).read_text().strip() == str(os.getpid())
+        assert locked == folder and (folder / LOCK_FILE).read_text().strip() == f"{os.getpid()} run"
+    with hold_folder_lock(folder, "evaluation"), pytest.raises(UsageError) as err:  # another process asks
+        _try_lock_in_another_process(folder)
+    assert f"in use by another evaluation (PID {os.getpid()}" in str(err.value)
+
+
+def _try_lock_in_another_process(folder):
+    """Ask for ``folder``'s lock from a fresh interpreter; re-raise its refusal here as a UsageError."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom parauni.utils.locks import hold_folder_lock\ntry:\n    hold_folder_lock(sys.argv[1])"
+            ".acquire()\nexcept Exception as err:\n    print(err)\n    sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120)
+    if proc.returncode == 3:
+        raise UsageError(proc.stdout.strip())
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_the_lock_is_reentrant_and_leaves_no_folder_when_nothing_was_written(tmp_path):

@@ -1,11 +1,11 @@
 """One run per output folder: an advisory exclusive lock on ``<folder>/.lock``.
 
 ``with hold_folder_lock(folder):`` (:func:`hold_folder_lock`) takes a non-blocking ``fcntl.flock`` on
-``<folder>/.lock`` (creating the folder) and writes the holder's PID into it. A second process asking for the
-same folder gets a :class:`FolderLockedError` naming the folder and the first one's PID, instead of two runs
-silently merging their files. The operating system releases the lock when the holder exits or is killed, so a
-crashed run never leaves a stale lock (the file itself stays; only the lock counts). Within one process the lock
-is re-entrant.
+``<folder>/.lock`` (creating the folder) and writes the holder's PID and kind (``training run``, ``evaluation``)
+into it. A second process asking for the same folder gets a :class:`FolderLockedError` naming the folder, the
+first one's PID and kind, instead of two runs silently merging their files. The operating system releases the
+lock when the holder exits or is killed, so a crashed run never leaves a stale lock (the file itself stays; only
+the lock counts). Within one process the lock is re-entrant.
 
 Locks need a file system with ``flock`` (local disks; on some network file systems flock is local to one host).
 Where ``fcntl`` does not exist (Windows) no lock is taken.
@@ -31,12 +31,14 @@ class FolderLockedError(UsageError):
     """Another process holds the folder's lock; the message names it and its PID."""
 
 
-def _holder(path: Path) -> str:
+def _holder(path: Path) -> tuple[str, str]:
+    """``(pid, what)`` written by the holder of a lock file (``"unknown"`` where it cannot be read)."""
     try:
         text = path.read_text().strip()
     except OSError:
-        return "unknown"
-    return text.split()[0] if text else "unknown"
+        text = ""
+    pid, _, what = text.partition(" ")
+    return pid or "unknown", what or "run"
 
 
 class FolderLock:
@@ -66,11 +68,12 @@ class FolderLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
+                pid, what = _holder(path)
                 raise FolderLockedError(
-                    f"{folder} is in use by another {self.what} (PID {_holder(path)}, see {path}): wait for it to "
-                    "end, stop it, or give another output folder") from None
+                    f"{folder} is in use by another {what} (PID {pid}, see {path}): wait for it to end, stop it, or "
+                    "give another output folder") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self.what}\n".encode())
         _held[key] = [fd, 1, created]
         self.held = True
         return self
@@ -108,6 +111,7 @@ class FolderLock:
 def hold_folder_lock(folder: str | Path, what: str = "run") -> FolderLock:
     """``with hold_folder_lock(folder):`` holds the exclusive lock of ``folder`` for the block (see the module)
     and yields the folder; a second process asking for it gets :class:`FolderLockedError` naming this one's PID.
-    ``what`` names the kind of user in that refusal (``run``, ``evaluation``). Also usable without ``with``:
-    ``lock = hold_folder_lock(folder).acquire()`` ... ``lock.release()``."""
+    ``what``: this holder's kind, written into the lock file for the refusal of another (``run``,
+    ``evaluation``). Also usable without ``with``: ``lock = hold_folder_lock(folder).acquire()`` ...
+    ``lock.release()``."""
     return FolderLock(folder, what)
