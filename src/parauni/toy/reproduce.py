@@ -63,7 +63,7 @@ SCALES: dict[str, dict] = {
                  rewards=["--steps", "2", "--pool", "256", "--batch-size", "32"],
                  stage1=2, stage2=2, grpo_epochs=2, eval_images=1, recon_images=2, layer_prompts=1, eval_limit=1,
                  grpo=["prompts.per_epoch=2", "sampling.group_size=4", "sampling.steps=4", "sampling.eval_steps=4",
-                       "sampling.sde_window_range=[0, 3]"],
+                       "sampling.sde_window_range=[0, 3]", "optim.train_batch=4"],
                  layers=["--images-per-prompt", "1", "--steps", "4"], recon=["--steps", "4"],
                  stage=["train.eval_steps=4"]),
 }
