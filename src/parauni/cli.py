@@ -472,31 +472,7 @@ def _bad_input_message(err: BaseException) -> str | None:
     yaml_error = sys.modules.get("yaml")
     if yaml_error is not None and isinstance(err, yaml_error.YAMLError):
         return f"invalid YAML: {' '.join(str(err).split())}"
-    if isinstance(err, (ValueError, KeyError)) and _raised_by_check_in(err, PENDING_MODULES):
-        return str(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     return None
-
-
-# Modules whose input checks still raise plain ValueError / KeyError (they are being rewritten by their owners):
-# until they raise the project's errors, a ``raise ValueError(...)`` / ``raise KeyError(...)`` statement of theirs
-# is taken as bad input. A ValueError / KeyError raised by anything else in them (a library call, a builtin such
-# as int()) keeps its traceback.
-PENDING_MODULES = ("parauni.eval.", "parauni.rl.")
-
-
-def _raised_by_check_in(err: BaseException, modules: tuple[str, ...]) -> bool:
-    """Whether ``err`` was raised by a ``raise`` statement of one of ``modules`` (its innermost frame)."""
-    import linecache
-
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    module = tb.tb_frame.f_globals.get("__name__", "")
-    if not module.startswith(modules):
-        return False
-    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise ")
 
 
 BUG_REPORT = ("internal error: this is a bug in parauni, not a problem with your input; please report it (an issue "

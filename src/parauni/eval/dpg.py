@@ -70,19 +70,19 @@ def load_dpg_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not JSON: {err}") from err
+            raise UsageError(f"{path}:{n}: not JSON: {err}") from err
         if not isinstance(rec, dict) or "item_id" not in rec or "prompt" not in rec:
-            raise ValueError(f"{path}:{n}: expected an object with 'item_id' and 'prompt'")
+            raise UsageError(f"{path}:{n}: expected an object with 'item_id' and 'prompt'")
         item_id = str(rec["item_id"])
         if not item_id or "/" in item_id or "\\" in item_id or item_id in (".", ".."):
-            raise ValueError(f"{path}:{n}: item_id {item_id!r} cannot be a file name")
+            raise UsageError(f"{path}:{n}: item_id {item_id!r} cannot be a file name")
         items.append({"item_id": item_id, "prompt": str(rec["prompt"])})
         if limit is not None and len(items) >= limit:
             break
     ids = [r["item_id"] for r in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: item_id {dup!r} appears more than once")
+        raise UsageError(f"{path}: item_id {dup!r} appears more than once")
     return items
 
 
@@ -164,7 +164,7 @@ def run(args) -> None:
     items_all = load_dpg_prompts(args.prompts)
     items = items_all[: args.limit] if args.limit is not None else items_all
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1 (the first N prompts), got {args.limit}")
+        raise UsageError(f"--limit must be >= 1 (the first N prompts), got {args.limit}")
     generate, _, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device,
                                               dtype=getattr(args, "dtype", "auto"))
     record = dpg_record(args.model, identity, items_all, items, prompts=str(args.prompts), steps=args.steps,

@@ -110,7 +110,7 @@ def split_grid(grid: Image.Image) -> list[Image.Image]:
     """The four images of a 2x2 grid, row-major (reference l.111-116; the side is half the grid's)."""
     w, h = grid.size
     if w % 2 or h % 2:
-        raise ValueError(f"a DPG-Bench grid has even sides (2x2 images), got {w}x{h}")
+        raise UsageError(f"a DPG-Bench grid has even sides (2x2 images), got {w}x{h}")
     sw, sh = w // 2, h // 2
     return [grid.crop((x, y, x + sw, y + sh)) for y in (0, sh) for x in (0, sw)]
 
@@ -129,7 +129,7 @@ def score_image(image, questions: Sequence[Question], answer: AnswerFn) -> tuple
 def score_item(images: Sequence, questions: Sequence[Question], answer: AnswerFn) -> dict:
     """One item: per-image scores, their mean, and the last image's raw answers (the reference's categories)."""
     if not questions:
-        raise ValueError("an item without questions cannot be scored")
+        raise UsageError("an item without questions cannot be scored")
     scores, raw = [], {}
     for im in images:
         s, raw = score_image(im, questions, answer)
@@ -141,7 +141,7 @@ def score_item(images: Sequence, questions: Sequence[Question], answer: AnswerFn
 def aggregate(results: dict[str, dict], questions: dict[str, list[Question]]) -> dict:
     """The DPG-Bench score and L1 / L2 category scores (all x 100) of :func:`score_item` results (pure)."""
     if not results:
-        raise ValueError("no scored items")
+        raise UsageError("no scored items")
     l1: dict[str, list[float]] = {}
     l2: dict[str, list[float]] = {}
     for item_id, res in results.items():

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..utils.images import unit_to_uint8
 from . import provenance as prov
 from .geneval_rules import TASKS
@@ -42,7 +43,7 @@ def limit_per_task(metas: Sequence[dict], limit: int | None) -> list[dict]:
     if limit is None:
         return list(metas)
     if limit < 1:
-        raise ValueError(f"--limit must be >= 1 (prompts per task), got {limit}")
+        raise UsageError(f"--limit must be >= 1 (prompts per task), got {limit}")
     seen: dict[str | None, int] = {}
     out = []
     for m in metas:

@@ -35,7 +35,7 @@ def official_geneval(out, scorer: str) -> dict:
     try:
         subprocess.run(cmd, check=True)
     except subprocess.CalledProcessError as err:
-        raise ValueError(f"the GenEval scorer ({GENEVAL_SCORER_ENV}) exited with status {err.returncode}") from err
+        raise UsageError(f"the GenEval scorer ({GENEVAL_SCORER_ENV}) exited with status {err.returncode}") from err
     results = read_results(outfile)  # every row with the keys the summary reads (file, line and field named)
     summary = summarize(results)  # GenEval's summary_scores.py: per-task accuracy, overall = mean of the tasks
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..rewards.clip_common import ClipEmbedder, _check_local, _missing, _name
 from . import geneval_rules as rules
 from .bundled import geneval_object_names_path
@@ -99,7 +100,7 @@ def label_map(id2label: dict, names: Sequence[str] | None = None) -> dict[int, s
         out = {int(i): names[int(i)] for i in id2label}
     if not out:
         sample = ", ".join(repr(v) for v in list(id2label.values())[:5])
-        raise ValueError(f"none of the detector's {len(id2label)} labels ({sample}, ...) is one of GenEval's 80 "
+        raise UsageError(f"none of the detector's {len(id2label)} labels ({sample}, ...) is one of GenEval's 80 "
                          "COCO class names (object_names.txt); use a COCO instance-segmentation checkpoint such as "
                          f"{DEFAULT_DETECTOR}")
     return out
@@ -257,7 +258,7 @@ class ColorClassifier:
                  background: str = rules.COLOR_BACKGROUND, crop: bool = True, amp: bool | None = None):
         cuda = torch.device(device).type == "cuda"
         if amp and not cuda:
-            raise ValueError(f"fp16 autocast (amp=True) is GenEval's CUDA setting; on {device!r} use amp=None or "
+            raise UsageError(f"fp16 autocast (amp=True) is GenEval's CUDA setting; on {device!r} use amp=None or "
                              "False (fp32), or pass a CUDA device")
         self.clip = ClipEmbedder(model, device=device)
         self.colors, self.templates = tuple(colors), tuple(templates)

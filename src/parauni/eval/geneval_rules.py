@@ -178,13 +178,13 @@ def check_record(meta: dict) -> None:
     GenEval's six tasks all name their objects in ``include``; a record without them (an unknown ``tag``,
     a typo, another benchmark's file) is an error that names the record and its tag."""
     if not isinstance(meta, dict):
-        raise ValueError(f"a GenEval record must be a JSON object, got {type(meta).__name__}: {meta!r}")
+        raise UsageError(f"a GenEval record must be a JSON object, got {type(meta).__name__}: {meta!r}")
     include = meta.get("include")
     if include and isinstance(include, list):
         return
     tag = meta.get("tag")
     known = "one of GenEval's tasks" if tag in TASKS else f"not one of GenEval's tasks {', '.join(TASKS)}"
-    raise ValueError(f"GenEval record {json.dumps(meta)[:200]} has tag {tag!r} ({known}) and no 'include' list "
+    raise UsageError(f"GenEval record {json.dumps(meta)[:200]} has tag {tag!r} ({known}) and no 'include' list "
                      "of objects, so no image could fail it; give each record 'include': [{\"class\": ..., "
                      "\"count\": ...}] (GenEval's evaluation_metadata.jsonl schema)")
 

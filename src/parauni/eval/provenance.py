@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "provenance.json"
@@ -140,13 +142,13 @@ def decide(recorded: dict | None, wanted: dict, has_outputs: bool, mode: str = "
     Raises ``ValueError`` in ``resume`` mode when the folder holds outputs of other settings, or outputs
     without a provenance record (pure: no file is read)."""
     if mode not in MODES:
-        raise ValueError(f"provenance mode must be one of {MODES}, got {mode!r}")
+        raise UsageError(f"provenance mode must be one of {MODES}, got {mode!r}")
     if mode == "overwrite":
         return "overwrite" if has_outputs or recorded is not None else "start"
     if recorded is not None and recorded.get("source") == EXTERNAL and wanted.get("source") != EXTERNAL:
         if mode == "refresh":
             return "overwrite"
-        raise ValueError(f"{where} holds images made elsewhere (its {PROVENANCE_FILE} says source 'external': they "
+        raise UsageError(f"{where} holds images made elsewhere (its {PROVENANCE_FILE} says source 'external': they "
                          "were scored with --score-only), and parauni does not add its own images to them; use "
                          "another --out, or --overwrite to replace them with this model's images")
     if recorded is None:
@@ -154,7 +156,7 @@ def decide(recorded: dict | None, wanted: dict, has_outputs: bool, mode: str = "
             return "start"
         if mode == "refresh":
             return "overwrite"
-        raise ValueError(f"{where} already holds generated images but no {PROVENANCE_FILE}, so what made them is "
+        raise UsageError(f"{where} already holds generated images but no {PROVENANCE_FILE}, so what made them is "
                          "unknown (an older parauni, or another tool); use another --out, or --overwrite to "
                          "regenerate every image")
     diff = differences(recorded, wanted)
@@ -164,7 +166,7 @@ def decide(recorded: dict | None, wanted: dict, has_outputs: bool, mode: str = "
         return "overwrite"
     model = f" (model {recorded.get('model')!r} there, {wanted.get('model')!r} now)" \
         if recorded.get("model") != wanted.get("model") else ""
-    raise ValueError(f"{where} was generated with other settings{model}: " + "; ".join(diff)
+    raise UsageError(f"{where} was generated with other settings{model}: " + "; ".join(diff)
                      + ". Use another --out, or --overwrite to regenerate every image")
 
 
@@ -176,7 +178,7 @@ def read(folder: str | Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it and pass --overwrite") from err
+        raise UsageError(f"{path} is not valid JSON ({err}); delete it and pass --overwrite") from err
 
 
 def write(folder: str | Path, record: dict) -> Path:

@@ -184,14 +184,14 @@ def read_images(folder: str | Path) -> tuple[list[tuple[str, Image.Image]], list
         logger.warning("skipped %d unreadable image(s) in %s: %s", len(skipped), folder,
                        ", ".join(s["file"] for s in skipped))
     if not images:
-        raise ValueError(f"no readable images in {str(folder)!r}")
+        raise UsageError(f"no readable images in {str(folder)!r}")
     return images, skipped
 
 
 def cfg_settings(cfg_prompt: str | None = None, cfg_text_only: bool = False) -> dict:
     """The unconditional branch as recorded in ``summary.json``: ``cfg_branch`` and ``cfg_instruction``."""
     if cfg_text_only and cfg_prompt is not None:
-        raise ValueError("--cfg-prompt is the instruction of the image-keeping unconditional branch; "
+        raise UsageError("--cfg-prompt is the instruction of the image-keeping unconditional branch; "
                          "it cannot be combined with --cfg-text-only")
     if cfg_text_only:
         return {"cfg_branch": "text-only", "cfg_instruction": None}
@@ -264,7 +264,7 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
 
         load = lambda m: load_pipeline(m, dtype=dtype, device=device)
     if not models:
-        raise ValueError("give at least one --model")
+        raise UsageError("give at least one --model")
     named = dict.fromkeys(models)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -245,12 +245,12 @@ def run_judge(template: str, out_dir: str | Path, prompt_paths: dict[str, Path])
         try:
             subprocess.run(cmd, check=True)
         except subprocess.CalledProcessError as err:
-            raise ValueError(f"the WISE judge ({JUDGE_ENV} / --judge-command) exited with status {err.returncode}: "
+            raise UsageError(f"the WISE judge ({JUDGE_ENV} / --judge-command) exited with status {err.returncode}: "
                              f"{shlex.join(cmd)}") from err
         except FileNotFoundError as err:
-            raise ValueError(f"the WISE judge command cannot be run ({err.strerror}: {cmd[0]!r})") from err
+            raise UsageError(f"the WISE judge command cannot be run ({err.strerror}: {cmd[0]!r})") from err
         if not target.is_file():
-            raise ValueError(f"the WISE judge wrote no {target} (its {{out}}): {shlex.join(cmd)}")
+            raise UsageError(f"the WISE judge wrote no {target} (its {{out}}): {shlex.join(cmd)}")
         results[name] = target
     return results
 
@@ -260,13 +260,13 @@ def wiscore(rec: dict) -> tuple[str, float]:
     if all(k in rec for k in LEGACY_KEYS):
         vals = [rec[k] for k in LEGACY_KEYS]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 2 for v in vals):
-            raise ValueError(f"WISE score record {rec}: consistency, realism, aesthetic_quality must be numbers 0-2")
+            raise UsageError(f"WISE score record {rec}: consistency, realism, aesthetic_quality must be numbers 0-2")
         c, r, a = (float(v) for v in vals)
         return "legacy", (0.7 * c + 0.2 * r + 0.1 * a) / 2
     score = rec.get("score")
     if isinstance(score, (int, float)) and not isinstance(score, bool) and score in (0, 1):
         return "verified", float(score)
-    raise ValueError(f"WISE score record {rec}: expected 'score' 0 or 1 (WISE_Verified) or 'consistency', "
+    raise UsageError(f"WISE score record {rec}: expected 'score' 0 or 1 (WISE_Verified) or 'consistency', "
                      "'realism', 'aesthetic_quality' 0-2 (the paper's GPT-4o protocol)")
 
 
@@ -290,7 +290,7 @@ def summarize(score_records: Sequence[dict], prompts: Sequence[dict]) -> dict:
         scored.add(pid)
         per_cat.setdefault(cat_of[pid], []).append(value)
     if len(protocols) > 1:
-        raise ValueError("the judge's records mix WISE_Verified ('score') and GPT-4o ('consistency', ...) formats")
+        raise UsageError("the judge's records mix WISE_Verified ('score') and GPT-4o ('consistency', ...) formats")
     protocol = protocols.pop() if protocols else None
     order = [c for c in CATEGORIES if c in per_cat] + sorted(c for c in per_cat if c not in CATEGORIES)
     cats = {c: {"wiscore": float(np.mean(per_cat[c])), "images": len(per_cat[c])} for c in order}
@@ -315,7 +315,7 @@ def read_scores(paths: Sequence[Path]) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
+                raise UsageError(f"{path}, line {n}: not valid JSON ({err.msg})") from None
             if isinstance(rec, dict):
                 out.append(rec)
     return out

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError, UnknownKeyError
+
 DEFAULT_REWARD_TO_GROUP = {
     "clipscore": "deep", "aesthetic": "middle", "pickscore": "shallow",  # the paper's figure
     "toy_alignment": "deep", "toy_quality": "middle", "toy_geneval": "shallow",  # their toy stand-ins
@@ -40,7 +42,7 @@ DEFAULT_REWARD_TO_GROUP = {
 def default_layer_groups(num_layers: int) -> dict[str, list[int]]:
     """Thirds of ``range(num_layers)`` as ``{"shallow", "middle", "deep"}``."""
     if num_layers < 3:
-        raise ValueError(f"need at least 3 layers for the default thirds, got {num_layers}; pass layer_groups")
+        raise ConfigError(f"need at least 3 layers for the default thirds, got {num_layers}; pass layer_groups")
     base, extra = divmod(num_layers, 3)
     groups, start = {}, 0
     for i, name in enumerate(("shallow", "middle", "deep")):
@@ -57,24 +59,24 @@ class LDAM:
                  reward_to_group: dict[str, str] | None = None, num_layers: int | None = None, window: int = 5,
                  gamma0: float = 0.1, patience: int = 5, seed: int = 0):
         if num_layers is None or num_layers < 1:
-            raise ValueError(f"num_layers (the number of VLM layers read) must be >= 1, got {num_layers}")
+            raise ConfigError(f"num_layers (the number of VLM layers read) must be >= 1, got {num_layers}")
         if window < 1 or patience < 1:
-            raise ValueError(f"window and patience must be >= 1, got {window} and {patience}")
+            raise ConfigError(f"window and patience must be >= 1, got {window} and {patience}")
         self.rewards = list(rewards)
         self.num_layers = num_layers
         self.window, self.gamma0, self.patience = window, gamma0, patience
         self.layer_groups = {k: sorted(v) for k, v in (layer_groups or default_layer_groups(num_layers)).items()}
         for name, layers in self.layer_groups.items():
             if not layers or any(not 0 <= i < num_layers for i in layers):
-                raise ValueError(f"layer group {name!r} = {layers} must be non-empty indices in [0, {num_layers})")
+                raise ConfigError(f"layer group {name!r} = {layers} must be non-empty indices in [0, {num_layers})")
         self.reward_to_group = {**DEFAULT_REWARD_TO_GROUP, **(reward_to_group or {})}
         for r in self.rewards:
             group = self.reward_to_group.get(r)
             if group is None:
-                raise KeyError(f"LDAM has no layer group for reward {r!r}; map it with reward_to_group="
+                raise UnknownKeyError(f"LDAM has no layer group for reward {r!r}; map it with reward_to_group="
                                f"{{{r!r}: <one of {sorted(self.layer_groups)}>}}")
             if group not in self.layer_groups:
-                raise KeyError(f"reward {r!r} maps to unknown layer group {group!r}; "
+                raise UnknownKeyError(f"reward {r!r} maps to unknown layer group {group!r}; "
                                f"groups: {sorted(self.layer_groups)}")
         self.history: dict[str, dict[str, deque]] = {
             r: {"r": deque(maxlen=window), "g": deque(maxlen=window)} for r in self.rewards}
@@ -152,7 +154,7 @@ class LDAM:
         keys = ("rewards", "num_layers", "window", "gamma0", "patience", "layer_groups", "reward_to_group")
         diff = [k for k in keys if state.get(k) != mine[k]]
         if diff:
-            raise ValueError(f"LDAM state does not match this controller's settings: {diff}")
+            raise ConfigError(f"LDAM state does not match this controller's settings: {diff}")
         self.history = {r: {k: deque(v, maxlen=self.window) for k, v in h.items()} for r, h in state["history"].items()}
         self.counters = copy.deepcopy(state["counters"])
         self.current = copy.deepcopy(state["current"])
