@@ -24,7 +24,6 @@ import json
 import logging
 import shutil
 import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from ..utils.checkpoints import (
     truncate_jsonl,
     write_checkpoint,
 )
-from ..utils.locks import FolderLock
+from ..utils.locks import owned_lock, with_lock
 from .config import GRPOConfig, load_grpo_config
 from .curves import plot_curves
 from .diffusion_nft import DiffusionNFT
@@ -170,16 +169,9 @@ class RLTrainer:
                               "prompts")
         # one run per output folder: a second run is refused, naming this one's PID; held until run() ends (or this
         # trainer is collected), released by the OS if the process dies
-        self._lock = FolderLock(self.out, "stage-III run") if self.acc.is_main_process else None
-        if self._lock is not None:
-            self._lock.acquire()
-            weakref.finalize(self, self._lock.release)
-        try:
-            self._build(resume, rewards, pipeline, allow_config_change, prompts, evaluate)
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        self._lock = owned_lock(self, self.out, "stage-III run") if self.acc.is_main_process else None
+        with_lock(self._lock, lambda: self._build(resume, rewards, pipeline, allow_config_change, prompts, evaluate),
+                  keep=True)
 
     def _build(self, resume, rewards, pipeline, allow_config_change: bool, prompts, evaluate) -> None:
         """The rest of ``__init__``, run while the output folder's lock is held."""
@@ -538,13 +530,7 @@ class RLTrainer:
     def run(self, stop_after: int | None = None) -> dict:
         """Train to ``train.epochs`` (``stop_after``: end after that epoch without saving more, as an interrupted
         run would), then write ``final/`` and the evaluations."""
-        if self._lock is not None:
-            self._lock.acquire()  # held since __init__, unless an earlier run() released it
-        try:
-            return self._run(stop_after)
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+        return with_lock(self._lock, lambda: self._run(stop_after))  # held since __init__ (or taken again)
 
     def _run(self, stop_after: int | None) -> dict:
         t = self.cfg.train

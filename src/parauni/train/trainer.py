@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import time
-import weakref
 from pathlib import Path
 
 import torch
@@ -41,7 +40,7 @@ from ..utils.checkpoints import (
     truncate_jsonl,
     write_checkpoint,
 )
-from ..utils.locks import FolderLock
+from ..utils.locks import owned_lock, with_lock
 from .config import Config, resolve_precision, save_config, to_yaml_dict, trainable_parts
 from .data import (
     MicroBatches,
@@ -180,16 +179,8 @@ class Trainer:
                               "(`parauni export CHECKPOINT --out DIR`) afterwards")
         # one run per output folder: a second run (another process) is refused, naming this one's PID; the lock is
         # held until run() ends (or this trainer is collected), and released by the OS if the process dies
-        self._lock = FolderLock(self.out, "training run") if self.acc.is_main_process else None
-        if self._lock is not None:
-            self._lock.acquire()
-            weakref.finalize(self, self._lock.release)
-        try:
-            self._build(resume, allow_config_change)
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
+        self._lock = owned_lock(self, self.out, "training run") if self.acc.is_main_process else None
+        with_lock(self._lock, lambda: self._build(resume, allow_config_change), keep=True)
 
     def _build(self, resume: bool | str, allow_config_change: bool) -> None:
         """The rest of ``__init__``, run while the output folder's lock is held."""
@@ -452,13 +443,7 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> dict:
         """Train to ``train.steps``. ``stop_after`` ends the loop after that step without saving anything
         more, as an interrupted run would (tests of resuming)."""
-        if self._lock is not None:
-            self._lock.acquire()  # held since __init__, unless an earlier run() released it
-        try:
-            return self._run(stop_after)
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+        return with_lock(self._lock, lambda: self._run(stop_after))  # held since __init__ (or taken again)
 
     def _run(self, stop_after: int | None) -> dict:
         t = self.cfg.train

@@ -14,9 +14,14 @@ Where ``fcntl`` does not exist (Windows) no lock is taken.
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import UsageError
+
+T = TypeVar("T")
 
 try:
     import fcntl
@@ -115,3 +120,27 @@ def hold_folder_lock(folder: str | Path, what: str = "run") -> FolderLock:
     ``evaluation``). Also usable without ``with``: ``lock = hold_folder_lock(folder).acquire()`` ...
     ``lock.release()``."""
     return FolderLock(folder, what)
+
+
+def owned_lock(owner: object, folder: str | Path, what: str = "run") -> FolderLock:
+    """A :class:`FolderLock` of ``folder`` taken now and released when ``owner`` (a trainer) is collected, unless
+    released earlier: a run holds its output folder from its construction on."""
+    lock = FolderLock(folder, what).acquire()
+    weakref.finalize(owner, lock.release)
+    return lock
+
+
+def with_lock(lock: FolderLock | None, fn: Callable[[], T], keep: bool = False) -> T:
+    """``fn()`` with ``lock`` held (taken again if an earlier call released it; ``None``: no lock, as on the
+    processes other than the main one), released afterwards, or with ``keep`` only when ``fn`` raises."""
+    if lock is None:
+        return fn()
+    lock.acquire()
+    try:
+        result = fn()
+    except BaseException:
+        lock.release()
+        raise
+    if not keep:
+        lock.release()
+    return result
