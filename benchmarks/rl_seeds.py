@@ -77,6 +77,18 @@ def summarize_run(folder: Path, window: int) -> dict:
         name = k.split("/", 1)[1]
         out[f"{name}/first"] = statistics.fmean(r[k] for r in rows[:window])
         out[f"{name}/last"] = statistics.fmean(r[k] for r in rows[-window:])
+    # per GenEval task (GenEval-format prompts): the rollout reward over the first and the last quarter of the run,
+    # and the share of groups whose rewards were all equal (no advantage, nothing to learn from)
+    quarter = max(1, len(rows) // 4)
+    out["by_task"] = {}
+    for k in sorted({k for r in rows for k in r if k.startswith("task/")}):
+        tag = k.split("/", 1)[1]
+        first = [r[k] for r in rows[:quarter] if k in r]
+        last = [r[k] for r in rows[-quarter:] if k in r]
+        zero = [r[f"zero_std/{tag}"] for r in rows if f"zero_std/{tag}" in r]
+        out["by_task"][tag] = {"first": statistics.fmean(first) if first else float("nan"),
+                               "last": statistics.fmean(last) if last else float("nan"),
+                               "zero_std": statistics.fmean(zero) if zero else float("nan")}
     final = folder / "eval" / "geneval" / "summary.json"
     if final.is_file():
         out["geneval"] = json.loads(final.read_text())
@@ -195,6 +207,24 @@ def main() -> None:
                 lines.append(f"| {arm} | toy GenEval {key} at guidance {g:g} | {value:.3f} | {fmt(after)} | "
                              f"{fmt([y - value for y in after])} |")
         lines.append(f"| {arm} | wall time per run (s) | | {fmt([r['seconds'] for r in runs], 0)} | |")
+    for arm, runs in summaries.items():  # diagnostics per GenEval task
+        tags = [t for t in runs[0].get("by_task", {}) if all(t in r.get("by_task", {}) for r in runs)]
+        if not tags:
+            continue
+        lines += ["", f"**{arm}, per GenEval task**: the rollout reward over the first and the last quarter of the "
+                      "epochs, the share of groups with all-equal rewards (no advantage), and toy GenEval before and "
+                      "after:", "",
+                  "| task | rollout reward first → last | all-equal groups | GenEval before → after |",
+                  "|---|---|---|---|"]
+        for t in tags:
+            first = [r["by_task"][t]["first"] for r in runs]
+            last = [r["by_task"][t]["last"] for r in runs]
+            zero = [r["by_task"][t]["zero_std"] for r in runs]
+            ev = ""
+            if before and f"task/{t}" in before:
+                after = [geneval_numbers(r["geneval"]).get(f"task/{t}", float("nan")) for r in runs]
+                ev = f"{before[f'task/{t}']:.3f} → {fmt(after)}"
+            lines.append(f"| {t} | {fmt(first)} → {fmt(last)} | {fmt(zero, 2)} | {ev} |")
     if len(arms) == 2:
         a_arm, b_arm = list(arms)
         lines += ["", f"Paired difference {a_arm} − {b_arm} of the change (95% t-interval over {len(args.seeds)} "
