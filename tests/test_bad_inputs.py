@@ -307,3 +307,22 @@ def test_offline_clip_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(UsageError, match="--clip PATH .* --clip none"):
         ClipImageEmbedder("openai/clip-vit-large-patch14")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{num_queries: 0}", "model.conditioner.num_queries: expected an integer >= 1, got 0"),
+    ("{num_queries: -1}", "model.conditioner.num_queries: expected an integer >= 1, got -1"),
+    ("{bogus_key: 3}", "model.conditioner.bogus_key: not a ParaUniConditioner argument; expected one of num_queries"),
+    ("{layers: []}", "model.conditioner.layers: expected a list of one or more values"),
+])
+def test_conditioner_overrides_are_checked(value, message):
+    """The conditioner section was passed to the constructor unchecked: 0 queries trained, -1 and [] raised
+    tracebacks, an unknown key a TypeError."""
+    from parauni.errors import ConfigError
+    from parauni.rl.config import load_grpo_config
+    from parauni.train.config import load_config
+
+    for load in (lambda o: load_config("configs/toy_stage2.yaml", o), lambda o: load_grpo_config(None, o)):
+        with pytest.raises(ConfigError) as err:
+            load([f"model.conditioner={value}"])
+        assert message in str(err.value)

@@ -152,3 +152,34 @@ class registered_choice:  # noqa: N801 - used like the check factories above
 
     def message(self, key: str, value: Any) -> str:
         return f"{key}: expected {self.desc}, got {value!r}"
+
+
+# ParaUniConditioner's constructor arguments a config may override (``model.conditioner``); the sizes that come from
+# the VLM (llm_hidden_size, llm_num_layers) are not among them. The LIM checks ``fusion`` against its variants.
+CONDITIONER_CHECKS: dict[str, Check] = {
+    "num_queries": POSITIVE_INT,
+    "layers": list_of(integer()),
+    "final_norm": boolean(),
+    "fusion": nonempty_str(),
+    "connector_depth": POSITIVE_INT,
+    "connector_heads": POSITIVE_INT,
+    "connector_ffn": POSITIVE_INT,
+    "caption_channels": POSITIVE_INT,
+    "norm_eps": number(0.0, lo_open=True),
+    "prompt": mapping(),
+}
+
+
+def conditioner_problem(overrides: Any, key: str = "model.conditioner") -> str | None:
+    """Why ``overrides`` cannot configure a ParaUniConditioner (an unknown argument, or a value out of range), or
+    ``None`` when they can."""
+    if not isinstance(overrides, dict):
+        return f"{key}: expected a mapping of ParaUniConditioner arguments, got {overrides!r}"
+    for name, value in overrides.items():
+        check = CONDITIONER_CHECKS.get(name)
+        if check is None:
+            return (f"{key}.{name}: not a ParaUniConditioner argument; expected one of "
+                    f"{', '.join(CONDITIONER_CHECKS)}")
+        if not check.ok(value):
+            return check.message(f"{key}.{name}", value)
+    return None

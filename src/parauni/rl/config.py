@@ -18,6 +18,7 @@ from ..checks import (
     Check,
     boolean,
     choice,
+    conditioner_problem,
     integer,
     list_of,
     mapping,
@@ -157,6 +158,8 @@ class GRPOConfig:
     def validate(self) -> None:
         """Every value in range (:func:`grpo_checks`), then the checks across keys; raises ``ConfigError``."""
         check_values(self, grpo_checks())
+        if (problem := conditioner_problem(self.model.conditioner)) is not None:
+            raise ConfigError(problem)
         p, s = self.prompts, self.sampling
         if p.kind == "file" and not p.path:
             raise ConfigError("prompts.kind=file needs prompts.path (a .txt file, one prompt a line, or a GenEval "

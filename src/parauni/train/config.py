@@ -36,6 +36,7 @@ from ..checks import (
     Check,
     boolean,
     choice,
+    conditioner_problem,
     either,
     integer,
     list_of,
@@ -255,6 +256,8 @@ def check_resolution(factor: int, value: int, key: str = "data.resolution") -> i
 def validate(cfg: Config) -> None:
     """Every value of a :class:`Config` in range, then the checks across keys; errors name the key."""
     check_values(cfg, CHECKS)
+    if (problem := conditioner_problem(cfg.model.conditioner)) is not None:
+        raise ConfigError(problem)
     d = cfg.data
     if d.kind != "toy" and not d.path:
         raise ConfigError(f"data.kind={d.kind!r} needs data.path (a file, folder, glob or list of them)")
