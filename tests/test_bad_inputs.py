@@ -104,7 +104,9 @@ def test_other_commands_check_their_numbers(tmp_path, capsys):
     fails(capsys, ["eval", "reconstruct", "--model", "tiny", "--images", str(tmp_path / "none"), "--out", out],
           "--images", "does not exist")
     fails(capsys, ["analyze", "layers", "--model", "tiny", "--prompts", "p.txt", "--out", out, "--scale", "0"],
-          "--scale", "> 0")
+          "--scale", "in (0, 100]")
+    fails(capsys, ["analyze", "layers", "--model", "tiny", "--prompts", "p.txt", "--out", out, "--scale", "1e30"],
+          "--scale", "in (0, 100]")  # the noise swamped the states: NaN images and a table of equal values
     fails(capsys, ["cache-latents", "configs/toy_stage1.yaml", "--out", out, "--batch-size", "0"], "--batch-size")
     fails(capsys, ["report", "run", "--out", out, "--samples-per-task", "-1"], "--samples-per-task", ">= 0")
     fails(capsys, ["demo", "--rl-epochs", "0"], "--rl-epochs", "integer >= 1")
@@ -326,3 +328,16 @@ def test_conditioner_overrides_are_checked(value, message):
         with pytest.raises(ConfigError) as err:
             load([f"model.conditioner={value}"])
         assert message in str(err.value)
+
+
+def test_analyze_and_dpg_refuse_what_would_give_a_silent_wrong_result(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    base = ["analyze", "layers", "--model", "tiny", "--prompts", str(prompts), "--out", str(tmp_path / "o")]
+    fails(capsys, [*base, "--rewards", "toy_geneval=nan"], "--rewards", "finite number")
+    fails(capsys, [*base, "--reward-options", '{"toy_geneval": {"bogus": 1}}'], "rewards.options.toy_geneval",
+          "unexpected keyword argument 'bogus'", "takes: mode")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    fails(capsys, ["eval", "dpg", "--model", "tiny", "--prompts", str(empty), "--out", str(tmp_path / "d")],
+          "holds no prompts")

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import UsageError
-from .rewards.base import build_reward
+from .rewards.base import build_reward, check_reward_options
 from .rl.ldam import default_layer_groups
 from .utils.images import unit_to_uint8
 from .utils.jsonl import parse_jsonl
@@ -404,6 +404,8 @@ def parse_reward_args(items: Sequence[str] | None) -> dict[str, float] | None:
             out[name] = float(weight)
         except ValueError as err:
             raise UsageError(f"--rewards {item!r}: expected name=weight with a number") from err
+        if not math.isfinite(out[name]):
+            raise UsageError(f"--rewards {item!r}: the weight must be a finite number, got {weight!r}")
     return out
 
 
@@ -426,11 +428,14 @@ def run(args) -> dict:
     from .pipelines.loading import load_pipeline
 
     prompts, metadata = read_prompts(args.prompts, args.limit)
+    weights, options = parse_reward_args(args.rewards), parse_reward_options(args.reward_options)
+    for name, opts in (options or {}).items():  # a reward option that cannot work fails before the model loads
+        check_reward_options(name, opts)
     pipe = load_pipeline(args.model, dtype=getattr(args, "dtype", "auto"), device=args.device)
     modes = MODES if args.mode == "both" else (args.mode,)
-    result = analyze_layers(pipe, prompts, metadata, parse_reward_args(args.rewards), args.groups, modes, args.scale,
+    result = analyze_layers(pipe, prompts, metadata, weights, args.groups, modes, args.scale,
                             args.images_per_prompt, args.steps, args.guidance, args.seed, args.batch_size,
-                            model_name=args.model, reward_options=parse_reward_options(args.reward_options),
+                            model_name=args.model, reward_options=options,
                             progress=not getattr(args, "no_progress", False))
     paths = write_outputs(result, args.out)
     print(format_markdown(result))

@@ -354,7 +354,7 @@ INT_OPTIONS: dict[str | tuple[str, str], Check] = {
 FLOAT_OPTIONS: dict[str | tuple[str, str], Check] = {
     "guidance": number(0.0), "lr": number(0.0, lo_open=True), "ae_lr": number(0.0, lo_open=True),
     "minutes": number(0.0, lo_open=True), "ae_minutes": number(0.0, lo_open=True),
-    "flow_shift": number(0.0, lo_open=True), "scale": number(0.0, lo_open=True), "weight_decay": number(0.0),
+    "flow_shift": number(0.0, lo_open=True), "scale": number(0.0, 100.0, lo_open=True), "weight_decay": number(0.0),
     "ema": number(0.0, 1.0, hi_open=True), "uncond_prob": number(0.0, 1.0, hi_open=True),
     "template_prob": number(0.0, 1.0),
 }

@@ -79,6 +79,9 @@ def load_dpg_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
         items.append({"item_id": item_id, "prompt": str(rec["prompt"])})
         if limit is not None and len(items) >= limit:
             break
+    if not items:
+        raise UsageError(f"{path} holds no prompts: give a DPG-Bench JSONL file with one {{\"item_id\", \"prompt\"}} "
+                         "object a line")
     ids = [r["item_id"] for r in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

@@ -7,6 +7,7 @@ returns NaN for it; :class:`WeightedReward` reports those and leaves them out of
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -35,12 +36,31 @@ def as_uint8_batch(images: Sequence[ImageLike]) -> list[np.ndarray]:
     return [as_uint8(im) for im in images]
 
 
-def build_reward(name: str, **options: Any) -> Reward:
-    """A reward by registered name or dotted path ``package.module:Factory``."""
+def reward_factory(name: str) -> Any:
+    """The factory of a reward: a registered name or a dotted path ``package.module:Factory``."""
     factory = resolve(REWARDS, name)
-    if isinstance(factory, str):  # registered lazily as a dotted path
-        factory = import_target(factory)
-    return factory(**options)
+    return import_target(factory) if isinstance(factory, str) else factory  # registered lazily as a dotted path
+
+
+def check_reward_options(name: str, options: dict[str, Any]) -> None:
+    """A ``ConfigError`` naming the reward and what it takes when its factory does not accept ``options`` (checked
+    on the signature: nothing is built)."""
+    factory = reward_factory(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no inspectable signature: the call itself will say what is wrong
+        return
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as err:
+        takes = ", ".join(p for p in params if p not in ("self", "kwargs")) or "no options"
+        raise ConfigError(f"rewards.options.{name}: {err} (the reward {name!r} takes: {takes})") from None
+
+
+def build_reward(name: str, **options: Any) -> Reward:
+    """A reward by registered name or dotted path ``package.module:Factory``, its options checked first."""
+    check_reward_options(name, options)
+    return reward_factory(name)(**options)
 
 
 class WeightedReward:
