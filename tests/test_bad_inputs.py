@@ -341,3 +341,19 @@ def test_analyze_and_dpg_refuse_what_would_give_a_silent_wrong_result(tmp_path, 
     empty.write_text("\n")
     fails(capsys, ["eval", "dpg", "--model", "tiny", "--prompts", str(empty), "--out", str(tmp_path / "d")],
           "holds no prompts")
+
+
+def test_a_16_bit_greyscale_image_keeps_its_range(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values above 255, turning 99.7% of a 0..65535 gradient white."""
+    import numpy as np
+    from PIL import Image
+
+    from parauni.utils.images import load_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(load_image(path))
+    assert rgb.shape == (16, 64, 3) and rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255
+    assert abs(float(rgb.mean()) - 127.5) < 1.0 and (rgb == 255).mean() < 0.05

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 from ..pipelines.pipeline_parauni import RECONSTRUCT_INSTRUCTION
 from ..registry import IMAGE_EMBEDDERS, family_of
-from ..utils.images import load_image
+from ..utils.images import load_image, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class ClipImageEmbedder:
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         out = []
         for im in images:
-            im = im.convert("RGB")
+            im = to_rgb(im)
             scale = self.size / min(im.size)
             w, h = max(self.size, round(im.width * scale)), max(self.size, round(im.height * scale))
             im = im.resize((w, h), Image.BICUBIC)

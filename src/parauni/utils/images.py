@@ -14,14 +14,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB with its real range: 16-bit greyscale (PIL's ``I;16*`` and ``I`` modes, e.g. a 16-bit PNG)
+    maps 0..65535 to 0..255, where PIL's own ``convert("RGB")`` clips every value above 255 to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(arr / top * 255), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, with an error naming the file when it is missing or corrupt."""
+    """Open an image as RGB (:func:`to_rgb`), with an error naming the file when it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {str(path)!r} does not exist")
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError) as err:
         raise UsageError(f"image {str(path)!r} is corrupt or not an image: {err}") from err
 
@@ -40,7 +50,7 @@ def signed_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
 def as_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
     """An RGB uint8 ``(H, W, 3)`` array from a PIL image or an array (uint8, or float in [0, 1])."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_rgb(image))
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {arr.shape}")
