@@ -357,3 +357,10 @@ def test_a_16_bit_greyscale_image_keeps_its_range(tmp_path):
     rgb = np.asarray(load_image(path))
     assert rgb.shape == (16, 64, 3) and rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255
     assert abs(float(rgb.mean()) - 127.5) < 1.0 and (rgb == 255).mean() < 0.05
+
+
+def test_prior_patch_sizes_that_do_not_fit_are_refused(capsys):
+    """--patch 3 and --patch 64 ended in tracebacks from the transformer."""
+    fails(capsys, ["toy", "pretrain-prior", "--patch", "3"], "model.patch", "must divide 8", "use one of 1, 2, 4")
+    fails(capsys, ["toy", "pretrain-prior", "--patch", "64"], "model.patch", "must divide 8")
+    fails(capsys, ["toy", "pretrain-prior", "--space", "pixel", "--patch", "3"], "must divide 32")

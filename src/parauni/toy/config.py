@@ -204,6 +204,13 @@ class PretrainPriorConfig:
         if self.model.space == "latent" and not t.ae_steps and not t.ae_minutes:
             raise ConfigError("train.ae_steps=0 needs train.ae_minutes (model.space=latent trains an autoencoder "
                               "first, by steps or by minutes)")
+        side = 8 if self.model.space == "latent" else 32  # the prior's input: 8x8 latents or 32x32 pixels
+        patch = self.model.patch
+        if patch is not None and (side % patch or patch >= side):
+            fits = [p for p in range(1, side) if side % p == 0]
+            raise ConfigError(f"model.patch: the {self.model.space}-space prior sees {side}x{side} inputs, so the "
+                              f"patch size must divide {side} and leave more than one patch; got {patch}, use one of "
+                              f"{', '.join(map(str, fits))}")
 
 
 PRIOR_CHECKS: dict[str, Check] = {
