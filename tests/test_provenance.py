@@ -171,3 +171,17 @@ def test_resumed_grpo_rescores_the_new_weights(tmp_path):
     rec2 = prov.read(after)
     assert rec2["model"].endswith("(epoch 2)") and rec2["weights_sha256"] != rec1["weights_sha256"]
     assert _images(after) != first and _images(before) == first_before
+
+
+def test_resume_remakes_a_damaged_image_and_names_it(tmp_path, caplog):
+    """A truncated PNG was kept as finished on --resume, and scoring it failed with 'image file is truncated' and
+    no path."""
+    out = tmp_path / "g"
+    assert _geneval("toy-all-layers", out) == 0
+    first = _images(out)
+    damaged = sorted(out.glob("*/samples/*.png"))[2]
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    with caplog.at_level("WARNING"):
+        assert _geneval("toy-all-layers", out, "--resume") == 0
+    assert f"{damaged} is damaged" in caplog.text
+    assert _images(out) == first  # made again, the same bytes (its seed is fixed)

@@ -11,6 +11,7 @@ keeps finished images only when the model's weights and every setting match.  ``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from ..errors import UsageError
 from ..utils.images import unit_to_uint8
 from . import provenance as prov
 from .geneval_rules import TASKS
+
+logger = logging.getLogger(__name__)
 
 # generate(prompts, seeds) -> one RGB uint8 (H, W, 3) image per prompt
 GenerateFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
@@ -110,7 +113,7 @@ def generate_geneval(generate: GenerateFn, metas: Sequence[dict], out_dir: str |
         for stale in folder.glob(f".*{_TMP_SUFFIX}"):  # left by a killed run
             stale.unlink()
         (folder / "metadata.jsonl").write_text(json.dumps(meta) + "\n")
-        todo += [(i, k) for k in range(images_per_prompt) if not (folder / "samples" / f"{k:04d}.png").exists()]
+        todo += [(i, k) for k in range(images_per_prompt) if not _intact_png(folder / "samples" / f"{k:04d}.png")]
     with tqdm(total=len(todo), desc="geneval images", unit="img") as bar:
         for s in range(0, len(todo), batch_size):
             chunk = todo[s:s + batch_size]
@@ -121,6 +124,21 @@ def generate_geneval(generate: GenerateFn, metas: Sequence[dict], out_dir: str |
                 save_png_atomic(np.asarray(im, dtype=np.uint8), folder / "samples" / f"{k:04d}.png", folder)
             bar.update(len(chunk))
     return out
+
+
+def _intact_png(path: Path) -> bool:
+    """Whether ``path`` is a whole, decodable image; a damaged one (truncated by a full disk or another program) is
+    removed with a warning naming it, so that it is made again instead of being kept as finished."""
+    if not path.exists():
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError) as err:
+        logger.warning("%s is damaged (%s): it is made again", path, err)
+        path.unlink()
+        return False
 
 
 def pipeline_generate_fn(pipe, num_inference_steps: int = 20, guidance_scale: float = 4.5) -> GenerateFn:
