@@ -364,3 +364,32 @@ def test_prior_patch_sizes_that_do_not_fit_are_refused(capsys):
     fails(capsys, ["toy", "pretrain-prior", "--patch", "3"], "model.patch", "must divide 8", "use one of 1, 2, 4")
     fails(capsys, ["toy", "pretrain-prior", "--patch", "64"], "model.patch", "must divide 8")
     fails(capsys, ["toy", "pretrain-prior", "--space", "pixel", "--patch", "3"], "must divide 32")
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_empty_image(tmp_path, capsys, monkeypatch):
+    """A full disk during generate left a 0-byte PNG and a traceback; a checkpoint save printed torch's
+    '[enforce fail at inline_container.cc]'. The disk is 'filled' by making PIL's PNG writer fail with ENOSPC
+    after it has created its file, as a real full disk does."""
+    import errno
+
+    from PIL import Image
+
+    real_save = Image.Image.save
+
+    def full_disk(self, fp, *args, **kwargs):
+        open(fp, "wb").close()  # the file exists, empty, when the write fails
+        raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    out = tmp_path / "gen"
+    rc = main(["generate", "--model", "tiny", "--prompt", "a red circle", "--out", str(out), "--steps", "1",
+               "--no-progress"])
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "no space left on device at" in err and "rerun" in err
+    assert not [p for p in out.iterdir() if p.suffix == ".png" or p.name.endswith(".partial")]
+    from parauni.cli import _is_disk_full
+
+    assert _is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+                                      "writing file data/0: file write failed"))
+    assert not _is_disk_full(RuntimeError("shape mismatch"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -466,6 +467,12 @@ def _bad_input_message(err: BaseException) -> str | None:
         return f"{err.filename!r} does not exist" if err.filename else str(err)
     if isinstance(err, PermissionError) and err.filename:
         return f"{err.filename!r}: permission denied; give a path you can write (or read)"
+    if _is_disk_full(err):
+        where = getattr(err, "filename", None)
+        return (f"no space left on device{f' at {where!r}' if where else ''}: free some space or write elsewhere, then "
+                "rerun (a checkpoint, export or image is written under a temporary name and renamed when complete, so "
+                "what was finished is kept and nothing half-written stands under a final name; with --resume a run "
+                "goes on from its last complete checkpoint)")
     if isinstance(err, MemoryError) or _is_out_of_memory(err):
         first = (str(err).strip().splitlines() or ["no more memory"])[0]
         return f"out of memory ({first}); {OOM_HINT}"
@@ -473,6 +480,15 @@ def _bad_input_message(err: BaseException) -> str | None:
     if yaml_error is not None and isinstance(err, yaml_error.YAMLError):
         return f"invalid YAML: {' '.join(str(err).split())}"
     return None
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """A write that failed for lack of space: ``OSError`` ENOSPC, or the messages of torch's zip writer
+    (``file write failed``) and safetensors (``No space left on device``), which carry no errno."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return "No space left on device" in text or (isinstance(err, RuntimeError) and "file write failed" in text)
 
 
 BUG_REPORT = ("internal error: this is a bug in parauni, not a problem with your input; please report it (an issue "

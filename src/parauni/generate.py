@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .errors import UsageError
 from .pipelines.loading import load_pipeline
-from .utils.images import labelled_grid, load_image
+from .utils.images import labelled_grid, load_image, save_png_atomic
 
 
 def slug(text: str, n: int = 40) -> str:
@@ -46,13 +46,13 @@ def generate_images(pipe, prompts: list[str], out: str | Path, image: str | None
         for (i, k), im in zip(chunk, ims, strict=True):
             name = f"{i:03d}_{slug(prompts[i])}" + (f"_{k}" if images_per_prompt > 1 else "")
             path = out / f"{name}.png"
-            im.save(path)
+            save_png_atomic(im, path)
             paths.append(path)
             images.append(im)
             labels.append(prompts[i])
         bar.update(len(chunk))
     bar.close()
-    labelled_grid(images, labels, scale=grid_scale).save(out / "grid.png")
+    save_png_atomic(labelled_grid(images, labels, scale=grid_scale), out / "grid.png")
     return paths
 
 

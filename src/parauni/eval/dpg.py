@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 from ..pipelines.loading import load_pipeline
 from ..registry import FAMILIES, GENERATORS, Family, family_of
-from ..utils.images import unit_to_uint8
+from ..utils.images import save_png_atomic, unit_to_uint8
 from . import provenance as prov
-from .geneval import GenerateFn, save_png_atomic
+from .geneval import GenerateFn
 
 DPG_IMAGES = 4  # a 2x2 grid per prompt
 SEED_RULE = "seed + 4 * line + k (line: the prompt's position in the prompt file, k: the grid cell, row-major)"

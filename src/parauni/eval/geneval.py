@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -24,7 +23,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..utils.images import unit_to_uint8
+from ..utils.images import PARTIAL_SUFFIX as _TMP_SUFFIX
+from ..utils.images import save_png_atomic, unit_to_uint8
 from . import provenance as prov
 from .geneval_rules import TASKS
 
@@ -36,7 +36,6 @@ TASK_ORDER = TASKS  # GenEval's six tasks (parauni.eval.geneval_rules)
 SEED_RULE = "seed + index * images_per_prompt + k (index: the prompt's folder number)"
 LIMIT_RULE = "first N prompts of each task (GenEval's 'tag'), in file order"
 _FOLDER = re.compile(r"\d+")
-_TMP_SUFFIX = ".png.partial"
 
 
 def limit_per_task(metas: Sequence[dict], limit: int | None) -> list[dict]:
@@ -84,14 +83,6 @@ def clear_geneval(out: Path) -> None:
         shutil.rmtree(p)
     for name in ("results.jsonl", "summary.json"):
         (out / name).unlink(missing_ok=True)
-
-
-def save_png_atomic(image: np.ndarray, path: Path, tmp_dir: Path | None = None) -> None:
-    """Write a PNG under a temporary name (in ``tmp_dir``, default the target's folder; same file system),
-    then rename it into place: a killed run never leaves a half-written image under the final name."""
-    tmp = (tmp_dir or path.parent) / f".{path.stem}{_TMP_SUFFIX}"
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def generate_geneval(generate: GenerateFn, metas: Sequence[dict], out_dir: str | Path, images_per_prompt: int = 4,

@@ -53,8 +53,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..utils.images import save_png_atomic
 from . import provenance as prov
-from .geneval import GenerateFn, save_png_atomic
+from .geneval import GenerateFn
 
 logger = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,24 @@ def load_image(path: str | Path) -> Image.Image:
             return to_rgb(im)
     except (UnidentifiedImageError, OSError) as err:
         raise UsageError(f"image {str(path)!r} is corrupt or not an image: {err}") from err
+
+
+PARTIAL_SUFFIX = ".png.partial"  # an image being written; renamed into place when complete
+
+
+def save_png_atomic(image: np.ndarray | Image.Image, path: str | Path, tmp_dir: str | Path | None = None) -> None:
+    """Write a PNG under a temporary name (``.<stem>.png.partial`` in ``tmp_dir``, default the target's folder: the
+    same file system), then rename it into place: a killed run or a full disk never leaves a half-written image under
+    the final name (the partial file is removed on failure)."""
+    path = Path(path)
+    tmp = Path(tmp_dir or path.parent) / f".{path.stem}{PARTIAL_SUFFIX}"
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    try:
+        im.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def unit_to_uint8(images: np.ndarray) -> np.ndarray:
