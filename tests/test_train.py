@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from parauni.errors import ConfigError
 from parauni.train.config import load_config, trainable_parts
 from parauni.train.data import FolderSource, JsonSource, SampleLoader, build_source
 from parauni.train.optim import warmup_cosine
@@ -198,6 +199,20 @@ def test_cache_latents_then_train(tmp_path):
     result = Trainer(tiny_cfg(tmp_path, "train.steps=2", "data.kind=latents", f"data.path={tmp_path / 'cache'}"),
                      progress=False).run()
     assert result["step"] == 2 and np.isfinite(result["loss"])
+    # a cache made at another resolution, or for another VAE, is refused before training (it trained, or failed with
+    # "expected ... 4 channels, but got 8")
+    res = cfg.data.resolution
+    with pytest.raises(ConfigError, match=f"made at {res} px but this run asks {2 * res}"):
+        Trainer(tiny_cfg(tmp_path, "train.steps=2", "data.kind=latents", f"data.path={tmp_path / 'cache'}",
+                         f"data.resolution={2 * res}", "train.output_dir=" + str(tmp_path / "r2")), progress=False)
+    from safetensors.torch import save_file
+
+    for shard in (tmp_path / "cache").glob("latents-*.safetensors"):  # as another VAE's (twice the channels)
+        lat = load_file(shard)["latents"]
+        save_file({"latents": torch.cat([lat, lat], dim=1).contiguous()}, shard)
+    with pytest.raises(ConfigError, match="another VAE"):
+        Trainer(tiny_cfg(tmp_path, "train.steps=2", "data.kind=latents", f"data.path={tmp_path / 'cache'}",
+                         "train.output_dir=" + str(tmp_path / "r3")), progress=False)
 
 
 def test_two_processes_match_one(tmp_path):

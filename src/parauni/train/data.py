@@ -199,7 +199,7 @@ def _wds_sample(key: str, parts: dict[str, bytes], caption_key: str) -> tuple[st
 class LatentSource:
     """Latents written by :func:`cache_latents`: shards ``latents-XXXXX.safetensors`` + ``index.json``."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, resolution: int | None = None):
         from safetensors.torch import load_file
 
         root = Path(path)
@@ -207,11 +207,27 @@ class LatentSource:
         if not index.is_file():
             raise FileNotFoundError(f"{path}: no latent cache (index.json); make one with `parauni cache-latents`")
         info = json.loads(index.read_text())
+        self.path = path
         self.captions = info["captions"]
         if not self.captions:
             raise ConfigError(f"{path}: the latent cache is empty")
+        made_at = info.get("resolution")
+        if resolution is not None and made_at is not None and made_at != resolution:
+            raise ConfigError(f"data.resolution: the latent cache {path} was made at {made_at} px but this run asks "
+                              f"{resolution}; set data.resolution={made_at}, or make the cache again at {resolution} "
+                              f"(`parauni cache-latents CONFIG --out DIR data.resolution={resolution}`)")
         self.latents = torch.cat([load_file(root / s)["latents"] for s in info["shards"]])  # (n, C, h, w)
         self.length = len(self.captions)
+
+    def check_model(self, channels: int, side: int | None = None) -> None:
+        """A ``ConfigError`` when the cached latents cannot feed a transformer of ``channels`` input channels and
+        ``side`` latent pixels (a cache made with another VAE, or at another resolution)."""
+        c, h = int(self.latents.shape[1]), int(self.latents.shape[-1])
+        if c != channels or (side is not None and h != side):
+            raise ConfigError(f"data.path: the latent cache {self.path} holds {c}-channel {h}x{h} latents, but this "
+                              f"model's transformer takes {channels}-channel {side or '?'}x{side or '?'} ones: the "
+                              "cache was made with another VAE or resolution; make it again with this model's VAE "
+                              "(`parauni cache-latents` with this config)")
 
     def get(self, k: int) -> tuple[torch.Tensor, str]:
         return self.latents[k], self.captions[k]
@@ -227,7 +243,7 @@ def build_source(data_cfg, seed: int):
     if kind == "folder":
         return FolderSource(data_cfg.path)
     if kind == "latents":
-        return LatentSource(data_cfg.path)
+        return LatentSource(data_cfg.path, data_cfg.resolution)
     if kind == "webdataset":
         key = "txt" if data_cfg.caption_key == "caption" else data_cfg.caption_key
         return WebDatasetSource(tar_shards(data_cfg.path), key)

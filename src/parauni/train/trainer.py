@@ -43,6 +43,7 @@ from ..utils.checkpoints import (
 from ..utils.locks import owned_lock, with_lock
 from .config import Config, resolve_precision, save_config, to_yaml_dict, trainable_parts
 from .data import (
+    LatentSource,
     MicroBatches,
     SampleLoader,
     UnreadableSample,
@@ -195,6 +196,9 @@ class Trainer:
         # the data fails here, before any model is built, when it is empty or its caption key is wrong
         self.source = build_source(cfg.data, t.seed)
         self.pipe = build_model(cfg.model, t.seed)
+        if isinstance(self.source, LatentSource):  # cached latents must fit this model's transformer
+            tc = self.pipe.transformer.config
+            self.source.check_model(tc.in_channels, cfg.data.resolution // self.pipe.vae_scale_factor)
         self.parts = trainable_parts(cfg)
         module = FlowTrainModule(self.pipe, self.parts)
         # On CUDA under bf16 mixed precision the frozen weights (VLM, VAE, the stage-I transformer) are bf16:
