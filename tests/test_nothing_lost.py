@@ -260,8 +260,11 @@ def test_sigint_to_a_training_run_exits_130_with_one_line(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 240
-        while not (run / "config.yaml").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)  # config.yaml: the run has started its training loop
+        # metrics.jsonl is opened right before the training loop: wait for it, then a little longer, so that the
+        # signal lands inside the loop (a signal during start-up, while TensorBoard's writer starts, is another case)
+        while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
