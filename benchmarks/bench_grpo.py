@@ -68,7 +68,7 @@ def build_trainer(args):
         overrides.append("model.source=toy-all-layers")
         name = "toy-all-layers"
     elif args.size == "tiny":  # the same code path as a real preset: a ready pipeline, random weights
-        from parauni.models.presets import build_tiny
+        from parauni.pipelines.presets import build_tiny
 
         pipeline = build_tiny(seed=0)
         overrides.append("rewards.weights={toy_quality: 1.0}")

@@ -107,7 +107,7 @@ def test_loop_logs_ldam_checkpoints_and_resumes_exactly(tmp_path):
 
 
 def test_merged_export_matches_the_adapter():
-    from parauni.models.presets import build_tiny
+    from parauni.pipelines.presets import build_tiny
 
     tr = build_tiny().transformer
     torch.manual_seed(0)
@@ -471,7 +471,7 @@ def test_random_streams_never_share_a_seed(tmp_path):
 
 
 def test_adapters_come_back_on_after_an_error():
-    from parauni.models.presets import build_tiny
+    from parauni.pipelines.presets import build_tiny
     from parauni.rl.lora import adapters_off
 
     tr = build_tiny(seed=0).transformer

@@ -14,8 +14,8 @@ from PIL import Image
 
 from parauni.cli import main
 from parauni.errors import UsageError
-from parauni.models.presets import build_tiny
 from parauni.pipelines.loading import load_pipeline, resolve_dtype
+from parauni.pipelines.presets import build_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "two blue squares", "a green triangle"]

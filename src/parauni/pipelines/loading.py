@@ -21,9 +21,10 @@ import os
 import torch
 
 from ..errors import UsageError
-from ..models.presets import PRESETS, build_tiny, check_source, load_preset
+from ..models.presets import PRESETS, check_source
 from ..registry import MODEL_BUILDERS, MODELS
 from .pipeline_parauni import ParaUniPipeline
+from .presets import build_tiny, load_preset
 from .weights import load_trainable
 
 
