@@ -1,10 +1,12 @@
 """Named extension points: model sources, rewards, dataset kinds, prompt sources and evaluators.
 
 The core (``models``, ``pipelines``, ``train``, ``rl``, ``rewards``, ``eval``, ``flow``, ``sampling``) looks
-names up here and never imports a plugin. A plugin announces a ``register()`` function under the
+names up here and never imports or names a plugin. A plugin announces a ``register()`` function under the
 ``parauni.plugins`` entry-point group (``pyproject.toml``); the first lookup of any registry calls every such
-function once. The toy world is a plugin (``parauni.toy.plugin``): it fills the tables with its models
-(``toy-all-layers`` ...), its rewards, its data stream, its prompt source and its toy GenEval.
+function once. A plugin fills the tables with its models, rewards, data streams, prompt sources and
+evaluations, and may mark some of its names as the defaults (``register(..., default=True)``) that configs
+naming none use: ``model.source``, ``data.kind``, ``prompts.kind``, ``rewards.weights`` and the evaluation of
+``train.eval_geneval``.
 
 To add your own without packaging, call ``REGISTRY.register(name, obj)`` before building a trainer, or set
 ``PARAUNI_PLUGINS=package.module:register`` (comma-separated) in the environment.
@@ -71,11 +73,35 @@ class Registry:
     def __init__(self, what: str, key: str | None = None):
         self.what, self.key = what, key
         self._entries: dict[str, Entry] = {}
+        self._defaults: list[str] = []
 
-    def register(self, name: str, obj: Any, help: str = "", replace: bool = False) -> None:  # noqa: A002
+    def register(self, name: str, obj: Any, help: str = "", replace: bool = False,  # noqa: A002
+                 default: bool = False) -> None:
+        """``default``: ``name`` is (one of) the table's defaults, what a config that names none uses."""
         if name in self._entries and not replace and self._entries[name].obj is not obj:
             raise ValueError(f"{self.what} {name!r} is already registered")
         self._entries[name] = Entry(obj, help)
+        if default and name not in self._defaults:
+            self._defaults.append(name)
+
+    def defaults(self) -> list[str]:
+        """The names registered with ``default=True``, in the order they were registered."""
+        load_plugins()
+        return list(self._defaults)
+
+    def default(self, fallback: str | None = None) -> str | None:
+        """The first default name, else ``fallback`` (no plugin registered one)."""
+        names = self.defaults()
+        return names[0] if names else fallback
+
+    def get_default(self) -> Any:
+        """The object of the first default name; an error when no plugin registered one."""
+        name = self.default()
+        if name is None:
+            where = f" (for {self.key})" if self.key else ""
+            raise UsageError(f"no default {self.what} is registered{where}; a plugin registers one with "
+                             f"register(name, obj, default=True) (known: {', '.join(self.names()) or 'none'})")
+        return self.get(name)
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
@@ -108,9 +134,9 @@ class Registry:
         return UnknownNameError(f"{where}unknown {self.what} {name!r}{hint} (known: {listed}{extra})")
 
 
-# name -> loader(dtype=..., device=...) -> ParaUniPipeline: finished models, e.g. "toy-all-layers"
+# name -> loader(dtype=..., device=...) -> ParaUniPipeline: finished models (a plugin's shipped models)
 MODELS = Registry("model", "--model")
-# name -> builder(model_cfg, seed) -> ParaUniPipeline: fresh models to train, e.g. model.source=toy
+# name -> builder(model_cfg, seed) -> ParaUniPipeline: fresh models to train (model.source=NAME)
 MODEL_BUILDERS = Registry("model source", "model.source")
 # name -> factory(**options) -> Reward, or a "package.module:Factory" string (imported when built)
 REWARDS = Registry("reward", "rewards.weights")
@@ -119,30 +145,32 @@ for _name, _target in {"pickscore": "parauni.rewards.pickscore:PickScoreReward",
                        "clipscore": "parauni.rewards.clipscore:ClipScoreReward",
                        "redness": "parauni.rewards.redness:RednessReward"}.items():
     REWARDS.register(_name, _target)
-# name -> factory(data_cfg, seed) -> dataset: training data kinds, e.g. data.kind=toy
+# name -> factory(data_cfg, seed) -> dataset: training data kinds (data.kind=NAME)
 DATASETS = Registry("data kind", "data.kind")
-# name -> factory(prompt_cfg, seed) -> an object with .epoch(epoch, n) -> list[dict]: prompts.kind=toy
+# name -> factory(prompt_cfg, seed) -> an object with .epoch(epoch, n) -> list[dict]: stage-III prompts.kind=NAME
 PROMPT_SOURCES = Registry("prompt source", "prompts.kind")
-# name -> fn(pipe, out, images_per_prompt, steps, guidance, ...) -> summary dict: end-of-run evaluations
-EVALUATORS = Registry("evaluator", "train.eval")
-# name -> Family: evaluation defaults of a family of models (the toy world registers "toy")
+# name -> fn(pipe, out, images_per_prompt, steps, guidance, ...) -> summary dict: end-of-run evaluations; the
+# default one is what train.eval_geneval runs
+EVALUATORS = Registry("evaluator", "train.eval_geneval")
+# name -> Family: evaluation defaults of a family of models (--scorer NAME scores with the family's own scorer)
 FAMILIES = Registry("model family")
-# name -> Generator: benchmark generators that are not pipelines (the toy world registers its prior, "prior")
+# name -> Generator: benchmark generators that are not pipelines
 GENERATORS = Registry("generator", "--model")
 # name -> factory(path | None, device) -> image embedder (unit vectors): reconstruction metrics' --clip NAME[:PATH]
 IMAGE_EMBEDDERS = Registry("image embedder", "--clip")
-DEFAULT_EVALUATOR = "toy_geneval"  # what train.eval_geneval runs: the toy world's GenEval (a plugin)
+# reward name -> the LDAM layer group ("shallow", "middle" or "deep") a plugin's reward maps to by default
+LDAM_GROUPS = Registry("LDAM layer group", "ldam.reward_to_group")
 
 
 @dataclass
 class Family:
-    """Models that share evaluation defaults other than the real benchmarks' (the toy world's models: its
-    prompts, its detector-based GenEval scorer, its image encoder for reconstruction metrics).
+    """Models that share evaluation defaults other than the real benchmarks' (e.g. a synthetic world's models:
+    its prompts, its detector-based GenEval scorer, its image encoder for reconstruction metrics).
 
     ``match``: does a loaded pipeline belong to the family; ``geneval_metadata``: ``() -> path`` of the
     family's GenEval-format prompts; ``geneval_scorer``: ``(out_dir) -> summary`` scoring a GenEval layout
     at once; ``embedder``: the :data:`IMAGE_EMBEDDERS` name reconstruction metrics default to;
-    ``metadata_match``: GenEval records that belong to the family (e.g. every class a toy shape).
+    ``metadata_match``: GenEval records that belong to the family (e.g. every class one of its shapes).
     """
 
     name: str
@@ -155,7 +183,7 @@ class Family:
 
 @dataclass
 class Generator:
-    """A model that is not a ``ParaUniPipeline`` but generates for the benchmarks (e.g. the toy prior):
+    """A model that is not a ``ParaUniPipeline`` but generates for the benchmarks (e.g. a plugin's prior):
     ``match(model_arg) -> bool``; ``load(model_arg, steps, guidance) -> (generate, identity)`` with
     ``generate(prompts, seeds) -> uint8 images`` and ``identity`` for provenance; ``family``: a
     :data:`FAMILIES` name."""

@@ -38,8 +38,8 @@ def dpg_prompts_path() -> Path:
 
 
 def default_geneval_metadata(family=None) -> Path:
-    """The prompts ``parauni eval geneval`` uses without ``--metadata``: the model family's own (the toy world's
-    toy GenEval for its models, :class:`parauni.registry.Family`), GenEval's otherwise."""
+    """The prompts ``parauni eval geneval`` uses without ``--metadata``: the model family's own
+    (:class:`parauni.registry.Family`), GenEval's otherwise."""
     if family is not None and family.geneval_metadata is not None:
         return Path(str(family.geneval_metadata()))
     return geneval_metadata_path()

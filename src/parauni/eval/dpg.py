@@ -46,7 +46,7 @@ def pipeline_generate(pipe, steps: int = 20, guidance: float = 4.5, resolution: 
 def model_generate_fn(model: str, steps: int = 20, guidance: float | None = None, resolution: int | None = None,
                       device: str | None = None, dtype: str = "auto") -> tuple[GenerateFn, Family | None, dict]:
     """``(generate, family, identity)`` for a ``--model`` argument: a registered generator that is not a pipeline
-    (:data:`parauni.registry.GENERATORS`, e.g. the toy world's ``prior``), or any :func:`load_pipeline` name.
+    (:data:`parauni.registry.GENERATORS`, a plugin's), or any :func:`load_pipeline` name.
     ``family``: the model's :class:`parauni.registry.Family` (its evaluation defaults) or ``None``;
     ``identity``: the weights hash and frozen parts (:func:`parauni.eval.provenance.model_identity`)."""
     for name in GENERATORS:

@@ -1,5 +1,5 @@
 """``parauni eval geneval``: write GenEval's layout (resumable, with provenance), then score it with the
-chosen scorer: a model family's own (the toy world's detector), the native Mask2Former + CLIP scorer, or the
+chosen scorer: a model family's own (a registered family's detector), the native Mask2Former + CLIP scorer, or the
 official toolchain through a command the user names.  ``--score-only DIR`` skips generation and scores images
 already in GenEval's layout, made elsewhere (recorded as such in ``provenance.json``) or by an earlier run."""
 
@@ -91,21 +91,24 @@ def score_only_record(folder: str | Path) -> tuple[dict, list[tuple[str, list]]]
 
 
 def scorer_kind(choice: str, family, metas: list[dict], command: str | None) -> str:
-    """Which scorer ``--scorer choice`` means here: ``native``, ``family`` (the model family's own), ``toy``,
-    ``official`` (a command is set) or ``instructions`` (none is: print how to run the official one)."""
+    """Which scorer ``--scorer choice`` means here: ``native``, ``family`` (the model's family's own),
+    ``named_family`` (the scorer of the family ``choice`` names, or with ``auto`` of the family the records belong
+    to, :data:`parauni.registry.FAMILIES`), ``official`` (a command is set) or ``instructions`` (none is: print how
+    to run the official one)."""
     if choice == "native":
         return "native"
     if choice == "auto" and family is not None and family.geneval_scorer is not None:
         return "family"
-    if choice == "toy" or (choice == "auto" and family_of_metadata(metas) is not None):
-        return "toy"
+    if (choice not in ("auto", "official") and choice in FAMILIES) or (
+            choice == "auto" and family_of_metadata(metas) is not None):
+        return "named_family"
     return "official" if command else "instructions"
 
 
 def check_names(sources: list[tuple[str, list]], kind: str) -> None:
     """Refuse (native) or warn about (official, instructions: the user's scorer may know more names) classes,
-    colours and tasks outside GenEval's vocabulary, naming the file, line and field; the toy scorers have their
-    own vocabulary and are not checked here."""
+    colours and tasks outside GenEval's vocabulary, naming the file, line and field; a family's scorers have
+    their own vocabulary and are not checked here."""
     if kind not in ("native", "official", "instructions"):
         return
     vocabulary = rules.geneval_vocabulary()
@@ -117,9 +120,10 @@ def check_names(sources: list[tuple[str, list]], kind: str) -> None:
 def run(args) -> None:
     """``parauni eval geneval``: write GenEval's layout (resumable), then score it.
 
-    ``--scorer auto``: toy models (``prior``, a toy prior folder, a pipeline on the toy VLM) and toy metadata
-    (every class a toy shape) are scored with the toy detector, other models as ``official``.  ``toy``: the toy
-    detector.  ``native``: :class:`parauni.eval.geneval_native.NativeScorer` (``--detector``, ``--clip``).
+    ``--scorer auto``: the models of a registered family (:data:`parauni.registry.FAMILIES`, e.g. a plugin's
+    generators and pipelines) and the records of one (its metadata match) are scored with the family's scorer,
+    other models as ``official``.  ``--scorer NAME`` of a registered family: that family's scorer.  ``native``:
+    :class:`parauni.eval.geneval_native.NativeScorer` (``--detector``, ``--clip``).
     ``official``: when ``$PARAUNI_GENEVAL_SCORER`` holds a command (the official ``evaluate_images.py``;
     ``{images}`` / ``{outfile}`` placeholders), it is run and its ``results.jsonl`` summarised into
     ``summary.json``; without it the official commands are printed.
@@ -173,8 +177,11 @@ def run(args) -> None:
         summary = native.score_dir(args.out)
     elif kind == "family":
         summary = family.geneval_scorer(args.out)
-    elif kind == "toy":
-        named = FAMILIES.get("toy") if args.scorer == "toy" else family_of_metadata(metas)
+    elif kind == "named_family":
+        named = FAMILIES.get(args.scorer) if args.scorer in FAMILIES else family_of_metadata(metas)
+        if named.geneval_scorer is None:
+            raise UsageError(f"--scorer {args.scorer}: the model family {named.name!r} has no GenEval scorer; use "
+                             "--scorer native or official")
         summary = named.geneval_scorer(args.out)
     elif kind == "official":
         summary = official_geneval(args.out, os.environ[GENEVAL_SCORER_ENV])

@@ -16,8 +16,8 @@ image from the objects a detector finds in it.  This module holds the judging pa
   :func:`read_results`): every error names the file, the line and the field.
 
 A detection is any object with ``cls`` (GenEval class name), ``bbox`` (``x1, y1, x2, y2`` in pixels),
-``confidence`` and, where the detector classifies colours itself, ``color``: the toy detector's
-:class:`parauni.toy.detect.Detection` and this module's :class:`Detection` both qualify.  Detectors without a
+``confidence`` and, where the detector classifies colours itself, ``color``: a plugin's own detections and this
+module's :class:`Detection` both qualify.  Detectors without a
 colour of their own (Mask2Former) pass a ``classify_colors`` function to :func:`evaluate`, which is called, as in
 the reference, only on the objects a colour clause checks.
 """

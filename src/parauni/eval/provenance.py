@@ -55,7 +55,7 @@ def modules_sha256(modules: Iterable[tuple[str, torch.nn.Module]]) -> str:
 
 
 def _where(path: str) -> str:
-    """A load path, relative to the installed package when it lies inside it (the shipped toy weights)."""
+    """A load path, relative to the installed package when it lies inside it (weights shipped with a plugin)."""
     if not path:
         return ""
     try:
@@ -79,17 +79,19 @@ def frozen_identity(module) -> str | None:
 
 
 def model_identity(model) -> dict:
-    """``weights_sha256``, ``vlm``, ``vae`` of a ``ParaUniPipeline`` or a ``ToyPrior``.
+    """``weights_sha256``, ``vlm``, ``vae`` of a ``ParaUniPipeline`` or a prior (a registered generator's model with
+    a text encoder, a transformer and a VAE).
 
-    Pipeline: the conditioner and the transformer are hashed; the frozen VLM and VAE identified.  Toy prior:
-    its text encoder and transformer are hashed (it has no VLM)."""
+    Pipeline: the conditioner and the transformer are hashed; the frozen VLM and VAE identified.  Prior: its text
+    encoder and transformer are hashed (it has no VLM)."""
     if hasattr(model, "conditioner"):  # a ParaUniPipeline
         weights = modules_sha256([("conditioner", model.conditioner), ("transformer", model.transformer)])
         return {"weights_sha256": weights, "vlm": frozen_identity(model.vlm), "vae": frozen_identity(model.vae)}
-    if hasattr(model, "text_encoder"):  # a ToyPrior
+    if hasattr(model, "text_encoder"):  # a prior
         weights = modules_sha256([("text_encoder", model.text_encoder), ("transformer", model.transformer)])
         return {"weights_sha256": weights, "vlm": None, "vae": frozen_identity(model.vae)}
-    raise TypeError(f"cannot identify the weights of a {type(model).__name__}; expected a ParaUniPipeline or ToyPrior")
+    raise TypeError(f"cannot identify the weights of a {type(model).__name__}; expected a ParaUniPipeline or a prior "
+                    "(text_encoder, transformer, vae)")
 
 
 def text_sha256(text: str | bytes) -> str:

@@ -28,8 +28,8 @@ All metrics are per image, then averaged:
   pixels and channels.  Images need sides of at least 6 px.
 * CLIP similarity: cosine between the image embeddings of input and reconstruction, from a
   ``transformers.CLIPModel`` (hub id or folder; images resized on the short side to the model's size,
-  centre-cropped, normalised with CLIP's mean and std), or a registered embedder (the toy world's: its
-  alignment model's image encoder, ``toy``).
+  centre-cropped, normalised with CLIP's mean and std), or a registered embedder
+  (:data:`parauni.registry.IMAGE_EMBEDDERS`, e.g. a plugin's own image encoder).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class ClipImageEmbedder:
         from transformers import CLIPModel
 
         self.name = source
-        hint = "pass --clip PATH (a local CLIPModel folder), --clip toy for toy models, or --clip none"
+        registered = "".join(f", --clip {name}" for name in IMAGE_EMBEDDERS)  # a plugin's embedders
+        hint = f"pass --clip PATH (a local CLIPModel folder){registered} or --clip none"
         try:  # the local cache first: no network round trip, and offline machines get the hint at once
             model = CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=True)
         except OSError:
@@ -150,10 +151,9 @@ class ClipImageEmbedder:
 
 
 def load_embedder(spec: str | None, default: str | None = None, device: str = "cpu"):
-    """The image embedder of ``--clip``: ``None`` -> ``default`` (a model family's, e.g. the toy world's ``toy``)
-    or ``DEFAULT_CLIP``; ``none`` (no CLIP metric); a registered embedder ``NAME`` or ``NAME:PATH``
-    (:data:`parauni.registry.IMAGE_EMBEDDERS`; the toy world registers its alignment model's encoder as
-    ``toy``); or a ``CLIPModel`` hub id / folder."""
+    """The image embedder of ``--clip``: ``None`` -> ``default`` (a model family's embedder) or ``DEFAULT_CLIP``;
+    ``none`` (no CLIP metric); a registered embedder ``NAME`` or ``NAME:PATH``
+    (:data:`parauni.registry.IMAGE_EMBEDDERS`, a plugin's); or a ``CLIPModel`` hub id / folder."""
     spec = spec or default or DEFAULT_CLIP
     if spec.lower() == "none":
         return None

@@ -3,13 +3,12 @@
 A name is, in this order:
 
 1. ``tiny``: every component tiny and random (tests, laptops; it draws noise);
-2. a registered model (:data:`parauni.registry.MODELS`; the toy world registers ``toy-all-layers`` and
-   ``toy-last-layer``, its shipped stage-II models);
+2. a registered model (:data:`parauni.registry.MODELS`: a plugin's shipped models);
 3. a real preset (``internvl3-2b_sana-1.6b_512`` ...; pretrained weights by hub id or local folder);
 4. a saved ``ParaUniPipeline`` folder, or the hub id of one.
 
 Training builds a *fresh* model from ``model.source`` with :func:`build_model`: ``tiny``, a registered
-builder (:data:`parauni.registry.MODEL_BUILDERS`; the toy world registers ``toy``), a preset, or a finished
+builder (:data:`parauni.registry.MODEL_BUILDERS`, a plugin's), a preset, or a finished
 model by any name above; ``model.init`` then loads trained weights strictly.
 """
 
@@ -99,7 +98,7 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | N
 
 def build_model(model_cfg, seed: int = 0) -> ParaUniPipeline:
     """A pipeline to train from a ``model`` config section: ``source`` (fresh: ``tiny``, a registered builder
-    such as ``toy``, a preset; finished: any :func:`load_pipeline` name), ``conditioner`` overrides (fresh
+    (a plugin's), a preset; finished: any :func:`load_pipeline` name), ``conditioner`` overrides (fresh
     sources only), then ``init``: trained weights loaded strictly (:func:`load_trainable`)."""
     src, overrides = model_cfg.source, dict(model_cfg.conditioner)
     if src == "tiny":

@@ -64,7 +64,7 @@ def build_reward(name: str, **options: Any) -> Reward:
 
 
 class WeightedReward:
-    """A weighted sum of named rewards, e.g. ``{"toy_alignment": 0.5, "toy_quality": 0.5}``.
+    """A weighted sum of named rewards, e.g. ``{"pickscore": 0.5, "aesthetic": 0.5}``.
 
     Returns ``(total, parts)``: ``total`` is ``(B,)``, NaN where any weighted part is NaN or raised
     (that sample should leave the update); ``parts`` maps each name to its raw ``(B,)`` scores.

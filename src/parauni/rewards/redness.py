@@ -1,8 +1,8 @@
 """A sanity reward: how red an image is. Any working policy-gradient method must climb it.
 
 ``redness = mean over pixels of (R - (G + B) / 2) / 255``, in [-0.5, 1] (1 for pure red, 0 for any grey).
-It needs neither prompt nor metadata, works at any resolution, and is the reward of
-``configs/toy_grpo_redness.yaml`` and ``benchmarks/bench_rl_sanity.py``.
+It needs neither prompt nor metadata, works at any resolution, and is the reward of the shipped redness configs
+and ``benchmarks/bench_rl_sanity.py``.
 """
 
 from __future__ import annotations

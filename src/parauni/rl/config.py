@@ -28,7 +28,7 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError
-from ..registry import PROMPT_SOURCES, REWARDS
+from ..registry import MODEL_BUILDERS, PROMPT_SOURCES, REWARDS
 from ..train.config import BETAS, PRECISIONS, check_values, load_config
 from .nft import ADV_MODES, DECAY_TYPES
 from .objective import KL_FORMS
@@ -40,8 +40,10 @@ ALGORITHMS = ("flow_grpo", "diffusion_nft")
 
 @dataclass
 class GRPOModelConfig:
-    source: str = "toy"  # a saved ParaUniPipeline folder, "toy", "tiny" or a preset
-    init: str | None = None  # trainable.safetensors of a stage I/II run to start from (e.g. runs/toy_stage2)
+    # a saved ParaUniPipeline folder, a registered model builder, "tiny" or a preset; default: the builder a plugin
+    # registered as the default, else "tiny"
+    source: str = field(default_factory=lambda: MODEL_BUILDERS.default("tiny"))
+    init: str | None = None  # trainable.safetensors of a stage I/II run to start from (e.g. runs/<run>)
     conditioner: dict = field(default_factory=dict)  # fresh models only: ParaUniConditioner overrides
     lora_rank: int = 32
     lora_alpha: int = 64
@@ -51,16 +53,18 @@ class GRPOModelConfig:
 
 @dataclass
 class PromptConfig:
-    kind: str = "toy"  # "toy": random toy GenEval-style records; "file": a .txt (one a line) or GenEval .jsonl
+    # "file": a .txt (one a line) or GenEval .jsonl; or a registered prompt source. Default: the source a plugin
+    # registered as the default, else "file"
+    kind: str = field(default_factory=lambda: PROMPT_SOURCES.default("file"))
     path: str | None = None
     per_epoch: int = 8  # prompts per epoch (all processes together)
-    pool: int | None = None  # toy: draw a fixed set of this many prompts once (None: fresh prompts every epoch)
+    pool: int | None = None  # a registered source may read it: a fixed set of this many prompts (None: fresh ones)
 
 
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"toy_alignment": 1.0, "toy_quality": 1.0, "toy_geneval": 1.0})
+    # default: the rewards plugins registered as the defaults, each weighted 1
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(REWARDS.defaults(), 1.0))
     options: dict[str, dict] = field(default_factory=dict)  # per reward: factory options (weights paths, scales)
 
 
@@ -119,7 +123,7 @@ class LDAMConfig:
     gamma0: float = 0.1
     patience: int = 5
     groups: dict | None = None  # name -> layer positions; None: thirds (shallow, middle, deep)
-    reward_to_group: dict | None = None  # reward -> group; None: the figure's map (see parauni.rl.ldam)
+    reward_to_group: dict | None = None  # reward -> group; None: the figure's map and the plugins' (parauni.rl.ldam)
 
 
 @dataclass
@@ -129,9 +133,9 @@ class GRPOTrainConfig:
     output_dir: str = "runs/grpo"
     save_every: int = 10
     keep_last: int = 2
-    eval_geneval: bool = False  # toy GenEval of the initial and the final (EMA) model
+    eval_geneval: bool = False  # the registered default evaluation of the initial and the final (EMA) model
     eval_before: bool = True  # with eval_geneval: also the initial model (false: only the final one)
-    eval_limit: int | None = None  # toy GenEval: first N prompts of each task only
+    eval_limit: int | None = None  # the evaluation's first N prompts of each task only
     max_idle_epochs: int = 5  # stop with an error after this many epochs in a row that cannot learn (0: never)
     threads: int | None = None
     mixed_precision: str = "auto"

@@ -41,7 +41,7 @@ from ..eval.geneval import TASK_ORDER, format_table
 from ..pipelines.loading import build_model
 from ..pipelines.pipeline_parauni import ParaUniPipeline
 from ..pipelines.weights import WeightsMismatchError, expected_names, load_trainable, read_trainable
-from ..registry import DEFAULT_EVALUATOR, EVALUATORS
+from ..registry import EVALUATORS
 from ..rewards.base import WeightedReward
 from ..train.config import ModelConfig, resolve_precision, save_config, to_yaml_dict
 from ..train.optim import decay_groups
@@ -58,7 +58,7 @@ from .config import GRPOConfig, load_grpo_config
 from .curves import plot_curves
 from .diffusion_nft import DiffusionNFT
 from .flow_grpo import FlowGRPO
-from .ldam import DEFAULT_REWARD_TO_GROUP, LDAM, default_layer_groups
+from .ldam import LDAM, default_layer_groups, default_reward_to_group
 from .lora import add_lora, lora_delta_norm, merged_transformer
 from .objective import ema_decay, ema_due, group_advantages
 from .prompts import prompt_source
@@ -251,7 +251,7 @@ class RLTrainer:
             return None
         groups_cfg = lc.groups or (default_layer_groups(n_layers) if n_layers >= 3 else
                                    {g: list(range(n_layers)) for g in ("shallow", "middle", "deep")})
-        mapping = {**DEFAULT_REWARD_TO_GROUP, **(lc.reward_to_group or {})}
+        mapping = {**default_reward_to_group(), **(lc.reward_to_group or {})}
         mapping = {r: mapping[r] for r in self.reward_names if r in mapping}
         return LDAM(self.reward_names, groups_cfg, mapping, n_layers, lc.window, lc.gamma0, lc.patience,
                     seed=self.cfg.train.seed)
@@ -510,10 +510,11 @@ class RLTrainer:
         return [float(g) for g in (s.eval_guidance_scales or [s.guidance_scale])]
 
     def geneval(self, name: str) -> dict[str, dict]:
-        """Toy GenEval of the current EMA model at each of :meth:`eval_scales`: the first into ``<out>/eval/<name>``
+        """The evaluation (default: :data:`parauni.registry.EVALUATORS`' default, a GenEval-style one) of the current
+        EMA model at each of :meth:`eval_scales`: the first into ``<out>/eval/<name>``
         (``geneval_before`` for the initial model, ``geneval`` for the final one, where ``parauni report`` looks),
         the others into ``<out>/eval/<name>_cfg<scale>``. Returns ``{folder name: summary}``."""
-        toy_geneval = self._evaluate or EVALUATORS.get(DEFAULT_EVALUATOR)
+        evaluate = self._evaluate or EVALUATORS.get_default()
         s = self.cfg.sampling
         pipe = self.merged_pipeline()
         out = {}
@@ -521,9 +522,9 @@ class RLTrainer:
             folder = name if k == 0 else f"{name}_cfg{g:g}"
             # "refresh": the images are kept only when provenance.json matches these weights (a resumed run
             # regenerates)
-            out[folder] = toy_geneval(pipe, self.out / "eval" / folder, s.eval_images_per_prompt, s.eval_steps, g,
-                                      limit=self.cfg.train.eval_limit, mode="refresh",
-                                      name=f"{self.out} EMA (epoch {self.epoch})")
+            out[folder] = evaluate(pipe, self.out / "eval" / folder, s.eval_images_per_prompt, s.eval_steps, g,
+                                   limit=self.cfg.train.eval_limit, mode="refresh",
+                                   name=f"{self.out} EMA (epoch {self.epoch})")
         return out
 
     # -- the loop -------------------------------------------------------------------------------------------

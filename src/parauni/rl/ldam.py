@@ -16,6 +16,8 @@ rewards on the same layers add their noises.  Choices:
   counters stay ``>= patience`` and switches off as soon as either resets.
 * ``g`` is the gradient norm of the diffusion transformer's trainable parameters over the epoch; in a
   multi-reward run the caller may pass the same value for every reward (one float is accepted).
+* Rewards map to groups as in the paper's figure (:data:`PAPER_REWARD_TO_GROUP`); a plugin maps its own rewards
+  in :data:`parauni.registry.LDAM_GROUPS` (:func:`default_reward_to_group`), a config overrides both.
 * Groups default to thirds of the read layer stack (``shallow``, ``middle``, ``deep``, the first groups one
   layer larger when the count is not divisible by 3); layer indices count the layers read, from 0.
 * The noise is drawn once per rollout by :meth:`LDAM.noise` (from the caller's generator, or LDAM's own
@@ -32,11 +34,15 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, UnknownKeyError
+from ..registry import LDAM_GROUPS
 
-DEFAULT_REWARD_TO_GROUP = {
-    "clipscore": "deep", "aesthetic": "middle", "pickscore": "shallow",  # the paper's figure
-    "toy_alignment": "deep", "toy_quality": "middle", "toy_geneval": "shallow",  # their toy stand-ins
-}
+PAPER_REWARD_TO_GROUP = {"clipscore": "deep", "aesthetic": "middle", "pickscore": "shallow"}  # the paper's figure
+
+
+def default_reward_to_group() -> dict[str, str]:
+    """The reward -> layer group map without a config's: the paper's figure, then the plugins' rewards
+    (:data:`parauni.registry.LDAM_GROUPS`)."""
+    return {**PAPER_REWARD_TO_GROUP, **{name: LDAM_GROUPS.get(name) for name in LDAM_GROUPS}}
 
 
 def default_layer_groups(num_layers: int) -> dict[str, list[int]]:
@@ -69,7 +75,7 @@ class LDAM:
         for name, layers in self.layer_groups.items():
             if not layers or any(not 0 <= i < num_layers for i in layers):
                 raise ConfigError(f"layer group {name!r} = {layers} must be non-empty indices in [0, {num_layers})")
-        self.reward_to_group = {**DEFAULT_REWARD_TO_GROUP, **(reward_to_group or {})}
+        self.reward_to_group = {**default_reward_to_group(), **(reward_to_group or {})}
         for r in self.rewards:
             group = self.reward_to_group.get(r)
             if group is None:

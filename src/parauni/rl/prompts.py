@@ -50,7 +50,7 @@ def read_prompt_file(path: str | Path) -> list[dict]:
 
 def prompt_source(cfg, seed: int):
     """The ``prompts`` section's source: ``kind: file`` (:class:`FixedPrompts` of :func:`read_prompt_file`) or
-    a plugin's kind (:data:`parauni.registry.PROMPT_SOURCES`; the toy world registers ``toy``). A source has
+    a plugin's kind (:data:`parauni.registry.PROMPT_SOURCES`). A source has
     ``epoch(epoch, n) -> list[dict]``."""
     if cfg.kind == "file":
         return FixedPrompts(read_prompt_file(cfg.path), seed)

@@ -3,7 +3,9 @@
 ``register`` is announced under the ``parauni.plugins`` entry-point group (``pyproject.toml``), so the core
 finds the toy world by name (``--model toy-all-layers``, ``model.source: toy``, ``data.kind: toy``,
 ``prompts.kind: toy``, ``rewards.weights: {toy_geneval: 1}``, ``train.eval: toy_geneval``) without importing
-it. The loaders import the toy modules when called, so registering costs nothing.
+it. The loaders import the toy modules when called, so registering costs nothing. Its names are the defaults of
+configs that name none (``model.source``, ``data.kind``, ``prompts.kind``, ``rewards.weights``, the evaluation of
+``train.eval_geneval``), and its rewards have their LDAM layer groups.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from functools import partial
 
 TOY_MODEL_HELP = {"toy-all-layers": "shipped stage-II toy model, the LIM over every VLM layer",
                   "toy-last-layer": "shipped stage-II toy model, the last VLM layer only (the baseline)"}
+# in the order of the default rewards.weights (each weighted 1)
 TOY_REWARDS = {"toy_alignment": "parauni.toy.rewards.alignment:ToyAlignmentReward",
-               "toy_geneval": "parauni.toy.rewards.geneval:ToyGenEvalReward",
-               "toy_quality": "parauni.toy.rewards.quality:ToyQualityReward"}
+               "toy_quality": "parauni.toy.rewards.quality:ToyQualityReward",
+               "toy_geneval": "parauni.toy.rewards.geneval:ToyGenEvalReward"}
+# the LDAM layer group of each: the stand-ins of the paper's clipscore (deep), aesthetic (middle), pickscore (shallow)
+TOY_LDAM_GROUPS = {"toy_alignment": "deep", "toy_quality": "middle", "toy_geneval": "shallow"}
 
 
 def _load_model(name: str, dtype=None, device=None):
@@ -99,6 +104,7 @@ def register() -> None:
         FAMILIES,
         GENERATORS,
         IMAGE_EMBEDDERS,
+        LDAM_GROUPS,
         MODEL_BUILDERS,
         MODELS,
         PROMPT_SOURCES,
@@ -110,13 +116,15 @@ def register() -> None:
     for name, text in TOY_MODEL_HELP.items():
         MODELS.register(name, partial(_load_model, name), text, replace=True)
     MODEL_BUILDERS.register("toy", _build_model, "the shipped toy VLM and prior with a fresh conditioner",
-                            replace=True)
+                            replace=True, default=True)
     for name, target in TOY_REWARDS.items():
-        REWARDS.register(name, target, replace=True)
-    DATASETS.register("toy", _dataset, "the toy world's endless stream of rendered scenes", replace=True)
+        REWARDS.register(name, target, replace=True, default=True)
+        LDAM_GROUPS.register(name, TOY_LDAM_GROUPS[name], replace=True)
+    DATASETS.register("toy", _dataset, "the toy world's endless stream of rendered scenes", replace=True,
+                      default=True)
     PROMPT_SOURCES.register("toy", _prompts, "random toy GenEval records (prompts.pool: a fixed set)",
-                            replace=True)
-    EVALUATORS.register("toy_geneval", _evaluate, "toy GenEval of the final model", replace=True)
+                            replace=True, default=True)
+    EVALUATORS.register("toy_geneval", _evaluate, "toy GenEval of the final model", replace=True, default=True)
     FAMILIES.register("toy", Family("toy", _is_toy_pipeline, geneval_metadata=_toy_metadata,
                                      metadata_match=_is_toy_metadata, geneval_scorer=_score_geneval,
                                      embedder="toy"),

@@ -47,18 +47,19 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError, UnknownKeyError
-from ..registry import DATASETS
+from ..registry import DATASETS, MODEL_BUILDERS
 from ..utils.configs import resolve_config
 
 
 @dataclass
 class ModelConfig:
-    """What to build. ``source``: ``"toy"`` (the shipped toy VLM and prior), ``"tiny"`` (random, tests),
-    a preset name (``internvl3-2b_sana-1.6b_512`` ...) or a saved ``ParaUniPipeline`` folder."""
+    """What to build. ``source``: a registered model builder (:data:`parauni.registry.MODEL_BUILDERS`),
+    ``"tiny"`` (random, tests), a preset name (``internvl3-2b_sana-1.6b_512`` ...) or a saved ``ParaUniPipeline``
+    folder. Default: the builder a plugin registered as the default, else ``"tiny"``."""
 
-    source: str = "toy"
+    source: str = field(default_factory=lambda: MODEL_BUILDERS.default("tiny"))
     vlm: str | None = None  # preset: hub id or local folder overriding the preset's VLM
-    transformer: str | None = None  # preset: the SANA transformer; toy: the prior folder
+    transformer: str | None = None  # preset: the SANA transformer; a registered builder: as it reads it
     vae: str | None = None
     init: str | None = None  # a checkpoint or pipeline folder whose trainable weights start the run
     conditioner: dict = field(default_factory=dict)  # ParaUniConditioner overrides (layers, fusion, ...)
@@ -69,17 +70,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the pairs come from. ``kind``: ``toy`` (the toy-world stream), ``json`` (a JSON list of
-    ``{image, annotation}`` records), ``folder`` (images with ``.txt`` captions), ``webdataset`` (tar
-    shards, a glob or a list) or ``latents`` (a ``parauni cache-latents`` folder)."""
+    """Where the pairs come from. ``kind``: ``json`` (a JSON list of ``{image, annotation}`` records), ``folder``
+    (images with ``.txt`` captions), ``webdataset`` (tar shards, a glob or a list), ``latents`` (a ``parauni
+    cache-latents`` folder), or a registered data kind (:data:`parauni.registry.DATASETS`). Default: the kind a
+    plugin registered as the default, else ``folder``."""
 
-    kind: str = "toy"
+    kind: str = field(default_factory=lambda: DATASETS.default("folder"))
     path: Any = None  # a path, a glob or a list of them (typed Any: OmegaConf has no str-or-list union)
     image_root: str | None = None  # json: folder the ``image`` / ``annotation`` paths are relative to
     caption_key: str = "caption"
     resolution: int = 32
     uncond_prob: float = 0.1  # share of captions replaced by the unconditional prompt
-    template_prob: float = 0.5  # toy: share of GenEval-template captions (the rest are free descriptions)
+    template_prob: float = 0.5  # a registered kind may read it: share of GenEval-template captions
     num_workers: int = 0
 
 
@@ -108,10 +110,10 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     logger: str = "tensorboard"  # "tensorboard", "wandb" or "none" (metrics.jsonl is always written)
-    eval_geneval: bool = False  # toy models: score toy GenEval with the exported model at the end
+    eval_geneval: bool = False  # run the registered default evaluation on the exported model at the end
     eval_images_per_prompt: int = 1
     eval_steps: int = 20
-    eval_limit: int | None = None  # toy GenEval: first N prompts of each task only (None: all 300)
+    eval_limit: int | None = None  # the evaluation's first N prompts of each task only (None: all)
     threads: int | None = None  # torch CPU threads
     timesteps: str = "uniform"  # flow-time sampling: "uniform" (the reference) or "logit-normal"
     compile: bool = False  # torch.compile the transformer and the connector (first steps slower while it compiles)
@@ -132,7 +134,7 @@ class Config:
 
 STAGES = ("I", "II")
 TRAINABLE = ("queries", "lim", "transformer")
-DATA_KINDS = ("json", "folder", "webdataset", "latents")  # built in; plugins register more (toy)
+DATA_KINDS = ("json", "folder", "webdataset", "latents")  # built in, each reads data.path; plugins register more
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
 TIMESTEPS = ("uniform", "logit-normal")
@@ -259,7 +261,7 @@ def validate(cfg: Config) -> None:
     if (problem := conditioner_problem(cfg.model.conditioner)) is not None:
         raise ConfigError(problem)
     d = cfg.data
-    if d.kind != "toy" and not d.path:
+    if d.kind in DATA_KINDS and not d.path:
         raise ConfigError(f"data.kind={d.kind!r} needs data.path (a file, folder, glob or list of them)")
     if cfg.train.batch_size % cfg.train.grad_accum:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of train.grad_accum "
@@ -471,8 +473,8 @@ def _checks_of(root: type) -> dict[str, Check]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, root: type | None = None):
     """Read ``path`` (``None``: all defaults; a relative path that is not a file names a shipped config, e.g.
-    ``toy_stage1.yaml``), apply ``key=value`` overrides, check every key and value (see :func:`build_config`).
-    Returns the dataclass instances."""
+    ``internvl3-2b_sana-1.6b_512_stage1.yaml``), apply ``key=value`` overrides, check every key and value (see
+    :func:`build_config`). Returns the dataclass instances."""
     root = root or Config
     data = _read(resolve_config(path), root=root) if path is not None else {}
     for text in overrides or []:

@@ -14,7 +14,7 @@ Sources: a JSON list of ``{image, annotation}`` records with the
 caption inside the annotation file (``json``, the reference layout), a folder of images with ``.txt``
 captions beside them (``folder``), webdataset tar shards read as streams without extraction
 (``webdataset``), and latents cached by ``parauni cache-latents`` (``latents``). Plugins add kinds through
-:data:`parauni.registry.DATASETS` (the toy world's endless stream is ``kind: toy``): a factory
+:data:`parauni.registry.DATASETS` (a plugin's endless stream, say): a factory
 ``(data_cfg, seed)`` returning a source with ``length`` (``None``: endless) and ``get(k) -> (image, caption)``.
 """
 
@@ -236,7 +236,7 @@ class LatentSource:
 def build_source(data_cfg, seed: int):
     """The configured source; empty data and a wrong caption key fail here, before training."""
     kind = data_cfg.kind
-    if kind in DATASETS:  # a plugin's data kind (the toy world registers "toy")
+    if kind in DATASETS:  # a plugin's data kind
         return DATASETS.get(kind)(data_cfg, seed)
     if kind == "json":
         return JsonSource(data_cfg.path, data_cfg.caption_key, data_cfg.image_root)

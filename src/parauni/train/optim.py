@@ -1,5 +1,5 @@
 """The optimizer pieces every training loop shares: AdamW's weight-decay groups and the warm-up + cosine
-learning-rate schedule (stages I/II, Flow-GRPO and the toy pre-training commands)."""
+learning-rate schedule (stages I/II, stage III and the plugins' pre-training commands)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DivergedError
 from ..pipelines.loading import build_model
 from ..pipelines.weights import TRAINABLE_FILE, load_trainable
-from ..registry import DEFAULT_EVALUATOR, EVALUATORS
+from ..registry import EVALUATORS
 from ..utils.checkpoints import (
     check_resume_config,
     complete_checkpoints,
@@ -147,7 +147,7 @@ class Trainer:
         or a checkpoint folder. ``allow_config_change``: resume even when the config differs from the
         checkpoint's in a key that changes the training (the differences are logged to config_changes.jsonl).
         ``evaluate``: the GenEval-style evaluation ``(pipe, out, images_per_prompt, steps, ...) -> summary`` run
-        with ``train.eval_geneval`` (default: the registered ``toy_geneval``, :data:`parauni.registry.EVALUATORS`)."""
+        with ``train.eval_geneval`` (default: the default of :data:`parauni.registry.EVALUATORS`, a plugin's)."""
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -504,8 +504,8 @@ class Trainer:
         return result
 
     def evaluate(self) -> dict:
-        """Export the trained pipeline to ``<out>/final`` and score toy GenEval into ``<out>/eval/geneval``."""
-        toy_geneval = self._evaluate or EVALUATORS.get(DEFAULT_EVALUATOR)
+        """Export the trained pipeline to ``<out>/final`` and evaluate it into ``<out>/eval/geneval``."""
+        evaluate = self._evaluate or EVALUATORS.get_default()
         pipe = self.pipe
         pipe.conditioner.eval()
         pipe.transformer.eval()
@@ -517,8 +517,8 @@ class Trainer:
         t = self.cfg.train
         # "refresh": the images are kept only when provenance.json matches these weights (a resumed, longer
         # run regenerates them)
-        return toy_geneval(pipe, self.out / "eval" / "geneval", t.eval_images_per_prompt, t.eval_steps,
-                           limit=t.eval_limit, mode="refresh", name=f"{self.out / 'final'} (step {self.step})")
+        return evaluate(pipe, self.out / "eval" / "geneval", t.eval_images_per_prompt, t.eval_steps,
+                        limit=t.eval_limit, mode="refresh", name=f"{self.out / 'final'} (step {self.step})")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -1,6 +1,7 @@
 """The YAML configs shipped inside the package (``parauni/configs/``), found with :mod:`importlib.resources` so
 they resolve the same from a clone, an editable install or a wheel.  The repository's top-level ``configs``
-is a link to this folder, so ``parauni train configs/toy_stage1.yaml`` works from a clone."""
+is a link to this folder, so ``parauni train configs/internvl3-2b_sana-1.6b_512_stage1.yaml`` works
+from a clone."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def shipped_config_names() -> list[str]:
 
 
 def shipped_config(name: str) -> Path:
-    """The shipped config ``name`` (``toy_stage1.yaml``, ``accelerate/ddp.yaml``; a leading ``configs/``
+    """The shipped config ``name`` (``accelerate/ddp.yaml``; a leading ``configs/``
     is dropped); ``FileNotFoundError`` listing the shipped names otherwise."""
     parts = Path(name).parts
     if parts[:1] == (CONFIGS_DIR,):
@@ -40,7 +41,7 @@ def shipped_config(name: str) -> Path:
 
 def resolve_config(path: str | Path) -> Path:
     """``path`` itself when that file exists; otherwise, for a relative path, the shipped config of that name
-    (so ``parauni train toy_stage1.yaml`` or ``configs/toy_stage1.yaml`` works from any folder)."""
+    (so ``parauni train NAME.yaml`` or ``configs/NAME.yaml`` works from any folder)."""
     p = Path(path)
     if p.is_file() or p.is_absolute():
         return p
