@@ -246,7 +246,15 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, capsys, monkeypatch):
         "parauni eval: interrupted; finished images are kept: rerun the same command with --resume to continue"
 
 
-@pytest.mark.slow  # hangs in a fresh clone's make test (2 of 2 runs, the train process never exits): an open defect
+def _default_sigint():
+    """In the child: SIGINT back to its default action. A test run started in the background by a shell without job
+    control (`make test &` in a script, some CI runners) ignores SIGINT, the child inherits that, and Python keeps an
+    inherited ignore at start-up, so Ctrl-C would never reach the run (as the shell intends for background jobs)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_to_a_training_run_exits_130_with_one_line(tmp_path):
     """A real Ctrl-C (SIGINT) to `parauni train` in its own process."""
     import signal
@@ -258,7 +266,7 @@ def test_sigint_to_a_training_run_exits_130_with_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "parauni", "train", CONFIG, *TINY, "train.steps=100000",
                              "train.save_every=100000", f"train.output_dir={run}", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     try:
         deadline = time.time() + 240
         # metrics.jsonl is opened right before the training loop: wait for it, then a little longer, so that the
