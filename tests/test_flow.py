@@ -1,5 +1,6 @@
 """Rectified-flow maths against hand-computed values."""
 
+import pytest
 import torch
 
 from parauni.flow import flow_loss, interpolate, predict_x0, sample_sigmas, sigma_to_timestep, velocity_target
@@ -27,3 +28,12 @@ def test_sigmas_uniform_and_seeded():
     b = sample_sigmas(10000, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and 0 <= a.min() and a.max() < 1 and abs(a.mean() - 0.5) < 0.01
     assert sigma_to_timestep(torch.tensor([0.5])).item() == 500
+
+
+def test_sigmas_logit_normal_and_unknown_mode():
+    s = sample_sigmas(20000, torch.Generator().manual_seed(0), mode="logit-normal")
+    logit = torch.log(s) - torch.log1p(-s)  # a logit-normal's logit is a standard normal
+    assert abs(logit.mean()) < 0.03 and abs(logit.std() - 1) < 0.03
+    assert torch.equal(s, sample_sigmas(20000, torch.Generator().manual_seed(0), mode="logit-normal"))
+    with pytest.raises(ValueError, match="expected one of uniform, logit-normal"):
+        sample_sigmas(2, mode="cosine")

@@ -13,9 +13,18 @@ import torch
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def sample_sigmas(batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Training flow times, uniform on [0, 1) with no shift. Returns ``(B,)``."""
-    return torch.rand(batch_size, generator=generator, device=device)
+TIMESTEP_SAMPLINGS = ("uniform", "logit-normal")
+
+
+def sample_sigmas(batch_size: int, generator: torch.Generator | None = None, device=None,
+                  mode: str = "uniform") -> torch.Tensor:
+    """Training flow times ``(B,)``, with no shift: ``uniform`` on [0, 1), or ``logit-normal`` (the sigmoid of a
+    standard normal, SD3's choice, Esser et al. 2024, Sec. 3.1)."""
+    if mode == "uniform":
+        return torch.rand(batch_size, generator=generator, device=device)
+    if mode == "logit-normal":
+        return torch.sigmoid(torch.randn(batch_size, generator=generator, device=device))
+    raise ValueError(f"flow-time sampling {mode!r}: expected one of {', '.join(TIMESTEP_SAMPLINGS)}")
 
 
 def _expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

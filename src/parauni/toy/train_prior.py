@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaTransformer2DModel
 from tqdm.auto import tqdm
 
-from parauni.flow import flow_loss, interpolate, sigma_to_timestep
+from parauni.flow import TIMESTEP_SAMPLINGS, flow_loss, interpolate, sample_sigmas, sigma_to_timestep
 from parauni.models.presets import SANA_SCHEDULER
 from parauni.toy.config import PRIOR_FLAGS, add_config_options, config_from_args, flat, load_pretrain_prior_config
 from parauni.toy.data import ToyStream
@@ -99,13 +99,6 @@ def batches(seed: int, batch_size: int, template_prob: float) -> Iterator[tuple[
         yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
 
 
-def sample_sigmas(n: int, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Flow times ``(n,)``: ``logit-normal`` (sigmoid of N(0, 1)) or ``uniform``."""
-    if mode == "uniform":
-        return torch.rand(n, generator=generator)
-    return torch.sigmoid(torch.randn(n, generator=generator))
-
-
 def flow_step(prior: ToyPrior, images: torch.Tensor, captions: list[str], generator: torch.Generator,
               timesteps: str = "logit-normal", uncond_prob: float = 0.1) -> torch.Tensor:
     """The rectified-flow loss of one batch (captions dropped to the empty prompt with ``uncond_prob``)."""
@@ -116,7 +109,7 @@ def flow_step(prior: ToyPrior, images: torch.Tensor, captions: list[str], genera
     with torch.no_grad():
         x0 = prior.to_latents(images)  # (B, c, h, w)
     noise = torch.randn(x0.shape, generator=generator)
-    sigma = sample_sigmas(x0.shape[0], timesteps, generator)
+    sigma = sample_sigmas(x0.shape[0], generator, mode=timesteps)
     v = prior.transformer(interpolate(x0, noise, sigma), encoder_hidden_states=cond, encoder_attention_mask=mask,
                           timestep=sigma_to_timestep(sigma), return_dict=False)[0]
     return flow_loss(v, x0, noise)
@@ -227,7 +220,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="default 100")
     p.add_argument("--weight-decay", type=float, help="default 0.01")
     p.add_argument("--ema", type=float, help="default 0.999")
-    p.add_argument("--timesteps", choices=("logit-normal", "uniform"), help="default logit-normal")
+    p.add_argument("--timesteps", choices=TIMESTEP_SAMPLINGS, help="default logit-normal")
     p.add_argument("--uncond-prob", type=float, help="default 0.1")
     p.add_argument("--template-prob", type=float, help="share of GenEval-template captions (default 0.7)")
     p.add_argument("--hidden", type=int, help="default 128")
