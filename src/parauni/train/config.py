@@ -47,8 +47,8 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError, UnknownKeyError
-from ..registry import DATASETS, MODEL_BUILDERS
 from ..flow import TIMESTEP_SAMPLINGS
+from ..registry import DATASETS, MODEL_BUILDERS
 from ..utils.configs import resolve_config
 
 

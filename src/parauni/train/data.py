@@ -34,9 +34,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError, UsageError
+from ..flow import sample_sigmas
 from ..registry import DATASETS
 
-from ..flow import sample_sigmas
 logger = logging.getLogger(__name__)
 
 
