@@ -40,9 +40,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .errors import UsageError
+from .eval.geneval import limit_per_task
+from .pipelines.loading import load_pipeline
 from .rewards.base import build_reward, check_reward_options
 from .rl.ldam import default_layer_groups
 from .utils.images import unit_to_uint8
@@ -77,7 +81,6 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str],
             if not isinstance(rec, dict) or "prompt" not in rec:
                 raise UsageError(f"{path}:{i + 1}: a JSONL record needs a 'prompt' field")
             records.append(rec)
-        from .eval.geneval import limit_per_task
 
         records = limit_per_task(records, limit)
         prompts, metadata = [r["prompt"] for r in records], list(records)
@@ -350,9 +353,6 @@ def format_markdown(result: dict) -> str:
 
 def plot_heatmap(result: dict, path: str | Path) -> None:
     """Heat map per mode: rows groups, columns rewards; colour = delta / the column's max |delta| (both modes)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     cols, modes = result["rewards"], list(result["modes"])
     groups = list(result["groups"])
     delta = {m: np.array([[result["modes"][m][g][c]["mean"] if result["modes"][m][g][c]["mean"] is not None
@@ -425,8 +425,6 @@ def parse_reward_options(text: str | None) -> dict[str, dict] | None:
 
 def run(args) -> dict:
     """``parauni analyze layers``."""
-    from .pipelines.loading import load_pipeline
-
     prompts, metadata = read_prompts(args.prompts, args.limit)
     weights, options = parse_reward_args(args.rewards), parse_reward_options(args.reward_options)
     for name, opts in (options or {}).items():  # a reward option that cannot work fails before the model loads

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .errors import UsageError
+from .eval.geneval import format_table
 from .pipelines.loading import load_pipeline
+from .report import build_report
+from .rl.config import load_grpo_config
+from .rl.grpo import RLTrainer
+from .toy.evaluation import random_latents_floor, toy_geneval
+from .toy.models import TOY_MODEL_DIR, TOY_MODELS
+from .toy.reproduce import config_file
 from .utils.images import labelled_grid, load_image, save_png_atomic
 
 
@@ -94,18 +103,6 @@ DEMO_RL = ["model.source=toy-all-layers", "train.save_every=1000", "train.eval_g
 def run_demo(args) -> None:
     """The main job on a CPU: the shipped all-layer and last-layer toy models on toy GenEval, a stage-III phase
     (DiffusionNFT on the toy GenEval reward) from the all-layer model, and one report of it all."""
-    import json
-    import shutil
-
-    from .eval.geneval import format_table
-    from .pipelines.loading import load_pipeline
-    from .report import build_report
-    from .rl.config import load_grpo_config
-    from .rl.grpo import RLTrainer
-    from .toy.evaluation import random_latents_floor, toy_geneval
-    from .toy.models import TOY_MODEL_DIR, TOY_MODELS
-    from .toy.reproduce import config_file
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, runs = {}, []

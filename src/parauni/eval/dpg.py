@@ -23,6 +23,8 @@ from ..pipelines.loading import load_pipeline
 from ..registry import FAMILIES, GENERATORS, Family, family_of
 from ..utils.images import save_png_atomic, unit_to_uint8
 from . import provenance as prov
+from .bundled import dpg_prompts_path
+from .dpg_score import run_score
 from .geneval import GenerateFn
 
 DPG_IMAGES = 4  # a 2x2 grid per prompt
@@ -150,8 +152,6 @@ def run(args) -> None:
     """``parauni eval dpg``: generate the grids (with ``--model``), then score them when ``--score`` is given
     (:mod:`parauni.eval.dpg_score`; without ``--model`` the grids already in ``--out`` are scored)."""
     if getattr(args, "score", False):
-        from .dpg_score import run_score
-
         if not args.questions or not args.vqa:
             raise UsageError("--score needs --questions (DPG-Bench's dpg_bench.csv) and --vqa (a transformers VQA "
                              "model or VLM id / folder)")
@@ -161,8 +161,6 @@ def run(args) -> None:
     elif args.model is None:
         raise UsageError("--model is required (or --score with --questions and --vqa to score the grids in --out)")
     if args.prompts is None:
-        from .bundled import dpg_prompts_path
-
         args.prompts = str(dpg_prompts_path())
     items_all = load_dpg_prompts(args.prompts)
     items = items_all[: args.limit] if args.limit is not None else items_all
@@ -176,8 +174,6 @@ def run(args) -> None:
     mode = "overwrite" if getattr(args, "overwrite", False) else "resume"
     generate_dpg(generate, items, args.out, args.seed, args.batch_size, provenance=record, mode=mode)
     if getattr(args, "score", False):
-        from .dpg_score import run_score
-
         run_score(args, record)
         return
     print(f"{len(items)} DPG-Bench grids (<item_id>.png, 2x2) of {prov.label(record)} in {args.out} "

@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BlipForQuestionAnswering
 
 from ..errors import UsageError
 from . import provenance as prov
@@ -226,9 +228,6 @@ def load_vqa(model: str, device: str | None = None, max_new_tokens: int = 8) -> 
     ``BlipForQuestionAnswering`` models (``model_type`` ``blip``) answer the question as it is; other models
     load as ``AutoModelForImageTextToText`` and get the question plus "Answer yes or no." through their
     processor's chat template.  Greedy decoding; the answer counts when its first word is "yes"."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BlipForQuestionAnswering
-
     dev = torch.device(device or "cpu")
     config = AutoConfig.from_pretrained(model)
     processor = AutoProcessor.from_pretrained(model)

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
+from transformers import Mask2FormerForUniversalSegmentation
+from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
 
 from ..errors import UsageError
 from ..rewards.clip_common import ClipEmbedder, _check_local, _missing, _name
@@ -188,9 +190,6 @@ class Mask2FormerDetector:
 
     def __init__(self, model: str | Path = DEFAULT_DETECTOR, device: str | torch.device = "cpu",
                  scale: tuple[int, int] = TEST_SCALE, max_per_image: int = MAX_PER_IMAGE):
-        from transformers import Mask2FormerForUniversalSegmentation
-        from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
-
         _check_local(model, "Mask2Former detector")
         try:
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(_name(model))

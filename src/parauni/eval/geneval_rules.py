@@ -24,6 +24,7 @@ the reference, only on the objects a colour clause checks.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -210,8 +211,6 @@ def _is_count(v) -> bool:
 
 
 def _unknown(value, known: frozenset[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(str(value), sorted(known), n=1)
     return f"{json.dumps(value)} is not one of the {len(known)} known names" + (
         f" (did you mean {json.dumps(close[0])}?)" if close else f" ({', '.join(sorted(known)[:10])}, ...)")

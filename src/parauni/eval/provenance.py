@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .. import __version__
 from ..errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,6 @@ def make_record(*, layout: str, model: str, identity: dict, steps: int, guidance
 
     ``guidance`` ``None`` means the model's default, taken from ``identity["default_guidance"]`` when the
     caller put it there (so ``--guidance 4.5`` and no ``--guidance`` on a pipeline are the same run)."""
-    from .. import __version__
-
     identity = dict(identity)
     default = identity.pop("default_guidance", None)
     guidance = default if guidance is None else guidance
@@ -228,8 +227,6 @@ def external_record(*, layout: str, root: str | Path, images: Sequence[str | Pat
     """The record of a folder whose images parauni did not generate (scored only): ``source: "external"``,
     ``model: null``, how many prompts and images, a hash of the prompt records and one of the image files (so a
     later look can tell whether the images changed since they were scored)."""
-    from .. import __version__
-
     return {"layout": layout, "source": EXTERNAL, "model": None, "weights_sha256": None,
             "metadata_sha256": records_sha256(records), "prompts": len(records), "images": len(images),
             "images_sha256": files_sha256(root, images), "parauni_version": __version__,

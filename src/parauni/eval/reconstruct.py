@@ -47,8 +47,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import CLIPModel
 
 from ..errors import UsageError
+from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_parauni import RECONSTRUCT_INSTRUCTION
 from ..registry import IMAGE_EMBEDDERS, family_of
 from ..utils.images import load_image, to_rgb
@@ -112,8 +114,6 @@ class ClipImageEmbedder:
     """Unit image embeddings from a ``transformers.CLIPModel`` (hub id or folder)."""
 
     def __init__(self, source: str, device: str = "cpu"):
-        from transformers import CLIPModel
-
         self.name = source
         registered = "".join(f", --clip {name}" for name in IMAGE_EMBEDDERS)  # a plugin's embedders
         hint = f"pass --clip PATH (a local CLIPModel folder){registered} or --clip none"
@@ -260,8 +260,6 @@ def evaluate_reconstruction(models: Sequence[str], image_dir: str | Path, out_di
     """
     cfg = cfg_settings(cfg_prompt, cfg_text_only)
     if load is None:
-        from ..pipelines.loading import load_pipeline
-
         load = lambda m: load_pipeline(m, dtype=dtype, device=device)
     if not models:
         raise UsageError("give at least one --model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cached_property
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
 from PIL import Image
 
 from ..errors import UsageError
@@ -81,7 +83,6 @@ class ParaUniPipeline(DiffusionPipeline):
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = Path(str(pretrained_model_name_or_path))
         if not folder.is_dir():  # a hub id: the snapshot diffusers just used
-            from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(str(pretrained_model_name_or_path), local_files_only=True))
         for name in ("vlm", "conditioner", "transformer", "vae"):
@@ -167,8 +168,6 @@ class ParaUniPipeline(DiffusionPipeline):
                      num_images_per_prompt=1, prompt_embeds=None, output_type="pil", callback_on_step_end=None,
                      callback_on_step_end_tensor_inputs=("latents",)) -> None:
         """diffusers' input checks, before any work: each error names the argument and what it accepts."""
-        import math
-
         if prompt is None and image is None and prompt_embeds is None:
             raise UsageError("give a prompt, an image, or prompt_embeds")
         for text in ([prompt] if isinstance(prompt, str) else list(prompt or [])):

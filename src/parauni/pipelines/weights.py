@@ -8,11 +8,12 @@ but wrong images; the reference code had exactly that bug, so every load here ch
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import UsageError, WeightsMismatchError
@@ -91,8 +92,6 @@ def load_trainable(target, path: str | Path, parts: Iterable[str] | None = None,
 
 def saved_tensors(folder: str | Path) -> dict[str, tuple[int, ...]]:
     """``name -> shape`` of every tensor in a component folder's ``*.safetensors`` files (headers only)."""
-    from safetensors import safe_open
-
     out: dict[str, tuple[int, ...]] = {}
     for file in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(file), "pt") as f:
@@ -113,8 +112,6 @@ def check_component(module: torch.nn.Module, folder: str | Path, name: str, rena
         return
     state = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if renamed:
-        from collections import Counter
-
         have, want = Counter(saved.values()), Counter(state.values())
         if have != want:
             lacking = want - have

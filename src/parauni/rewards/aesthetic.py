@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UsageError
@@ -43,8 +44,6 @@ class AestheticMLP(nn.Module):
             raise FileNotFoundError(f"no aesthetic head at {str(path)!r}; download {HEAD_URL} and pass its path "
                                     f"as head=...")
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
+from transformers import AutoTokenizer, CLIPModel
 
 from ..errors import ConfigError
 from .base import ImageLike, as_uint8_batch
@@ -90,9 +93,6 @@ class ClipPreprocess:
             if (local / "preprocessor_config.json").exists():
                 cfg = json.loads((local / "preprocessor_config.json").read_text())
         else:
-            from huggingface_hub import hf_hub_download
-            from huggingface_hub.errors import EntryNotFoundError
-
             try:
                 cfg = json.loads(Path(hf_hub_download(str(path_or_id), "preprocessor_config.json")).read_text())
             except EntryNotFoundError:
@@ -136,8 +136,6 @@ class ClipEmbedder:
 
     def __init__(self, model: str | Path, processor: str | Path | None = None, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, crop_rounding: str = "round"):
-        from transformers import AutoTokenizer, CLIPModel
-
         processor = processor or model
         _check_local(model, "CLIP model")
         _check_local(processor, "CLIP processor")

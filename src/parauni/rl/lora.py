@@ -1,7 +1,4 @@
-"""LoRA on the SANA transformer (peft): adding it, folding it into the weights, measuring how far it moved.
-
-peft is imported inside the functions: it is only needed once a run adds an adapter.
-"""
+"""LoRA on the SANA transformer (peft): adding it, folding it into the weights, measuring how far it moved."""
 
 from __future__ import annotations
 
@@ -9,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraLayer
 
 
 @contextmanager
@@ -23,8 +22,6 @@ def adapters_off(transformer) -> Iterator[None]:
 
 
 def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
-    from peft import LoraConfig  # optional until an adapter is added
-
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
                                        init_lora_weights="gaussian"))
 
@@ -32,8 +29,6 @@ def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
 def merged_state(transformer) -> dict[str, torch.Tensor]:
     """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
     the adapter's own tensors left out: the keys of the plain (adapter-free) model."""
-    from peft.tuners.lora import LoraLayer
-
     deltas = {}
     for name, module in transformer.named_modules():
         if isinstance(module, LoraLayer) and "default" in module.lora_A:
@@ -52,8 +47,6 @@ def merged_state(transformer) -> dict[str, torch.Tensor]:
 
 def lora_delta_norm(transformer) -> float:
     """``sqrt(sum ||scale * B A||_F^2)`` over every LoRA layer: how far the adapter has moved the weights."""
-    from peft.tuners.lora import LoraLayer
-
     total = 0.0
     with torch.no_grad():
         for module in transformer.modules():

@@ -19,6 +19,7 @@ import math
 from typing import NamedTuple
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -101,8 +102,6 @@ def sigma_grid(num_steps: int, shift: float = 1.0, device: torch.device | str | 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if kind == "scheduler":
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
         scheduler = FlowMatchEulerDiscreteScheduler(shift=float(shift))
         scheduler.set_timesteps(num_steps)
         return scheduler.sigmas.to(device=device, dtype=torch.float32)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError
@@ -104,8 +105,6 @@ def save_trainable(module: FlowTrainModule, path: str | Path, write: bool = True
     for the trainable weights only, never the frozen VLM). That is a collective: with a sharded module
     every process must call this, and only the one with ``write`` writes the file.
     """
-    from safetensors.torch import save_file
-
     state = {}
     for name, param in module.trainable_state().items():
         tensor = param.detach()

@@ -23,25 +23,31 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, ProjectConfiguration
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DivergedError
+from ..errors import ConfigError, DivergedError, UsageError
 from ..pipelines.loading import build_model
 from ..pipelines.weights import TRAINABLE_FILE, load_trainable
 from ..registry import EVALUATORS
 from ..utils.checkpoints import (
     check_resume_config,
     complete_checkpoints,
+    newest_intact,
     resume_path,
     truncate_jsonl,
     write_checkpoint,
 )
 from ..utils.locks import owned_lock, with_lock
-from .config import Config, resolve_precision, save_config, to_yaml_dict, trainable_parts
+from .config import Config, load_config, resolve_precision, save_config, to_yaml_dict, trainable_parts
 from .data import (
     LatentSource,
     MicroBatches,
@@ -74,12 +80,8 @@ def _fsdp_on_cpu(acc) -> None:
     ``load_state`` then take Accelerate's own FSDP2 paths (used by tests/test_distributed.py). FSDP1
     (``fsdp_version: 1``) is refused: it needs a CUDA device.
     """
-    import os
-
     if acc.distributed_type != MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()
     if plugin.fsdp_version != 2:
@@ -148,9 +150,6 @@ class Trainer:
         checkpoint's in a key that changes the training (the differences are logged to config_changes.jsonl).
         ``evaluate``: the GenEval-style evaluation ``(pipe, out, images_per_prompt, steps, ...) -> summary`` run
         with ``train.eval_geneval`` (default: the default of :data:`parauni.registry.EVALUATORS`, a plugin's)."""
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
         self.cfg, self.progress, self._evaluate = cfg, progress, evaluate
         t = cfg.train
         if t.threads:
@@ -162,7 +161,7 @@ class Trainer:
             log_with = t.logger
             if t.logger == "tensorboard":
                 try:
-                    import tensorboard  # noqa: F401
+                    import tensorboard  # noqa: F401 - only this logger needs it: probed for a clear error
                 except ImportError as err:
                     raise ImportError("train.logger=tensorboard needs `pip install tensorboard` "
                                       "(or set train.logger=none)") from err
@@ -533,8 +532,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _weight_names(path: Path) -> set[str]:
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         return set(f.keys())
 
@@ -567,10 +564,6 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     of the run's trainable parts, nothing else, the same shapes; a mismatch names the weights. A run folder
     without final weights exports its newest intact checkpoint.
     """
-    from ..errors import UsageError
-    from ..utils.checkpoints import newest_intact
-    from .config import load_config
-
     ckpt = Path(checkpoint)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"{ckpt}: no such checkpoint or run folder")

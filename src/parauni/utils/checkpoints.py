@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import ConfigError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -181,8 +183,6 @@ def _text_problem(path: Path) -> str | None:
         if path.suffix == ".json":
             json.loads(text)
         else:
-            import yaml
-
             yaml.safe_load(text)
     except Exception as err:  # noqa: BLE001 - UnicodeDecodeError, ValueError, yaml.YAMLError
         return f"not readable ({' '.join(str(err).split())[:120]})"
@@ -330,8 +330,6 @@ def check_resume_config(ckpt: Path, new: dict, defaults: dict, allow: bool, log_
     (``--allow-config-change``) they are logged instead, and appended to ``log_dir/config_changes.jsonl`` with
     ``where`` (e.g. the step). Returns the differences that were let through that way.
     """
-    import yaml
-
     cfg_file = Path(ckpt) / CONFIG_FILE
     if not cfg_file.is_file():
         if not allow:

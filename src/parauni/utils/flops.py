@@ -30,6 +30,7 @@ from collections.abc import Callable
 from math import prod
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 aten = torch.ops.aten
 
@@ -78,8 +79,6 @@ FLOP_RULES: dict = {
 
 def flop_counter():
     """A ``FlopCounterMode`` (no display) with the corrected rules; ``.get_total_flops()`` after use."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     return FlopCounterMode(display=False, custom_mapping=FLOP_RULES)
 
 
