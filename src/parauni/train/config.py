@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -47,7 +48,6 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError, UnknownKeyError
-from ..flow import TIMESTEP_SAMPLINGS
 from ..registry import DATASETS, MODEL_BUILDERS
 from ..utils.configs import resolve_config
 
@@ -138,6 +138,7 @@ TRAINABLE = ("queries", "lim", "transformer")
 DATA_KINDS = ("json", "folder", "webdataset", "latents")  # built in, each reads data.path; plugins register more
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
+TIMESTEPS = ("uniform", "logit-normal")
 CHECKPOINTABLE = ("vlm", "connector", "transformer")  # model.gradient_checkpointing as a list
 POSITIVE = number(0.0, lo_open=True)
 NON_NEGATIVE = number(0.0)
@@ -185,7 +186,7 @@ CHECKS: dict[str, Check] = {
     "train.eval_steps": POSITIVE_INT,
     "train.eval_limit": optional(POSITIVE_INT),
     "train.threads": optional(POSITIVE_INT),
-    "train.timesteps": choice(*TIMESTEP_SAMPLINGS),
+    "train.timesteps": choice(*TIMESTEPS),
     "train.compile": boolean(),
 }
 
@@ -499,7 +500,6 @@ def resolve_precision(setting: str) -> str:
     """Accelerate's ``mixed_precision`` for a config value: ``auto`` is bf16 on a GPU, fp32 (``no``) on CPU."""
     if setting != "auto":
         return setting
-    import torch
 
     return "bf16" if torch.cuda.is_available() else "no"
 

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError, UsageError
-from ..flow import sample_sigmas
 from ..registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -201,8 +202,6 @@ class LatentSource:
     """Latents written by :func:`cache_latents`: shards ``latents-XXXXX.safetensors`` + ``index.json``."""
 
     def __init__(self, path: str, resolution: int | None = None):
-        from safetensors.torch import load_file
-
         root = Path(path)
         index = root / "index.json"
         if not index.is_file():
@@ -378,7 +377,9 @@ def per_sample_inputs(ids: list[int], seed: int, uncond_prob: float, shape: tupl
     for k in ids:
         drops.append(bool(torch.rand(1, generator=sample_generator(seed, k, 1)) < uncond_prob))
         noises.append(torch.randn(shape, generator=sample_generator(seed, k, 2)))
-        sigmas.append(sample_sigmas(1, sample_generator(seed, k, 3), mode=timesteps))
+        g = sample_generator(seed, k, 3)
+        sigmas.append(torch.sigmoid(torch.randn(1, generator=g)) if timesteps == "logit-normal"
+                      else torch.rand(1, generator=g))
     return drops, torch.stack(noises), torch.cat(sigmas)
 
 
@@ -450,9 +451,6 @@ def cache_latents(source, data_cfg, vae, out_dir: str | Path, seed: int = 0, bat
     Each image gets one random crop (from its own index) before encoding; latents are stored scaled by
     the VAE's ``scaling_factor``, as training uses them. Unreadable images are skipped and counted.
     """
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     n = source.length if source.length is not None else limit
     if n is None:
         raise UsageError("a stream without a length needs --limit to be cached")
