@@ -48,6 +48,7 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError, UnknownKeyError
+from ..flow import TIMESTEP_SAMPLINGS
 from ..registry import DATASETS, MODEL_BUILDERS
 from ..utils.configs import resolve_config
 
@@ -138,7 +139,6 @@ TRAINABLE = ("queries", "lim", "transformer")
 DATA_KINDS = ("json", "folder", "webdataset", "latents")  # built in, each reads data.path; plugins register more
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
-TIMESTEPS = ("uniform", "logit-normal")
 CHECKPOINTABLE = ("vlm", "connector", "transformer")  # model.gradient_checkpointing as a list
 POSITIVE = number(0.0, lo_open=True)
 NON_NEGATIVE = number(0.0)
@@ -186,7 +186,7 @@ CHECKS: dict[str, Check] = {
     "train.eval_steps": POSITIVE_INT,
     "train.eval_limit": optional(POSITIVE_INT),
     "train.threads": optional(POSITIVE_INT),
-    "train.timesteps": choice(*TIMESTEPS),
+    "train.timesteps": choice(*TIMESTEP_SAMPLINGS),
     "train.compile": boolean(),
 }
 

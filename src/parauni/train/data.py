@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, UsageError
+from ..flow import sample_sigmas
 from ..registry import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -377,9 +378,7 @@ def per_sample_inputs(ids: list[int], seed: int, uncond_prob: float, shape: tupl
     for k in ids:
         drops.append(bool(torch.rand(1, generator=sample_generator(seed, k, 1)) < uncond_prob))
         noises.append(torch.randn(shape, generator=sample_generator(seed, k, 2)))
-        g = sample_generator(seed, k, 3)
-        sigmas.append(torch.sigmoid(torch.randn(1, generator=g)) if timesteps == "logit-normal"
-                      else torch.rand(1, generator=g))
+        sigmas.append(sample_sigmas(1, sample_generator(seed, k, 3), mode=timesteps))
     return drops, torch.stack(noises), torch.cat(sigmas)
 
 
