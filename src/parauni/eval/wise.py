@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 from ..utils.images import save_png_atomic
 from . import provenance as prov
+from .dpg import model_generate_fn
 from .geneval import GenerateFn
 
 logger = logging.getLogger(__name__)
@@ -336,8 +337,6 @@ def format_table(label: str, summary: dict) -> str:
 
 def run(args) -> dict | None:
     """``parauni eval wise``: generate ``<out>/<prompt_id>.png`` (resumable), then run the judge if one is set."""
-    from .dpg import model_generate_fn
-
     groups_all = load_wise_prompts(args.prompts)
     counts: dict[str, int] = {}
     groups = {n: limit_per_category(rs, args.limit, counts) for n, rs in groups_all.items()}
