@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from parauni.rl.config import load_grpo_config
 from parauni.rl.grpo import GRPOTrainer
 from parauni.rl.lora import add_lora, merged_transformer
 from parauni.rl.prompts import prompt_source
+
+GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def red(images, prompts, metadata=None):
@@ -179,7 +182,7 @@ def test_fixed_prompt_sets_are_walked_in_shuffled_passes():
     texts = [r["prompt"] for r in src.records]
     seen = [r["prompt"] for e in range(3) for r in src.epoch(e, 4)]  # 12 draws = 2 passes
     assert sorted(seen[:6]) == sorted(texts) and sorted(seen[6:]) == sorted(texts)
-    assert seen[:6] != seen[6:] or len(set(texts)) < 3  # each pass in its own order
+    assert len(set(texts)) == 6 and seen[:6] != seen[6:]  # six distinct prompts; each pass in its own order
     same = [sorted(r["prompt"] for r in src.epoch(e, 6)) for e in range(4)]
     assert all(s == sorted(texts) for s in same)
     assert [r["prompt"] for r in prompt_source(cfg, seed=3).epoch(1, 4)] == seen[4:8]  # deterministic
@@ -456,7 +459,15 @@ def test_grpo_command_writes_final_and_export_makes_a_model(tmp_path, capsys):
     assert main(["eval", "geneval", "--model", model, "--out", str(tmp_path / "ev"), "--limit", "1",
                  "--images-per-prompt", "1", "--steps", "2"]) == 0
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert 0.0 <= summary["overall"] <= 1.0
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "results.jsonl").read_text().splitlines()]
+    by_task: dict[str, list[bool]] = {}
+    for r in rows:  # one image of the first prompt of each of the six tasks, each scored
+        assert Path(r["filename"]).is_file() and isinstance(r["correct"], bool), r
+        by_task.setdefault(r["tag"], []).append(r["correct"])
+    assert sorted(by_task) == sorted(GENEVAL_TASKS) and all(len(v) == 1 for v in by_task.values())
+    # GenEval's overall score: the mean over tasks of each task's share of correct images
+    assert summary["overall"] == pytest.approx(sum(np.mean(v) for v in by_task.values()) / 6, abs=1e-9)
+    assert summary["tasks"] == pytest.approx({t: float(np.mean(v)) for t, v in by_task.items()})
 
 
 def test_random_streams_never_share_a_seed(tmp_path):
