@@ -16,10 +16,30 @@ def test_generate_writes_images_and_grid(tmp_path, capsys):
 
 
 def test_generate_image_to_image(tmp_path):
-    Image.new("RGB", (24, 24), "green").save(tmp_path / "in.png")
-    rc = main(["generate", "--model", "tiny", "--prompt", "Keep the image as it is.", "--image",
-               str(tmp_path / "in.png"), "--out", str(tmp_path / "out"), "--steps", "2"])
-    assert rc == 0 and (tmp_path / "out" / "grid.png").exists()
+    """``--image``: the prompt is the instruction that goes with the image, and the image conditions the model:
+    the written image is the pipeline's image-to-image output for that image and seed, at the model's own size,
+    and neither the text-to-image one of the same prompt and seed nor that of another input image."""
+    import numpy as np
+
+    from parauni.pipelines.loading import load_pipeline
+
+    instruction = "Keep the image as it is."
+    Image.new("RGB", (24, 24), "green").save(tmp_path / "green.png")
+    Image.new("RGB", (24, 24), "red").save(tmp_path / "red.png")
+    args = ["generate", "--model", "tiny", "--prompt", instruction, "--steps", "2", "--seed", "5", "--no-progress"]
+    assert main([*args, "--image", str(tmp_path / "green.png"), "--out", str(tmp_path / "green")]) == 0
+    assert main([*args, "--image", str(tmp_path / "red.png"), "--out", str(tmp_path / "red")]) == 0
+    assert main([*args, "--out", str(tmp_path / "text")]) == 0
+    png = "000_keep_the_image_as_it_is.png"
+    green, red, text = (np.asarray(Image.open(tmp_path / d / png), dtype=np.int16) for d in ("green", "red", "text"))
+    assert (tmp_path / "green" / "grid.png").is_file() and green.shape == (16, 16, 3)
+    pipe = load_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(instruction, image=Image.open(tmp_path / "green.png").convert("RGB"), num_inference_steps=2,
+                  guidance_scale=4.5, generator=torch.Generator().manual_seed(5), output_type="np").images[0]
+    assert np.abs(np.round(direct * 255).astype(np.int16) - green).max() <= 1  # PNG rounding only
+    assert np.abs(green - text).mean() > 0.1  # the image reached the model (measured: 0.57 on the 0-255 scale)
+    assert not np.array_equal(green, red)  # and its content, not only its presence (measured: 0.05)
 
 
 def test_errors_exit_2_with_the_fix(tmp_path, capsys):
