@@ -83,7 +83,9 @@ def test_folder_without_provenance_is_refused(tmp_path, capsys):
     (out / "00000" / ".0000.png.partial").write_bytes(b"half")
     assert _geneval("prior", out, "--overwrite") == 0
     assert not (out / "00000" / ".0000.png.partial").exists()
-    assert len(json.loads((out / "results.jsonl").read_text().splitlines()[0])["filename"]) > 0
+    # the first prompt of each of the six tasks, one image each: exactly the images in samples/ are scored
+    scored = [json.loads(x)["filename"] for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(scored) == [str(out / f"{i:05d}" / "samples" / "0000.png") for i in range(6)]
 
 
 def test_dpg_records_and_checks_provenance(tmp_path, capsys):
