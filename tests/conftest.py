@@ -1,3 +1,5 @@
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,19 @@ def tiny_pipe():
     """The tiny random pipeline (DC-AE latents); tests must not modify it."""
     torch.manual_seed(0)
     return build_tiny(seed=0)
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Call it for a TCP port that is free now (the OS picks it: bind to port 0), for torchrun's
+    ``--master_port``: a fixed port fails when two test runs, or a training run, use it at the same time."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
 
 
 @pytest.fixture

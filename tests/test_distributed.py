@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -42,12 +41,6 @@ RUN = ["model.source=tiny", "data.resolution=16", "train.batch_size=4", "train.g
        "train.log_every=1", "optim.warmup_steps=2", "train.seed=0"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fsdp_env() -> dict[str, str]:
     """The ACCELERATE_* / FSDP_* variables `accelerate launch --config_file fsdp.yaml --num_processes 2
     --mixed_precision no` gives its processes (float32 on CPU)."""
@@ -61,11 +54,11 @@ def _fsdp_env() -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
 
 
-def _torchrun(out: Path, extra_env: dict[str, str], *flags: str) -> None:
+def _torchrun(out: Path, port: int, extra_env: dict[str, str], *flags: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
     env.update(OMP_NUM_THREADS="1", **extra_env)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "parauni", "train", str(CONFIG), *RUN, f"train.output_dir={out}",
+           str(port), "-m", "parauni", "train", str(CONFIG), *RUN, f"train.output_dir={out}",
            "--no-progress", *flags]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
@@ -80,13 +73,13 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_fsdp2_checkpoint_resume_matches_ddp(tmp_path):
+def test_fsdp2_checkpoint_resume_matches_ddp(tmp_path, free_port):
     t0 = time.perf_counter()
     fsdp_env = _fsdp_env()
     assert fsdp_env["ACCELERATE_USE_FSDP"] == "true" and fsdp_env["FSDP_VERSION"] == "2"
-    _torchrun(tmp_path / "ddp", {})
+    _torchrun(tmp_path / "ddp", free_port(), {})
     fsdp = tmp_path / "fsdp"
-    _torchrun(fsdp, fsdp_env)
+    _torchrun(fsdp, free_port(), fsdp_env)
     ckpt = fsdp / "checkpoint-0000002"
     # Accelerate's FSDP save_state wrote the sharded model and optimizer (DCP); each rank its RNG state
     assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "optimizer_0").is_dir()
@@ -98,7 +91,7 @@ def test_fsdp2_checkpoint_resume_matches_ddp(tmp_path):
     # interrupt after step 2: drop what step 3 wrote, resume from checkpoint-0000002
     shutil.rmtree(fsdp / "checkpoint-0000003")
     (fsdp / "trainable.safetensors").unlink()
-    _torchrun(fsdp, fsdp_env, "--resume")
+    _torchrun(fsdp, free_port(), fsdp_env, "--resume")
     state = json.loads((fsdp / "checkpoint-0000003" / "trainer_state.json").read_text())
     assert state["step"] == 3
     ddp, resumed = _weights(tmp_path / "ddp"), _weights(fsdp)

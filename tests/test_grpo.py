@@ -212,18 +212,10 @@ def test_grpo_raises_a_simple_reward(tmp_path):
     assert np.mean(values[-5:]) > np.mean(values[:5]) + 0.01, values
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("extra", [["model.train_lim=true"], ["algorithm=diffusion_nft", "optim.kl_beta=1e-4",
                                                                "sampling.guidance_scale=1.0"]],
                          ids=["flow_grpo_with_lim", "diffusion_nft"])
-def test_two_processes_share_advantages_and_weights(tmp_path, extra):
+def test_two_processes_share_advantages_and_weights(tmp_path, extra, free_port):
     """torchrun with 2 CPU processes (gloo): rewards are gathered, both ranks save their RNG state, and the
     trainable weights stay identical across ranks: DDP averages the transformer's gradients, the trainer the LIM's
     (``model.train_lim``); under both algorithms."""
@@ -504,7 +496,7 @@ def test_adapters_come_back_on_after_an_error():
     assert not torch.allclose(plain, adapted) and torch.equal(run(), adapted)
 
 
-def test_prompts_per_epoch_must_split_evenly_over_processes(tmp_path):
+def test_prompts_per_epoch_must_split_evenly_over_processes(tmp_path, free_port):
     """3 prompts on 2 processes used to split 2 + 1 while the gather assumed equal shares: refused at start."""
     import os
     import subprocess

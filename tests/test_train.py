@@ -215,12 +215,12 @@ def test_cache_latents_then_train(tmp_path):
                          "train.output_dir=" + str(tmp_path / "r3")), progress=False)
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, free_port):
     """torchrun with 2 CPU processes (gloo) and the same global batch as a 1-process run."""
     args = [*TINY, "train.steps=3", "train.save_every=3", "train.stage=II"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29533", "-m", "parauni", "train", str(ROOT / "configs/toy_stage1.yaml"),
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), "-m", "parauni", "train", str(ROOT / "configs/toy_stage1.yaml"),
                           *args, f"train.output_dir={tmp_path / 'two'}", "--no-progress"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
