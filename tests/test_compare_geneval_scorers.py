@@ -3,10 +3,13 @@ on the same images, checked against numbers worked out by hand."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "compare_geneval_scorers.py"
@@ -24,8 +27,20 @@ def write(path: Path, rows) -> Path:
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+    """The script as a command, in this process (a fresh interpreter would spend seconds importing parauni):
+    its exit status and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = [str(SCRIPT), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        sys.argv = argv
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_per_task_deltas_and_disagreements(tmp_path):
