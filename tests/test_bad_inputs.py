@@ -305,8 +305,12 @@ def test_offline_clip_names_the_fix(tmp_path, monkeypatch):
     from parauni.errors import UsageError
     from parauni.eval.reconstruct import ClipImageEmbedder
 
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: without this the Hub is tried (a long network timeout)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UsageError, match="--clip PATH .* --clip none"):
         ClipImageEmbedder("openai/clip-vit-large-patch14")
 
