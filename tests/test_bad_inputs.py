@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from parauni.cli import _bad_input_message, main
+from parauni.cli import main
+from parauni.cli.bad_input import bad_input_message
 from parauni.errors import ConfigError, UnknownKeyError, UsageError
 from parauni.rl.config import load_grpo_config
-from parauni.train.config import check_resolution, load_config, nearest_key, save_config
+from parauni.train.config import check_resolution, load_config, save_config
+from parauni.utils.names import closest_name
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ["generate", "--model", "tiny", "--prompt", "a red circle"]
@@ -268,11 +270,11 @@ def test_save_config_round_trips(tmp_path):
 
 
 def test_unknown_keys_suggest_only_close_names():
-    assert nearest_key("max_steps", ["steps", "eval_steps", "save_every"]) == "steps"
-    assert nearest_key("trian", ["model", "data", "optim", "train"]) == "train"
-    assert nearest_key("groupsize", ["group_size", "steps"]) == "group_size"
-    assert nearest_key("learning_rate", ["lr", "eps", "betas"]) is None
-    assert nearest_key("foo", ["lr", "eps"]) is None
+    assert closest_name("max_steps", ["steps", "eval_steps", "save_every"]) == "steps"
+    assert closest_name("trian", ["model", "data", "optim", "train"]) == "train"
+    assert closest_name("groupsize", ["group_size", "steps"]) == "group_size"
+    assert closest_name("learning_rate", ["lr", "eps", "betas"]) is None
+    assert closest_name("foo", ["lr", "eps"]) is None
     with pytest.raises(UnknownKeyError) as info:
         load_config(None, ["train.max_steps=3"])
     assert isinstance(info.value, KeyError) and isinstance(info.value, ConfigError)

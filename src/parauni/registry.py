@@ -14,7 +14,6 @@ To add your own without packaging, call ``REGISTRY.register(name, obj)`` before 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import os
@@ -24,6 +23,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .errors import UnknownNameError, UsageError
+from .utils.names import closest_name
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ class Registry:
 
     def unknown(self, name: str, extra: str = "") -> UnknownNameError:
         known = self.names()
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest_name(str(name), known)
+        hint = f"; did you mean {close!r}?" if close else ""
         where = f"{self.key}: " if self.key else ""
         listed = ", ".join(known) or "none"
         return UnknownNameError(f"{where}unknown {self.what} {name!r}{hint} (known: {listed}{extra})")

@@ -24,7 +24,6 @@ the reference, only on the objects a colour clause checks.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import re
@@ -36,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UsageError
+from ..utils.names import closest_name
 from .bundled import geneval_object_names_path
 
 logger = logging.getLogger(__name__)
@@ -211,9 +211,9 @@ def _is_count(v) -> bool:
 
 
 def _unknown(value, known: frozenset[str]) -> str:
-    close = difflib.get_close_matches(str(value), sorted(known), n=1)
+    close = closest_name(str(value), known)
     return f"{json.dumps(value)} is not one of the {len(known)} known names" + (
-        f" (did you mean {json.dumps(close[0])}?)" if close else f" ({', '.join(sorted(known)[:10])}, ...)")
+        f" (did you mean {json.dumps(close)}?)" if close else f" ({', '.join(sorted(known)[:10])}, ...)")
 
 
 def record_problems(meta, vocabulary: Vocabulary | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

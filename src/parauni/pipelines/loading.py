@@ -14,7 +14,6 @@ model by any name above; ``model.init`` then loads trained weights strictly.
 
 from __future__ import annotations
 
-import difflib
 import os
 
 import torch
@@ -22,6 +21,7 @@ import torch
 from ..errors import UsageError
 from ..models.presets import PRESETS, check_source
 from ..registry import MODEL_BUILDERS, MODELS
+from ..utils.names import closest_name
 from .pipeline_parauni import ParaUniPipeline
 from .presets import build_tiny, load_preset
 from .weights import load_trainable
@@ -74,8 +74,8 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | N
     else:
         source = os.path.expanduser(str(model))
         if not _path_or_hub_id(source):
-            close = difflib.get_close_matches(model, model_names(), n=1, cutoff=0.75)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest_name(model, model_names())
+            hint = f"; did you mean {close!r}?" if close else ""
             raise UsageError(f"unknown model {model!r}: not a known name, a folder or a hub id 'owner/name'{hint} "
                              f"(known names: {', '.join(model_names())})")
         source = check_source(source, "pipeline")

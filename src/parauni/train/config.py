@@ -51,6 +51,7 @@ from ..errors import ConfigError, UnknownKeyError
 from ..flow import TIMESTEP_SAMPLINGS
 from ..registry import DATASETS, MODEL_BUILDERS
 from ..utils.configs import resolve_config
+from ..utils.names import closest_name
 
 
 @dataclass
@@ -271,38 +272,8 @@ def validate(cfg: Config) -> None:
 
 # ---- loading ------------------------------------------------------------------------------------------------------
 
-def _distance(a: str, b: str) -> int:
-    """Edit distance counting a swap of two neighbouring letters as one edit (optimal string alignment)."""
-    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[len(a)][len(b)]
-
-
-def nearest_key(key: str, allowed: list[str]) -> str | None:
-    """The allowed key ``key`` was most likely meant to be, only when it is really close: the same but for
-    ``_`` / ``-`` / case, one or two edits away (one for short keys), or the only allowed key made of some of its
-    ``_``-parts (``max_steps`` -> ``steps``); otherwise ``None``."""
-    def norm(s: str) -> str:
-        return s.replace("_", "").replace("-", "").lower()
-
-    same = [a for a in allowed if norm(a) == norm(key)]
-    if same:
-        return same[0]
-    limit = 1 if len(key) <= 5 else 2
-    close = sorted((_distance(key, a), a) for a in allowed)
-    if close and close[0][0] <= limit:
-        return close[0][1]
-    parts = set(key.split("_"))
-    inside = [a for a in allowed if set(a.split("_")) < parts]
-    return inside[0] if len(inside) == 1 else None
-
-
 def _unknown(key: str, allowed: list[str], prefix: str, source: str) -> UnknownKeyError:
-    near = nearest_key(key, allowed)
+    near = closest_name(key, allowed)
     what = "section" if not prefix else "key"
     hint = f"; did you mean '{prefix}{near}'?" if near else ""
     where = f" in section '{prefix[:-1]}'" if prefix else ""
