@@ -73,6 +73,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+# three torchrun launches (two processes each): minutes on a shared CPU. The default run keeps the two-process path
+# (test_train.py::test_two_processes_match_one, test_grpo.py's torchrun tests) and exact resume per recipe
+@pytest.mark.slow
 def test_fsdp2_checkpoint_resume_matches_ddp(tmp_path, free_port):
     t0 = time.perf_counter()
     fsdp_env = _fsdp_env()

@@ -96,6 +96,9 @@ def test_loader_processes_give_the_same_run_as_before(tmp_path):
         assert torch.equal(w, results[2][1][k]), k
 
 
+# exact resume of stage I / II runs by default in test_train.py::test_resume_reaches_the_same_weights; this one
+# adds loader processes (spawned workers)
+@pytest.mark.slow
 def test_loader_processes_resume_exactly(tmp_path):
     ref = Trainer(folder_cfg(tmp_path, "ref", "train.save_every=2"), progress=False)
     ref.run()

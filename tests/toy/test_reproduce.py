@@ -62,6 +62,9 @@ def test_mean_std_format():
     assert fmt([0.5]) == "0.500" and fmt([1.0, 3.0], 1) == "2.0 ± 1.4" and fmt([None, float("nan")]) == "–"
 
 
+# eight training / evaluation subprocesses; the default run keeps the plan and the step runner above, and each
+# step's command has its own tests (eval reconstruct, analyze layers, grpo)
+@pytest.mark.slow
 def test_reproduce_from_the_shipped_models_end_to_end(tmp_path, capsys):
     """The smallest real run: reconstruction, layer response and GRPO with / without LDAM for two seeds."""
     res = reproduce(tmp_path, seeds=[0, 1], start="rl", scale="test", jobs=2)
