@@ -304,10 +304,10 @@ def test_broken_jsonl_names_the_file_and_line(tmp_path, capsys):
 
 def test_offline_clip_names_the_fix(tmp_path, monkeypatch):
     """Without the CLIP model in the cache and without network, the error says to pass --clip."""
+    import huggingface_hub
+
     from parauni.errors import UsageError
     from parauni.eval.reconstruct import ClipImageEmbedder
-
-    import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
