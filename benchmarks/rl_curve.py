@@ -73,7 +73,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.md").write_text(text)
     (out / "curve.json").write_text(json.dumps({"epochs": epochs, "runs": list(per_run), "values": table}, indent=1))
-    from parauni.rl.curves import plot_overlay
+    from parauni.utils.plots import plot_overlay
 
     series = {r: {k: [value(per_run[r][e], k) for e in epochs] for k in keys} for r in per_run}
     plot_overlay(series, out / "curve.png", title=f"toy GenEval against epochs ({args.weights} weights)", rate=1.0)

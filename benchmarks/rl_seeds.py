@@ -241,7 +241,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"config": args.config, "overrides": args.overrides,
                                                   "seeds": args.seeds, "arms": arms, "before": before,
                                                   "runs": summaries}, indent=1))
-    from parauni.rl.curves import plot_overlay
+    from parauni.utils.plots import plot_overlay
 
     mean_curves = {}
     for arm, runs in summaries.items():

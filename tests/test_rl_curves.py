@@ -5,7 +5,7 @@ import math
 import pytest
 from PIL import Image
 
-from parauni.rl.curves import ema, plot_curves, plot_overlay
+from parauni.utils.plots import ema, plot_curves, plot_overlay
 
 
 def test_ema_by_hand():
@@ -34,7 +34,7 @@ def test_plots_write_readable_pngs(tmp_path):
 
 
 def test_ema_carries_over_missing_values():
-    from parauni.rl.curves import ema
+    from parauni.utils.plots import ema
 
     nan = float("nan")
     out = ema([nan, 1.0, nan, 3.0], rate=0.5)

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..eval.geneval import TASK_ORDER as TASKS
+from ..utils.stats import mean_std
 
 VARIANTS = {"all": ("toy_stage1.yaml", "toy_stage2.yaml", "toy-all-layers"),
             "last": ("toy_stage1_lastlayer.yaml", "toy_stage2_lastlayer.yaml", "toy-last-layer")}
@@ -283,14 +284,6 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean and sample standard deviation (0 for one value) of the finite values, and their count."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return float("nan"), float("nan"), 0
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
-
-
 def fmt(values: Sequence[float], digits: int = 3) -> str:
     m, s, n = mean_std(values)
     if n == 0:
@@ -421,7 +414,7 @@ def format_results(res: dict, command: str | None = None) -> str:
 
 def plot_ldam_overlay(res: dict, out_png: Path) -> Path | None:
     """Mean-over-seeds reward curves with vs without LDAM (raw and EMA 0.1)."""
-    from ..rl.curves import plot_overlay
+    from ..utils.plots import plot_overlay  # matplotlib: only to draw, not for `parauni --help`
 
     curves: dict[str, dict[str, list[float]]] = {}
     for tag, label in (("grpo_ldam", "with LDAM"), ("grpo_none", "without LDAM")):
