@@ -218,7 +218,7 @@ def test_report_reads_headline_first_with_notes_seeds_and_enlarged_samples(tmp_p
 
 def test_a_report_cut_short_leaves_the_previous_one_whole(tmp_path, monkeypatch, capsys):
     """The new report is built beside the old one under temporary names and swapped in at the end."""
-    import parauni.report as report
+    import parauni.report.curves as curves
 
     run = make_run(tmp_path / "run_a")
     out = tmp_path / "out" / "report.html"
@@ -229,7 +229,7 @@ def test_a_report_cut_short_leaves_the_previous_one_whole(tmp_path, monkeypatch,
     def broken_plot(records):  # the curves fail midway (after the sample images were written)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "plot_curves", broken_plot)
+    monkeypatch.setattr(curves, "plot_metrics", broken_plot)
     assert main(["report", str(run), "--out", str(out), "--samples-per-task", "1"]) == 130
     assert "the previous report was left as it was" in capsys.readouterr().err
     after = {p.name: p.read_bytes() for p in out.parent.rglob("*") if p.is_file()}

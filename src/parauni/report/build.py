@@ -1,0 +1,73 @@
+""":func:`build_report`: the run folders read, the page written, and the files swapped in when complete."""
+
+from __future__ import annotations
+
+import datetime
+import html
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from ..utils.atomic import atomic_folder, temporary_sibling
+from .page import CSS, Page
+from .runs import Run, load_run
+from .sections import curves_section, headline, run_sections
+
+
+def _load_runs(run_dirs: list[str | Path], samples_per_task: int) -> list[Run]:
+    """Every run folder read; runs whose folders share a name are told apart as ``name (2)``, ``name (3)``."""
+    names: list[str] = []
+    runs = []
+    for d in run_dirs:
+        base = Path(d).resolve().name
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base} ({n})"
+        names.append(name)
+        runs.append(load_run(d, samples_per_task, name))
+    return runs
+
+
+def _write_page(page: Page, runs: list[Run], title: str) -> str:
+    """Fill ``page`` in reading order; the HTML document."""
+    page.heading(title, 1)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    page.para(f"{len(runs)} run(s): {', '.join(r.name for r in runs)}; generated {stamp}", cls="note")
+    headline(page, runs)
+    curves_section(page, runs)
+    for run in runs:
+        run_sections(page, run)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+            + "\n".join(page.html) + "\n</body></html>\n")
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: int = 4,
+                 title: str = "ParaUni report") -> tuple[Path, Path]:
+    """Write ``out`` (HTML) and its Markdown twin (``.md``, images in ``<stem>_files/``); return both paths."""
+    if not run_dirs:
+        raise UsageError("give at least one run folder")
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out must be an .html file, got {str(out)!r}")
+    runs = _load_runs(run_dirs, samples_per_task)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files_dir = out.with_name(out.stem + "_files")
+    md_path = out.with_suffix(".md")
+    # built beside the previous report under temporary names and swapped in at the end: a report cut short
+    # (an error, Ctrl-C) leaves the previous one whole
+    html_tmp, md_tmp = temporary_sibling(out), temporary_sibling(md_path)
+    try:
+        with atomic_folder(files_dir) as files_tmp:
+            page = Page(files_tmp, link_name=files_dir.name)
+            html_tmp.write_text(_write_page(page, runs, title), encoding="utf-8")
+            md_tmp.write_text("\n".join(page.md), encoding="utf-8")
+        os.replace(md_tmp, md_path)
+        os.replace(html_tmp, out)
+    finally:
+        html_tmp.unlink(missing_ok=True)
+        md_tmp.unlink(missing_ok=True)
+    if files_dir.is_dir() and not any(files_dir.iterdir()):  # a report without images needs no folder
+        files_dir.rmdir()
+    return out, md_path
