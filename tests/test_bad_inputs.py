@@ -216,10 +216,10 @@ def test_out_of_memory_names_the_fix():
     for err in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
                 RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
                 MemoryError()):
-        msg = _bad_input_message(err)
+        msg = bad_input_message(err)
         assert msg.startswith("out of memory") and "lower the batch size" in msg and "resolution" in msg
-    assert _bad_input_message(RuntimeError("shapes do not match")) is None  # a bug: traceback
-    assert _bad_input_message(IsADirectoryError(21, "Is a directory", "x")) == "'x' is a folder, not a file"
+    assert bad_input_message(RuntimeError("shapes do not match")) is None  # a bug: traceback
+    assert bad_input_message(IsADirectoryError(21, "Is a directory", "x")) == "'x' is a folder, not a file"
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch and diffusers: seconds, not the CLI's own time
@@ -394,8 +394,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_empty_image(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and "no space left on device at" in err and "rerun" in err
     assert not [p for p in out.iterdir() if p.suffix == ".png" or p.name.endswith(".partial")]
-    from parauni.cli import _is_disk_full
+    from parauni.cli.bad_input import is_disk_full
 
-    assert _is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
+    assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
                                       "writing file data/0: file write failed"))
-    assert not _is_disk_full(RuntimeError("shape mismatch"))
+    assert not is_disk_full(RuntimeError("shape mismatch"))

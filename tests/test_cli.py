@@ -85,7 +85,8 @@ def test_toy_eval_layout_and_resume(tmp_path, capsys):
 def test_every_command_takes_threads():
     import argparse
 
-    from parauni.cli import _set_threads, build_parser
+    from parauni.cli import build_parser
+    from parauni.cli.parser import set_threads
 
     def leaves(parser, path=()):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -102,7 +103,7 @@ def test_every_command_takes_threads():
     before = torch.get_num_threads()
     args = build_parser().parse_args(["grpo", "configs/toy_grpo.yaml", "optim.lr=1e-3", "--threads", "1"])
     try:
-        _set_threads(args)
+        set_threads(args)
         assert torch.get_num_threads() == 1 and args.overrides[-1] == "train.threads=1"
     finally:
         torch.set_num_threads(before)

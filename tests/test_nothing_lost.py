@@ -350,14 +350,14 @@ def test_a_pipeline_folder_missing_a_weight_file_is_one_line(two_runs, tmp_path,
 
 
 def test_which_errors_are_bad_input():
-    from parauni.cli import _bad_input_message
+    from parauni.cli.bad_input import bad_input_message
     from parauni.errors import ConfigError, DivergedError
 
-    assert _bad_input_message(UsageError("--x: bad")) == "--x: bad"
-    assert _bad_input_message(DivergedError("non-finite loss")) == "non-finite loss"
-    assert _bad_input_message(ConfigError("optim.lr")) == "optim.lr"
-    assert _bad_input_message(PermissionError(13, "Permission denied", "/x")) == \
+    assert bad_input_message(UsageError("--x: bad")) == "--x: bad"
+    assert bad_input_message(DivergedError("non-finite loss")) == "non-finite loss"
+    assert bad_input_message(ConfigError("optim.lr")) == "optim.lr"
+    assert bad_input_message(PermissionError(13, "Permission denied", "/x")) == \
         "'/x': permission denied; give a path you can write (or read)"
     for bug in (ValueError("math domain error"), KeyError("missing"), OSError("bad fd"), TypeError("x"),
                 RuntimeError("shapes do not match")):
-        assert _bad_input_message(bug) is None, bug  # a traceback and a bug-report line
+        assert bad_input_message(bug) is None, bug  # a traceback and a bug-report line

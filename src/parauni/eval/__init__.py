@@ -7,3 +7,5 @@
 
 # the environment variable naming the official GenEval scorer's command (``parauni eval geneval --scorer official``)
 GENEVAL_SCORER_ENV = "PARAUNI_GENEVAL_SCORER"
+# the environment variable naming the WISE judge's command (``parauni eval wise``, read by :mod:`parauni.eval.wise`)
+WISE_JUDGE_ENV = "PARAUNI_WISE_JUDGE"

@@ -54,13 +54,13 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..utils.images import save_png_atomic
+from . import WISE_JUDGE_ENV
 from . import provenance as prov
 from .dpg import model_generate_fn
 from .geneval import GenerateFn
 
 logger = logging.getLogger(__name__)
 
-JUDGE_ENV = "PARAUNI_WISE_JUDGE"
 SEED_RULE = "seed + prompt_id"
 LIMIT_RULE = "first N prompts of each category (the records' 'Category'), in file order"
 CATEGORIES = ("CULTURE", "TIME", "SPACE", "BIOLOGY", "PHYSICS", "CHEMISTRY")
@@ -247,8 +247,8 @@ def run_judge(template: str, out_dir: str | Path, prompt_paths: dict[str, Path])
         try:
             subprocess.run(cmd, check=True)
         except subprocess.CalledProcessError as err:
-            raise UsageError(f"the WISE judge ({JUDGE_ENV} / --judge-command) exited with status {err.returncode}: "
-                             f"{shlex.join(cmd)}") from err
+            raise UsageError(f"the WISE judge ({WISE_JUDGE_ENV} / --judge-command) exited with status "
+                             f"{err.returncode}: {shlex.join(cmd)}") from err
         except FileNotFoundError as err:
             raise UsageError(f"the WISE judge command cannot be run ({err.strerror}: {cmd[0]!r})") from err
         if not target.is_file():
@@ -344,7 +344,7 @@ def run(args) -> dict | None:
     records = [r for rs in groups.values() for r in rs]
     if not records:
         raise UsageError(f"no WISE prompts in {args.prompts!r}")
-    template = args.judge_command or os.environ.get(JUDGE_ENV)
+    template = args.judge_command or os.environ.get(WISE_JUDGE_ENV)
     if template:
         judge_command(template, Path("."), Path("."), Path("."), "")  # check the placeholders before generating
     generate, _, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution, args.device,
@@ -363,7 +363,7 @@ def run(args) -> dict | None:
               f"  python vllm_eval.py --json_path {out}/prompts/<name>.json --image_dir {out} --output_dir "
               f"{out}/judge --model Qwen3.5-35B-A3B --result_full <name>_full.json --result_scores "
               f"<name>{SCORES_SUFFIX}\n"
-              f"or set {JUDGE_ENV} (or --judge-command) to such a command with {{images}} {{prompts}} {{out}} "
+              f"or set {WISE_JUDGE_ENV} (or --judge-command) to such a command with {{images}} {{prompts}} {{out}} "
               "{name} and rerun (finished images are kept); its scores are then summarised into summary.json.")
         return None
     score_files = run_judge(template, out, prompt_paths)

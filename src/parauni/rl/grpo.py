@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingStalledError, UsageError
-from ..eval.geneval import TASK_ORDER, format_table
+from ..eval.geneval import TASK_ORDER
 from ..pipelines.loading import build_model
 from ..pipelines.pipeline_parauni import ParaUniPipeline
 from ..pipelines.weights import WeightsMismatchError, expected_names, load_trainable, read_trainable
@@ -54,8 +54,8 @@ from ..utils.checkpoints import (
     write_checkpoint,
 )
 from ..utils.locks import owned_lock, with_lock
+from ..utils.plots import plot_curves
 from .config import GRPOConfig, load_grpo_config
-from .curves import plot_curves
 from .diffusion_nft import DiffusionNFT
 from .flow_grpo import FlowGRPO
 from .ldam import LDAM, default_layer_groups, default_reward_to_group
@@ -653,28 +653,3 @@ class RLTrainer:
 
 
 GRPOTrainer = RLTrainer  # the name before DiffusionNFT joined; both algorithms run in it
-
-
-def add_parser(sub) -> None:
-    from ..train.commands import add_run_arguments  # train.commands imports this module: avoid the cycle
-
-    p = sub.add_parser("grpo", help="stage III: online RL (Flow-GRPO or DiffusionNFT) with several rewards and LDAM")
-    add_run_arguments(p, "configs/toy_grpo.yaml", "ldam.enabled=false")
-    p.epilog = "At the end the EMA model is written to <output_dir>/final (a ParaUniPipeline folder)."
-    p.set_defaults(func=run)
-
-
-def run(args) -> dict:
-
-    cfg = load_grpo_config(args.config, args.overrides)
-    trainer = RLTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
-                        allow_config_change=getattr(args, "allow_config_change", False))
-    result = trainer.run()
-    if trainer.acc.is_main_process:
-        rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}
-        if rows:
-            print(format_table(rows))
-        print(f"{result['epochs']} epochs in {result['seconds']:.0f}s; curves in {trainer.out / 'curves'}")
-        if "final" in result:
-            print(f"EMA model (LoRA merged) in {result['final']}")
-    return result

@@ -1,0 +1,91 @@
+"""Which errors are bad input and which are bugs, and the line each prints.
+
+Bad input prints one ``<prog>: error: <message>`` line (exit status 2); a bug asks for a bug report and keeps its
+traceback; Ctrl-C says how to continue the interrupted command (exit status 130)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from ..errors import ConfigError, UsageError
+
+OOM_HINT = ("lower the batch size (--batch-size; train.batch_size, optim.train_batch or sampling.rollout_batch in "
+            "a config) or the resolution (--resolution / --height / --width; data.resolution)")
+
+
+def bad_input_message(err: BaseException) -> str | None:
+    """The one-line message for an error caused by the input, or ``None`` for a bug (keeps its traceback).
+
+    Bad input is the project's own errors (:mod:`parauni.errors`: ``UsageError``, ``ConfigError`` and their
+    kinds), a missing file or folder, a path without permission, invalid YAML and running out of memory. A
+    ``ValueError``, ``KeyError`` or ``OSError`` from anywhere else is a bug: an input check raises one of the
+    project's errors."""
+    if isinstance(err, (UsageError, ConfigError)):
+        return str(err)
+    if isinstance(err, IsADirectoryError):
+        return f"{err.filename!r} is a folder, not a file" if err.filename else str(err)
+    if isinstance(err, NotADirectoryError):
+        return f"{err.filename!r} is not a folder" if err.filename else str(err)
+    if isinstance(err, FileNotFoundError):
+        return f"{err.filename!r} does not exist" if err.filename else str(err)
+    if isinstance(err, PermissionError) and err.filename:
+        return f"{err.filename!r}: permission denied; give a path you can write (or read)"
+    if is_disk_full(err):
+        where = getattr(err, "filename", None)
+        return (f"no space left on device{f' at {where!r}' if where else ''}: free some space or write elsewhere, then "
+                "rerun (a checkpoint, export or image is written under a temporary name and renamed when complete, so "
+                "what was finished is kept and nothing half-written stands under a final name; with --resume a run "
+                "goes on from its last complete checkpoint)")
+    if isinstance(err, MemoryError) or is_out_of_memory(err):
+        first = (str(err).strip().splitlines() or ["no more memory"])[0]
+        return f"out of memory ({first}); {OOM_HINT}"
+    yaml_error = sys.modules.get("yaml")
+    if yaml_error is not None and isinstance(err, yaml_error.YAMLError):
+        return f"invalid YAML: {' '.join(str(err).split())}"
+    return None
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for lack of space: ``OSError`` ENOSPC, or the messages of torch's zip writer
+    (``file write failed``) and safetensors (``No space left on device``), which carry no errno."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return "No space left on device" in text or (isinstance(err, RuntimeError) and "file write failed" in text)
+
+
+BUG_REPORT = ("internal error: this is a bug in parauni, not a problem with your input; please report it (an issue "
+              "in the project's tracker) with the command line and the traceback below")
+
+
+# what an interrupted command leaves and how to continue it, by command (``parauni <command> [<subcommand>]``)
+INTERRUPT_HINTS = {
+    "train": "continue from the newest checkpoint with the same command plus --resume",
+    "grpo": "continue from the newest checkpoint with the same command plus --resume",
+    "eval geneval": "finished images are kept: rerun the same command with --resume to continue",
+    "eval dpg": "finished grids are kept: rerun the same command with --resume to continue",
+    "eval wise": "finished images are kept: rerun the same command with --resume to continue",
+    "toy reproduce": "finished steps are kept: rerun the same command to continue",
+    "export": "--out was left as it was: rerun the command",
+    "report": "the previous report was left as it was: rerun the command",
+}
+
+
+def interrupt_message(args: argparse.Namespace | None) -> str:
+    if args is None:
+        return "interrupted"
+    sub = getattr(args, "eval_command", None) or getattr(args, "toy_command", None)
+    key = f"{args.command} {sub}" if sub else args.command
+    return f"interrupted; {INTERRUPT_HINTS.get(key, 'rerun the command to start again')}"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "DefaultCPUAllocator" in text)

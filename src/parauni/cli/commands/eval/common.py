@@ -1,0 +1,21 @@
+"""What the ``parauni eval`` commands share: the ``--model`` help and the generation options."""
+
+from __future__ import annotations
+
+from ....toy.evaluation import add_overwrite_options
+from ...options import add_dtype_option
+
+MODEL_HELP = "'tiny', a preset, a saved pipeline folder, or (geneval, dpg) 'prior' / a toy prior folder"
+
+
+def add_generation_options(p, resumable: bool = True) -> None:
+    """Seed, steps, guidance, resolution, device and dtype; ``resumable``: also ``--overwrite`` / ``--resume``
+    (a benchmark layout kept between runs)."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, help="CFG scale (default 4.5; the toy prior: its own)")
+    p.add_argument("--resolution", type=int, help="square output side (default: the model's native size)")
+    p.add_argument("--device", help="e.g. cuda, cpu (default: cpu)")
+    add_dtype_option(p)
+    if resumable:
+        add_overwrite_options(p)
