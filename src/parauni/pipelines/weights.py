@@ -29,7 +29,9 @@ def _names(names: Iterable[str], most: int = 8) -> str:
     return ", ".join(names[:most]) + more
 
 
-def _mismatch(header: str, missing, unexpected, shapes, hint: str = "") -> WeightsMismatchError:
+def mismatch_error(header: str, missing, unexpected, shapes, hint: str = "") -> WeightsMismatchError:
+    """The one message of every strict load: ``header``, then the missing, unexpected and mis-shaped names (each
+    list cut to its first few), then ``hint``."""
     lines = [header]
     if missing:
         lines.append(f"  missing ({len(missing)}): {_names(missing)}")
@@ -81,7 +83,7 @@ def load_trainable(target, path: str | Path, parts: Iterable[str] | None = None,
     shapes = {n: (tuple(weights[n].shape), tuple(params[n].shape)) for n in set(weights) & set(params)
               if weights[n].shape != params[n].shape}
     if unexpected or missing or shapes:
-        raise _mismatch(f"{path} does not fit this model:", missing, unexpected,
+        raise mismatch_error(f"{path} does not fit this model:", missing, unexpected,
                         [f"{n} {a} vs {b}" for n, (a, b) in shapes.items()],
                         "was it saved by a run of another model, fusion, layer set or stage?")
     with torch.no_grad():
@@ -125,4 +127,5 @@ def check_component(module: torch.nn.Module, folder: str | Path, name: str, rena
     missing, unexpected = set(state) - set(saved), set(saved) - set(state)
     shapes = [f"{k} {saved[k]} vs {state[k]}" for k in set(saved) & set(state) if saved[k] != state[k]]
     if missing or unexpected or shapes:
-        raise _mismatch(f"{folder} does not fit the {name} ({type(module).__name__}):", missing, unexpected, shapes)
+        raise mismatch_error(f"{folder} does not fit the {name} ({type(module).__name__}):", missing, unexpected,
+                             shapes)

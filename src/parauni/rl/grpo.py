@@ -40,11 +40,11 @@ from ..errors import ConfigError, TrainingStalledError, UsageError
 from ..eval.geneval import TASK_ORDER
 from ..pipelines.loading import build_model
 from ..pipelines.pipeline_parauni import ParaUniPipeline
-from ..pipelines.weights import WeightsMismatchError, expected_names, load_trainable, read_trainable
+from ..pipelines.weights import expected_names, load_trainable, mismatch_error, read_trainable
 from ..registry import EVALUATORS
 from ..rewards.base import WeightedReward
 from ..train.config import ModelConfig, resolve_precision, save_config, to_yaml_dict
-from ..train.optim import decay_groups
+from ..train.optim import decay_groups, group_weight_decay
 from ..utils.checkpoints import (
     check_resume_config,
     complete_checkpoints,
@@ -79,11 +79,8 @@ def _read_like(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     shapes = [f"{n} {tuple(weights[n].shape)} vs {tuple(like[n].shape)}" for n in sorted(set(like) & set(weights))
               if weights[n].shape != like[n].shape]
     if missing or unexpected or shapes:
-        parts = [f"missing ({len(missing)}): {', '.join(missing[:8])}" if missing else "",
-                 f"unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}" if unexpected else "",
-                 f"shape mismatch: {', '.join(shapes[:8])}" if shapes else ""]
-        raise WeightsMismatchError(f"{path} does not fit this model ({'; '.join(p for p in parts if p)}); was it "
-                                   "saved with other model.lora_rank / lora_targets / train_lim or another model?")
+        raise mismatch_error(f"{path} does not fit this model:", missing, unexpected, shapes,
+                             "was it saved with other model.lora_rank / lora_targets / train_lim or another model?")
     return weights
 
 
@@ -472,9 +469,8 @@ class RLTrainer:
         self.opt_step = int(state.get("optimizer_steps", 0))
         if self.config_changes:  # --allow-config-change: the optimizer takes this config's settings
             o = self.cfg.optim
-            for group in self.opt.param_groups:  # decay on the group of >= 2-D weights only
-                decayed = all(p.ndim >= 2 for p in group["params"])
-                group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay if decayed else 0.0)
+            for group in self.opt.param_groups:
+                group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=group_weight_decay(group, o.weight_decay))
         logger.info("resumed from %s at epoch %d", ckpt, self.epoch)
 
     # -- evaluation -----------------------------------------------------------------------------------------

@@ -9,13 +9,23 @@ from collections.abc import Callable, Iterable
 import torch
 
 
+def _decayed(p: torch.nn.Parameter) -> bool:
+    return p.ndim >= 2
+
+
 def decay_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """AdamW parameter groups: weight decay on >= 2-D tensors (matrices, embeddings) only; biases, norm
     scales and other 1-D vectors are not decayed (the usual grouping). Empty groups are left out."""
     params = list(params)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in params if _decayed(p)], "weight_decay": weight_decay},
+              {"params": [p for p in params if not _decayed(p)], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def group_weight_decay(group: dict, weight_decay: float) -> float:
+    """The weight decay of one of :func:`decay_groups`' groups under a new setting (a resumed run whose config
+    changed): ``weight_decay`` for the decayed group, 0 for the other."""
+    return weight_decay if all(_decayed(p) for p in group["params"]) else 0.0
 
 
 def cosine(progress: float, min_ratio: float = 0.0) -> float:

@@ -59,7 +59,7 @@ from .data import (
     to_unit_range,
 )
 from .model import FlowTrainModule, save_trainable
-from .optim import decay_groups, warmup_cosine
+from .optim import decay_groups, group_weight_decay, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -322,10 +322,9 @@ class Trainer:
         o = self.cfg.optim
         factor = warmup_cosine(o.warmup_steps, self.cfg.train.steps, o.min_lr_ratio)
         self.sched.base_lrs = [o.lr for _ in self.sched.base_lrs]
-        for group in self.opt.param_groups:  # decay on the group of >= 2-D weights only (decay_groups)
-            decayed = all(p.ndim >= 2 for p in group["params"])
+        for group in self.opt.param_groups:
             group.update(initial_lr=o.lr, lr=o.lr * factor(self.step), betas=tuple(o.betas), eps=o.eps,
-                         weight_decay=o.weight_decay if decayed else 0.0)
+                         weight_decay=group_weight_decay(group, o.weight_decay))
 
     # -- training ----------------------------------------------------------------------------------------
     def _latents(self, images, latents) -> torch.Tensor:
