@@ -141,7 +141,8 @@ def test_merged_export_matches_the_adapter():
 
 
 def test_shipped_grpo_configs_load():
-    """SPEC §4 / §5 numbers: the defaults and the real-size configs; the toy config departs only where it says."""
+    """The paper's stage III numbers (supplementary Sec. 2, Tab. 1) and LDAM's (Sec. 1): the defaults and the
+    real-size configs; the toy config departs only where it says."""
     from pathlib import Path
 
     paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*grpo*.yaml"))

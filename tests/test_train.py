@@ -46,7 +46,7 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.train.stage in ("I", "II")
     assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.05 and cfg.optim.max_grad_norm == 1.0
-    if "sana" in path.name:  # the real presets carry SPEC §3's numbers
+    if "sana" in path.name:  # the real presets carry the paper's stage I/II numbers (supplementary Tab. 1)
         stage1 = cfg.train.stage == "I"
         assert cfg.optim.lr == (1e-4 if stage1 else 1e-5)
         assert cfg.train.steps == (100_000 if stage1 else 10_000)

@@ -156,7 +156,7 @@ class GRPOConfig:
 
     @staticmethod
     def checks() -> dict[str, Check]:
-        """Every key and what it accepts (see :data:`GRPO_CHECKS`)."""
+        """Every key and what it accepts (:func:`grpo_checks`)."""
         return grpo_checks()
 
     def validate(self) -> None:
@@ -194,8 +194,8 @@ class GRPOConfig:
 
 @functools.cache
 def grpo_checks() -> dict[str, Check]:
-    """What every key of :class:`GRPOConfig` accepts (built on first use: the grid and KL-form choices come from
-    :mod:`parauni.rl.sde` and :mod:`parauni.rl.objective`, which import torch)."""
+    """What every key of :class:`GRPOConfig` accepts (built once; the grid, KL-form, solver, advantage-mode and
+    decay choices come from the modules that implement them)."""
 
     positive, non_negative = number(0.0, lo_open=True), number(0.0)
     return {
