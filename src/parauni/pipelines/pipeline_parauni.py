@@ -239,7 +239,25 @@ class ParaUniPipeline(DiffusionPipeline):
         self.check_inputs(prompt, image, height, width, num_inference_steps, guidance_scale, num_images_per_prompt,
                           prompt_embeds, output_type, callback_on_step_end, tensor_inputs)
         images = [image] if isinstance(image, Image.Image) else image
-        prompts = _as_list(prompt)
+        cond, uncond = self._conditions(prompts=_as_list(prompt), negative_prompt=negative_prompt, images=images,
+                                        prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                                        negative_image=negative_image, do_cfg=guidance_scale != 1.0)
+        latents, cond, mask = self._sampling_inputs(cond, uncond, num_images_per_prompt, height, width, generator,
+                                                    latents)
+        latents = self._denoise(latents, cond, mask, num_inference_steps, guidance_scale, callback_on_step_end)
+        if output_type == "latent":
+            out = latents
+        else:
+            out = self.image_processor.postprocess(self.decode(latents.to(self.transformer.dtype)).float(),
+                                                   output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=out) if return_dict else (out,)
+
+    def _conditions(self, prompts: list[str | None], negative_prompt, images: list[Image.Image] | None,
+                    prompt_embeds, negative_prompt_embeds, negative_image: bool,
+                    do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The conditional branch's condition ``(B, N, C)`` and, with CFG, the CFG branch's (else ``None``);
+        the arguments as :meth:`__call__` documents them, after :meth:`check_inputs`."""
         instructions = None  # with images: the conditional branch's instruction per image
         if images is not None:
             instructions = [p or RECONSTRUCT_INSTRUCTION for p in _per_image(prompts, len(images), "prompt")]
@@ -247,30 +265,36 @@ class ParaUniPipeline(DiffusionPipeline):
             cond = prompt_embeds
         elif images is not None:
             cond = self.image_condition(images, instructions)
-        elif prompt is None:
-            raise UsageError("give a prompt, an image, or prompt_embeds")
-        else:
+        else:  # check_inputs has made sure there is a prompt
             cond = self.encode_prompt(prompts)
         batch = cond.shape[0]
-        do_cfg = guidance_scale != 1.0
-        if do_cfg:
-            if negative_prompt_embeds is not None:
-                uncond = negative_prompt_embeds
-                if uncond.shape[0] == 1 and batch > 1:
-                    uncond = uncond.expand(batch, -1, -1)
-            elif images is not None and negative_image:
-                negs = [n or c for n, c in zip(_per_image(_as_list(negative_prompt), len(images), "negative_prompt"),
-                                               instructions, strict=True)]
-                # the same image and instruction: the same condition, encoded once
-                same = prompt_embeds is None and negs == instructions
-                uncond = cond if same else self.image_condition(images, negs)
-            elif negative_prompt is None:
-                uncond = self.unconditional_condition().expand(batch, -1, -1)
-            else:
-                neg = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
-                uncond = self.encode_prompt(neg)
+        if not do_cfg:
+            return cond, None
+        if negative_prompt_embeds is not None:
+            uncond = negative_prompt_embeds
+            if uncond.shape[0] == 1 and batch > 1:
+                uncond = uncond.expand(batch, -1, -1)
+        elif images is not None and negative_image:
+            negs = [n or c for n, c in zip(_per_image(_as_list(negative_prompt), len(images), "negative_prompt"),
+                                           instructions, strict=True)]
+            # the same image and instruction: the same condition, encoded once
+            same = prompt_embeds is None and negs == instructions
+            uncond = cond if same else self.image_condition(images, negs)
+        elif negative_prompt is None:
+            uncond = self.unconditional_condition().expand(batch, -1, -1)
+        else:
+            neg = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            uncond = self.encode_prompt(neg)
+        return cond, uncond
+
+    def _sampling_inputs(self, cond: torch.Tensor, uncond: torch.Tensor | None, num_images_per_prompt: int,
+                         height: int | None, width: int | None, generator,
+                         latents: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The initial latents, the transformer's condition (the CFG branch's rows first, when there is one) and
+        its attention mask, ``num_images_per_prompt`` rows per condition."""
+        batch = cond.shape[0]
         cond = cond.repeat_interleave(num_images_per_prompt, dim=0)
-        if do_cfg:
+        if uncond is not None:
             uncond = uncond.repeat_interleave(num_images_per_prompt, dim=0)
             cond = torch.cat([uncond, cond])  # one batched forward for both branches
         total = batch * num_images_per_prompt
@@ -287,7 +311,11 @@ class ParaUniPipeline(DiffusionPipeline):
             latents = self.prepare_latents(total, height, width, generator, torch.float32, device)
         cond = cond.to(device=device, dtype=dtype)
         mask = torch.ones(cond.shape[:2], device=device, dtype=torch.long)
+        return latents, cond, mask
 
+    def _denoise(self, latents: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor, num_inference_steps: int,
+                 guidance_scale: float, callback_on_step_end) -> torch.Tensor:
+        """The sampling loop, with diffusers' ``callback_on_step_end`` hook after every step."""
         step_hook = None
         if callback_on_step_end is not None:
             def step_hook(i, t, x):
@@ -302,12 +330,5 @@ class ParaUniPipeline(DiffusionPipeline):
         # addresses, LoRA / DDP wrap the model), i.e. a second forward path to keep in step with diffusers;
         # not done. The saving would be the K/V projections' share of the block matmuls: 2·N·D² against about
         # 13.5·T·D² for the image side, i.e. ~13% at 512 px (T = 256 latent tokens) with N = 256 queries.
-        latents = sample_flow(self.transformer, self.scheduler, latents, cond, mask, num_inference_steps,
-                              guidance_scale, progress=self.progress_bar, callback=step_hook)
-
-        if output_type == "latent":
-            out = latents
-        else:
-            out = self.image_processor.postprocess(self.decode(latents.to(dtype)).float(), output_type=output_type)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=out) if return_dict else (out,)
+        return sample_flow(self.transformer, self.scheduler, latents, cond, mask, num_inference_steps,
+                           guidance_scale, progress=self.progress_bar, callback=step_hook)
