@@ -222,6 +222,24 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
         of the current one; ``False`` shows neither.
     Returns a JSON-ready dict (see :func:`write_outputs`).
     """
+    modes, metadata, grp = _check_request(pipe, prompts, metadata, groups, modes, images_per_prompt, batch_size)
+    fns, weights, weighted = resolve_rewards(rewards, reward_options)
+    sample = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    height, width = height or sample, width or sample
+    variants = [("baseline", None)] + [(m, g) for m in modes for g in grp]
+    scores, pixels = _generate_and_score(
+        pipe, prompts, metadata, fns, grp, variants, scale=scale, images_per_prompt=images_per_prompt,
+        seed=seed, batch_size=batch_size, size=(height, width), progress=progress,
+        gen_kw=dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np"))
+    run = {"model": model_name, "num_prompts": len(prompts), "images_per_prompt": images_per_prompt,
+           "steps": steps, "guidance": guidance, "seed": seed, "scale": scale, "resolution": [height, width]}
+    return _summarise(run, pipe.conditioner, grp, modes, fns, weights, weighted, scores, pixels)
+
+
+def _check_request(pipe, prompts, metadata, groups, modes, images_per_prompt: int,
+                   batch_size: int) -> tuple[list[str], list[dict | None], dict[str, list[int]]]:
+    """:func:`analyze_layers`' arguments checked: the modes in :data:`MODES`' order, one metadata record per
+    prompt, and the layer groups (none holding every read layer when a mode drops groups)."""
     modes = [m for m in MODES if m in set(modes)]
     if not modes:
         raise UsageError(f"modes must name some of {MODES}")
@@ -230,25 +248,40 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
     metadata = list(metadata) if metadata is not None else [None] * len(prompts)
     if len(metadata) != len(prompts):
         raise UsageError(f"{len(prompts)} prompts but {len(metadata)} metadata records")
-    cond = pipe.conditioner
-    read = list(cond.layer_indices)
+    read = list(pipe.conditioner.layer_indices)
     grp = layer_groups(len(read), groups, read)
     if "drop" in modes:
         full = [g for g, idx in grp.items() if len(set(idx)) == len(read)]
         if full:
             raise UsageError(f"group(s) {full} hold every read layer and cannot be dropped; use mode perturb")
-    fns, weights, weighted = resolve_rewards(rewards, reward_options)
-    device = cond.queries.device
-    sample = pipe.transformer.config.sample_size * pipe.vae_scale_factor
-    height, width = height or sample, width or sample
-    gen_kw = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+    return modes, metadata, grp
+
+
+def _variant_condition(cond, variant: tuple[str, str | None], states: torch.Tensor, states_x: torch.Tensor,
+                       grp: dict[str, list[int]], scale: float, images_per_prompt: int, ids: list[int],
+                       seed: int) -> torch.Tensor:
+    """The conditional branch's condition for one variant: ``("baseline", None)``, ``("perturb", group)`` or
+    ``("drop", group)``; ``states`` ``(L, B, N, D)`` per prompt, ``states_x`` per image."""
+    mode, group = variant
+    if mode == "baseline":
+        return cond(states_x)
+    if mode == "perturb":
+        noise = group_noise(states, grp[group], scale, images_per_prompt, ids, seed, list(grp).index(group))
+        return cond(states_x, noise)
+    return fuse_without(cond, states_x, grp[group])
+
+
+def _generate_and_score(pipe, prompts, metadata, fns, grp, variants, *, scale: float, images_per_prompt: int,
+                        seed: int, batch_size: int, size: tuple[int, int], progress: bool, gen_kw: dict
+                        ) -> tuple[dict[tuple, dict[str, list[np.ndarray]]], dict[tuple, list[np.ndarray]]]:
+    """Every variant's images, batch by batch from the same initial latents: each reward's scores per variant
+    and batch, and each altered variant's mean absolute pixel change against the baseline per batch."""
+    cond = pipe.conditioner
     uncond = pipe.encode_prompt([None])  # (1, N, C), shared by every variant
-    variants = [("baseline", None)] + [(m, g) for m in modes for g in grp]
     scores: dict[tuple, dict[str, list[np.ndarray]]] = {v: {} for v in variants}
     pixels: dict[tuple, list[np.ndarray]] = {v: [] for v in variants[1:]}
     n_batches = -(-len(prompts) // batch_size)
     bar = tqdm(total=n_batches * len(variants), desc="layer response", unit="generation", disable=not progress)
-
     for start in range(0, len(prompts), batch_size):
         ids = list(range(start, min(start + batch_size, len(prompts))))
         batch = [prompts[i] for i in ids]
@@ -256,21 +289,15 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
         states = pipe.layer_states(list(batch))  # (L, B, N, D)
         states_x = states.repeat_interleave(images_per_prompt, dim=1)  # (L, B*G, N, D)
         latents = torch.cat([
-            pipe.prepare_latents(images_per_prompt, height, width, torch.Generator().manual_seed(_seed(seed, i, 0)),
-                                 pipe.transformer.dtype, device) for i in ids])  # (B*G, C, h, w)
+            pipe.prepare_latents(images_per_prompt, *size, torch.Generator().manual_seed(_seed(seed, i, 0)),
+                                 pipe.transformer.dtype, cond.queries.device) for i in ids])  # (B*G, C, h, w)
         neg = uncond.expand(len(ids) * images_per_prompt, -1, -1)
         img_prompts = [p for p in batch for _ in range(images_per_prompt)]
         img_meta = [metadata[i] for i in ids for _ in range(images_per_prompt)]
         base_images = None
         for variant in variants:
+            embeds = _variant_condition(cond, variant, states, states_x, grp, scale, images_per_prompt, ids, seed)
             mode, group = variant
-            if mode == "baseline":
-                embeds = cond(states_x)
-            elif mode == "perturb":
-                noise = group_noise(states, grp[group], scale, images_per_prompt, ids, seed, list(grp).index(group))
-                embeds = cond(states_x, noise)
-            else:
-                embeds = fuse_without(cond, states_x, grp[group])
             pipe.set_progress_bar_config(disable=not progress, leave=False, unit="step",
                                          desc=f"{mode}{'' if group is None else ' ' + group} denoising")
             images = pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents.clone(), **gen_kw).images
@@ -281,11 +308,19 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
                 base_images = images
             else:
                 pixels[variant].append(np.abs(images - base_images).reshape(len(images), -1).mean(1))
-
     bar.close()
+    return scores, pixels
+
+
+def _summarise(run: dict[str, Any], cond, grp: dict[str, list[int]], modes: list[str], fns, weights, weighted: bool,
+               scores: dict[tuple, dict[str, list[np.ndarray]]], pixels: dict[tuple, list[np.ndarray]]
+               ) -> dict[str, Any]:
+    """The JSON-ready result: ``run`` (the request), the setup, the baseline's scores and, per mode and group,
+    each reward's change and the pixel change against the baseline (mean and s.e. over prompts)."""
+    images_per_prompt, read = run["images_per_prompt"], list(cond.layer_indices)
     per_image = {v: {k: np.concatenate(x) for k, x in s.items()} for v, s in scores.items()}
-    skipped = {n: "NaN for every baseline image (missing metadata?)" for n in fns
-               if np.isnan(per_image[variants[0]][n]).all()}
+    base = per_image[("baseline", None)]
+    skipped = {n: "NaN for every baseline image (missing metadata?)" for n in fns if np.isnan(base[n]).all()}
     kept = [n for n in fns if n not in skipped]
     if not kept:
         raise ValueError(f"no reward could score the baseline images: {sorted(skipped)}")
@@ -293,11 +328,8 @@ def analyze_layers(pipe, prompts: Sequence[str], metadata: Sequence[dict | None]
     for s in per_image.values():
         if "total" in columns:
             s["total"] = sum(weights[n] * s[n] for n in kept)
-    base = per_image[variants[0]]
     result: dict[str, Any] = {
-        "model": model_name, "num_prompts": len(prompts), "images_per_prompt": images_per_prompt, "steps": steps,
-        "guidance": guidance, "seed": seed, "scale": scale, "resolution": [height, width],
-        "fusion": cond.lim.fusion, "layers_read": read,
+        **run, "fusion": cond.lim.fusion, "layers_read": read,
         "groups": {g: {"read": idx, "vlm_layers": [read[i] for i in idx]} for g, idx in grp.items()},
         "rewards": columns, "weights": {n: weights[n] for n in kept}, "skipped_rewards": skipped,
         "perturbation": "noise std = scale x the std of the prompt's query states over the group's layers",
