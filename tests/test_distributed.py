@@ -167,17 +167,17 @@ def test_deepspeed_config_is_filled_from_the_training_config(tmp_path):
     gradient_accumulation_steps and gradient_clipping come from the training config."""
     from types import SimpleNamespace
 
-    from parauni.train.trainer import _configure_deepspeed
+    from parauni.train.distributed import configure_deepspeed
 
     plugin = SimpleNamespace(zero_stage=2, deepspeed_config={
         "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": 1,
         "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}})
     acc = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), gradient_accumulation_steps=1)
-    _configure_deepspeed(acc, micro_batch=8, grad_accum=4, global_batch=256, max_grad_norm=0.5)
+    configure_deepspeed(acc, micro_batch=8, grad_accum=4, global_batch=256, max_grad_norm=0.5)
     conf = plugin.deepspeed_config
     assert conf["train_micro_batch_size_per_gpu"] == 8 and conf["gradient_accumulation_steps"] == 4
     assert conf["train_batch_size"] == 256 and conf["gradient_clipping"] == 0.5
     assert acc.gradient_accumulation_steps == 4
     plugin.zero_stage = 3
     with pytest.raises(ValueError, match="zero_stage: 2"):
-        _configure_deepspeed(acc, micro_batch=8, grad_accum=4, global_batch=256, max_grad_norm=0.5)
+        configure_deepspeed(acc, micro_batch=8, grad_accum=4, global_batch=256, max_grad_norm=0.5)

@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 from parauni.errors import ConfigError
 from parauni.train.config import load_config, trainable_parts
 from parauni.train.data import FolderSource, JsonSource, SampleLoader, build_source
+from parauni.train.export import export
 from parauni.train.optim import warmup_cosine
-from parauni.train.trainer import Trainer, checkpoints, export
+from parauni.train.trainer import Trainer, checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.source=tiny", "data.resolution=16", "train.batch_size=4", "train.logger=none",

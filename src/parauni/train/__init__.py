@@ -1,6 +1,7 @@
 """Stages I and II: configs, data, the training loop, checkpoints and export."""
 
 from .config import Config, load_config
-from .trainer import Trainer, export
+from .export import export
+from .trainer import Trainer
 
 __all__ = ["Config", "Trainer", "export", "load_config"]

@@ -1,5 +1,6 @@
-"""The optimizer pieces every training loop shares: AdamW's weight-decay groups and the warm-up + cosine
-learning-rate schedule (stages I/II, stage III and the plugins' pre-training commands)."""
+"""The optimizer pieces every training loop shares: AdamW's weight-decay groups, the warm-up + cosine
+learning-rate schedule (stages I/II, stage III and the plugins' pre-training commands), and what a resumed run whose
+config changed does with them."""
 
 from __future__ import annotations
 
@@ -43,3 +44,27 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[
         return cosine((step - warmup) / max(total - warmup, 1), min_ratio)
 
     return factor
+
+
+def schedule_change(warmup: int, min_ratio: float, done: int) -> Callable[[object, int], str | None]:
+    """The condition on a resume that changes ``train.steps`` after ``done`` steps: the cosine decay spans
+    ``train.steps``, so the steps already taken must keep their learning rates (a reason when they would not)."""
+
+    def rule(old_steps, new_steps: int) -> str | None:
+        if not isinstance(old_steps, int):
+            return "the checkpoint's train.steps is unknown"
+        before, after = warmup_cosine(warmup, old_steps, min_ratio), warmup_cosine(warmup, new_steps, min_ratio)
+        changed = [k for k in range(done) if before(k) != after(k)]
+        return (f"the cosine learning-rate decay spans train.steps, so steps {changed[0] + 1}..{done} already "
+                f"taken ran on another schedule") if changed else None
+
+    return rule
+
+
+def retune(opt: torch.optim.Optimizer, optim, lr: float, **extra) -> None:
+    """After ``--allow-config-change``: every group of ``opt`` (built by :func:`decay_groups`) takes learning rate
+    ``lr`` and the config ``optim``'s betas and weight decay (``load_state`` restored the checkpoint's), and
+    ``extra`` (e.g. ``eps``)."""
+    for group in opt.param_groups:
+        group.update(lr=lr, betas=tuple(optim.betas), weight_decay=group_weight_decay(group, optim.weight_decay),
+                     **extra)

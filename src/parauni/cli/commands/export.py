@@ -78,7 +78,7 @@ def _export(checkpoint: str, out: Path, grpo: bool, ema: bool) -> None:
 
         export_checkpoint(checkpoint, out, ema=ema)
     else:
-        from ...train.trainer import export
+        from ...train.export import export
 
         export(checkpoint, out)
 

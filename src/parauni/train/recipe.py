@@ -1,0 +1,166 @@
+"""The parts both training recipes are built from (stages I/II: :class:`parauni.train.trainer.Trainer`; stage III:
+:class:`parauni.rl.grpo.RLTrainer`), each written once:
+
+- ``_setup_accelerator``: CPU threads, the Accelerator with its logger and mixed precision;
+- ``_hold_output_folder`` and ``run``: one run per output folder, its lock held from construction to the end;
+- ``_checked_checkpoint``: the checkpoint ``--resume`` names, its files read back and its config compared with
+  this one (:func:`parauni.utils.checkpoints.check_resume_config`), before any model is built;
+- ``_start_output`` and :class:`JsonlLog`: the run folder's config and its logs, cut back to the checkpoint;
+- ``_evaluation``: the evaluation after (or before) training, into ``<out>/eval/<name>``.
+
+A recipe sets the class attributes below and implements ``_run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from ..registry import EVALUATORS
+from ..utils.checkpoints import check_resume_config, complete_checkpoints, resume_path, truncate_jsonl
+from ..utils.locks import owned_lock, with_lock
+from .config import resolve_precision, save_config, to_yaml_dict
+
+logger = logging.getLogger(__name__)
+
+
+class JsonlLog:
+    """A JSON-lines log written by the main process (elsewhere every call does nothing): first cut back to the
+    rows ``keep(row)`` accepts (a resumed run redoes the steps after its checkpoint), then appended to, one
+    flushed line a row."""
+
+    def __init__(self, path: Path, keep: Callable[[dict], bool], enabled: bool = True):
+        self.file = None
+        if enabled:
+            truncate_jsonl(path, keep)
+            self.file = open(path, "a")  # noqa: SIM115 - held open for the run, closed by close()
+
+    def write(self, *rows: dict) -> None:
+        if self.file:
+            for row in rows:
+                self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested config as ``{"section.key": value}`` with plain values, as the trackers take it."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+class Recipe:
+    """The shared parts of a training recipe (see the module's docstring)."""
+
+    STATE_FILE: str  # a checkpoint's state file, written last (its completion marker)
+    REQUIRED_FILES: tuple[str, ...]  # the files every checkpoint holds besides it
+    COUNTER: str  # the state file's count of progress: "step" or "epoch"
+    RUN_KIND: str  # names the run in a refusal of a second run on the same folder
+    CONFIG: type  # the config's class: a checkpoint's config.yaml is read over its defaults
+
+    cfg: object
+    config_changes: list
+
+    def _setup_accelerator(self, grad_accum: int | None = None) -> None:
+        """``train.threads``, the output folder and the Accelerator (``train.logger``, ``train.mixed_precision``;
+        ``grad_accum``: the one source of its gradient accumulation, whatever a launcher says)."""
+        t = self.cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.out = Path(t.output_dir)
+        log_with = None
+        if t.logger != "none":
+            log_with = t.logger
+            if t.logger == "tensorboard":
+                try:
+                    import tensorboard  # noqa: F401 - only this logger needs it: probed for a clear error
+                except ImportError as err:
+                    raise ImportError("train.logger=tensorboard needs `pip install tensorboard` "
+                                      "(or set train.logger=none)") from err
+        accumulate = {} if grad_accum is None else {"gradient_accumulation_steps": grad_accum}
+        self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), log_with=log_with,
+                               cpu=not torch.cuda.is_available(), **accumulate,
+                               project_config=ProjectConfiguration(project_dir=str(self.out),
+                                                                   logging_dir=str(self.out / "logs")))
+        if grad_accum is not None:
+            # a launcher's --gradient_accumulation_steps (ACCELERATE_GRADIENT_ACCUMULATION_STEPS) must not change it
+            self.acc.gradient_accumulation_steps = grad_accum
+
+    def _hold_output_folder(self, setup: Callable[[], None]) -> None:
+        """``setup()`` with the output folder locked: one run per folder (a second run, another process, is refused
+        naming this one's PID). The lock is held until ``run()`` ends (or the recipe is collected) and released by
+        the OS if the process dies."""
+        self._lock = owned_lock(self, self.out, self.RUN_KIND) if self.acc.is_main_process else None
+        with_lock(self._lock, setup, keep=True)
+
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train to the end (``stop_after``: end after that step or epoch without saving anything more, as an
+        interrupted run would), then the recipe's end (final weights, evaluation)."""
+        return with_lock(self._lock, lambda: self._run(stop_after))  # held since __init__ (or taken again)
+
+    def _run(self, stop_after: int | None) -> dict:
+        raise NotImplementedError
+
+    # -- resuming -------------------------------------------------------------------------------------------------
+    def _resume_conditions(self, done: int) -> dict[str, Callable] | None:
+        """Extra conditions on keys that may change on resume (see ``check_resume_config``); ``done``: the
+        checkpoint's steps or epochs."""
+        return None
+
+    def _checked_checkpoint(self, resume: bool | str, allow_config_change: bool = False) -> Path | None:
+        """The checkpoint ``resume`` names (corrupt ones skipped or refused, see
+        :func:`parauni.utils.checkpoints.resume_path`), its config compared with this one: only the keys of
+        :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS` may differ without ``allow_config_change`` (the
+        differences let through are kept in ``self.config_changes``)."""
+        ckpt = resume_path(self.out, resume, self.STATE_FILE, required=self.REQUIRED_FILES)
+        if ckpt is None:  # --resume auto without a checkpoint: a fresh start
+            return None
+        done = int(json.loads((ckpt / self.STATE_FILE).read_text())[self.COUNTER])
+        self.config_changes = check_resume_config(
+            ckpt, to_yaml_dict(self.cfg), to_yaml_dict(self.CONFIG()), allow_config_change,
+            self.out if self.acc.is_main_process else None, conditions=self._resume_conditions(done),
+            where={self.COUNTER: done})
+        return ckpt
+
+    def _warn_if_earlier_run(self, resume: bool | str) -> None:
+        if not resume and self.acc.is_main_process and complete_checkpoints(self.out, self.STATE_FILE):
+            logger.warning("%s holds checkpoints of an earlier run: this fresh start replaces its logs and its "
+                           "checkpoints as it goes; pass --resume to continue it, or use another "
+                           "train.output_dir", self.out)
+
+    # -- the run's folder and logs ----------------------------------------------------------------------------
+    def _start_output(self) -> None:
+        """The output folder with this run's ``config.yaml`` (main process)."""
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+
+    def _log(self, name: str, keep: Callable[[dict], bool], enabled: bool = True) -> JsonlLog:
+        """``<out>/<name>`` as a :class:`JsonlLog` (main process only)."""
+        return JsonlLog(self.out / name, keep, enabled and self.acc.is_main_process)
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def _evaluation(self, pipe, folder: str, images_per_prompt: int, steps: int, *guidance: float,
+                    name: str) -> dict:
+        """The evaluation (``evaluate`` given to the recipe, else :data:`parauni.registry.EVALUATORS`' default, a
+        GenEval-style one) of ``pipe`` into ``<out>/eval/<folder>``; returns its summary."""
+        evaluate = self._evaluate or EVALUATORS.get_default()
+        # "refresh": the images are kept only when provenance.json matches these weights (a resumed, longer run
+        # regenerates them)
+        return evaluate(pipe, self.out / "eval" / folder, images_per_prompt, steps, *guidance,
+                        limit=self.cfg.train.eval_limit, mode="refresh", name=name)
