@@ -3,6 +3,7 @@ unasked."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -145,7 +146,7 @@ def held_folder(tmp_path):
         proc.wait()
 
 
-def test_a_second_process_is_refused_naming_the_first_and_the_lock_dies_with_it(held_folder, capsys):
+def test_a_second_process_is_refused_naming_the_first_and_the_lock_dies_with_it(held_folder, capsys, tmp_path):
     from parauni.errors import UsageError
     from parauni.utils.locks import LOCK_FILE, hold_folder_lock
 
@@ -159,9 +160,13 @@ def test_a_second_process_is_refused_naming_the_first_and_the_lock_dies_with_it(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("parauni train: error:") and f"PID {proc.pid}" in line and str(folder) in line, line
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]
-    # `parauni eval geneval` / `eval dpg` into it: the same
+    # `parauni eval geneval` / `eval dpg` / `eval wise` into it: the same
+    wise = tmp_path / "wise.json"
+    wise.write_text(json.dumps([{"Prompt": "a red circle", "Explanation": "", "Category": "Cultural knowledge",
+                                 "Subcategory": "x", "prompt_id": 1}]))
     for argv in (["eval", "geneval", "--model", "prior", "--limit", "1", "--images-per-prompt", "1"],
-                 ["eval", "dpg", "--model", "prior", "--limit", "1"]):
+                 ["eval", "dpg", "--model", "prior", "--limit", "1"],
+                 ["eval", "wise", "--model", "prior", "--prompts", str(wise), "--limit", "1"]):
         assert main([*argv, "--steps", "1", "--out", str(folder)]) == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"in use by another run (PID {proc.pid}" in line, line  # the holder's kind

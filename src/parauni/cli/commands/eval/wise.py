@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ....eval import WISE_JUDGE_ENV
+from ....utils.locks import hold_folder_lock
 from .common import MODEL_HELP, add_generation_options
 
 WISE_HELP = f"""Generate WISE's layout (<out>/<prompt_id>.png, one image per prompt, seed + prompt_id), resumable with
@@ -39,4 +40,5 @@ def add_parser(evs) -> None:
 def run(args) -> None:
     from ....eval.wise import run as run_wise  # lazy: building the parser loads no command's library
 
-    run_wise(args)
+    with hold_folder_lock(args.out, "evaluation"):  # one evaluation per output folder
+        run_wise(args)
