@@ -135,57 +135,10 @@ def run(args) -> None:
                              f"--scorer native or drop --{flag}")
     score_only = getattr(args, "score_only", None)
     if score_only is not None:
-        given = [f"--{f}" for f in ("model", "metadata", "limit") if getattr(args, f, None) is not None]
-        if getattr(args, "overwrite", False):
-            given.append("--overwrite")
-        if given:
-            raise UsageError(f"--score-only scores the images already in {score_only}; it generates nothing, so "
-                             f"{', '.join(given)} cannot apply: drop {' and '.join(given)}")
-        args.out = score_only
-        record, sources = score_only_record(score_only)
-        metas = list({json.dumps(m, sort_keys=True): m for _, rows in sources for _, m in rows}.values())
-        family = None
-        kind = scorer_kind(args.scorer, family, metas, os.environ.get(GENEVAL_SCORER_ENV))
-        check_names(sources, kind)
+        record, metas, family, kind = _score_only_inputs(args, score_only)
     else:
-        if getattr(args, "model", None) is None:
-            raise UsageError("--model is required to generate (or pass --score-only DIR to score images already in "
-                             "GenEval's layout)")
-        generate, family, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution,
-                                                       args.device, dtype=args.dtype)
-        if args.metadata is None:
-            args.metadata = str(default_geneval_metadata(family))
-            print(f"prompts: {args.metadata}")
-        rows = rules.metadata_lines(args.metadata)  # the schema of every record, file, line and field named
-        metas_all = [m for _, m in rows]
-        metas = limit_per_task(metas_all, args.limit)
-        if not metas:
-            raise UsageError(f"no prompts in {args.metadata!r}: give a JSONL file of GenEval records, one a line")
-        kind = scorer_kind(args.scorer, family, metas, os.environ.get(GENEVAL_SCORER_ENV))
-        check_names([(str(args.metadata), rows)], kind)  # before generating
-        record = geneval_record(args.model, identity, metas_all, metas, metadata=str(args.metadata),
-                                steps=args.steps, guidance=args.guidance, seed=args.seed,
-                                resolution=args.resolution, images_per_prompt=args.images_per_prompt,
-                                limit=args.limit, batch_size=args.batch_size, device=args.device)
-        generate_geneval(generate, metas, args.out, args.images_per_prompt, args.seed, args.batch_size,
-                         provenance=record, mode="overwrite" if args.overwrite else "resume")
-    if kind == "native":
-        # Mask2Former needs scipy (the metrics extra): imported only when this scorer is asked for
-        from .geneval_native import DEFAULT_CLIP, DEFAULT_DETECTOR, NativeScorer
-
-        native = NativeScorer(args.detector or DEFAULT_DETECTOR, args.clip or DEFAULT_CLIP, args.device or "cpu")
-        summary = native.score_dir(args.out)
-    elif kind == "family":
-        summary = family.geneval_scorer(args.out)
-    elif kind == "named_family":
-        named = FAMILIES.get(args.scorer) if args.scorer in FAMILIES else family_of_metadata(metas)
-        if named.geneval_scorer is None:
-            raise UsageError(f"--scorer {args.scorer}: the model family {named.name!r} has no GenEval scorer; use "
-                             "--scorer native or official")
-        summary = named.geneval_scorer(args.out)
-    elif kind == "official":
-        summary = official_geneval(args.out, os.environ[GENEVAL_SCORER_ENV])
-    else:
+        record, metas, family, kind = _generate_images(args)
+    if kind == "instructions":  # no scorer to run: how to run the official one
         made = f"{len(metas)} prompts x {args.images_per_prompt} images" if score_only is None else \
             f"{record.get('images', 'the')} images of {len(metas)} prompts"
         print(f"{made} in GenEval's layout in {args.out}.\n"
@@ -195,5 +148,71 @@ def run(args) -> None:
               f"  python evaluation/summary_scores.py {args.out}/results.jsonl\n"
               f"or set {GENEVAL_SCORER_ENV} to the first command and rerun (finished images are kept).")
         return
+    summary = _score(args, kind, family, metas)
     print(format_table({prov.label(record): summary}))
     print(f"results.jsonl and summary.json in {args.out}; what made the images: {args.out}/{prov.PROVENANCE_FILE}")
+
+
+def _score_only_inputs(args, score_only: str) -> tuple[dict, list[dict], None, str]:
+    """``--score-only DIR``: the folder's provenance record, its prompt records, no model family and the scorer
+    kind; ``args.out`` becomes ``DIR``.  The options that only generation reads are refused."""
+    given = [f"--{f}" for f in ("model", "metadata", "limit") if getattr(args, f, None) is not None]
+    if getattr(args, "overwrite", False):
+        given.append("--overwrite")
+    if given:
+        raise UsageError(f"--score-only scores the images already in {score_only}; it generates nothing, so "
+                         f"{', '.join(given)} cannot apply: drop {' and '.join(given)}")
+    args.out = score_only
+    record, sources = score_only_record(score_only)
+    metas = list({json.dumps(m, sort_keys=True): m for _, rows in sources for _, m in rows}.values())
+    family = None
+    kind = scorer_kind(args.scorer, family, metas, os.environ.get(GENEVAL_SCORER_ENV))
+    check_names(sources, kind)
+    return record, metas, family, kind
+
+
+def _generate_images(args) -> tuple[dict, list[dict], object, str]:
+    """Generation into GenEval's layout (resumable): the provenance record, the prompt records generated, the
+    model's family and the scorer kind; the records' names are checked before any image is made."""
+    if getattr(args, "model", None) is None:
+        raise UsageError("--model is required to generate (or pass --score-only DIR to score images already in "
+                         "GenEval's layout)")
+    generate, family, identity = model_generate_fn(args.model, args.steps, args.guidance, args.resolution,
+                                                   args.device, dtype=args.dtype)
+    if args.metadata is None:
+        args.metadata = str(default_geneval_metadata(family))
+        print(f"prompts: {args.metadata}")
+    rows = rules.metadata_lines(args.metadata)  # the schema of every record, file, line and field named
+    metas_all = [m for _, m in rows]
+    metas = limit_per_task(metas_all, args.limit)
+    if not metas:
+        raise UsageError(f"no prompts in {args.metadata!r}: give a JSONL file of GenEval records, one a line")
+    kind = scorer_kind(args.scorer, family, metas, os.environ.get(GENEVAL_SCORER_ENV))
+    check_names([(str(args.metadata), rows)], kind)  # before generating
+    record = geneval_record(args.model, identity, metas_all, metas, metadata=str(args.metadata),
+                            steps=args.steps, guidance=args.guidance, seed=args.seed,
+                            resolution=args.resolution, images_per_prompt=args.images_per_prompt,
+                            limit=args.limit, batch_size=args.batch_size, device=args.device)
+    generate_geneval(generate, metas, args.out, args.images_per_prompt, args.seed, args.batch_size,
+                     provenance=record, mode="overwrite" if args.overwrite else "resume")
+    return record, metas, family, kind
+
+
+def _score(args, kind: str, family, metas: list[dict]) -> dict:
+    """The summary of the images in ``args.out`` by the scorer ``kind`` names (:func:`scorer_kind`): ``native``,
+    ``family``, ``named_family`` or ``official``."""
+    if kind == "native":
+        # Mask2Former needs scipy (the metrics extra): imported only when this scorer is asked for
+        from .geneval_native import DEFAULT_CLIP, DEFAULT_DETECTOR, NativeScorer
+
+        native = NativeScorer(args.detector or DEFAULT_DETECTOR, args.clip or DEFAULT_CLIP, args.device or "cpu")
+        return native.score_dir(args.out)
+    if kind == "family":
+        return family.geneval_scorer(args.out)
+    if kind == "named_family":
+        named = FAMILIES.get(args.scorer) if args.scorer in FAMILIES else family_of_metadata(metas)
+        if named.geneval_scorer is None:
+            raise UsageError(f"--scorer {args.scorer}: the model family {named.name!r} has no GenEval scorer; use "
+                             "--scorer native or official")
+        return named.geneval_scorer(args.out)
+    return official_geneval(args.out, os.environ[GENEVAL_SCORER_ENV])
