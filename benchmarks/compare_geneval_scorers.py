@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from parauni.errors import UsageError
-from parauni.eval.geneval_rules import read_results, summarize
+from parauni.eval.geneval_rules import summarize
+from parauni.eval.geneval_schema import read_results
 
 
 def image_key(filename: str) -> str:

@@ -1,5 +1,5 @@
 """GenEval metadata and results are checked against GenEval's schema before anything runs; every error names the
-file, the line and the field (``parauni.eval.geneval_rules``: ``validate_records``, ``load_metadata``,
+file, the line and the field (``parauni.eval.geneval_schema``: ``validate_records``, ``load_metadata``,
 ``read_results``)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from parauni.cli import main
 from parauni.errors import UsageError
 from parauni.eval import GENEVAL_SCORER_ENV
-from parauni.eval import geneval_rules as rules
+from parauni.eval import geneval_schema as schema
 
 GOOD = {"tag": "position", "prompt": "a photo of a dog left of a cat",
         "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["left of", 0]}]}
@@ -27,7 +27,7 @@ def write(tmp_path, *lines, name="m.jsonl"):
 def problems(tmp_path, *lines, vocabulary=None) -> str:
     path = write(tmp_path, GOOD, *lines)
     with pytest.raises(UsageError) as err:
-        rules.load_metadata(path, vocabulary or rules.geneval_vocabulary())
+        schema.load_metadata(path, vocabulary or schema.geneval_vocabulary())
     return str(err.value)
 
 
@@ -65,14 +65,14 @@ def test_all_errors_at_once_and_suggestions(tmp_path):
 
 def test_open_vocabularies_warn(tmp_path):
     path = write(tmp_path, GOOD, {**GOOD, "include": [{"class": "unicorn", "count": 2, "color": "teal"}]})
-    rows = rules.metadata_lines(path)  # the schema alone: no vocabulary
-    warnings = rules.validate_records(rows, str(path), rules.geneval_vocabulary(), open_vocabulary=True)
+    rows = schema.metadata_lines(path)  # the schema alone: no vocabulary
+    warnings = schema.validate_records(rows, str(path), schema.geneval_vocabulary(), open_vocabulary=True)
     assert [re.sub(r":.*", "", w.split("field ")[1]) for w in warnings] == ["'include[0].class'", "'include[0].color'"]
     assert all(w.startswith(f"{path}, line 2,") for w in warnings)
     # the schema is never open: a bad count stays an error
     bad = write(tmp_path, {**GOOD, "include": [{"class": "unicorn", "count": -1}]}, name="bad.jsonl")
     with pytest.raises(UsageError, match=r"bad.jsonl, line 1, field 'include\[0\].count'"):
-        rules.load_metadata(bad, rules.geneval_vocabulary(), open_vocabulary=True)
+        schema.load_metadata(bad, schema.geneval_vocabulary(), open_vocabulary=True)
 
 
 def test_results_rows_need_their_fields(tmp_path):
@@ -81,11 +81,11 @@ def test_results_rows_need_their_fields(tmp_path):
     path = write(tmp_path, row, {k: v for k, v in row.items() if k != "tag"}, {**row, "correct": "yes"},
                  name="results.jsonl")
     with pytest.raises(UsageError) as err:
-        rules.read_results(path)
+        schema.read_results(path)
     message = str(err.value)
     assert f"{path}, line 2, field 'tag': missing" in message
     assert f"{path}, line 3, field 'correct': \"yes\" is not true/false" in message
-    assert rules.read_results(write(tmp_path, row, name="ok.jsonl")) == [row]
+    assert schema.read_results(write(tmp_path, row, name="ok.jsonl")) == [row]
 
 
 def test_cli_refuses_bad_metadata_before_generating(tmp_path, capsys, monkeypatch):

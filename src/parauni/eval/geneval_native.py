@@ -56,6 +56,7 @@ from ..rewards.clip_common import ClipEmbedder, _check_local, _missing, _name
 from . import geneval_rules as rules
 from .bundled import geneval_object_names_path
 from .geneval_rules import GENEVAL, Detection, Selection
+from .geneval_schema import geneval_vocabulary, validate_records
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -358,9 +359,9 @@ class NativeScorer:
         ``results.jsonl`` (default in ``image_dir``) and ``summary.json`` beside it; return the summary."""
         files = rules.image_files(image_dir)
         # before any model runs: the records' schema, and only names the detector and colour classifier know
-        vocabulary = rules.geneval_vocabulary()
+        vocabulary = geneval_vocabulary()
         for path, meta in {str(p.parent.parent): m for p, m in files}.items():
-            rules.validate_records([(1, meta)], f"{path}/metadata.jsonl", vocabulary)
+            validate_records([(1, meta)], f"{path}/metadata.jsonl", vocabulary)
         results = [self.score_image(path, meta) for path, meta in tqdm(files, desc="geneval native", unit="img")]
         out = Path(outfile) if outfile is not None else Path(image_dir) / "results.jsonl"
         return rules.write_results(results, out, lambda rows: {**rules.summarize(rows), "scorer": self.about()})
