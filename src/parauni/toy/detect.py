@@ -277,7 +277,6 @@ def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_co
     """
     img = as_uint8(image)
     h, w = img.shape[:2]
-    side = max(h, w)
     q = quantize(img)
     lab = connected_components(q > 0)
     ids, inverse, counts = np.unique(lab.ravel(), return_inverse=True, return_counts=True)
@@ -294,36 +293,58 @@ def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_co
         if area < min_area or min(y1 - y0, x1 - x0) < min_side:
             specks[ys, xs] = True
             continue
-        votes = np.bincount(q[ys, xs], minlength=len(REFERENCE_COLORS))[1:]
-        color = COLORS[int(votes.argmax())]
-        purity = float(votes.max() / area)
-        score = purity
-        cy0, cy1, cx0, cx1 = max(y0 - 2, 0), min(y1 + 2, h), max(x0 - 2, 0), min(x1 + 2, w)
-        own = lab[cy0:cy1, cx0:cx1] == cid
-        keep = own | (_dilate(_dilate(own)) & (q[cy0:cy1, cx0:cx1] == 0))
-        alpha = np.where(keep, coverage(pixels[cy0:cy1, cx0:cx1], color), 0.0)
-        if calibrated:  # the terms known before the shape fit; skip the fit when it cannot help (IoU <= 1)
-            score *= color_term(color_residual(pixels[ys, xs], color)) * peak_term(float(alpha[own].max()))
-            bound = score * max(size_term(s / side) for s in _sides(float(alpha.sum())))
-            if bound < min_confidence:
-                if area < speck_area:
-                    specks[ys, xs] = True
-                continue
-        shape, iou, fit = classify_shape(alpha, tuple(b * side / 32 for b in BLUR_LEVELS))
-        score *= iou
-        if calibrated:
-            score *= fit_term(iou) * size_term(fit.size / side)
-            if score >= min_confidence:
-                smear = gaussian_blur(shape_coverage(fit, *alpha.shape), MUSH_BLUR * side / 32)
-                score *= mush_term(soft_iou(alpha, smear) - iou)
-        if score < min_confidence:
+        hit = _fit_component(q, lab, pixels, cid, ys, xs, (y0, y1, x0, x1), area, min_confidence, calibrated)
+        if hit is None:
             if calibrated and area < speck_area:
                 specks[ys, xs] = True
             continue
-        bx1, by1, bx2, by2 = fit.bbox
-        box = (round(bx1 + cx0, 3), round(by1 + cy0, 3), round(bx2 + cx0, 3), round(by2 + cy0, 3))
-        found.append((score, cid, (y0, y1, x0, x1), shape, color, box, int(area)))
-    margin = int(round(CLUTTER_MARGIN * side))
+        found.append(hit)
+    return _surroundings_checked(found, lab, specks, min_confidence, calibrated)
+
+
+def _fit_component(q: np.ndarray, lab: np.ndarray, pixels: np.ndarray, cid: int, ys: np.ndarray, xs: np.ndarray,
+                   pixel_box: tuple[int, int, int, int], area: int, min_confidence: float,
+                   calibrated: bool) -> tuple | None:
+    """One component's colour, shape fit and confidence before the surroundings term, as
+    ``(confidence, component id, pixel box, shape, colour, fitted box, area)``; ``None`` when the confidence
+    cannot reach ``min_confidence``.  ``q``: the quantized colours, ``lab``: the components, ``ys, xs``: the
+    component's pixels."""
+    h, w = lab.shape
+    side = max(h, w)
+    y0, y1, x0, x1 = pixel_box
+    votes = np.bincount(q[ys, xs], minlength=len(REFERENCE_COLORS))[1:]
+    color = COLORS[int(votes.argmax())]
+    purity = float(votes.max() / area)
+    score = purity
+    cy0, cy1, cx0, cx1 = max(y0 - 2, 0), min(y1 + 2, h), max(x0 - 2, 0), min(x1 + 2, w)
+    own = lab[cy0:cy1, cx0:cx1] == cid
+    keep = own | (_dilate(_dilate(own)) & (q[cy0:cy1, cx0:cx1] == 0))
+    alpha = np.where(keep, coverage(pixels[cy0:cy1, cx0:cx1], color), 0.0)
+    if calibrated:  # the terms known before the shape fit; skip the fit when it cannot help (IoU <= 1)
+        score *= color_term(color_residual(pixels[ys, xs], color)) * peak_term(float(alpha[own].max()))
+        bound = score * max(size_term(s / side) for s in _sides(float(alpha.sum())))
+        if bound < min_confidence:
+            return None
+    shape, iou, fit = classify_shape(alpha, tuple(b * side / 32 for b in BLUR_LEVELS))
+    score *= iou
+    if calibrated:
+        score *= fit_term(iou) * size_term(fit.size / side)
+        if score >= min_confidence:
+            smear = gaussian_blur(shape_coverage(fit, *alpha.shape), MUSH_BLUR * side / 32)
+            score *= mush_term(soft_iou(alpha, smear) - iou)
+    if score < min_confidence:
+        return None
+    bx1, by1, bx2, by2 = fit.bbox
+    box = (round(bx1 + cx0, 3), round(by1 + cy0, 3), round(bx2 + cx0, 3), round(by2 + cy0, 3))
+    return score, cid, pixel_box, shape, color, box, int(area)
+
+
+def _surroundings_checked(found: list[tuple], lab: np.ndarray, specks: np.ndarray, min_confidence: float,
+                          calibrated: bool) -> list[Detection]:
+    """The detections of :func:`_fit_component`'s candidates, with ``calibrated`` the clean-surroundings term
+    (the share of speck pixels around each) applied, sorted by confidence, highest first."""
+    h, w = lab.shape
+    margin = int(round(CLUTTER_MARGIN * max(h, w)))
     dets = []
     for score, cid, (y0, y1, x0, x1), shape, color, box, area in found:
         if calibrated:
