@@ -166,3 +166,15 @@ class LDAM:
         self.current = copy.deepcopy(state["current"])
         self.log = copy.deepcopy(state["log"])
         self.generator.set_state(state["generator"])
+
+
+def build_ldam(lc, reward_names: list[str], n_layers: int, seed: int) -> LDAM | None:
+    """The LDAM of config section ``ldam`` (``lc``) over ``n_layers`` read layers (groups: thirds by default) for
+    the run's rewards, or ``None`` when off."""
+    if not lc.enabled:
+        return None
+    groups_cfg = lc.groups or (default_layer_groups(n_layers) if n_layers >= 3 else
+                               {g: list(range(n_layers)) for g in ("shallow", "middle", "deep")})
+    mapping = {**default_reward_to_group(), **(lc.reward_to_group or {})}
+    mapping = {r: mapping[r] for r in reward_names if r in mapping}
+    return LDAM(reward_names, groups_cfg, mapping, n_layers, lc.window, lc.gamma0, lc.patience, seed=seed)

@@ -35,11 +35,12 @@ class JsonlLog:
     rows ``keep(row)`` accepts (a resumed run redoes the steps after its checkpoint), then appended to, one
     flushed line a row."""
 
-    def __init__(self, path: Path, keep: Callable[[dict], bool], enabled: bool = True):
+    def __init__(self, path: Path, keep: Callable[[dict], bool], enabled: bool = True, append: bool = True):
         self.file = None
         if enabled:
             truncate_jsonl(path, keep)
-            self.file = open(path, "a")  # noqa: SIM115 - held open for the run, closed by close()
+            if append:  # else only cut back (a log this run does not write, e.g. LDAM's when it is off)
+                self.file = open(path, "a")  # held open for the run; close() closes it
 
     def write(self, *rows: dict) -> None:
         if self.file:
@@ -150,9 +151,9 @@ class Recipe:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "config.yaml")
 
-    def _log(self, name: str, keep: Callable[[dict], bool], enabled: bool = True) -> JsonlLog:
+    def _log(self, name: str, keep: Callable[[dict], bool], append: bool = True) -> JsonlLog:
         """``<out>/<name>`` as a :class:`JsonlLog` (main process only)."""
-        return JsonlLog(self.out / name, keep, enabled and self.acc.is_main_process)
+        return JsonlLog(self.out / name, keep, self.acc.is_main_process, append)
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _evaluation(self, pipe, folder: str, images_per_prompt: int, steps: int, *guidance: float,

@@ -74,7 +74,7 @@ def _export(checkpoint: str, out: Path, grpo: bool, ema: bool) -> None:
     """The exporter of the run's kind: stage III merges its LoRA (the EMA weights unless ``ema`` is false)."""
     # lazy: building the parser loads no command's library
     if grpo:
-        from ...rl.grpo import export_checkpoint
+        from ...rl.export import export_checkpoint
 
         export_checkpoint(checkpoint, out, ema=ema)
     else:

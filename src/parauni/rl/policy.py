@@ -1,0 +1,76 @@
+"""The trainable policy of stage III as every algorithm uses it (a part of :class:`parauni.rl.grpo.RLTrainer`,
+which sets ``params``, ``ema``, ``opt``, ``opt_step``, ``transformer``, ``acc`` and ``cfg``): the optimizer step
+with its EMA, snapshots, distances and swaps of the weights, and the weights as a checkpoint stores them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .objective import ema_decay, ema_due
+
+
+class Policy:
+    """The LoRA (and LIM) weights being trained, by name (``params``), and their EMA (``ema``)."""
+
+    @property
+    def raw_transformer(self):
+        return self.acc.unwrap_model(self.transformer)
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Clip the accumulated gradients (``optim.max_grad_norm``), step AdamW, then the EMA when due
+        (:func:`objective.ema_decay` every ``optim.ema_every`` steps); returns the gradient norm ``(1,)``."""
+        o = self.cfg.optim
+        if self.cfg.model.train_lim and self.acc.num_processes > 1:
+            # DDP averages the transformer's gradients; the LIM is outside it, so average its gradients here, or
+            # each process would train its own LIM
+            for n, p in self.params.items():
+                if n.startswith("conditioner.") and p.grad is not None:
+                    p.grad = self.acc.reduce(p.grad, reduction="mean")
+        norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if ema_due(self.opt_step, o.ema_every):
+            keep = ema_decay(self.opt_step, o.ema_decay, o.ema_warmup)
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
+        self.opt_step += 1
+        return torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu()
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of the trainable weights (for :meth:`distance_from`)."""
+        return [p.detach().clone() for p in self.params.values()]
+
+    def distance_from(self, before: list[torch.Tensor]) -> float:
+        """``||theta - before||`` over every trainable weight: how far one update moved them."""
+        return sum(float((p.detach() - b).float().pow(2).sum())
+                   for p, b in zip(self.params.values(), before, strict=True)) ** 0.5
+
+    @contextmanager
+    def swapped_weights(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
+        """The trainable weights replaced by ``values`` (same names) inside the block, restored after it."""
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        try:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(values[n])
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.params.items():
+                    p.copy_(backup[n])
+
+    def _weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        """The trainable weights (or their EMA) as float32 CPU tensors, as a checkpoint stores them."""
+        src = self.ema if ema else {n: p.detach() for n, p in self.params.items()}
+        return {n: v.float().cpu().contiguous() for n, v in src.items()}
+
+    def _load_weights(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> None:
+        """The trainable weights and their EMA from a checkpoint's tensors (same names)."""
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(weights[n].to(p.dtype))
+                self.ema[n] = ema[n].to(p.device, p.dtype)
