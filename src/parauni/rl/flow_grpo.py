@@ -94,9 +94,7 @@ class FlowGRPO:
         the mean over those samples and transitions. ``steps_per_epoch=None`` steps after every micro-batch.
         After each optimizer step the EMA follows :func:`objective.ema_decay` every ``optim.ema_every`` steps.
         """
-        tr = self.tr
-        o, s = tr.cfg.optim, tr.cfg.sampling
-        dev = tr.acc.device
+        tr, o = self.tr, self.tr.cfg.optim
         idx = tr.train_indices(adv, valid, epoch, drop_zero=o.drop_zero_adv)
         gen = tr.generator("transitions", epoch)
         trainable = roll.trainable
@@ -106,7 +104,6 @@ class FlowGRPO:
         chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
         acc_stats = {"policy_loss": [], "kl": [], "loss": [], "ratio": [], "clipped": [], "approx_kl": [],
                      "grad_norm": []}
-        raw = tr.raw_transformer
         before = tr.snapshot()
         pos = 0
         for size in chunks:
@@ -116,34 +113,12 @@ class FlowGRPO:
             for i, mb in enumerate(group):
                 chosen = torch.randperm(len(trainable), generator=gen)[:n_train].sort().values.tolist()
                 steps_j = [trainable[c] for c in chosen]
-                A = adv[mb].to(dev)
+                A = adv[mb].to(tr.acc.device)
                 for k, j in enumerate(steps_j):
-                    cond, uncond = tr.update_conditions(roll, mb)
-                    x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
-                    last = i == len(group) - 1 and k == len(steps_j) - 1
-                    ctx = tr.acc.no_sync(tr.transformer) if not last else nullcontext()
-                    with ctx, tr.acc.autocast():
-                        v = cfg_velocity(tr.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
-                        new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
-                        old_lp = roll.log_probs[mb, j].to(dev)
-                        ratio = torch.exp(new.log_prob - old_lp)
-                        policy = clipped_policy_loss(A, ratio, o.clip_range)  # (b,)
-                        if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
-                            with torch.no_grad(), adapters_off(raw):
-                                v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(),
-                                                     s.guidance_scale)
-                            ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
-                            kl = kl_to_reference(new.mean, ref.mean, new.std_dev_t, new.std_dev_t_dt, o.kl_form)
-                        else:  # no KL term: skip the reference forward
-                            kl = torch.zeros_like(policy)
-                        loss = (policy + o.kl_beta * kl).sum() / (n_samples * len(steps_j))
-                        tr.acc.backward(loss)
-                    r = ratio_stats(new.log_prob, old_lp, o.clip_range)
-                    for key in ("ratio", "clipped", "approx_kl"):
-                        acc_stats[key].append(r[key].cpu())
-                    acc_stats["policy_loss"].append(policy.detach().cpu())
-                    acc_stats["kl"].append(kl.detach().cpu())
-                    acc_stats["loss"].append((policy + o.kl_beta * kl).detach().cpu())
+                    last = i == len(group) - 1 and k == len(steps_j) - 1  # gradients sync on the last backward
+                    stats = self._transition_backward(roll, mb, j, A, sig, n_samples * len(steps_j), sync=last)
+                    for key, value in stats.items():
+                        acc_stats[key].append(value)
             acc_stats["grad_norm"].append(tr.optimizer_step())
         cat = {k: torch.cat(v).float() if v else torch.full((1,), float("nan")) for k, v in acc_stats.items()}
         return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
@@ -153,6 +128,38 @@ class FlowGRPO:
                 "diag/ratio_min": float(cat["ratio"].min()), "diag/ratio_max": float(cat["ratio"].max()),
                 "diag/update_norm": tr.distance_from(before), "diag/trained_samples": len(idx),
                 "diag/optimizer_steps": len(chunks)}
+
+    def _transition_backward(self, roll: Rollout, mb, j: int, A: torch.Tensor, sig: list[float], denom: int,
+                             sync: bool) -> dict[str, torch.Tensor]:
+        """The loss of transition ``j`` for the samples ``mb`` (advantages ``A``), divided by ``denom`` (the
+        samples x transitions of the accumulation), backpropagated, gradients synced across processes only with
+        ``sync``; returns the per-sample statistics (policy loss, KL, loss and :func:`ratio_stats`)."""
+        tr = self.tr
+        o, s = tr.cfg.optim, tr.cfg.sampling
+        dev = tr.acc.device
+        raw = tr.raw_transformer
+        cond, uncond = tr.update_conditions(roll, mb)
+        x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
+        ctx = tr.acc.no_sync(tr.transformer) if not sync else nullcontext()
+        with ctx, tr.acc.autocast():
+            v = cfg_velocity(tr.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
+            new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+            old_lp = roll.log_probs[mb, j].to(dev)
+            ratio = torch.exp(new.log_prob - old_lp)
+            policy = clipped_policy_loss(A, ratio, o.clip_range)  # (b,)
+            if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
+                with torch.no_grad(), adapters_off(raw):
+                    v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
+                ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+                kl = kl_to_reference(new.mean, ref.mean, new.std_dev_t, new.std_dev_t_dt, o.kl_form)
+            else:  # no KL term: skip the reference forward
+                kl = torch.zeros_like(policy)
+            loss = (policy + o.kl_beta * kl).sum() / denom
+            tr.acc.backward(loss)
+        r = ratio_stats(new.log_prob, old_lp, o.clip_range)
+        return {**{key: r[key].cpu() for key in ("ratio", "clipped", "approx_kl")},
+                "policy_loss": policy.detach().cpu(), "kl": kl.detach().cpu(),
+                "loss": (policy + o.kl_beta * kl).detach().cpu()}
 
     def after_epoch(self) -> None:
         """Nothing: Flow-GRPO's old policy is the rollout's own (the ratio's denominator is stored)."""
