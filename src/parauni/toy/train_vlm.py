@@ -160,13 +160,38 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     loader = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                              persistent_workers=bool(workers)))
     mid_eval = heldout_examples(mid_eval_examples, seed=0) if eval_every else []
-    log = open(out / "train_log.txt", "w")
+    log = open(out / "train_log.txt", "w")  # written through the whole run, closed at its end
 
     def note(line: str) -> None:
         log.write(line + "\n")
         log.flush()
 
     note(f"# toy VLM pre-training, {n_params} parameters; config {json.dumps(config)}")
+    train_s = _train_steps(model, opt, loader, note, t0, steps=steps, lr=lr, warmup=warmup, log_every=log_every,
+                           eval_every=eval_every, evaluate=lambda: qa_accuracy(model, tokenizer, mid_eval),
+                           mid_examples=mid_eval_examples, progress=progress)
+    model.eval()
+    result = qa_accuracy(model, tokenizer, heldout_examples(eval_examples, seed=0))
+    note(f"final held-out accuracy on {eval_examples} scenes:\n{format_accuracy(result)}")
+    model.cpu()
+    if fp16:
+        model.half()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    wall = time.perf_counter() - t0
+    note(f"train {train_s:.1f}s ({steps / train_s:.2f} steps/s); total {wall:.1f}s")
+    log.close()
+    (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "heldout_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    return {"accuracy": result, "wall_s": wall, "train_s": train_s, "steps_per_s": steps / train_s,
+            "params": n_params, "out_dir": str(out)}
+
+
+def _train_steps(model, opt, loader, note, t0: float, *, steps: int, lr: float, warmup: int, log_every: int,
+                 eval_every: int, evaluate, mid_examples: int, progress: bool) -> float:
+    """The training loop of :func:`pretrain_vlm`: ``steps`` optimizer steps on the batches of ``loader``, a line to
+    ``note`` every ``log_every`` steps and, every ``eval_every`` steps before the last, ``evaluate()``'s held-out
+    accuracy (on ``mid_examples`` scenes). Returns the seconds it took."""
     bar = tqdm(range(steps), desc="pretrain-vlm", disable=not progress, dynamic_ncols=True)
     t_train, smooth = time.perf_counter(), None
     for step in bar:
@@ -185,27 +210,12 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
             note(f"step {step + 1} loss {smooth:.4f} lr {current_lr:.3e} elapsed {time.perf_counter() - t0:.1f}s")
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             model.eval()
-            acc = qa_accuracy(model, tokenizer, mid_eval)
+            acc = evaluate()
             model.train()
             kinds = " ".join(f"{k} {v:.3f}" for k, v in acc["per_kind"].items())
             note(f"eval step {step + 1} accuracy {acc['accuracy']:.4f} caption_exact {acc['caption_exact']:.4f} "
-                 f"({mid_eval_examples} scenes; {kinds})")
-    train_s = time.perf_counter() - t_train
-    model.eval()
-    result = qa_accuracy(model, tokenizer, heldout_examples(eval_examples, seed=0))
-    note(f"final held-out accuracy on {eval_examples} scenes:\n{format_accuracy(result)}")
-    model.cpu()
-    if fp16:
-        model.half()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    wall = time.perf_counter() - t0
-    note(f"train {train_s:.1f}s ({steps / train_s:.2f} steps/s); total {wall:.1f}s")
-    log.close()
-    (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "heldout_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
-    return {"accuracy": result, "wall_s": wall, "train_s": train_s, "steps_per_s": steps / train_s,
-            "params": n_params, "out_dir": str(out)}
+                 f"({mid_examples} scenes; {kinds})")
+    return time.perf_counter() - t_train
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
