@@ -40,7 +40,7 @@ from .export import CHECKPOINT_FILES, STATE_FILE, TrainerExport, export_checkpoi
 from .flow_grpo import FlowGRPO
 from .ldam import build_ldam
 from .lora import add_lora, lora_delta_norm
-from .monitor import idle_epochs, plot_run, progress
+from .monitor import idle_epochs, plot_run, progress_numbers
 from .policy import Policy
 from .prompts import prompt_source
 from .sde import sigma_grid
@@ -267,7 +267,7 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
                 if t.logger != "none":
                     self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.epoch)
                 bar.update(1)
-                bar.set_postfix(**progress(row))
+                bar.set_postfix(**progress_numbers(row))
                 if self.epoch % t.save_every == 0 or self.epoch == t.epochs:
                     self.save_checkpoint()
         finally:

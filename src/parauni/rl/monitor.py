@@ -34,7 +34,7 @@ def idle_epochs(idle: int, rstats: dict, ustats: dict, samples: int, limit: int,
     return idle
 
 
-def progress(row: dict) -> dict[str, str]:
+def progress_numbers(row: dict) -> dict[str, str]:
     """The progress bar's numbers of an epoch's metrics row: total reward, KL, the algorithm's own (Flow-GRPO's
     clipped share, DiffusionNFT's old-policy deviation) and LDAM's active rewards."""
     shown = {"clip": f"{row['clip_frac']:.2f}"} if "clip_frac" in row else {"old_dev": f"{row['diag/old_deviate']:.1e}"}
