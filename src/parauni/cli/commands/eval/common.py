@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ....toy.evaluation import add_overwrite_options
+from ....utils.locks import hold_folder_lock
 from ...options import add_dtype_option
 
 MODEL_HELP = "'tiny', a preset, a saved pipeline folder, or (geneval, dpg) 'prior' / a toy prior folder"
@@ -19,3 +20,9 @@ def add_generation_options(p, resumable: bool = True) -> None:
     add_dtype_option(p)
     if resumable:
         add_overwrite_options(p)
+
+
+def run_locked(args, run) -> None:
+    """``run(args)`` while holding ``args.out``'s lock: one evaluation per output folder."""
+    with hold_folder_lock(args.out, "evaluation"):
+        run(args)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ....utils.locks import hold_folder_lock
-from .common import MODEL_HELP, add_generation_options
+from .common import MODEL_HELP, add_generation_options, run_locked
 
 
 def add_parser(evs) -> None:
@@ -29,5 +28,4 @@ def add_parser(evs) -> None:
 def run(args) -> None:
     from ....eval.dpg import run as run_dpg  # lazy: building the parser loads no command's library
 
-    with hold_folder_lock(args.out, "evaluation"):  # one evaluation per output folder
-        run_dpg(args)
+    run_locked(args, run_dpg)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ....eval import GENEVAL_SCORER_ENV
-from ....utils.locks import hold_folder_lock
-from .common import MODEL_HELP, add_generation_options
+from .common import MODEL_HELP, add_generation_options, run_locked
 
 GENEVAL_SCORERS = ("auto", "native", "official", "toy")
 GENEVAL_HELP = f"""Generate GenEval's layout (<out>/<index:05d>/metadata.jsonl + samples/<k:04d>.png), resumable:
@@ -69,5 +68,4 @@ def add_parser(evs) -> None:
 def run(args) -> None:
     from ....eval.geneval_command import run as run_geneval  # lazy: building the parser loads no command's library
 
-    with hold_folder_lock(args.out, "evaluation"):  # one evaluation per output folder
-        run_geneval(args)
+    run_locked(args, run_geneval)

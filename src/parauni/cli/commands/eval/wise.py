@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ....eval import WISE_JUDGE_ENV
-from ....utils.locks import hold_folder_lock
-from .common import MODEL_HELP, add_generation_options
+from .common import MODEL_HELP, add_generation_options, run_locked
 
 WISE_HELP = f"""Generate WISE's layout (<out>/<prompt_id>.png, one image per prompt, seed + prompt_id), resumable with
 <out>/provenance.json; <out>/prompts/<name>.json holds the prompts of each prompt file for the judge.
@@ -40,5 +39,4 @@ def add_parser(evs) -> None:
 def run(args) -> None:
     from ....eval.wise import run as run_wise  # lazy: building the parser loads no command's library
 
-    with hold_folder_lock(args.out, "evaluation"):  # one evaluation per output folder
-        run_wise(args)
+    run_locked(args, run_wise)
