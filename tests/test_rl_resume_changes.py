@@ -1,5 +1,5 @@
 """Stage III resumed with --allow-config-change: a changed LoRA shape is refused by the strict loader's message,
-and a changed weight decay reaches only the decayed parameter group."""
+a changed weight decay reaches only the decayed parameter group, a changed optim.eps every group."""
 
 import numpy as np
 import pytest
@@ -43,7 +43,9 @@ def test_a_changed_lora_rank_is_refused_naming_the_shapes(run):
 
 
 def test_a_changed_weight_decay_reaches_only_the_decayed_group(run):
-    tr = trainer(run, "optim.weight_decay=0.25", "train.epochs=2", resume=True)
+    assert {g["eps"] for g in trainer(run, "optim.weight_decay=1e-4", resume=True).opt.param_groups} == {1e-8}
+    tr = trainer(run, "optim.weight_decay=0.25", "optim.eps=1e-6", "train.epochs=2", resume=True)
+    assert {g["eps"] for g in tr.opt.param_groups} == {1e-6}  # optim.eps, like stages I/II's
     decays = sorted((g["weight_decay"], min(p.ndim for p in g["params"])) for g in tr.opt.param_groups)
     assert decays[-1] == (0.25, 2)  # the matrices
     assert len(decays) == 2 and decays[0] == (0.0, 1)  # the biases and norm scales

@@ -90,6 +90,7 @@ class GRPOOptimConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4  # Flow-GRPO's
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8  # AdamW's; flow_grpo and DiffusionNFT config/base.py train.adam_epsilon
     max_grad_norm: float = 1.0
     clip_range: float = 1e-4
     kl_beta: float = 0.04
@@ -229,6 +230,7 @@ def grpo_checks() -> dict[str, Check]:
         "optim.lr": positive,
         "optim.weight_decay": non_negative,
         "optim.betas": BETAS,
+        "optim.eps": positive,
         "optim.max_grad_norm": positive,
         "optim.clip_range": positive,
         "optim.kl_beta": non_negative,

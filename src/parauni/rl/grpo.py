@@ -132,7 +132,8 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
             self.params.update({f"conditioner.{n}": p for n, p in pipe.conditioner.named_parameters()
                                 if p.requires_grad})
         self.ema = {n: p.detach().clone() for n, p in self.params.items()}
-        opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas))
+        opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                                eps=o.eps)
         self.transformer, self.opt = self.acc.prepare(tr, opt)
         self.acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
@@ -187,8 +188,7 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         self.acc.load_state(str(ckpt))
         self._load_weights(read_like(ckpt / "trainable.safetensors", self.params),
                            read_like(ckpt / "ema.safetensors", self.params))
-        extra = {name: read_like(ckpt / f"{name}.safetensors", self.params) for name in self.algo.state_tensors()}
-        if extra:
+        if extra := {name: read_like(ckpt / f"{name}.safetensors", self.params) for name in self.algo.state_tensors()}:
             self.algo.load_state_tensors(extra)
         if self.ldam is not None and (ckpt / "ldam.pt").is_file():
             self.ldam.load_state_dict(torch.load(ckpt / "ldam.pt", weights_only=True))
@@ -196,7 +196,7 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         self.epoch = int(state["epoch"])
         self.opt_step = int(state.get("optimizer_steps", 0))
         if self.config_changes:  # --allow-config-change: the optimizer takes this config's settings
-            retune(self.opt, self.cfg.optim, self.cfg.optim.lr)
+            retune(self.opt, self.cfg.optim, self.cfg.optim.lr, eps=self.cfg.optim.eps)
         logger.info("resumed from %s at epoch %d", ckpt, self.epoch)
 
     # -- evaluation -----------------------------------------------------------------------------------------
