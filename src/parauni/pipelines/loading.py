@@ -106,8 +106,7 @@ def build_model(model_cfg, seed: int = 0) -> ParaUniPipeline:
     elif src in MODEL_BUILDERS:
         pipe = MODEL_BUILDERS.get(src)(model_cfg, seed)
     elif src in PRESETS:
-        parts = {k: getattr(model_cfg, k, None) for k in ("vlm", "transformer", "vae")}  # GRPO configs lack them
-        pipe = load_preset(src, **parts, **overrides)
+        pipe = load_preset(src, vlm=model_cfg.vlm, transformer=model_cfg.transformer, vae=model_cfg.vae, **overrides)
     else:
         if src not in MODELS and not _path_or_hub_id(str(src)):
             fresh = ["tiny", *MODEL_BUILDERS.names(), *sorted(PRESETS)]
@@ -118,6 +117,6 @@ def build_model(model_cfg, seed: int = 0) -> ParaUniPipeline:
                              f"{', '.join(['tiny', *MODEL_BUILDERS.names()])} or a preset); {src!r} is a finished "
                              "model whose conditioner is fixed")
         pipe = load_pipeline(src)
-    if getattr(model_cfg, "init", None):
+    if model_cfg.init:
         load_trainable(pipe, model_cfg.init)
     return pipe

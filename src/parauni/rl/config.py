@@ -28,8 +28,8 @@ from ..checks import (
     registered_choice,
 )
 from ..errors import ConfigError
-from ..registry import MODEL_BUILDERS, PROMPT_SOURCES, REWARDS
-from ..train.config import BETAS, PRECISIONS, check_values, load_config
+from ..registry import PROMPT_SOURCES, REWARDS
+from ..train.config import BETAS, MODEL_SOURCE_CHECKS, PRECISIONS, ModelSource, check_values, load_config
 from .nft import ADV_MODES, DECAY_TYPES
 from .objective import KL_FORMS
 from .ode import SOLVERS
@@ -39,12 +39,10 @@ ALGORITHMS = ("flow_grpo", "diffusion_nft")
 
 
 @dataclass
-class GRPOModelConfig:
-    # a saved ParaUniPipeline folder, a registered model builder, "tiny" or a preset; default: the builder a plugin
-    # registered as the default, else "tiny"
-    source: str = field(default_factory=lambda: MODEL_BUILDERS.default("tiny"))
-    init: str | None = None  # trainable.safetensors of a stage I/II run to start from (e.g. runs/<run>)
-    conditioner: dict = field(default_factory=dict)  # fresh models only: ParaUniConditioner overrides
+class GRPOModelConfig(ModelSource):
+    """Stage III's model section: :class:`parauni.train.config.ModelSource` (``init``: e.g. a stage I/II run's
+    folder) and the LoRA the policy trains."""
+
     lora_rank: int = 32
     lora_alpha: int = 64
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
@@ -201,9 +199,7 @@ def grpo_checks() -> dict[str, Check]:
     positive, non_negative = number(0.0, lo_open=True), number(0.0)
     return {
         "algorithm": choice(*ALGORITHMS),
-        "model.source": nonempty_str(),
-        "model.init": optional(nonempty_str()),
-        "model.conditioner": mapping(),
+        **MODEL_SOURCE_CHECKS,
         "model.lora_rank": POSITIVE_INT,
         "model.lora_alpha": POSITIVE_INT,
         "model.lora_targets": list_of(nonempty_str()),

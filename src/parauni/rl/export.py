@@ -15,7 +15,6 @@ from ..errors import UsageError
 from ..pipelines.loading import build_model
 from ..pipelines.pipeline_parauni import ParaUniPipeline
 from ..pipelines.weights import expected_names, load_trainable, mismatch_error, read_trainable
-from ..train.config import ModelConfig
 from ..utils.checkpoints import newest_intact
 from .config import load_grpo_config
 from .lora import add_lora, merged_transformer
@@ -67,7 +66,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
         raise UsageError(f"{ckpt} has no config.yaml: the model it trained cannot be rebuilt")
     cfg = load_grpo_config(ckpt / "config.yaml")
     m = cfg.model
-    pipe = build_model(ModelConfig(source=m.source, init=m.init, conditioner=dict(m.conditioner)), cfg.train.seed)
+    pipe = build_model(m, cfg.train.seed)
     tr = pipe.transformer
     tr.requires_grad_(False)
     add_lora(tr, m.lora_rank, m.lora_alpha, m.lora_targets)

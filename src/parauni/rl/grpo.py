@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..pipelines.loading import build_model
 from ..rewards.base import WeightedReward
-from ..train.config import ModelConfig, save_config
+from ..train.config import save_config
 from ..train.optim import decay_groups, retune
 from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
@@ -90,8 +90,7 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         self._evaluate = evaluate
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
         self.reward_names = list(cfg.rewards.weights)
-        self.pipe = pipeline or build_model(ModelConfig(source=m.source, init=m.init,
-                                                        conditioner=dict(m.conditioner)), t.seed)
+        self.pipe = pipeline or build_model(m, t.seed)
         self._setup_frozen_parts()
         self._setup_policy()
         self.num_layers = len(self.pipe.conditioner.layer_indices)

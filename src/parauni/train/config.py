@@ -55,10 +55,11 @@ from ..utils.names import closest_name
 
 
 @dataclass
-class ModelConfig:
-    """What to build. ``source``: a registered model builder (:data:`parauni.registry.MODEL_BUILDERS`),
-    ``"tiny"`` (random, tests), a preset name (``internvl3-2b_sana-1.6b_512`` ...) or a saved ``ParaUniPipeline``
-    folder. Default: the builder a plugin registered as the default, else ``"tiny"``."""
+class ModelSource:
+    """What to build, in every training config (stages I/II and III). ``source``: a registered model builder
+    (:data:`parauni.registry.MODEL_BUILDERS`), ``"tiny"`` (random, tests), a preset name
+    (``internvl3-2b_sana-1.6b_512`` ...) or a saved ``ParaUniPipeline`` folder. Default: the builder a plugin
+    registered as the default, else ``"tiny"``."""
 
     source: str = field(default_factory=lambda: MODEL_BUILDERS.default("tiny"))
     vlm: str | None = None  # preset: hub id or local folder overriding the preset's VLM
@@ -66,6 +67,12 @@ class ModelConfig:
     vae: str | None = None
     init: str | None = None  # a checkpoint or pipeline folder whose trainable weights start the run
     conditioner: dict = field(default_factory=dict)  # ParaUniConditioner overrides (layers, fusion, ...)
+
+
+@dataclass
+class ModelConfig(ModelSource):
+    """Stages I/II's model section: :class:`ModelSource` and how to checkpoint activations."""
+
     # true / false, or a list of the modules to checkpoint: any of "vlm", "connector", "transformer"
     # (typed Any: OmegaConf has no bool-or-list union)
     gradient_checkpointing: Any = False
@@ -146,14 +153,19 @@ NON_NEGATIVE = number(0.0)
 BETAS = list_of(number(0.0, 1.0, hi_open=True), length=2)
 PATH = nonempty_str()
 
-# every key of :class:`Config` and what it accepts (keys missing here are checked by their annotation only)
-CHECKS: dict[str, Check] = {
+# every key of :class:`ModelSource` and what it accepts (stage III's configs share them)
+MODEL_SOURCE_CHECKS: dict[str, Check] = {
     "model.source": nonempty_str(),
     "model.vlm": optional(PATH),
     "model.transformer": optional(PATH),
     "model.vae": optional(PATH),
     "model.init": optional(PATH),
     "model.conditioner": mapping(),
+}
+
+# every key of :class:`Config` and what it accepts (keys missing here are checked by their annotation only)
+CHECKS: dict[str, Check] = {
+    **MODEL_SOURCE_CHECKS,
     "model.gradient_checkpointing": either(boolean(), list_of(choice(*CHECKPOINTABLE))),
     "data.kind": registered_choice(DATASETS, *DATA_KINDS),
     "data.path": optional(either(PATH, list_of(PATH))),
