@@ -29,7 +29,8 @@ from ..checks import (
 )
 from ..errors import ConfigError
 from ..registry import PROMPT_SOURCES, REWARDS
-from ..train.config import BETAS, MODEL_SOURCE_CHECKS, PRECISIONS, ModelSource, check_values, load_config
+from ..train.config import BETAS, MODEL_SOURCE_CHECKS, PRECISIONS, ModelSource, load_config
+from ..train.schema import check_values
 from .nft import ADV_MODES, DECAY_TYPES
 from .objective import KL_FORMS
 from .ode import SOLVERS

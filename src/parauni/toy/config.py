@@ -31,7 +31,8 @@ from ..checks import (
     optional,
 )
 from ..errors import ConfigError, UsageError
-from ..train.config import check_values, load_config
+from ..train.config import load_config
+from ..train.schema import check_values
 
 POSITIVE = number(0.0, lo_open=True)
 NON_NEGATIVE = number(0.0)

@@ -25,7 +25,8 @@ from accelerate.utils import ProjectConfiguration
 from ..registry import EVALUATORS
 from ..utils.checkpoints import check_resume_config, complete_checkpoints, resume_path, truncate_jsonl
 from ..utils.locks import owned_lock, with_lock
-from .config import resolve_precision, save_config, to_yaml_dict
+from .config import resolve_precision, save_config
+from .schema import to_yaml_dict
 
 logger = logging.getLogger(__name__)
 

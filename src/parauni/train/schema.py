@@ -1,0 +1,260 @@
+"""How every config of the package is read, whatever its root dataclass (stages I/II's
+:class:`parauni.train.config.Config`, stage III's :class:`parauni.rl.config.GRPOConfig`, the toy world's
+pre-training configs): YAML files with ``base:`` inheritance, ``section.key=value`` overrides, unknown keys named
+with the closest one, values set on OmegaConf structured configs, then the root's own range checks
+(``root.checks()``, a table of :class:`parauni.checks.Check` per dotted key; keys missing there are checked by
+their annotation) and cross-key checks (``cfg.validate()``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..checks import Check, boolean, integer, number, optional
+from ..errors import ConfigError, UnknownKeyError
+from ..utils.configs import resolve_config
+from ..utils.names import closest_name
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Any), True
+    return tp, False
+
+
+def _annotation_check(tp: Any) -> Check | None:
+    """The check a type annotation implies (for keys without an entry in the table)."""
+    inner, opt = _unwrap_optional(tp)
+    base = {int: integer(), float: number(), bool: boolean(),
+            str: Check("a string", lambda v: isinstance(v, str))}.get(inner)
+    if base is None:
+        return None
+    return optional(base) if opt else base
+
+
+def _check_for(root: type, key: str, checks: dict[str, Check]) -> Check | None:
+    if key in checks:
+        return checks[key]
+    cls = root
+    *sections, name = key.split(".")
+    for s in sections:
+        cls = _hints(cls).get(s)
+        if not dataclasses.is_dataclass(cls):
+            return None
+    return _annotation_check(_hints(cls).get(name))
+
+
+def _leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, value, annotation)`` of every leaf field of a dataclass instance."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, hints[f.name]
+
+
+def check_values(cfg: Any, checks: dict[str, Check]) -> None:
+    """Every leaf of ``cfg`` against ``checks`` (or, for keys not in it, its type annotation)."""
+    for key, value, tp in _leaves(cfg):
+        check = checks.get(key) or _annotation_check(tp)
+        if check is not None and not check.ok(value):
+            raise ConfigError(check.message(key, value))
+
+
+def _unknown(key: str, allowed: list[str], prefix: str, source: str) -> UnknownKeyError:
+    near = closest_name(key, allowed)
+    what = "section" if not prefix else "key"
+    hint = f"; did you mean '{prefix}{near}'?" if near else ""
+    where = f" in section '{prefix[:-1]}'" if prefix else ""
+    return UnknownKeyError(f"{source}unknown config {what} '{prefix}{key}'{hint} (allowed{where}: "
+                           f"{', '.join(sorted(allowed))})")
+
+
+def _check_keys(data: dict, cls: type, source: str = "", prefix: str = "") -> None:
+    """Unknown keys in ``data`` (a nested dict meant for dataclass ``cls``) raise, naming the dotted key."""
+    hints = _hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown(str(key), list(hints), prefix, source)
+        if dataclasses.is_dataclass(hints[key]):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}{prefix}{key}: expected a section (a mapping of keys), got {value!r}")
+            _check_keys(value, hints[key], source, f"{prefix}{key}.")
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return ConfigError(f"{path}{where}: invalid YAML: {problem}" + (f" ({context})" if context else ""))
+
+
+def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None) -> dict:
+    """A config file as a plain dict, its ``base`` chain merged under it (OmegaConf.merge: mappings merge key
+    by key, lists and values replace)."""
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path} inherits from itself through 'base'")
+    try:
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise _yaml_error(path, err) from None
+    except (OmegaConfBaseException, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got a {type(raw).__name__}")
+    data = OmegaConf.to_container(raw, resolve=False)
+    base = data.pop("base", None)
+    if root is not None:
+        _check_keys(data, root, f"{path}: ")
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: expected the path of another YAML config, got {base!r}")
+    parent = _read(path.parent / base, (*seen, path.resolve()), root)
+    return OmegaConf.to_container(OmegaConf.merge(parent, data), resolve=False)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> ``(["optim", "lr"], 3e-4)``; the value is read as YAML, as
+    ``OmegaConf.from_dotlist`` reads it (``1e-3`` is a number, ``null`` is None, ``'no'`` a string)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, value = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"override {text!r}: {key.strip()!r} is not a dotted key such as optim.lr")
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]), resolve=False)["value"]
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem})") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"override {text!r}: {str(err).splitlines()[0]}") from None
+    return [k.strip() for k in keys], parsed
+
+
+def _set_override(data: dict, text: str, root: type) -> None:
+    """Set one ``key=value`` override in the nested dict ``data``: the value replaces what was there."""
+    keys, value = parse_override(text)
+    nested: Any = value
+    for k in reversed(keys):
+        nested = {k: nested}
+    _check_keys_through(nested, root, f"override {text!r}: ")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {text!r}: {'.'.join(keys[:i + 1])} holds {node!r}, not a mapping")
+    node[keys[-1]] = value
+
+
+def _check_keys_through(data: dict, cls: type, source: str, prefix: str = "") -> None:
+    """Like :func:`_check_keys`, for one override: a path into a leaf value (``optim.lr.x``) is an error."""
+    hints = _hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            raise _unknown(str(key), list(hints), prefix, source)
+        if dataclasses.is_dataclass(hints[key]):
+            if isinstance(value, dict):
+                _check_keys_through(value, hints[key], source, f"{prefix}{key}.")
+            elif value is not None:
+                raise ConfigError(f"{source}{prefix}{key} is a section: set its keys ({prefix}{key}.KEY=VALUE)")
+
+
+def _section_leaves(data: dict, cls: type, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, value, annotation)`` of the values in ``data`` that replace a field of ``cls``: mappings
+    under a dataclass field are walked; any other value (a dict-typed field's mapping too) replaces the field."""
+    hints = _hints(cls)
+    for key, value in data.items():
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            yield from _section_leaves(value or {}, tp, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value, tp
+
+
+def _tuples(obj: Any) -> None:
+    """Tuple-typed fields as tuples (OmegaConf < 2.4 gives lists)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _tuples(value)
+        elif isinstance(value, list) and typing.get_origin(_unwrap_optional(hints[f.name])[0]) is tuple:
+            setattr(obj, f.name, tuple(value))
+
+
+def build_config(data: dict, root: type):
+    """A config of dataclass ``root`` from a nested dict, validated: each value is set on
+    ``OmegaConf.structured(root)`` (typed; a mapping replaces a mapping-typed field's default), the result turned
+    back into the dataclasses (``OmegaConf.to_object``) and checked (``root.validate()``). Raises
+    :class:`ConfigError` / :class:`UnknownKeyError` naming the key."""
+    _check_keys(data, root)
+    schema = OmegaConf.structured(root)
+    for key, value, tp in _section_leaves(data, root):
+        check = _check_for(root, key, root.checks())
+        inner = _unwrap_optional(tp)[0]
+        if isinstance(value, bool) and inner is str:
+            desc = check.desc if check else "a string"
+            raise ConfigError(f"{key}: expected {desc}, got {value!r} (YAML reads an unquoted yes/no/on/off/"
+                              f"true/false as a boolean: quote it, e.g. {key}='no')")
+        try:
+            OmegaConf.update(schema, key, value, merge=False)
+        except OmegaConfBaseException as err:
+            msg = check.message(key, value) if check else f"{key}: {str(err).splitlines()[0]}, got {value!r}"
+            raise ConfigError(msg) from None
+    try:
+        cfg = OmegaConf.to_object(schema)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{err.full_key or 'config'}: {str(err).splitlines()[0]}") from None
+    _tuples(cfg)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None, root: type):
+    """Read ``path`` (``None``: all defaults; a relative path that is not a file names a shipped config, e.g.
+    ``internvl3-2b_sana-1.6b_512_stage1.yaml``), apply ``key=value`` overrides, check every key and value (see
+    :func:`build_config`). Returns the dataclass instances."""
+    data = _read(resolve_config(path), root=root) if path is not None else {}
+    for text in overrides or []:
+        _set_override(data, text, root)
+    return build_config(data, root)
+
+
+def to_yaml_dict(cfg) -> dict:
+    """A plain nested dict of a config (tuples as lists), for YAML."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
