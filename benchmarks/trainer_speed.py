@@ -48,7 +48,8 @@ def data_throughput(workers: list[int], size: int = 1024, resolution: int = 512,
                     batches: int = 6, images: int = 24) -> list[dict]:
     """Images/s of the data path (decode, crop, resize, noise; no model) with each number of loader processes."""
     from parauni.train.config import load_config
-    from parauni.train.data import MicroBatches, SampleLoader, build_source, micro_batch_loader
+    from parauni.train.data import build_source
+    from parauni.train.loader import MicroBatches, SampleLoader, micro_batch_loader
 
     root = make_jpeg_folder(Path(tempfile.mkdtemp(prefix="bench_data_")), images, size)
     cfg = load_config(None, ["data.kind=folder", f"data.path={root}", f"data.resolution={resolution}"])
@@ -76,7 +77,7 @@ def trainer_vs_model(model: str, resolution: int, batch: int, steps: int, warmup
     (after ``warmup`` untimed ones each), so a shared machine's load falls on both alike; each kind's time is
     its best round's median."""
     from parauni.train.config import load_config
-    from parauni.train.data import MicroBatches
+    from parauni.train.loader import MicroBatches
     from parauni.train.trainer import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench_trainer_"))

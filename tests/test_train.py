@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from parauni.errors import ConfigError
 from parauni.train.config import load_config, trainable_parts
-from parauni.train.data import FolderSource, JsonSource, SampleLoader, build_source
+from parauni.train.data import FolderSource, JsonSource, build_source
 from parauni.train.export import export
+from parauni.train.loader import SampleLoader
 from parauni.train.optim import warmup_cosine
 from parauni.train.trainer import Trainer, checkpoints
 
@@ -190,7 +191,7 @@ def test_empty_data_fails_before_training(tmp_path):
 
 def test_cache_latents_then_train(tmp_path):
     from parauni.pipelines.loading import build_model
-    from parauni.train.data import cache_latents
+    from parauni.train.loader import cache_latents
 
     cfg = tiny_cfg(tmp_path, "train.steps=2")
     pipe = build_model(cfg.model)

@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from parauni.cli import main
 from parauni.train.config import load_config
-from parauni.train.data import MicroBatches, SampleLoader, build_source
+from parauni.train.data import build_source
+from parauni.train.loader import MicroBatches, SampleLoader
 from parauni.train.trainer import Trainer, checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_micro_batches_carry_uint8_pixels(tmp_path):
 def _nan_cache(tmp_path: Path, bad_step: int) -> Path:
     """A latent cache of 16 samples (four steps of 4: one epoch) whose samples of ``bad_step`` (1-based) are NaN."""
     from parauni.pipelines.loading import build_model
-    from parauni.train.data import cache_latents
+    from parauni.train.loader import cache_latents
 
     cfg = load_config(ROOT / "configs" / "toy_stage1.yaml", TINY)
     cache = tmp_path / "cache"

@@ -1,11 +1,12 @@
-"""Stage I/II micro-batches on the device: the DataLoader of :class:`parauni.train.data.MicroBatches` started at
+"""Stage I/II micro-batches on the device: the DataLoader of :class:`parauni.train.loader.MicroBatches` started at
 the trainer's step, and the latents ``x_0`` of each micro-batch (cached, or images through the VAE)."""
 
 from __future__ import annotations
 
 import torch
 
-from .data import MicroBatches, UnreadableSample, micro_batch_loader, to_unit_range
+from .data import UnreadableSample, to_unit_range
+from .loader import MicroBatches, micro_batch_loader
 
 
 class DeviceBatches:

@@ -30,8 +30,9 @@ from ..pipelines.weights import TRAINABLE_FILE
 from ..utils.checkpoints import complete_checkpoints, write_checkpoint
 from .batches import DeviceBatches
 from .config import Config, save_config, trainable_parts
-from .data import LatentSource, SampleLoader, build_source
+from .data import LatentSource, build_source
 from .distributed import DEEPSPEED, FSDP, TrainableCheckpointHooks, configure_deepspeed, fsdp_on_cpu, scalar
+from .loader import SampleLoader
 from .model import FlowTrainModule, save_trainable
 from .optim import decay_groups, retune, schedule_change, warmup_cosine
 from .recipe import Recipe, flat

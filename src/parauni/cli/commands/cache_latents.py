@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> dict:
     # lazy: building the parser loads no command's library
     from ...pipelines.loading import build_model
     from ...train.config import load_config
-    from ...train.data import build_source, cache_latents
+    from ...train.data import build_source
+    from ...train.loader import cache_latents
 
     cfg = load_config(args.config, args.overrides)
     source = build_source(cfg.data, cfg.train.seed)
