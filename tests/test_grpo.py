@@ -281,6 +281,42 @@ def test_optimizer_steps_per_epoch(tmp_path, steps_per_epoch, expected):
     assert stats["diag/trained_samples"] == 8
 
 
+def test_learning_rate_warmup_and_cosine_match_torch_schedulers(tmp_path):
+    """optim.warmup_steps / min_lr_ratio: the learning rate of each of the 8 planned optimizer steps (2 epochs x 4)
+    is what torch's LinearLR warm-up then CosineAnnealingLR give; the default keeps optim.lr constant."""
+    extra = ["optim.train_batch=2", "optim.steps_per_epoch=null", "train.epochs=2", "optim.lr=1e-3"]
+    ref = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = torch.optim.lr_scheduler.SequentialLR(ref, [
+        torch.optim.lr_scheduler.LinearLR(ref, start_factor=0.5, end_factor=1.0, total_iters=1),
+        torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=6, eta_min=1e-4)], milestones=[2])
+    expected = []
+    for _ in range(8):
+        expected.append(ref.param_groups[0]["lr"])
+        ref.step()
+        sched.step()
+    for opts, want in (([], [1e-3] * 8), (["optim.warmup_steps=2", "optim.min_lr_ratio=0.1"], expected)):
+        tr = trainer(tmp_path, *extra, *opts, name=f"run{len(opts)}")
+        used = []
+        tr.opt.optimizer.register_step_pre_hook(lambda o, *a: used.append(o.param_groups[0]["lr"]))
+        tr.run()
+        assert tr.planned_steps() == 8 and len(used) == 8
+        assert used == pytest.approx(want, rel=1e-12, abs=0)
+        rows = _lines(tmp_path / f"run{len(opts)}" / "metrics.jsonl")
+        assert [r["lr"] for r in rows] == pytest.approx([want[3], want[7]], rel=1e-12, abs=0)
+
+
+def test_resume_refuses_more_epochs_under_a_decaying_learning_rate(tmp_path):
+    """train.epochs may change on resume while the learning rate is constant; under a cosine decay the optimizer
+    steps already taken would have had other rates, so it is refused."""
+    from parauni.utils.checkpoints import ResumeConfigError
+
+    trainer(tmp_path, "train.epochs=2", "optim.min_lr_ratio=0.0").run(stop_after=1)
+    with pytest.raises(ResumeConfigError, match="cosine learning-rate decay spans train.epochs"):
+        resumed(tmp_path, "train.epochs=3", "optim.min_lr_ratio=0.0")
+    trainer(tmp_path, "train.epochs=2", name="flat").run(stop_after=1)
+    assert resumed(tmp_path, "train.epochs=3", name="flat").epoch == 1
+
+
 def test_ema_follows_the_reference_schedule(tmp_path):
     """EMA every 2 optimizer steps with decay min((1 + k) / (10 + k), 0.9), recomputed by hand from the
     weights after each step."""

@@ -90,6 +90,11 @@ class GRPOOptimConfig:
     weight_decay: float = 1e-4  # Flow-GRPO's
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8  # AdamW's; flow_grpo and DiffusionNFT config/base.py train.adam_epsilon
+    # the learning rate: a linear warm-up over warmup_steps optimizer steps, then a cosine to lr * min_lr_ratio at
+    # the last planned step (train.epochs x optimizer steps an epoch); the default 0 / 1.0 keeps lr constant, as
+    # both references do
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
     max_grad_norm: float = 1.0
     clip_range: float = 1e-4
     kl_beta: float = 0.04
@@ -228,6 +233,8 @@ def grpo_checks() -> dict[str, Check]:
         "optim.weight_decay": non_negative,
         "optim.betas": BETAS,
         "optim.eps": positive,
+        "optim.warmup_steps": NON_NEGATIVE_INT,
+        "optim.min_lr_ratio": number(0.0, 1.0),
         "optim.max_grad_norm": positive,
         "optim.clip_range": positive,
         "optim.kl_beta": non_negative,

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..pipelines.loading import build_model
 from ..rewards.base import WeightedReward
 from ..train.config import save_config
-from ..train.optim import decay_groups, retune
+from ..train.optim import decay_groups, retune, schedule_change
 from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
 from .config import GRPOConfig
@@ -178,6 +178,11 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         return write_checkpoint(self.acc, self.out, f"checkpoint-{self.epoch:06d}", write,
                                 self.cfg.train.keep_last, STATE_FILE)
 
+    def _resume_conditions(self, done: int) -> dict:  # the optimizer steps taken keep their learning rates
+        o = self.cfg.optim
+        return {"train.epochs": schedule_change(o.warmup_steps, o.min_lr_ratio, done, "train.epochs",
+                                                self.planned_steps() // self.cfg.train.epochs)}
+
     def _resume(self, resume) -> None:
         """Load a checkpoint (a folder, or a ``--resume`` value: see :meth:`_checked_checkpoint`): the LoRA (and
         LIM) weights and their EMA strictly by name and shape, the optimizer and RNG states, LDAM, the epoch."""
@@ -233,7 +238,8 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         self._idle = idle_epochs(self._idle, rstats, ustats, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size,
                                  self.cfg.train.max_idle_epochs, self.epoch)
         row = {"step": self.epoch + 1, **rstats, **ustats,
-               "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer), "ldam_active": active,
+               "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer), "lr": self.lr_at(max(self.opt_step - 1, 0)),
+               "ldam_active": active,
                "time/rollout": e1 - e0, "time/reward": e2 - e1, "time/update": e3 - e2, "seconds": e3 - e0}
         decisions = []
         if self.ldam is not None:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..train.optim import warmup_cosine
 from .objective import ema_decay, ema_due
 
 
@@ -19,9 +20,23 @@ class Policy:
     def raw_transformer(self):
         return self.acc.unwrap_model(self.transformer)
 
+    def planned_steps(self) -> int:
+        """Optimizer steps of the whole run as planned: ``train.epochs`` x ``optim.steps_per_epoch`` (``None``: one
+        per micro-batch of this process's samples; Flow-GRPO's dropped samples can make an epoch's steps fewer)."""
+        o, per_process = self.cfg.optim, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size
+        per_process //= self.acc.num_processes
+        return self.cfg.train.epochs * (o.steps_per_epoch or -(-per_process // o.train_batch))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): ``optim.lr`` after the warm-up + cosine factor
+        (:func:`parauni.train.optim.warmup_cosine` over :meth:`planned_steps`; constant by default)."""
+        o = self.cfg.optim
+        return o.lr * warmup_cosine(o.warmup_steps, self.planned_steps(), o.min_lr_ratio)(step)
+
     def optimizer_step(self) -> torch.Tensor:
-        """Clip the accumulated gradients (``optim.max_grad_norm``), step AdamW, then the EMA when due
-        (:func:`objective.ema_decay` every ``optim.ema_every`` steps); returns the gradient norm ``(1,)``."""
+        """Clip the accumulated gradients (``optim.max_grad_norm``), step AdamW at :meth:`lr_at` this step, then
+        the EMA when due (:func:`objective.ema_decay` every ``optim.ema_every`` steps); returns the gradient norm
+        ``(1,)``."""
         o = self.cfg.optim
         if self.cfg.model.train_lim and self.acc.num_processes > 1:
             # DDP averages the transformer's gradients; the LIM is outside it, so average its gradients here, or
@@ -30,6 +45,8 @@ class Policy:
                 if n.startswith("conditioner.") and p.grad is not None:
                     p.grad = self.acc.reduce(p.grad, reduction="mean")
         norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.opt_step)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if ema_due(self.opt_step, o.ema_every):

@@ -46,17 +46,20 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0) -> Callable[[
     return factor
 
 
-def schedule_change(warmup: int, min_ratio: float, done: int) -> Callable[[object, int], str | None]:
-    """The condition on a resume that changes ``train.steps`` after ``done`` steps: the cosine decay spans
-    ``train.steps``, so the steps already taken must keep their learning rates (a reason when they would not)."""
+def schedule_change(warmup: int, min_ratio: float, done: int, key: str = "train.steps",
+                    per_unit: int = 1) -> Callable[[object, int], str | None]:
+    """The condition on a resume that changes ``key`` (``train.steps``; stage III: ``train.epochs``, each of
+    ``per_unit`` optimizer steps) after ``done`` of them: the cosine decay spans the run, so the optimizer steps
+    already taken must keep their learning rates (a reason when they would not)."""
 
-    def rule(old_steps, new_steps: int) -> str | None:
-        if not isinstance(old_steps, int):
-            return "the checkpoint's train.steps is unknown"
-        before, after = warmup_cosine(warmup, old_steps, min_ratio), warmup_cosine(warmup, new_steps, min_ratio)
-        changed = [k for k in range(done) if before(k) != after(k)]
-        return (f"the cosine learning-rate decay spans train.steps, so steps {changed[0] + 1}..{done} already "
-                f"taken ran on another schedule") if changed else None
+    def rule(old, new: int) -> str | None:
+        if not isinstance(old, int):
+            return f"the checkpoint's {key} is unknown"
+        before = warmup_cosine(warmup, old * per_unit, min_ratio)
+        after = warmup_cosine(warmup, new * per_unit, min_ratio)
+        changed = [k for k in range(done * per_unit) if before(k) != after(k)]
+        return (f"the cosine learning-rate decay spans {key}, so optimizer steps {changed[0] + 1}..{done * per_unit} "
+                f"already taken ran on another schedule") if changed else None
 
     return rule
 

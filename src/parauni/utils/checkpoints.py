@@ -47,7 +47,8 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 RESUME_SAFE_KEYS: dict[str, str] = {
     "train.steps": "how long stage I / II runs; allowed while the steps already taken keep their learning rates "
                    "(the cosine decay spans train.steps: extending it is exact only inside the warm-up)",
-    "train.epochs": "how long stage III runs (nothing in an epoch depends on the number of epochs)",
+    "train.epochs": "how long stage III runs; allowed while the optimizer steps already taken keep their learning "
+                    "rates (a decaying optim.min_lr_ratio < 1 spans train.epochs; the default lr is constant)",
     "train.save_every": "when checkpoints are written",
     "train.keep_last": "how many checkpoints stay",
     "train.log_every": "how often metrics.jsonl gets a row",
