@@ -29,11 +29,10 @@ def checkpoint_scores(run: Path, out: Path, weights: str, images_per_prompt: int
         folder = out / run.name / f"epoch{epoch:05d}"
         summary = folder / "summary.json"
         if not summary.is_file():
-            cfg = load_grpo_config(run / "config.yaml", [f"train.output_dir={run}", "train.logger=none"])
+            cfg = load_grpo_config(run / "config.yaml", [f"train.output_dir={run}", "train.logger=none"], migrate=True)
             trainer = GRPOTrainer(cfg, resume=str(ckpt), progress=False)
-            s = cfg.sampling
-            toy_geneval(trainer.merged_pipeline(ema=weights == "ema"), folder, images_per_prompt, s.eval_steps,
-                        s.guidance_scale)
+            toy_geneval(trainer.merged_pipeline(ema=weights == "ema"), folder, images_per_prompt,
+                        cfg.train.eval_steps, cfg.sampling.guidance_scale)
         scores[epoch] = json.loads(summary.read_text())
         print(run, epoch, round(scores[epoch]["overall"], 3), flush=True)
     return scores

@@ -92,7 +92,7 @@ def summarize_run(folder: Path, window: int) -> dict:
     final = folder / "eval" / "geneval" / "summary.json"
     if final.is_file():
         out["geneval"] = json.loads(final.read_text())
-    # evaluations at the other guidance scales (sampling.eval_guidance_scales): eval/geneval_cfg<scale>
+    # evaluations at the other guidance scales (train.eval_guidance_scales): eval/geneval_cfg<scale>
     out["geneval_at"] = {f.parent.name[len("geneval_"):]: json.loads(f.read_text())
                          for f in sorted((folder / "eval").glob("geneval_cfg*/summary.json"))}
     return out
@@ -145,14 +145,14 @@ def main() -> None:
         from parauni.rl.config import load_grpo_config
 
         cfg = load_grpo_config(args.config, [*args.overrides, *next(iter(arms.values()))])
-        s = cfg.sampling
-        scales = [float(g) for g in (s.eval_guidance_scales or [s.guidance_scale])]
+        t = cfg.train
+        scales = [float(g) for g in (t.eval_guidance_scales or [cfg.sampling.guidance_scale])]
         for k, g in enumerate(scales):  # the starting model at each evaluation scale
             name = "baseline" if k == 0 else f"baseline_cfg{g:g}"
             if (out / f"{name}.done").is_file():
                 continue
             cmd = [*exe, "toy", "eval", "--model", cfg.model.source, "--out", str(out / name),
-                   "--images-per-prompt", str(s.eval_images_per_prompt), "--steps", str(s.eval_steps),
+                   "--images-per-prompt", str(t.eval_images_per_prompt), "--steps", str(t.eval_steps),
                    "--guidance", str(g)]
             if cfg.train.eval_limit:
                 cmd += ["--limit", str(cfg.train.eval_limit)]

@@ -297,7 +297,7 @@ def test_learning_rate_warmup_and_cosine_match_torch_schedulers(tmp_path):
     for opts, want in (([], [1e-3] * 8), (["optim.warmup_steps=2", "optim.min_lr_ratio=0.1"], expected)):
         tr = trainer(tmp_path, *extra, *opts, name=f"run{len(opts)}")
         used = []
-        tr.opt.optimizer.register_step_pre_hook(lambda o, *a: used.append(o.param_groups[0]["lr"]))
+        tr.opt.optimizer.register_step_pre_hook(lambda o, *a, used=used: used.append(o.param_groups[0]["lr"]))
         tr.run()
         assert tr.planned_steps() == 8 and len(used) == 8
         assert used == pytest.approx(want, rel=1e-12, abs=0)

@@ -159,8 +159,8 @@ def test_resumed_grpo_rescores_the_new_weights(tmp_path):
             "model.source=tiny", "prompts.per_epoch=2", "sampling.group_size=4", "sampling.steps=4",
             "model.lora_rank=4", "model.lora_alpha=8", "optim.train_batch=4", "rewards.weights={bright: 1.0}",
             "ldam.enabled=false", "train.save_every=1", "optim.ema_every=1", f"train.output_dir={tmp_path / 'rl'}",
-            f"train.epochs={epochs}", "train.eval_geneval=true", "train.eval_limit=1", "sampling.eval_steps=1",
-            "sampling.eval_images_per_prompt=1"])
+            f"train.epochs={epochs}", "train.eval_geneval=true", "train.eval_limit=1", "train.eval_steps=1",
+            "train.eval_images_per_prompt=1"])
         return GRPOTrainer(cfg, rewards=WeightedReward({"bright": 1.0}, rewards={"bright": bright}), progress=False)
 
     trainer(1).run()

@@ -97,7 +97,7 @@ def run_generate(args) -> None:
 # configs/toy_nft_geneval.yaml (DiffusionNFT on the toy GenEval reward), evaluated at guidance 1 only, 1 image a
 # prompt
 DEMO_RL = ["model.source=toy-all-layers", "train.save_every=1000", "train.eval_geneval=true",
-           "sampling.eval_images_per_prompt=1", "sampling.eval_guidance_scales=[1.0]", "train.logger=none"]
+           "train.eval_images_per_prompt=1", "train.eval_guidance_scales=[1.0]", "train.logger=none"]
 
 
 def run_demo(args) -> None:
@@ -123,7 +123,7 @@ def run_demo(args) -> None:
     rl_dir = out / "rl_nft"
     if rl_dir.exists():
         shutil.rmtree(rl_dir)
-    quick = [f"sampling.eval_steps={args.steps}"] + ([f"train.eval_limit={args.limit}"] if args.limit else [])
+    quick = [f"train.eval_steps={args.steps}"] + ([f"train.eval_limit={args.limit}"] if args.limit else [])
     cfg = load_grpo_config(config_file("toy_nft_geneval.yaml"),
                            [*DEMO_RL, f"train.epochs={args.rl_epochs}", f"train.output_dir={rl_dir}", *quick])
     print(f"[demo] stage III, DiffusionNFT from toy-all-layers (configs/toy_nft_geneval.yaml): {args.rl_epochs} "

@@ -64,7 +64,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
         ckpt = newest
     if not (ckpt / "config.yaml").is_file():
         raise UsageError(f"{ckpt} has no config.yaml: the model it trained cannot be rebuilt")
-    cfg = load_grpo_config(ckpt / "config.yaml")
+    cfg = load_grpo_config(ckpt / "config.yaml", migrate=True)  # an older checkpoint: older keys renamed
     m = cfg.model
     pipe = build_model(m, cfg.train.seed)
     tr = pipe.transformer

@@ -205,22 +205,15 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def eval_scales(self) -> list[float]:
-        """The guidance scales of the evaluations: ``sampling.eval_guidance_scales``, else the rollouts' own."""
-        s = self.cfg.sampling
-        return [float(g) for g in (s.eval_guidance_scales or [s.guidance_scale])]
+        """The guidance scales of the evaluations: ``train.eval_guidance_scales``, else the rollouts' own."""
+        return [float(g) for g in (self.cfg.train.eval_guidance_scales or [self.cfg.sampling.guidance_scale])]
 
     def geneval(self, name: str) -> dict[str, dict]:
         """The evaluation of the current EMA model at each of :meth:`eval_scales`: the first into
         ``<out>/eval/<name>`` (``geneval_before`` for the initial model, ``geneval`` for the final one, where
         ``parauni report`` looks), the others into ``<out>/eval/<name>_cfg<scale>``. Returns ``{folder: summary}``."""
-        s = self.cfg.sampling
-        pipe = self.merged_pipeline()
-        out = {}
-        for k, g in enumerate(self.eval_scales()):
-            folder = name if k == 0 else f"{name}_cfg{g:g}"
-            out[folder] = self._evaluation(pipe, folder, s.eval_images_per_prompt, s.eval_steps, g,
-                                           name=f"{self.out} EMA (epoch {self.epoch})")
-        return out
+        return self._evaluations(self.merged_pipeline(), name, self.eval_scales(),
+                                 f"{self.out} EMA (epoch {self.epoch})")
 
     # -- the loop -------------------------------------------------------------------------------------------
     def train_epoch(self) -> tuple[dict, list[dict]]:
@@ -238,8 +231,8 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         self._idle = idle_epochs(self._idle, rstats, ustats, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size,
                                  self.cfg.train.max_idle_epochs, self.epoch)
         row = {"step": self.epoch + 1, **rstats, **ustats,
-               "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer), "lr": self.lr_at(max(self.opt_step - 1, 0)),
-               "ldam_active": active,
+               "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer),
+               "lr": self.lr_at(max(self.opt_step - 1, 0)), "ldam_active": active,
                "time/rollout": e1 - e0, "time/reward": e2 - e1, "time/update": e3 - e2, "seconds": e3 - e0}
         decisions = []
         if self.ldam is not None:

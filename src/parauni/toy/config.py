@@ -5,8 +5,9 @@ dataclass config (:class:`PretrainVLMConfig`, :class:`PretrainPriorConfig`, :cla
 :func:`parauni.train.config.load_config`: an optional YAML file (``--config``, e.g. the shipped
 ``toy_pretrain_vlm.yaml``), then the command's flags (each one names a key, see the ``*_FLAGS`` tables; only
 flags given on the command line count), then trailing ``section.key=value`` overrides. Every key's range is in the
-config's ``checks()`` table; the checks across keys are in ``validate()``. The defaults are those of the flags, so
-a command run with flags only does exactly what it did before these configs existed.
+config's dataclass, beside its field (:func:`parauni.train.schema.setting`); the checks across keys are in
+``validate()``. The defaults are those of the flags, so a command run with flags only does exactly what it did
+before these configs existed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from ..checks import (
     POSITIVE_INT,
     PROBABILITY,
     SEED,
-    Check,
     boolean,
     choice,
     mapping,
@@ -32,7 +32,7 @@ from ..checks import (
 )
 from ..errors import ConfigError, UsageError
 from ..train.config import load_config
-from ..train.schema import check_values
+from ..train.schema import setting
 
 POSITIVE = number(0.0, lo_open=True)
 NON_NEGATIVE = number(0.0)
@@ -54,39 +54,41 @@ SHIPPED_WEIGHTS = {"toy_pretrain_vlm.yaml": str(WEIGHTS_DIR / "vlm"),
 
 @dataclass
 class VLMModelConfig:
-    vision: dict | None = None  # overrides of parauni.toy.vlm.toy_vlm_config's vision sizes
-    text: dict | None = None  # ... and of its language-model sizes
+    # overrides of parauni.toy.vlm.toy_vlm_config's vision sizes
+    vision: dict | None = setting(None, optional(mapping()))
+    text: dict | None = setting(None, optional(mapping()))  # ... and of its language-model sizes
 
 
 @dataclass
 class VLMDataConfig:
-    turns: int = 6  # question-answer turns per training image
-    describe_prob: float = 0.2  # share of turns that ask for the caption
-    by_question: float = 0.5  # share of questions drawn over all questions (else: a kind first)
-    chunks: int = 2  # a batch is cut into this many rows of similar length
-    workers: int = 0  # data-loader processes (0: in the training process); the batches do not depend on it
+    turns: int = setting(6, POSITIVE_INT)  # question-answer turns per training image
+    describe_prob: float = setting(0.2, PROBABILITY)  # share of turns that ask for the caption
+    by_question: float = setting(0.5, PROBABILITY)  # share of questions drawn over all questions (else: a kind first)
+    chunks: int = setting(2, POSITIVE_INT)  # a batch is cut into this many rows of similar length
+    # data-loader processes (0: in the training process); the batches do not depend on it
+    workers: int = setting(0, NON_NEGATIVE_INT)
 
 
 @dataclass
 class VLMOptimConfig:
-    lr: float = 1.5e-3
-    warmup: int = 100  # linear warm-up steps, then cosine decay to 0
-    weight_decay: float = 0.05  # on >= 2-D weights only
+    lr: float = setting(1.5e-3, POSITIVE)
+    warmup: int = setting(100, NON_NEGATIVE_INT)  # linear warm-up steps, then cosine decay to 0
+    weight_decay: float = setting(0.05, NON_NEGATIVE)  # on >= 2-D weights only
 
 
 @dataclass
 class VLMTrainConfig:
-    output_dir: str | None = None  # required: --out or train.output_dir
-    steps: int = 2100
-    batch_size: int = 32
-    seed: int = 0
-    eval_examples: int = 300  # held-out scenes for the final accuracy
-    eval_every: int = 0  # steps between midway evaluations (0: none)
-    mid_eval_examples: int = 40
-    log_every: int = 25
-    threads: int | None = 2  # torch CPU threads
-    fp16: bool = False  # save the weights in float16 (as shipped)
-    device: str = "cpu"
+    output_dir: str | None = setting(None, optional(nonempty_str()))  # required: --out or train.output_dir
+    steps: int = setting(2100, POSITIVE_INT)
+    batch_size: int = setting(32, POSITIVE_INT)
+    seed: int = setting(0, SEED)
+    eval_examples: int = setting(300, POSITIVE_INT)  # held-out scenes for the final accuracy
+    eval_every: int = setting(0, NON_NEGATIVE_INT)  # steps between midway evaluations (0: none)
+    mid_eval_examples: int = setting(40, POSITIVE_INT)
+    log_every: int = setting(25, POSITIVE_INT)
+    threads: int | None = setting(2, optional(POSITIVE_INT))  # torch CPU threads
+    fp16: bool = setting(False, boolean())  # save the weights in float16 (as shipped)
+    device: str = setting("cpu", nonempty_str())
 
 
 @dataclass
@@ -96,37 +98,9 @@ class PretrainVLMConfig:
     optim: VLMOptimConfig = field(default_factory=VLMOptimConfig)
     train: VLMTrainConfig = field(default_factory=VLMTrainConfig)
 
-    @staticmethod
-    def checks() -> dict[str, Check]:
-        return VLM_CHECKS
-
     def validate(self) -> None:
-        check_values(self, VLM_CHECKS)
+        """No checks across keys (each key's range is declared beside its field)."""
 
-
-VLM_CHECKS: dict[str, Check] = {
-    "model.vision": optional(mapping()),
-    "model.text": optional(mapping()),
-    "data.turns": POSITIVE_INT,
-    "data.describe_prob": PROBABILITY,
-    "data.by_question": PROBABILITY,
-    "data.chunks": POSITIVE_INT,
-    "data.workers": NON_NEGATIVE_INT,
-    "optim.lr": POSITIVE,
-    "optim.warmup": NON_NEGATIVE_INT,
-    "optim.weight_decay": NON_NEGATIVE,
-    "train.output_dir": optional(nonempty_str()),
-    "train.steps": POSITIVE_INT,
-    "train.batch_size": POSITIVE_INT,
-    "train.seed": SEED,
-    "train.eval_examples": POSITIVE_INT,
-    "train.eval_every": NON_NEGATIVE_INT,
-    "train.mid_eval_examples": POSITIVE_INT,
-    "train.log_every": POSITIVE_INT,
-    "train.threads": optional(POSITIVE_INT),
-    "train.fp16": boolean(),
-    "train.device": nonempty_str(),
-}
 
 # flag (argparse dest) -> config key
 VLM_FLAGS: dict[str, str] = {
@@ -141,49 +115,51 @@ VLM_FLAGS: dict[str, str] = {
 
 @dataclass
 class PriorModelConfig:
-    space: str = "latent"  # "latent": a tiny AutoencoderDC is trained first; "pixel"
-    hidden: int = 128
-    layers: int = 4
-    patch: int | None = None  # None: 4 in pixel space, 1 in latent space
-    caption_channels: int = 64
-    text_width: int = 64
-    text_depth: int = 2
-    latent_channels: int = 8
-    vae_width: int = 32
-    flow_shift: float = 1.0  # the sampling scheduler's flow shift
-    guidance: float = 4.5  # default CFG scale saved with the prior
+    # "latent": a tiny AutoencoderDC is trained first; "pixel"
+    space: str = setting("latent", choice("latent", "pixel"))
+    hidden: int = setting(128, POSITIVE_INT)
+    layers: int = setting(4, POSITIVE_INT)
+    patch: int | None = setting(None, optional(POSITIVE_INT))  # None: 4 in pixel space, 1 in latent space
+    caption_channels: int = setting(64, POSITIVE_INT)
+    text_width: int = setting(64, POSITIVE_INT)
+    text_depth: int = setting(2, POSITIVE_INT)
+    latent_channels: int = setting(8, POSITIVE_INT)
+    vae_width: int = setting(32, POSITIVE_INT)
+    flow_shift: float = setting(1.0, POSITIVE)  # the sampling scheduler's flow shift
+    guidance: float = setting(4.5, NON_NEGATIVE)  # default CFG scale saved with the prior
 
 
 @dataclass
 class PriorDataConfig:
-    template_prob: float = 0.7  # share of GenEval-template captions
-    uncond_prob: float = 0.1  # share of captions replaced by the empty prompt
+    template_prob: float = setting(0.7, PROBABILITY)  # share of GenEval-template captions
+    uncond_prob: float = setting(0.1, number(0.0, 1.0, hi_open=True))  # share of captions replaced by the empty prompt
 
 
 @dataclass
 class PriorOptimConfig:
-    lr: float = 1e-3
-    ae_lr: float = 2e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    ema: float = 0.999
+    lr: float = setting(1e-3, POSITIVE)
+    ae_lr: float = setting(2e-3, POSITIVE)
+    warmup: int = setting(100, NON_NEGATIVE_INT)
+    weight_decay: float = setting(0.01, NON_NEGATIVE)
+    ema: float = setting(0.999, number(0.0, 1.0, hi_open=True))
 
 
 @dataclass
 class PriorTrainConfig:
-    output_dir: str = "outputs/toy/prior"
-    steps: int = 1500  # diffusion steps (0: by minutes only)
-    minutes: float | None = None  # wall-time cap of the diffusion phase
-    ae_steps: int = 400  # autoencoder steps (latent space)
-    ae_minutes: float | None = None  # wall-time cap of the autoencoder phase
-    batch_size: int = 64
-    timesteps: str = "logit-normal"  # flow-time sampling: "logit-normal" or "uniform"
-    eval_images: int = 0  # toy GenEval images per prompt after training
-    eval_steps: int = 20
-    fp16: bool = False
-    seed: int = 0
-    threads: int | None = 2
-    log_every: int = 50
+    output_dir: str = setting("outputs/toy/prior", nonempty_str())
+    steps: int = setting(1500, NON_NEGATIVE_INT)  # diffusion steps (0: by minutes only)
+    minutes: float | None = setting(None, optional(POSITIVE))  # wall-time cap of the diffusion phase
+    ae_steps: int = setting(400, NON_NEGATIVE_INT)  # autoencoder steps (latent space)
+    ae_minutes: float | None = setting(None, optional(POSITIVE))  # wall-time cap of the autoencoder phase
+    batch_size: int = setting(64, POSITIVE_INT)
+    # flow-time sampling: "logit-normal" or "uniform"
+    timesteps: str = setting("logit-normal", choice("logit-normal", "uniform"))
+    eval_images: int = setting(0, NON_NEGATIVE_INT)  # toy GenEval images per prompt after training
+    eval_steps: int = setting(20, POSITIVE_INT)
+    fp16: bool = setting(False, boolean())
+    seed: int = setting(0, SEED)
+    threads: int | None = setting(2, optional(POSITIVE_INT))
+    log_every: int = setting(50, POSITIVE_INT)
 
 
 @dataclass
@@ -193,12 +169,8 @@ class PretrainPriorConfig:
     optim: PriorOptimConfig = field(default_factory=PriorOptimConfig)
     train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
 
-    @staticmethod
-    def checks() -> dict[str, Check]:
-        return PRIOR_CHECKS
 
     def validate(self) -> None:
-        check_values(self, PRIOR_CHECKS)
         t = self.train
         if not t.steps and not t.minutes:
             raise ConfigError("train.steps=0 needs train.minutes (the diffusion phase runs by steps or by minutes)")
@@ -214,39 +186,6 @@ class PretrainPriorConfig:
                               f"{', '.join(map(str, fits))}")
 
 
-PRIOR_CHECKS: dict[str, Check] = {
-    "model.space": choice("latent", "pixel"),
-    "model.hidden": POSITIVE_INT,
-    "model.layers": POSITIVE_INT,
-    "model.patch": optional(POSITIVE_INT),
-    "model.caption_channels": POSITIVE_INT,
-    "model.text_width": POSITIVE_INT,
-    "model.text_depth": POSITIVE_INT,
-    "model.latent_channels": POSITIVE_INT,
-    "model.vae_width": POSITIVE_INT,
-    "model.flow_shift": POSITIVE,
-    "model.guidance": NON_NEGATIVE,
-    "data.template_prob": PROBABILITY,
-    "data.uncond_prob": number(0.0, 1.0, hi_open=True),
-    "optim.lr": POSITIVE,
-    "optim.ae_lr": POSITIVE,
-    "optim.warmup": NON_NEGATIVE_INT,
-    "optim.weight_decay": NON_NEGATIVE,
-    "optim.ema": number(0.0, 1.0, hi_open=True),
-    "train.output_dir": nonempty_str(),
-    "train.steps": NON_NEGATIVE_INT,
-    "train.minutes": optional(POSITIVE),
-    "train.ae_steps": NON_NEGATIVE_INT,
-    "train.ae_minutes": optional(POSITIVE),
-    "train.batch_size": POSITIVE_INT,
-    "train.timesteps": choice("logit-normal", "uniform"),
-    "train.eval_images": NON_NEGATIVE_INT,
-    "train.eval_steps": POSITIVE_INT,
-    "train.fp16": boolean(),
-    "train.seed": SEED,
-    "train.threads": optional(POSITIVE_INT),
-    "train.log_every": POSITIVE_INT,
-}
 
 # flag (argparse dest) -> config key, in the flags' order (train_config.json keeps it)
 PRIOR_FLAGS: dict[str, str] = {
@@ -267,23 +206,24 @@ PRIOR_FLAGS: dict[str, str] = {
 
 @dataclass
 class RewardsDataConfig:
-    pool: int = 40000  # rendered training pairs
+    pool: int = setting(40000, POSITIVE_INT)  # rendered training pairs
 
 
 @dataclass
 class RewardsOptimConfig:
-    lr: float = 2e-3
+    lr: float = setting(2e-3, POSITIVE)
 
 
 @dataclass
 class RewardsTrainConfig:
-    output_dir: str = ALIGNMENT_OUT  # the shipped weights' folder (ALIGNMENT_PATH) only with --into-package
-    steps: int = 1500
-    batch_size: int = 128
-    seed: int = 0
-    fp16: bool = False  # save the weights in float16 (as shipped)
-    log_every: int = 50
-    threads: int | None = None  # torch CPU threads (None: torch's own choice)
+    # the shipped weights' folder (ALIGNMENT_PATH) only with --into-package
+    output_dir: str = setting(ALIGNMENT_OUT, nonempty_str())
+    steps: int = setting(1500, POSITIVE_INT)
+    batch_size: int = setting(128, POSITIVE_INT)
+    seed: int = setting(0, SEED)
+    fp16: bool = setting(False, boolean())  # save the weights in float16 (as shipped)
+    log_every: int = setting(50, POSITIVE_INT)
+    threads: int | None = setting(None, optional(POSITIVE_INT))  # torch CPU threads (None: torch's own choice)
 
 
 @dataclass
@@ -292,28 +232,13 @@ class TrainRewardsConfig:
     optim: RewardsOptimConfig = field(default_factory=RewardsOptimConfig)
     train: RewardsTrainConfig = field(default_factory=RewardsTrainConfig)
 
-    @staticmethod
-    def checks() -> dict[str, Check]:
-        return REWARDS_CHECKS
 
     def validate(self) -> None:
-        check_values(self, REWARDS_CHECKS)
         if self.train.batch_size > self.data.pool:
             raise ConfigError(f"train.batch_size={self.train.batch_size} is larger than data.pool={self.data.pool}; "
                               "raise the pool or lower the batch")
 
 
-REWARDS_CHECKS: dict[str, Check] = {
-    "data.pool": POSITIVE_INT,
-    "optim.lr": POSITIVE,
-    "train.output_dir": nonempty_str(),
-    "train.steps": POSITIVE_INT,
-    "train.batch_size": POSITIVE_INT,
-    "train.seed": SEED,
-    "train.fp16": boolean(),
-    "train.log_every": POSITIVE_INT,
-    "train.threads": optional(POSITIVE_INT),
-}
 
 REWARDS_FLAGS: dict[str, str] = {
     "out": "train.output_dir", "steps": "train.steps", "batch_size": "train.batch_size", "lr": "optim.lr",

@@ -6,7 +6,8 @@
 - ``_checked_checkpoint``: the checkpoint ``--resume`` names, its files read back and its config compared with
   this one (:func:`parauni.utils.checkpoints.check_resume_config`), before any model is built;
 - ``_start_output`` and :class:`JsonlLog`: the run folder's config and its logs, cut back to the checkpoint;
-- ``_evaluation``: the evaluation after (or before) training, into ``<out>/eval/<name>``.
+- ``_evaluations``: the evaluation after (or before) training, into ``<out>/eval/<name>`` (one folder a guidance
+  scale).
 
 A recipe sets the class attributes below and implements ``_run``.
 """
@@ -157,12 +158,17 @@ class Recipe:
         return JsonlLog(self.out / name, keep, self.acc.is_main_process, append)
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    def _evaluation(self, pipe, folder: str, images_per_prompt: int, steps: int, *guidance: float,
-                    name: str) -> dict:
+    def _evaluations(self, pipe, name: str, scales: list[float | None], title: str) -> dict[str, dict]:
         """The evaluation (``evaluate`` given to the recipe, else :data:`parauni.registry.EVALUATORS`' default, a
-        GenEval-style one) of ``pipe`` into ``<out>/eval/<folder>``; returns its summary."""
+        GenEval-style one) of ``pipe`` with the run's ``train.eval_*`` settings at each guidance scale of ``scales``
+        (``None``: the evaluation's own): the first into ``<out>/eval/<name>``, the others into
+        ``<out>/eval/<name>_cfg<scale>``. Returns ``{folder: summary}``."""
         evaluate = self._evaluate or EVALUATORS.get_default()
-        # "refresh": the images are kept only when provenance.json matches these weights (a resumed, longer run
-        # regenerates them)
-        return evaluate(pipe, self.out / "eval" / folder, images_per_prompt, steps, *guidance,
-                        limit=self.cfg.train.eval_limit, mode="refresh", name=name)
+        t, out = self.cfg.train, {}
+        for k, g in enumerate(scales):
+            folder = name if k == 0 else f"{name}_cfg{g:g}"
+            # "refresh": the images are kept only when provenance.json matches these weights (a resumed, longer
+            # run regenerates them)
+            out[folder] = evaluate(pipe, self.out / "eval" / folder, t.eval_images_per_prompt, t.eval_steps,
+                                   *([] if g is None else [float(g)]), limit=t.eval_limit, mode="refresh", name=title)
+        return out

@@ -1,9 +1,11 @@
 """How every config of the package is read, whatever its root dataclass (stages I/II's
 :class:`parauni.train.config.Config`, stage III's :class:`parauni.rl.config.GRPOConfig`, the toy world's
 pre-training configs): YAML files with ``base:`` inheritance, ``section.key=value`` overrides, unknown keys named
-with the closest one, values set on OmegaConf structured configs, then the root's own range checks
-(``root.checks()``, a table of :class:`parauni.checks.Check` per dotted key; keys missing there are checked by
-their annotation) and cross-key checks (``cfg.validate()``)."""
+with the closest one (and keys that moved named with their new place), values set on OmegaConf structured configs,
+then every value's range and the root's cross-key checks (``cfg.validate()``).
+
+What a key accepts is declared beside its field with :func:`setting` (``lr: float = setting(1e-4, POSITIVE)``);
+a field without a declared check is checked by its annotation (``int``, ``float``, ``bool``, ``str``)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,26 @@ from ..utils.names import closest_name
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The fields of a config dataclass and their annotations (class variables are not keys)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def setting(default: Any = dataclasses.MISSING, check: Check | None = None, *,
+            factory: Any = dataclasses.MISSING) -> Any:
+    """A config field, with what it accepts declared beside it: ``check`` (a :class:`parauni.checks.Check`; none:
+    the annotation's type) and the default (``factory`` for a mutable one)."""
+    metadata = {"check": check} if check is not None else {}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def like(cls: type, name: str, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING) -> Any:
+    """Field ``name`` of the shared section ``cls`` with another default and the same check (a recipe's section
+    that extends a shared one, e.g. stage III's optimizer defaults)."""
+    found = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return setting(default, found.metadata.get("check"), factory=factory)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -46,35 +67,31 @@ def _annotation_check(tp: Any) -> Check | None:
     return optional(base) if opt else base
 
 
-def _check_for(root: type, key: str, checks: dict[str, Check]) -> Check | None:
-    if key in checks:
-        return checks[key]
+def field_check(cls: type, name: str) -> Check | None:
+    """What field ``name`` of the config dataclass ``cls`` accepts: its :func:`setting` check, else what its
+    annotation implies (``None``: anything)."""
+    found = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return found.metadata.get("check") or _annotation_check(_hints(cls)[name])
+
+
+def _check_for(root: type, key: str) -> Check | None:
     cls = root
     *sections, name = key.split(".")
     for s in sections:
         cls = _hints(cls).get(s)
         if not dataclasses.is_dataclass(cls):
             return None
-    return _annotation_check(_hints(cls).get(name))
+    return field_check(cls, name)
 
 
-def _leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
-    """``(dotted key, value, annotation)`` of every leaf field of a dataclass instance."""
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
+def check_values(cfg: Any, prefix: str = "") -> None:
+    """Every leaf of the config ``cfg`` against what its field accepts (:func:`field_check`)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            yield from _leaves(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", value, hints[f.name]
-
-
-def check_values(cfg: Any, checks: dict[str, Check]) -> None:
-    """Every leaf of ``cfg`` against ``checks`` (or, for keys not in it, its type annotation)."""
-    for key, value, tp in _leaves(cfg):
-        check = checks.get(key) or _annotation_check(tp)
-        if check is not None and not check.ok(value):
-            raise ConfigError(check.message(key, value))
+            check_values(value, f"{prefix}{f.name}.")
+        elif (check := field_check(type(cfg), f.name)) is not None and not check.ok(value):
+            raise ConfigError(check.message(f"{prefix}{f.name}", value))
 
 
 def _unknown(key: str, allowed: list[str], prefix: str, source: str) -> UnknownKeyError:
@@ -100,6 +117,30 @@ def _check_keys(data: dict, cls: type, source: str = "", prefix: str = "") -> No
             _check_keys(value, hints[key], source, f"{prefix}{key}.")
 
 
+def _apply_moves(data: dict, root: type, source: str, migrate: bool) -> None:
+    """Keys of an older layout (``root.MOVED_KEYS``: old dotted key -> new one) in the nested dict ``data``:
+    renamed when ``migrate`` (a saved run's config, e.g. an older checkpoint's), else an error naming the new key."""
+    for old, new in getattr(root, "MOVED_KEYS", {}).items():
+        *path, name = old.split(".")
+        node: Any = data
+        for k in path:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or name not in node:
+            continue
+        if not migrate:
+            raise UnknownKeyError(f"{source}{old} has moved to {new}: rename it there (same value)")
+        value = node.pop(name)
+        *path, name = new.split(".")
+        node = data
+        for k in path:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+        if name in node:
+            raise ConfigError(f"{source}both {old} (its older place) and {new} are set; keep {new} only")
+        node[name] = value
+
+
 def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
     mark = getattr(err, "problem_mark", None)
     where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -108,7 +149,7 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{path}{where}: invalid YAML: {problem}" + (f" ({context})" if context else ""))
 
 
-def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None) -> dict:
+def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, migrate: bool = False) -> dict:
     """A config file as a plain dict, its ``base`` chain merged under it (OmegaConf.merge: mappings merge key
     by key, lists and values replace)."""
     if path.is_dir():
@@ -128,12 +169,13 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None) -> 
     data = OmegaConf.to_container(raw, resolve=False)
     base = data.pop("base", None)
     if root is not None:
+        _apply_moves(data, root, f"{path}: ", migrate)
         _check_keys(data, root, f"{path}: ")
     if base is None:
         return data
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base: expected the path of another YAML config, got {base!r}")
-    parent = _read(path.parent / base, (*seen, path.resolve()), root)
+    parent = _read(path.parent / base, (*seen, path.resolve()), root, migrate)
     return OmegaConf.to_container(OmegaConf.merge(parent, data), resolve=False)
 
 
@@ -159,6 +201,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _set_override(data: dict, text: str, root: type) -> None:
     """Set one ``key=value`` override in the nested dict ``data``: the value replaces what was there."""
     keys, value = parse_override(text)
+    if (new := getattr(root, "MOVED_KEYS", {}).get(".".join(keys))) is not None:
+        raise UnknownKeyError(f"override {text!r}: {'.'.join(keys)} has moved to {new}: rename it there (same value)")
     nested: Any = value
     for k in reversed(keys):
         nested = {k: nested}
@@ -217,7 +261,7 @@ def build_config(data: dict, root: type):
     _check_keys(data, root)
     schema = OmegaConf.structured(root)
     for key, value, tp in _section_leaves(data, root):
-        check = _check_for(root, key, root.checks())
+        check = _check_for(root, key)
         inner = _unwrap_optional(tp)[0]
         if isinstance(value, bool) and inner is str:
             desc = check.desc if check else "a string"
@@ -233,15 +277,17 @@ def build_config(data: dict, root: type):
     except OmegaConfBaseException as err:
         raise ConfigError(f"{err.full_key or 'config'}: {str(err).splitlines()[0]}") from None
     _tuples(cfg)
+    check_values(cfg)
     cfg.validate()
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None, root: type):
+def load_config(path: str | Path | None, overrides: list[str] | None, root: type, migrate: bool = False):
     """Read ``path`` (``None``: all defaults; a relative path that is not a file names a shipped config, e.g.
     ``internvl3-2b_sana-1.6b_512_stage1.yaml``), apply ``key=value`` overrides, check every key and value (see
-    :func:`build_config`). Returns the dataclass instances."""
-    data = _read(resolve_config(path), root=root) if path is not None else {}
+    :func:`build_config`). Returns the dataclass instances. ``migrate``: keys of an older layout in the file
+    (``root.MOVED_KEYS``) are renamed instead of refused (for configs a run saved)."""
+    data = _read(resolve_config(path), root=root, migrate=migrate) if path is not None else {}
     for text in overrides or []:
         _set_override(data, text, root)
     return build_config(data, root)

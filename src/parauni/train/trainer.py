@@ -283,12 +283,13 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             save_trainable(self._raw(), self.out / TRAINABLE_FILE, write=self.acc.is_main_process)  # collective (FSDP)
             self.acc.wait_for_everyone()
             if self.acc.is_main_process and self.cfg.train.eval_geneval:
-                result["geneval"] = self.evaluate()
+                result.update(self.evaluate())  # "geneval" (and "geneval_cfg<scale>" for further scales)
         self.acc.end_training()
         return result
 
-    def evaluate(self) -> dict:
-        """Export the trained pipeline to ``<out>/final`` and evaluate it into ``<out>/eval/geneval``."""
+    def evaluate(self) -> dict[str, dict]:
+        """Export the trained pipeline to ``<out>/final`` and evaluate it into ``<out>/eval/geneval`` (and
+        ``eval/geneval_cfg<scale>`` for each further ``train.eval_guidance_scales``); returns ``{folder: summary}``."""
         pipe = self.pipe
         pipe.conditioner.eval()
         pipe.transformer.eval()
@@ -296,6 +297,5 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             for part in [p for p in (pipe.vlm, pipe.transformer, pipe.vae) if p is not None]:
                 part.float()
         pipe.save_pretrained(self.out / "final")
-        t = self.cfg.train
-        return self._evaluation(pipe, "geneval", t.eval_images_per_prompt, t.eval_steps,
-                                name=f"{self.out / 'final'} (step {self.step})")
+        return self._evaluations(pipe, "geneval", list(self.cfg.train.eval_guidance_scales or [None]),
+                                 f"{self.out / 'final'} (step {self.step})")

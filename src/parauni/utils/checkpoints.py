@@ -61,8 +61,12 @@ RESUME_SAFE_KEYS: dict[str, str] = {
     "train.eval_images_per_prompt": "the evaluation after training",
     "train.eval_steps": "the evaluation after training",
     "train.eval_limit": "the evaluation after training",
-    "sampling.eval_steps": "the evaluation of stage III (not its rollouts)",
-    "sampling.eval_images_per_prompt": "the evaluation of stage III (not its rollouts)",
+    "train.eval_guidance_scales": "the evaluation after training",
+    # an older stage-III checkpoint's evaluation keys (now train.eval_*)
+    "sampling.eval_steps": "the evaluation of stage III (not its rollouts); now train.eval_steps",
+    "sampling.eval_images_per_prompt": "the evaluation of stage III (not its rollouts); now "
+                                       "train.eval_images_per_prompt",
+    "sampling.eval_guidance_scales": "the evaluation of stage III (not its rollouts); now train.eval_guidance_scales",
     "data.num_workers": "loader processes (the samples and their order are fixed by the seed and the step)",
     "model.gradient_checkpointing": "which activations are recomputed in the backward (the same values)",
 }

@@ -38,7 +38,7 @@ SCALES: dict[str, dict] = {
                  prior=["--steps", "2", "--ae-steps", "2", "--batch-size", "8"],
                  rewards=["--steps", "2", "--pool", "256", "--batch-size", "32"],
                  stage1=2, stage2=2, grpo_epochs=2, eval_images=1, recon_images=2, layer_prompts=1, eval_limit=1,
-                 grpo=["prompts.per_epoch=2", "sampling.group_size=4", "sampling.steps=4", "sampling.eval_steps=4",
+                 grpo=["prompts.per_epoch=2", "sampling.group_size=4", "sampling.steps=4", "train.eval_steps=4",
                        "sampling.sde_window_range=[0, 3]", "optim.train_batch=4"],
                  layers=["--images-per-prompt", "1", "--steps", "4"], recon=["--steps", "4"],
                  stage=["train.eval_steps=4"]),
@@ -170,7 +170,7 @@ def _grpo_jobs(root: Path, seed: int, sc: dict, models: dict[str, str], model_jo
         run_dir = root / tag
         over = [f"model.source={models['all']}", f"train.seed={seed}", f"ldam.enabled={str(ldam).lower()}",
                 f"train.output_dir={run_dir}", "train.eval_geneval=true",
-                f"sampling.eval_images_per_prompt={sc['eval_images']}"]
+                f"train.eval_images_per_prompt={sc['eval_images']}"]
         if epochs:
             over.append(f"train.epochs={epochs}")
         if limit:
