@@ -171,6 +171,17 @@ def decide(recorded: dict | None, wanted: dict, has_outputs: bool, mode: str = "
                      + ". Use another --out, or --overwrite to regenerate every image")
 
 
+def add_overwrite_options(p) -> None:
+    """``--overwrite`` / ``--resume`` of a generating benchmark command (the modes of :func:`decide`;
+    every command that writes a provenance-checked folder takes them)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true",
+                   help="regenerate every image in --out, whatever made the ones there")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the images in --out (the default); refused unless --out's provenance.json matches "
+                        "this run: model weights, steps, guidance, seed, resolution, images per prompt, prompts")
+
+
 def read(folder: str | Path) -> dict | None:
     """The stored record of ``folder`` (``None`` without one)."""
     path = Path(folder) / PROVENANCE_FILE

@@ -140,16 +140,6 @@ def random_latents_floor(model, metadata: str | Path | None = None, images_per_p
     return summarize(results)
 
 
-def add_overwrite_options(p) -> None:
-    """``--overwrite`` / ``--resume`` of a generating benchmark command (see :mod:`parauni.eval.provenance`)."""
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--overwrite", action="store_true",
-                   help="regenerate every image in --out, whatever made the ones there")
-    g.add_argument("--resume", action="store_true",
-                   help="keep the images in --out (the default); refused unless --out's provenance.json matches "
-                        "this run: model weights, steps, guidance, seed, resolution, images per prompt, prompts")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="toy GenEval: generate in GenEval's layout and score")
     p.add_argument("--model", required=True, help="'prior', a toy prior folder, or a ParaUniPipeline folder")
@@ -160,7 +150,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="the first N prompts of each task (overall: the mean of the tasks)")
     p.add_argument("--metadata", help="a GenEval-format JSONL (default: the toy GenEval prompts)")
-    add_overwrite_options(p)
+    prov.add_overwrite_options(p)
     p.set_defaults(func=run)
 
 

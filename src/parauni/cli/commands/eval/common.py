@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ....toy.evaluation import add_overwrite_options
+from ....eval.provenance import add_overwrite_options
 from ....utils.locks import hold_folder_lock
 from ...options import add_dtype_option
 
