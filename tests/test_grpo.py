@@ -317,6 +317,35 @@ def test_resume_refuses_more_epochs_under_a_decaying_learning_rate(tmp_path):
     assert resumed(tmp_path, "train.epochs=3", name="flat").epoch == 1
 
 
+@pytest.mark.parametrize("algorithm", ["flow_grpo", "diffusion_nft"])
+def test_full_finetune_trains_every_weight_against_the_starting_model(tmp_path, algorithm):
+    """model.finetune=full: every transformer weight trains (no LoRA), the KL term's reference is a frozen copy of
+    the starting transformer, the logged distance is ||W - W_start||, and the export holds the EMA weights."""
+    from parauni.rl.export import export_checkpoint
+
+    tr = trainer(tmp_path, "model.finetune=full", f"algorithm={algorithm}", "optim.kl_beta=0.1", "optim.lr=1e-4",
+                 "train.epochs=1", "sampling.guidance_scale=1.0")
+    raw = tr.raw_transformer
+    start = {n: p.detach().clone() for n, p in raw.named_parameters()}
+    assert set(tr.params) == {f"transformer.{n}" for n in start} and not any("lora" in n for n in tr.params)
+    tr.run()
+    moved = {n for n, p in raw.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert moved == set(start)
+    with tr.reference() as reference:
+        assert reference is tr.reference_model and not any(p.requires_grad for p in reference.parameters())
+        for n, p in reference.named_parameters():
+            assert torch.equal(p, start[n]), n
+    name, value = tr.delta_norm()
+    expected = sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in raw.named_parameters()) ** 0.5
+    assert name == "diag/weight_delta_norm" and value == pytest.approx(expected, rel=1e-6) and value > 0
+    assert _lines(tmp_path / "run" / "metrics.jsonl")[0][name] == pytest.approx(expected, rel=1e-6)
+    out = export_checkpoint(tmp_path / "run" / "checkpoint-000001", tmp_path / "exported")
+    exported = load_file(str(next((out / "transformer").glob("*.safetensors"))))
+    assert set(exported) == set(start)
+    for n, v in exported.items():
+        torch.testing.assert_close(v, tr.ema[f"transformer.{n}"].to(v.dtype), rtol=0, atol=0, msg=n)
+
+
 def test_ema_follows_the_reference_schedule(tmp_path):
     """EMA every 2 optimizer steps with decay min((1 + k) / (10 + k), 0.9), recomputed by hand from the
     weights after each step."""

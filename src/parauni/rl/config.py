@@ -38,14 +38,18 @@ from .ode import SOLVERS
 from .sde import GRIDS
 
 ALGORITHMS = ("flow_grpo", "diffusion_nft")
+FINETUNE = ("lora", "full")  # model.finetune
 POSITIVE, NON_NEGATIVE = number(0.0, lo_open=True), number(0.0)
 
 
 @dataclass
 class GRPOModelConfig(ModelSource):
     """Stage III's model section: :class:`parauni.train.config.ModelSource` (``init``: e.g. a stage I/II run's
-    folder) and the LoRA the policy trains."""
+    folder) and what the policy trains: a LoRA on the transformer (``finetune: lora``, the references' choice) or
+    every transformer weight (``finetune: full``; the reference policy of the KL term is then a frozen copy of the
+    starting transformer, and checkpoints hold whole transformers)."""
 
+    finetune: str = setting("lora", choice(*FINETUNE))
     lora_rank: int = setting(32, POSITIVE_INT)
     lora_alpha: int = setting(64, POSITIVE_INT)
     lora_targets: list[str] = setting(factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..utils.images import signed_to_uint8
-from .lora import adapters_off, merged_transformer
+from .lora import merged_transformer
 from .nft import nft_loss, noised, old_policy_decay, reward_weight
 from .objective import split_evenly
 from .ode import ode_sample
@@ -147,7 +147,6 @@ class DiffusionNFT:
         micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
         chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
         stats = {"policy_loss": [], "kl": [], "loss": [], "old_deviate": [], "grad_norm": []}
-        raw = tr.raw_transformer
         old_model = self.old_model()
         before = tr.snapshot()
         k_points = points.shape[1]
@@ -170,9 +169,9 @@ class DiffusionNFT:
                             v_old = cfg_velocity(old_model, x_t, t, cond.detach(), None, 1.0)
                         v = cfg_velocity(tr.transformer, x_t, t, cond, None, 1.0)
                         v_ref = None
-                        if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
-                            with torch.no_grad(), adapters_off(raw):
-                                v_ref = cfg_velocity(raw, x_t, t, cond.detach(), None, 1.0)
+                        if o.kl_beta > 0:  # the reference: the LoRA off (a full fine-tune: the starting weights)
+                            with torch.no_grad(), tr.reference() as reference:
+                                v_ref = cfg_velocity(reference, x_t, t, cond.detach(), None, 1.0)
                         loss, terms = nft_loss(v, v_old, v_ref, x_t, x_0, t, r, n.beta, o.adv_clip, o.kl_beta,
                                                weight=w)
                         tr.acc.backward(loss / (size * k_points))

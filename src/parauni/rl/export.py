@@ -17,7 +17,7 @@ from ..pipelines.pipeline_parauni import ParaUniPipeline
 from ..pipelines.weights import expected_names, load_trainable, mismatch_error, read_trainable
 from ..utils.checkpoints import newest_intact
 from .config import load_grpo_config
-from .lora import add_lora, merged_transformer
+from .lora import make_trainable, merged_transformer
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "grpo_state.json"
@@ -47,11 +47,13 @@ def _pipeline(pipe, conditioner, transformer) -> ParaUniPipeline:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True) -> Path:
     """A ``ParaUniPipeline`` folder from a ``parauni grpo`` checkpoint (or run folder: its newest intact
-    checkpoint), with the EMA LoRA (``ema=False``: the raw LoRA) merged into a plain transformer.
+    checkpoint), with the EMA LoRA (``ema=False``: the raw LoRA) merged into a plain transformer (a full fine-tune:
+    the EMA or raw transformer weights).
 
     The base model is rebuilt from the checkpoint's ``config.yaml`` (``model.source``, ``model.init``,
-    ``model.conditioner``), the LoRA added with its rank, alpha and targets, and the saved weights loaded strictly
-    (:func:`parauni.pipelines.weights.load_trainable`: every LoRA / LIM weight, nothing else, the same shapes).
+    ``model.conditioner``), the LoRA added with its rank, alpha and targets (``model.finetune: lora``), and the saved
+    weights loaded strictly (:func:`parauni.pipelines.weights.load_trainable`: every trained weight, nothing else,
+    the same shapes).
     """
 
     ckpt = Path(checkpoint)
@@ -68,8 +70,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
     m = cfg.model
     pipe = build_model(m, cfg.train.seed)
     tr = pipe.transformer
-    tr.requires_grad_(False)
-    add_lora(tr, m.lora_rank, m.lora_alpha, m.lora_targets)
+    make_trainable(tr, m)
     expected = {f"transformer.{n}" for n, p in tr.named_parameters() if p.requires_grad}
     if m.train_lim:
         expected |= expected_names({"conditioner": pipe.conditioner}, ["lim"])

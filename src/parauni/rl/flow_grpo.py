@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from ..utils.images import signed_to_uint8
-from .lora import adapters_off, merged_transformer
+from .lora import merged_transformer
 from .objective import clipped_policy_loss, kl_to_reference, ratio_stats, split_evenly
 from .rollout import Rollout, cfg_velocity, trained_transitions
 from .sde import sde_step
@@ -137,7 +137,6 @@ class FlowGRPO:
         tr = self.tr
         o, s = tr.cfg.optim, tr.cfg.sampling
         dev = tr.acc.device
-        raw = tr.raw_transformer
         cond, uncond = tr.update_conditions(roll, mb)
         x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
         ctx = tr.acc.no_sync(tr.transformer) if not sync else nullcontext()
@@ -147,9 +146,9 @@ class FlowGRPO:
             old_lp = roll.log_probs[mb, j].to(dev)
             ratio = torch.exp(new.log_prob - old_lp)
             policy = clipped_policy_loss(A, ratio, o.clip_range)  # (b,)
-            if o.kl_beta > 0:  # the reference: the same transformer with its LoRA adapter off
-                with torch.no_grad(), adapters_off(raw):
-                    v_ref = cfg_velocity(raw, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
+            if o.kl_beta > 0:  # the reference: the LoRA adapter off (a full fine-tune: the starting transformer)
+                with torch.no_grad(), tr.reference() as reference:
+                    v_ref = cfg_velocity(reference, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
                 ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
                 kl = kl_to_reference(new.mean, ref.mean, new.std_dev_t, new.std_dev_t_dt, o.kl_form)
             else:  # no KL term: skip the reference forward

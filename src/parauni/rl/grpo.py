@@ -17,6 +17,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -39,7 +40,7 @@ from .epoch import EpochParts
 from .export import CHECKPOINT_FILES, STATE_FILE, TrainerExport, export_checkpoint, read_like
 from .flow_grpo import FlowGRPO
 from .ldam import build_ldam
-from .lora import add_lora, lora_delta_norm
+from .lora import make_trainable
 from .monitor import idle_epochs, plot_run, progress_numbers
 from .policy import Policy
 from .prompts import prompt_source
@@ -120,9 +121,10 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         m, o, t = self.cfg.model, self.cfg.optim, self.cfg.train
         pipe = self.pipe
         tr = pipe.transformer.to(self.acc.device)
-        tr.requires_grad_(False)
         torch.manual_seed(t.seed)
-        add_lora(tr, m.lora_rank, m.lora_alpha, m.lora_targets)
+        make_trainable(tr, m)
+        # a full fine-tune keeps the starting transformer: the KL term's reference and the distance travelled
+        self.reference_model = copy.deepcopy(tr).requires_grad_(False).eval() if m.finetune == "full" else None
         tr.train()
         if m.train_lim:
             pipe.conditioner.lim.requires_grad_(True)
@@ -231,7 +233,7 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         self._idle = idle_epochs(self._idle, rstats, ustats, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size,
                                  self.cfg.train.max_idle_epochs, self.epoch)
         row = {"step": self.epoch + 1, **rstats, **ustats,
-               "diag/lora_delta_norm": lora_delta_norm(self.raw_transformer),
+               **dict([self.delta_norm()]),
                "lr": self.lr_at(max(self.opt_step - 1, 0)), "ldam_active": active,
                "time/rollout": e1 - e0, "time/reward": e2 - e1, "time/update": e3 - e2, "seconds": e3 - e0}
         decisions = []

@@ -26,6 +26,16 @@ def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
                                        init_lora_weights="gaussian"))
 
 
+def make_trainable(transformer, model_cfg) -> None:
+    """The transformer's trainable weights under ``model.finetune``: a new LoRA adapter (``lora``: only its tensors
+    train) or every weight (``full``)."""
+    if model_cfg.finetune == "full":
+        transformer.requires_grad_(True)
+    else:
+        transformer.requires_grad_(False)
+        add_lora(transformer, model_cfg.lora_rank, model_cfg.lora_alpha, model_cfg.lora_targets)
+
+
 def merged_state(transformer) -> dict[str, torch.Tensor]:
     """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
     the adapter's own tensors left out: the keys of the plain (adapter-free) model."""

@@ -1,15 +1,18 @@
 """The trainable policy of stage III as every algorithm uses it (a part of :class:`parauni.rl.grpo.RLTrainer`,
-which sets ``params``, ``ema``, ``opt``, ``opt_step``, ``transformer``, ``acc`` and ``cfg``): the optimizer step
-with its EMA, snapshots, distances and swaps of the weights, and the weights as a checkpoint stores them."""
+which sets ``params``, ``ema``, ``opt``, ``opt_step``, ``transformer``, ``reference_model``, ``acc`` and ``cfg``):
+the optimizer step with its EMA, the KL term's reference, snapshots, distances and swaps of the weights, and the
+weights as a checkpoint stores them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from ..train.optim import warmup_cosine
+from .lora import adapters_off, lora_delta_norm
 from .objective import ema_decay, ema_due
 
 
@@ -19,6 +22,29 @@ class Policy:
     @property
     def raw_transformer(self):
         return self.acc.unwrap_model(self.transformer)
+
+    @contextmanager
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """The KL term's reference policy inside the block: the transformer with its LoRA adapter off
+        (``model.finetune: lora``, as both references), or the frozen copy of the starting transformer (``full``)."""
+        if self.reference_model is not None:
+            yield self.reference_model
+            return
+        raw = self.raw_transformer
+        with adapters_off(raw):
+            yield raw
+
+    def delta_norm(self) -> tuple[str, float]:
+        """How far training has moved the transformer from its start, as ``(metric name, value)``: the LoRA's
+        ``||scale * B A||`` (``diag/lora_delta_norm``), or ``||W - W_start||`` over every weight of a full
+        fine-tune (``diag/weight_delta_norm``)."""
+        raw = self.raw_transformer
+        if self.reference_model is None:
+            return "diag/lora_delta_norm", lora_delta_norm(raw)
+        start = dict(self.reference_model.named_parameters())
+        with torch.no_grad():
+            total = sum(float((p.detach().float() - start[n].float()).pow(2).sum()) for n, p in raw.named_parameters())
+        return "diag/weight_delta_norm", math.sqrt(total)
 
     def planned_steps(self) -> int:
         """Optimizer steps of the whole run as planned: ``train.epochs`` x ``optim.steps_per_epoch`` (``None``: one

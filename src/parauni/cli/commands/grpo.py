@@ -32,5 +32,6 @@ def run(args: argparse.Namespace) -> dict:
             print(format_table(rows))
         print(f"{result['epochs']} epochs in {result['seconds']:.0f}s; curves in {trainer.out / 'curves'}")
         if "final" in result:
-            print(f"EMA model (LoRA merged) in {result['final']}")
+            kind = "LoRA merged" if cfg.model.finetune == "lora" else "full weights"
+            print(f"EMA model ({kind}) in {result['final']}")
     return result
