@@ -58,7 +58,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 
 def _annotation_check(tp: Any) -> Check | None:
-    """The check a type annotation implies (for keys without an entry in the table)."""
+    """The check a type annotation implies (for fields declared without one)."""
     inner, opt = _unwrap_optional(tp)
     base = {int: integer(), float: number(), bool: boolean(),
             str: Check("a string", lambda v: isinstance(v, str))}.get(inner)
