@@ -40,14 +40,12 @@ from .recipe import Recipe, flat
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+__all__ = ["Trainer", "checkpoints"]
 
 
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     return complete_checkpoints(out, STATE_FILE)
-
-
-__all__ = ["Trainer", "checkpoints"]
 
 
 class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
