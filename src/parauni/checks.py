@@ -117,6 +117,8 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed and numpy take 64-bit seeds;
 SEED = Check(f"an integer >= 0 and <= 2**63-1 ({MAX_SEED})", lambda v: _is_int(v) and 0 <= v <= MAX_SEED)
 RESOLUTION = integer(lo=8, multiple_of=8)
 PROBABILITY = number(0.0, 1.0)
+POSITIVE = number(0.0, lo_open=True)  # real numbers > 0
+NON_NEGATIVE = number(0.0)
 
 
 def arg_type(check: Check, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
@@ -165,7 +167,7 @@ CONDITIONER_CHECKS: dict[str, Check] = {
     "connector_heads": POSITIVE_INT,
     "connector_ffn": POSITIVE_INT,
     "caption_channels": POSITIVE_INT,
-    "norm_eps": number(0.0, lo_open=True),
+    "norm_eps": POSITIVE,
     "prompt": mapping(),
 }
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..checks import (
+    NON_NEGATIVE,
     NON_NEGATIVE_INT,
+    POSITIVE,
     POSITIVE_INT,
     Check,
     boolean,
@@ -39,7 +41,6 @@ from .sde import GRIDS
 
 ALGORITHMS = ("flow_grpo", "diffusion_nft")
 FINETUNE = ("lora", "full")  # model.finetune
-POSITIVE, NON_NEGATIVE = number(0.0, lo_open=True), number(0.0)
 
 
 @dataclass

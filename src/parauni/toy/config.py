@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import (
+    NON_NEGATIVE,
     NON_NEGATIVE_INT,
+    POSITIVE,
     POSITIVE_INT,
     PROBABILITY,
     SEED,
@@ -34,8 +36,6 @@ from ..errors import ConfigError, UsageError
 from ..train.config import load_config
 from ..train.schema import setting
 
-POSITIVE = number(0.0, lo_open=True)
-NON_NEGATIVE = number(0.0)
 # the installed package: the pre-training commands write into it only with --into-package
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

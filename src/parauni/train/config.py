@@ -26,7 +26,9 @@ import torch
 import yaml
 
 from ..checks import (
+    NON_NEGATIVE,
     NON_NEGATIVE_INT,
+    POSITIVE,
     POSITIVE_INT,
     PROBABILITY,
     RESOLUTION,
@@ -54,8 +56,6 @@ DATA_KINDS = ("json", "folder", "webdataset", "latents")  # built in, each reads
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 LOGGERS = ("tensorboard", "wandb", "none")
 CHECKPOINTABLE = ("vlm", "connector", "transformer")  # model.gradient_checkpointing as a list
-POSITIVE = number(0.0, lo_open=True)
-NON_NEGATIVE = number(0.0)
 BETAS = list_of(number(0.0, 1.0, hi_open=True), length=2)
 PATH = nonempty_str()
 
