@@ -286,14 +286,15 @@ def test_shipped_nft_configs_load_with_the_reference_numbers():
     assert (n.beta, n.decay_type, o.kl_beta, o.lr, o.adv_clip, o.timestep_fraction) == (0.1, 1, 1e-4, 3e-4, 5.0, 0.99)
     assert (o.ema_decay, o.ema_every, o.steps_per_epoch, real.model.lora_rank, real.model.lora_alpha) == \
         (0.9, 1, 1, 32, 64)
-    # the full fine-tune's toy config is the LoRA one with three keys changed, nothing else
+    # the full fine-tune's toy config is the LoRA one with five keys changed, nothing else
     from parauni.train.schema import to_yaml_dict
 
     full, lora = (to_yaml_dict(load_grpo_config(n)) for n in ("toy_nft_geneval_full.yaml", "toy_nft_geneval.yaml"))
     changed = {(s, k) for s in full for k in (full[s] if isinstance(full[s], dict) else {})
                if full[s][k] != lora[s][k]}
-    assert changed == {("model", "finetune"), ("optim", "lr"), ("train", "output_dir")}
-    assert (full["model"]["finetune"], full["optim"]["lr"]) == ("full", 3e-5)
+    assert changed == {("model", "finetune"), ("optim", "lr"), ("optim", "timestep_fraction"), ("train", "epochs"),
+                       ("train", "output_dir")}
+    assert (full["model"]["finetune"], full["optim"]["lr"], full["optim"]["timestep_fraction"]) == ("full", 3e-5, 0.9)
 
 
 def test_a_second_run_in_the_same_folder_is_refused(tmp_path):
