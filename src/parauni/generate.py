@@ -94,12 +94,14 @@ def run_generate(args) -> None:
     print(f"wrote {len(paths)} image(s) and grid.png to {args.out}")
 
 
-# configs/toy_nft_geneval_full.yaml (DiffusionNFT on the toy GenEval reward, a full fine-tune), evaluated at guidance
-# 1 only, 1 image a prompt; the demo's run is half as long, so it takes the faster of the two pilot rates (1e-4;
-# the config's 3e-5 keeps objects per image flatter over 200 epochs)
+# configs/toy_nft_geneval_full.yaml (DiffusionNFT on the toy GenEval reward, a full fine-tune, 9 training points a
+# sample), evaluated at guidance 1 only, 1 image a prompt; the demo's run is shorter (64 epochs against 150), so it
+# takes the faster of the two pilot rates (1e-4; the config's 3e-5 keeps objects per image flatter over a long run)
+# and torch's own thread count (train.threads unset: every core; `parauni demo --threads N` sets N)
 DEMO_RL_CONFIG = "toy_nft_geneval_full.yaml"
-DEMO_RL = ["model.source=toy-all-layers", "optim.lr=1e-4", "train.save_every=1000", "train.eval_geneval=true",
-           "train.eval_images_per_prompt=1", "train.eval_guidance_scales=[1.0]", "train.logger=none"]
+DEMO_RL = ["model.source=toy-all-layers", "optim.lr=1e-4", "train.threads=null", "train.save_every=1000",
+           "train.eval_geneval=true", "train.eval_images_per_prompt=1", "train.eval_guidance_scales=[1.0]",
+           "train.logger=none"]
 
 
 def run_demo(args) -> None:

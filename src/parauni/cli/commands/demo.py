@@ -8,7 +8,7 @@ def add_parser(sub) -> None:
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--steps", type=int, default=20)
     d.add_argument("--images-per-prompt", type=int, default=1)
-    d.add_argument("--rl-epochs", type=int, default=100, help="epochs of the stage-III phase (DiffusionNFT)")
+    d.add_argument("--rl-epochs", type=int, default=64, help="epochs of the stage-III phase (DiffusionNFT)")
     d.add_argument("--limit", type=int, help="first N toy GenEval prompts of each task only (quick checks)")
     d.set_defaults(func=run)
 
