@@ -220,6 +220,27 @@ def test_strict_score_fails_extra_classes_and_counts_objects():
     assert s["strict_overall"] == 0.5 and s["objects_per_image"] == 2.0
 
 
+def test_any_correct_is_pass_at_k_per_prompt_folder():
+    """``any_correct_tasks``: per task, the share of prompt folders with at least one correct image among their
+    k. Two single-object folders (one image of two right, none right) and a two-object folder with both right:
+    accuracy 0.25 and 1.0, pass@2 0.5 and 1.0. Folders with the same prompt stay apart."""
+    from parauni.toy.geneval import summarize
+
+    one = json.dumps({"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+                      "prompt": "a photo of a circle"})
+    two = json.dumps({"tag": "two_object", "include": [{"class": "circle", "count": 1},
+                                                       {"class": "square", "count": 1}],
+                      "prompt": "a photo of a circle and a square"})
+    verdicts = {("00000", one): [True, False], ("00001", one): [False, False], ("00002", two): [True, True]}
+    rows = [{"filename": f"out/{folder}/samples/{k:04d}.png", "tag": json.loads(meta)["tag"], "correct": ok,
+             "partial": float(ok), "metadata": meta} for (folder, meta), oks in verdicts.items()
+            for k, ok in enumerate(oks)]
+    s = summarize(rows)
+    assert s["tasks"] == {"single_object": 0.25, "two_object": 1.0}
+    assert s["any_correct_tasks"] == {"single_object": 0.5, "two_object": 1.0}
+    assert s["correct_prompts"] == 1.0  # GenEval's own count merges the two folders of one prompt
+
+
 def test_record_without_objects_is_an_error(tmp_path, capsys):
     """A record with an unknown tag and no ``include`` used to pass every image; now it names the tag."""
     from parauni.cli import main

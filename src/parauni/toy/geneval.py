@@ -160,10 +160,18 @@ def summarize(results: Sequence[dict]) -> dict:
 
     Where the results carry their detections (``details``), also the strict per-task accuracy and its mean
     (:func:`strictly_correct`: ``strict_tasks``, ``strict_overall``) and the mean number of detected objects
-    per image (``objects_per_image``)."""
+    per image (``objects_per_image``).
+
+    Always ``any_correct_tasks``: per task, the share of prompt entries (the ``<index>`` folders) with at least
+    one correct image among their k, pass@k with k the images per prompt (rows without a ``filename``: the
+    prompt record stands for the folder). One minus it is the share of groups
+    in which an exact-verdict reward would find no positive sample: where the base model is the limit of RL."""
     strict: dict[str, list[bool]] = {}
     counts: list[int] = []
+    groups: dict[tuple[str, str], bool] = {}
     for r in results:
+        key = (r["tag"], Path(r["filename"]).parent.parent.name if "filename" in r else r["metadata"])
+        groups[key] = groups.get(key, False) or bool(r["correct"])
         if "details" in r:
             dets = json.loads(r["details"])
             counts.append(len(dets))
@@ -176,6 +184,10 @@ def summarize(results: Sequence[dict]) -> dict:
     summary = rules.summarize(results)
     overall = summary.pop("overall")
     summary["mean_partial"] = float(np.mean([r["partial"] for r in results])) if results else 0.0
+    any_correct: dict[str, list[bool]] = {}
+    for (tag, _), ok in groups.items():
+        any_correct.setdefault(tag, []).append(ok)
+    extra["any_correct_tasks"] = {tag: float(np.mean(v)) for tag, v in any_correct.items()}
     return {**summary, "overall": overall, **extra}
 
 
