@@ -164,8 +164,8 @@ def summarize(results: Sequence[dict]) -> dict:
 
     Always ``any_correct_tasks``: per task, the share of prompt entries (the ``<index>`` folders) with at least
     one correct image among their k, pass@k with k the images per prompt (rows without a ``filename``: the
-    prompt record stands for the folder). One minus it is the share of groups
-    in which an exact-verdict reward would find no positive sample: where the base model is the limit of RL."""
+    prompt record stands for the folder). One minus it is the share of groups in which an exact-verdict reward
+    would find no positive sample: where the base model is the limit of RL."""
     strict: dict[str, list[bool]] = {}
     counts: list[int] = []
     groups: dict[tuple[str, str], bool] = {}
