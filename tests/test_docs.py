@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import re
 import shlex
@@ -165,11 +166,16 @@ def test_marked_blocks_run(page, lang, code, run, line, tmp_path, monkeypatch):
 
 
 def _omegaconf_keys(node, prefix: str = "") -> set[str]:
+    """Every leaf key of a structured config, as OmegaConf sees it (a section typed ``Section | None`` and set to
+    None counts with its keys)."""
     out = set()
-    for k in node.keys() if hasattr(node, "keys") else []:
+    for k in node.keys():
         child = node._get_node(k)
-        is_section = OmegaConf.is_dict(child) and child._metadata.object_type not in (None, dict)
-        out |= _omegaconf_keys(child, f"{prefix}{k}.") if is_section else {f"{prefix}{k}"}
+        ref = child._metadata.ref_type
+        if OmegaConf.is_dict(child) and dataclasses.is_dataclass(ref):
+            out |= _omegaconf_keys(OmegaConf.structured(ref) if child._is_none() else child, f"{prefix}{k}.")
+        else:
+            out.add(f"{prefix}{k}")
     return out
 
 

@@ -192,13 +192,21 @@ def _doc(cls: type) -> str:
     return "" if doc.startswith(f"{cls.__name__}(") else rst_to_md(" ".join(doc.split()))
 
 
+def _section_type(tp: Any) -> type | None:
+    """The dataclass of a section field (``Section`` or ``Section | None``), else ``None`` (a leaf)."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
 def config_keys(root: type, prefix: str = "") -> list[tuple[str, type, dataclasses.Field]]:
     """Every leaf key of ``root`` as ``(dotted key, the dataclass that holds it, its field)``, in source order."""
     out = []
     hints = _hints(root)
     for f in dataclasses.fields(root):
-        tp = hints.get(f.name)
-        if dataclasses.is_dataclass(tp):
+        tp = _section_type(hints.get(f.name))
+        if tp is not None:
             out += config_keys(tp, f"{prefix}{f.name}.")
         else:
             out.append((f"{prefix}{f.name}", root, f))
@@ -229,7 +237,8 @@ def config_reference() -> str:
              "outside it stops the command with one line naming the key) and its meaning (the comment beside the "
              "field in the source, or the section's docstring). Set a key in a YAML file (`section: {key: value}`) "
              "or on the command line as `section.key=value`; see [Configs and overrides](../guides/training.md#configs"
-             "-and-overrides).", ""]
+             "-and-overrides). A default that a plugin chooses (the model source, data kind, prompt source and "
+             "rewards) shows the installed plugins' choice (the toy world's).", ""]
     for module, roots in config_roots().items():
         parts += [f"## {CONFIG_MODULES[module]}", "", f"Module `{module}`.", ""]
         for root in roots:
