@@ -25,6 +25,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from parauni import registry
 from parauni.cli import main
 from parauni.cli.parser import build_parser
 
@@ -154,8 +155,15 @@ def test_marked_blocks_run(page, lang, code, run, line, tmp_path, monkeypatch):
     where = f"{page.relative_to(ROOT)}:{line}"
     monkeypatch.chdir(tmp_path)
     if lang == "python":
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(code, where, "exec"), {"__name__": "__main__"})
+        registry.load_plugins()  # first, so that the snapshot holds the plugins' names
+        tables = [v for v in vars(registry).values() if isinstance(v, registry.Registry)]
+        saved = [(t, dict(t._entries), list(t._defaults)) for t in tables]
+        try:  # an example may register names: the other tests in this process must not see them
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(code, where, "exec"), {"__name__": "__main__"})
+        finally:
+            for t, entries, defaults in saved:
+                t._entries, t._defaults = entries, defaults
         return
     assert lang == "bash", f"{where}: only bash and python blocks can run"
     for cmd in commands(code):
