@@ -2,6 +2,7 @@
 without the extra, and the page itself served by ``parauni app`` and driven from headless chromium."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,23 @@ def test_session_generates_toy_images_with_verdicts(toy_session):
     assert "does not know 'shapes', 'on', 'grey'" in other.notes[0]  # the tokenizer's warning, shown in the page
 
 
+def test_an_exported_toy_folder_is_a_toy_model_and_tiny_is_not(toy_session, tmp_path):
+    """Any name load_pipeline knows: a saved pipeline folder of the toy model gets the toy view (told from its VLM,
+    not its name) and the same image for the same seed; ``tiny`` (random, not toy) gets its images as they are."""
+    toy_session.pipe.save_pretrained(tmp_path / "exported")
+    exported = AppSession(str(tmp_path / "exported"))
+    assert exported.is_toy and exported.native == 32
+    a = exported.generate("a photo of a red square", seed=5, steps=3, guidance=1.0, height=None, width=None)
+    b = toy_session.generate("a photo of a red square", seed=5, steps=3, guidance=1.0, height=None, width=None)
+    assert np.array_equal(np.asarray(a.results[0].image), np.asarray(b.results[0].image))
+    assert a.results[0].caption == b.results[0].caption and a.results[0].verdict.tag == "colors"
+    tiny = AppSession("tiny")
+    assert not tiny.is_toy
+    batch = tiny.generate("a cat", seed=0, steps=2, guidance=4.5, height=None, width=None, images=2)
+    assert [r.caption for r in batch.results] == ["seed 0", "seed 1"]
+    assert all(r.verdict is None and r.shown is r.image and r.image.size == (tiny.native,) * 2 for r in batch.results)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(prompt="   "), "the prompt is empty"),
     (dict(steps=0), "steps must be from 1 to 1000, got 0"),
@@ -112,6 +130,18 @@ def test_without_gradio_the_command_says_how_to_install(monkeypatch, capsys):
     assert main(["app", "--model", "toy-all-layers"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install .[app]" in err, err
+
+
+def test_a_busy_port_is_one_line_naming_the_fix():
+    pytest.importorskip("gradio")
+    from parauni.app.ui import serve
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UsageError, match=f"^cannot serve on 127.0.0.1:{port} .*; pass another --port or --host$"):
+            serve("tiny", port=port)
 
 
 def wait_until_served(proc: subprocess.Popen, url: str, timeout: float = 120.0) -> None:

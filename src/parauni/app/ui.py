@@ -113,10 +113,11 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 7860, device: str | N
     import_gradio()  # before the model loads: a missing extra is the first thing said
     session = AppSession(model, device=device, dtype=dtype)
     demo = build_app(session)
-    print(f"parauni app: {model} on http://{host}:{port} (Ctrl-C stops it)", flush=True)
     try:
         demo.queue().launch(server_name=host, server_port=port, show_error=False, inbrowser=False, share=False,
-                            quiet=True)
+                            quiet=True, prevent_thread_lock=True)
     except OSError as err:
-        raise UsageError(f"cannot serve on {host}:{port} ({' '.join(str(err).split())}); pass another --port "
-                         "or --host") from err
+        why = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+        raise UsageError(f"cannot serve on {host}:{port} ({why}); pass another --port or --host") from err
+    print(f"parauni app: {model} on http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    demo.block_thread()  # until Ctrl-C, which closes the server
