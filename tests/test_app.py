@@ -161,8 +161,9 @@ def wait_until_served(proc: subprocess.Popen, url: str, timeout: float = 120.0) 
 @pytest.mark.browser
 def test_app_page_generates_a_toy_image_in_headless_chromium(tmp_path, free_port):
     """`parauni app --model toy-all-layers` on 127.0.0.1, driven by chromium: one image of a toy GenEval prompt
-    appears in the gallery (decoded, enlarged to 256 px) with its verdict; then steps of 0 gives one line in the
-    page and no traceback."""
+    appears in the gallery (decoded, enlarged to 256 px) with its verdict, after the progress bar counted the
+    denoising steps; then steps of 0 gives one line in the page and no traceback. About 8 s of CPU (most of it
+    the server's imports); ``$PARAUNI_SCREENSHOTS/app.png`` keeps the page when set."""
     browser = browser_or_skip("gradio", "playwright")
     from playwright.sync_api import sync_playwright
 
@@ -180,8 +181,10 @@ def test_app_page_generates_a_toy_image_in_headless_chromium(tmp_path, free_port
             page.goto(url)
             page.locator("#prompt textarea").fill("a photo of a red square")
             page.locator("#images input").fill("1")
-            page.locator("#steps input").fill("8")
+            page.locator("#steps input").fill("300")  # long enough (about a second) to see the progress bar
             page.locator("#generate").click()
+            page.wait_for_function(r"() => /denoising[^]*\d+\/300 step/.test(document.body.innerText)",
+                                   timeout=60_000)
             page.wait_for_function("() => [...document.querySelectorAll('#gallery img')]"
                                    ".some(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
             sizes = page.evaluate("() => [...document.querySelectorAll('#gallery img')]"
