@@ -102,7 +102,7 @@ def build_app(session: AppSession):
         history = gr.State([])
         inputs = [prompt, seed, steps, guidance, height, width, images, history]
         outputs = [gallery, status, details, history]
-        button.click(run, inputs, outputs)
+        button.click(run, inputs, outputs, api_name="generate")
         prompt.submit(run, inputs, outputs)
     return demo
 
