@@ -1,6 +1,7 @@
 """``parauni app``: the session (the shipped toy model, no web framework), the toy verdict and drawing, the message
 without the extra, and the page itself served by ``parauni app`` and driven from headless chromium."""
 
+import ast
 import os
 import socket
 import subprocess
@@ -123,6 +124,19 @@ def test_bad_form_values_are_one_clear_line(toy_session, fields, message):
     values = dict(prompt="a photo of a circle", seed=0, steps=2, guidance=1.0, height=32, width=32, images=1)
     with pytest.raises(UsageError, match="^" + __import__("re").escape(message)):
         toy_session.generate(**{**values, **fields})
+
+
+def test_only_the_page_module_imports_gradio():
+    """Gradio is an optional extra: every other module of the package (the core, the CLI, the app's session) must
+    import without it."""
+    importers = []
+    for path in sorted((ROOT / "src" / "parauni").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "gradio" or n.startswith("gradio.") for n in names):
+                importers.append(path.relative_to(ROOT / "src").as_posix())
+    assert importers == ["parauni/app/ui.py"]
 
 
 def test_without_gradio_the_command_says_how_to_install(monkeypatch, capsys):
