@@ -126,6 +126,16 @@ def test_bad_form_values_are_one_clear_line(toy_session, fields, message):
         toy_session.generate(**{**values, **fields})
 
 
+def test_other_failures_are_one_line_in_the_page_too():
+    from parauni.app.ui import error_line
+
+    assert error_line(UsageError("steps must be from 1 to 1000, got 0")) == "steps must be from 1 to 1000, got 0"
+    assert error_line(RuntimeError("boom\n  File x.py, line 3")) == \
+        "internal error (RuntimeError: boom); the server's log has the details"
+    assert error_line(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")).startswith(
+        "out of memory (CUDA out of memory. Tried to allocate 2 GiB); try fewer images or a smaller size")
+
+
 def test_only_the_page_module_imports_gradio():
     """Gradio is an optional extra: every other module of the package (the core, the CLI, the app's session) must
     import without it."""

@@ -64,7 +64,7 @@ def build_app(session: AppSession):
         if session.is_toy else "images as the model makes them"
     default_prompt = "a photo of two circles" if session.is_toy else "a photo of a cat on a red sofa"
 
-    def run(prompt, seed, steps, guidance, height, width, images, history, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
+    def run(prompt, seed, steps, guidance, height, width, images, history, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
         progress(0, desc="starting")
         try:
             batch = session.generate(prompt, seed, steps, guidance, height, width, images,
