@@ -3,10 +3,7 @@
 import base64
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser_support import browser_or_skip, screenshot_path
 from parauni.cli import main
 from parauni.report import build_report, curve_series, load_run
 
@@ -143,31 +141,42 @@ def test_load_run_reads_ldam_and_samples(tmp_path):
     assert sum(len(v) for v in run.samples.values()) == 6 and len(run.ldam) == 7 and len(run.metrics) == 30
 
 
-def find_chromium() -> str | None:
-    for name in (os.environ.get("PARAUNI_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
-                 "google-chrome-stable", "chrome", "headless_shell"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(tmp_path):
-    browser = find_chromium()
-    if browser is None:
-        pytest.skip("no chromium binary on PATH (apt-get install chromium, or set PARAUNI_CHROMIUM)")
+    """The report in headless chromium: every image decodes (complete, non-zero natural size), the headline GenEval
+    table is there with a row for the run, and a full-page screenshot is saved (``$PARAUNI_SCREENSHOTS`` when set)."""
+    browser = browser_or_skip("playwright")
+    from playwright.sync_api import sync_playwright
+
     html_path, _ = build_report([make_run(tmp_path / "run")], tmp_path / "report.html")
-    shot = tmp_path / "shot.png"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           html_path.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert shot.is_file(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    n_images = html_path.read_text().count("<img")
+    assert n_images > 0
+    with sync_playwright() as p:
+        chrome = p.chromium.launch(executable_path=browser, headless=True, args=["--no-sandbox"])
+        page = chrome.new_page(viewport={"width": 1200, "height": 2000})
+        page.goto(html_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.evaluate("() => [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(images) == n_images
+        assert all(ok and w > 0 and h > 0 for ok, w, h in images), images
+        # the headline: the first <h2> is GenEval's, followed (before the next <h2>) by its table with the run's row
+        headline = page.evaluate("""() => {
+            const h = document.querySelector('h2');
+            let el = h.nextElementSibling;
+            while (el && el.tagName !== 'H2' && el.tagName !== 'TABLE') el = el.nextElementSibling;
+            const rows = el && el.tagName === 'TABLE' ? [...el.querySelectorAll('tr')].map(r => r.innerText) : [];
+            return [h.innerText, rows];
+        }""")
+        title, rows = headline
+        assert title == "GenEval", headline
+        assert rows and "overall" in rows[0] and any(r.startswith("run") for r in rows[1:]), rows
+        shot = screenshot_path(tmp_path, "report.png")
+        page.screenshot(path=str(shot), full_page=True)
+        chrome.close()
     im = Image.open(shot).convert("RGB")
-    assert im.size == (1200, 2000)
     a = np.asarray(im)
-    colours = np.unique(a.reshape(-1, 3), axis=0)
-    assert len(colours) > 50, "the screenshot is (nearly) a single colour"
+    assert im.width == 1200 and im.height >= 2000
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) a single colour"
     dark = (a.sum(-1) < 200).mean()  # text and figures leave dark pixels on the white page
     assert 0.001 < dark < 0.5
 

@@ -8,6 +8,7 @@ import argparse
 from ..errors import UsageError
 from .commands import (
     analyze,
+    app,
     cache_latents,
     demo,
     export,
@@ -21,7 +22,7 @@ from .commands import eval as eval_commands
 from .options import check_options
 
 # in the order `parauni --help` lists them
-COMMANDS = (generate, eval_commands, report, analyze, demo, train, cache_latents, export, grpo, toy)
+COMMANDS = (generate, app, eval_commands, report, analyze, demo, train, cache_latents, export, grpo, toy)
 
 
 class Parser(argparse.ArgumentParser):
