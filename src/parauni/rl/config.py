@@ -92,7 +92,8 @@ class SamplingConfig:
     sde_window: int | None = setting(None, optional(POSITIVE_INT))
     # [lo, hi]: the window lies in transitions lo..hi-1 (None: 0..steps-1)
     sde_window_range: list[int] | None = setting(None, optional(list_of(NON_NEGATIVE_INT, length=2)))
-    # roll out with the LoRA merged into a plain copy of the transformer (faster, same policy)
+    # roll out with the LoRA merged into a plain copy of the transformer (faster, same policy); applies only when
+    # the update runs in float32: under bf16/fp16 a merged weight rounds differently, so the adapter samples
     merge_lora: bool = setting(True, boolean())
     guidance_scale: float = setting(4.5, NON_NEGATIVE)
     flow_shift: float | None = setting(None, optional(POSITIVE))  # None: the scheduler's own

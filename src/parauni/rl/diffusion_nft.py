@@ -126,7 +126,8 @@ class DiffusionNFT:
             def velocity(z, sigma, cond=cond):
                 return cfg_velocity(model, z, sigma, cond, inp.uncond, s.guidance_scale)
 
-            outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), tr.cfg.nft.solver))
+            with tr.acc.autocast():  # the update's precision (its v_old runs there too)
+                outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), tr.cfg.nft.solver).float())
         x_0 = torch.cat(outs)
         images = signed_to_uint8(pipe.decode(x_0.to(pipe.transformer.dtype)))
         return NFTRollout(inp.prompts, inp.metadata, inp.group, None, inp.noise, inp.cond, x_0, tr.sigmas, images)
