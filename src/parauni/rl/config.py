@@ -171,6 +171,9 @@ class GRPOTrainConfig(RunConfig):
     eval_before: bool = setting(True, boolean())
     # stop with an error after this many epochs in a row that cannot learn (0: never)
     max_idle_epochs: int = setting(5, NON_NEGATIVE_INT)
+    # minutes a process waits for the others in a collective (every rank waits while the main process evaluates
+    # before and after training) before the run fails; torch's own default is 10 (NCCL)
+    dist_timeout_minutes: float = setting(120.0, POSITIVE)
 
 
 @dataclass

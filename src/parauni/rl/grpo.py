@@ -72,7 +72,9 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
         ``resume`` and ``allow_config_change``: as for :class:`parauni.train.trainer.Trainer`."""
 
         self.cfg, self.progress = cfg, progress
-        self._setup_accelerator()
+        # stage III accumulates its gradients itself: the Accelerator's accumulation stays 1, whatever a launcher
+        # sets (ACCELERATE_GRADIENT_ACCUMULATION_STEPS would divide every loss)
+        self._setup_accelerator(grad_accum=1, timeout_minutes=cfg.train.dist_timeout_minutes)
         if cfg.prompts.per_epoch % self.acc.num_processes:
             raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
                               f"processes ({self.acc.num_processes}): each process rolls out the same number of "

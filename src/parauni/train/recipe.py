@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
 from ..registry import EVALUATORS
 from ..utils.checkpoints import check_resume_config, complete_checkpoints, resume_path, truncate_jsonl
@@ -79,9 +80,11 @@ class Recipe:
     cfg: object
     config_changes: list
 
-    def _setup_accelerator(self, grad_accum: int | None = None) -> None:
+    def _setup_accelerator(self, grad_accum: int | None = None, timeout_minutes: float | None = None) -> None:
         """``train.threads``, the output folder and the Accelerator (``train.logger``, ``train.mixed_precision``;
-        ``grad_accum``: the one source of its gradient accumulation, whatever a launcher says)."""
+        ``grad_accum``: the one source of its gradient accumulation, whatever a launcher says; ``timeout_minutes``:
+        how long a collective operation waits for the other processes before the run fails, e.g. while the main
+        process evaluates; None: torch's default)."""
         t = self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -96,6 +99,8 @@ class Recipe:
                     raise ImportError("train.logger=tensorboard needs `pip install tensorboard` "
                                       "(or set train.logger=none)") from err
         accumulate = {} if grad_accum is None else {"gradient_accumulation_steps": grad_accum}
+        if timeout_minutes is not None:
+            accumulate["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))]
         self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), log_with=log_with,
                                cpu=not torch.cuda.is_available(), **accumulate,
                                project_config=ProjectConfiguration(project_dir=str(self.out),

@@ -54,6 +54,7 @@ RESUME_SAFE_KEYS: dict[str, str] = {
     "train.log_every": "how often metrics.jsonl gets a row",
     "train.logger": "where metrics also go (TensorBoard, W&B, none)",
     "train.output_dir": "where the run writes (e.g. resuming a copied run folder)",
+    "train.dist_timeout_minutes": "how long a process waits for the others in a collective",
     "train.threads": "CPU threads (the same operations; a reduction split over other threads can differ in float "
                      "round-off only)",
     "train.eval_geneval": "the evaluation after training",
