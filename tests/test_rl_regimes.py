@@ -68,3 +68,28 @@ def test_launcher_gradient_accumulation_changes_nothing(tmp_path, fresh_accelera
     assert got["grad_norm"] == pytest.approx(expect["grad_norm"], rel=1e-6)
     for n, p in launched.params.items():
         torch.testing.assert_close(p, plain.params[n], rtol=0, atol=0, msg=n)
+
+
+def test_steps_per_epoch_is_checked_per_process():
+    """Micro-batches are cut per process: configs/toy_grpo.yaml (64 samples an epoch, micro-batches of 16, 2 steps)
+    holds 2 steps on 1 or 2 processes but only 1 on 4, which is refused naming the fix; the run's planned
+    optimizer steps count the same steps."""
+    from parauni.errors import ConfigError
+    from parauni.rl.config import load_grpo_config, steps_per_epoch
+
+    cfg = load_grpo_config("configs/toy_grpo.yaml")
+    assert steps_per_epoch(cfg, 1) == 2 and steps_per_epoch(cfg, 2) == 2
+    with pytest.raises(ConfigError, match=r"on 4 processes .* at most 1 optimizer step.*optim.steps_per_epoch=1"):
+        steps_per_epoch(cfg, 4)
+    cfg = load_grpo_config("configs/toy_grpo.yaml", ["optim.steps_per_epoch=null"])
+    assert [steps_per_epoch(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
+
+
+def test_planned_steps_follow_the_steps_an_epoch_makes(tmp_path):
+    """``planned_steps`` (the schedule's and the EMA's clock) equals the optimizer steps an epoch actually makes."""
+    tr = trainer(tmp_path, "optim.steps_per_epoch=null", "optim.train_batch=3", "train.epochs=2",
+                 "optim.drop_zero_adv=false")
+    roll = tr.rollout(0)
+    adv, valid, _ = tr.advantages(roll)
+    made = tr.update(roll, adv, valid, 0)["diag/optimizer_steps"]
+    assert made == 3 and tr.planned_steps() == 2 * made

@@ -228,6 +228,26 @@ class GRPOConfig:
                                   f"{list(s.sde_window_range)}")
 
 
+def steps_per_epoch(cfg: GRPOConfig, processes: int) -> int:
+    """The optimizer steps of an epoch on ``processes`` processes: ``optim.steps_per_epoch``, or one per
+    micro-batch of a process's samples (``None``). Micro-batches are cut per process, so an epoch of
+    ``prompts.per_epoch x sampling.group_size`` samples holds ``ceil(samples / processes / optim.train_batch)``
+    of them on each; a ``steps_per_epoch`` above that is refused (the run would make fewer steps than planned,
+    and the learning-rate schedule and the EMA would drift)."""
+    o = cfg.optim
+    per_process = cfg.prompts.per_epoch * cfg.sampling.group_size // processes
+    micro = -(-per_process // o.train_batch)
+    if o.steps_per_epoch is None:
+        return micro
+    if o.steps_per_epoch > micro:
+        raise ConfigError(f"optim.steps_per_epoch: on {processes} processes each rolls out {per_process} samples "
+                          f"({cfg.prompts.per_epoch} prompts x {cfg.sampling.group_size} images / {processes}), "
+                          f"{micro} micro-batch(es) of optim.train_batch={o.train_batch}, so at most {micro} optimizer "
+                          f"step(s) an epoch, got {o.steps_per_epoch}; use optim.steps_per_epoch={micro}, a smaller "
+                          "optim.train_batch or more prompts.per_epoch")
+    return o.steps_per_epoch
+
+
 def check_reward_names(rewards: RewardConfig) -> None:
     """Every reward of ``rewards.weights`` (and ``rewards.options``) is a registered name
     (:data:`parauni.rewards.REWARDS`) or a ``package.module:Factory`` path that imports; else a ``ConfigError``.

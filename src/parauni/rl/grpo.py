@@ -34,7 +34,7 @@ from ..train.config import save_config
 from ..train.optim import decay_groups, retune, schedule_change
 from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
-from .config import GRPOConfig
+from .config import GRPOConfig, steps_per_epoch
 from .diffusion_nft import DiffusionNFT
 from .epoch import EpochParts
 from .export import CHECKPOINT_FILES, STATE_FILE, TrainerExport, export_checkpoint, read_like
@@ -79,6 +79,7 @@ class RLTrainer(EpochParts, Policy, TrainerExport, Recipe):
             raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
                               f"processes ({self.acc.num_processes}): each process rolls out the same number of "
                               "prompts")
+        steps_per_epoch(cfg, self.acc.num_processes)  # refuses more optimizer steps than a process has micro-batches
         self._hold_output_folder(lambda: self._setup(resume, rewards, pipeline, allow_config_change, prompts,
                                                      evaluate))
 

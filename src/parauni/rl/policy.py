@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from ..train.optim import warmup_cosine
+from .config import steps_per_epoch
 from .lora import adapters_off, lora_delta_norm
 from .objective import ema_decay, ema_due
 
@@ -47,11 +48,10 @@ class Policy:
         return "diag/weight_delta_norm", math.sqrt(total)
 
     def planned_steps(self) -> int:
-        """Optimizer steps of the whole run as planned: ``train.epochs`` x ``optim.steps_per_epoch`` (``None``: one
-        per micro-batch of this process's samples; Flow-GRPO's dropped samples can make an epoch's steps fewer)."""
-        o, per_process = self.cfg.optim, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size
-        per_process //= self.acc.num_processes
-        return self.cfg.train.epochs * (o.steps_per_epoch or -(-per_process // o.train_batch))
+        """Optimizer steps of the whole run as planned: ``train.epochs`` x the steps of an epoch on this many
+        processes (:func:`parauni.rl.config.steps_per_epoch`; Flow-GRPO's dropped samples can make an epoch's
+        steps fewer)."""
+        return self.cfg.train.epochs * steps_per_epoch(self.cfg, self.acc.num_processes)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based): ``optim.lr`` after the warm-up + cosine factor
