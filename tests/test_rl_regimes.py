@@ -93,3 +93,53 @@ def test_planned_steps_follow_the_steps_an_epoch_makes(tmp_path):
     adv, valid, _ = tr.advantages(roll)
     made = tr.update(roll, adv, valid, 0)["diag/optimizer_steps"]
     assert made == 3 and tr.planned_steps() == 2 * made
+
+
+def test_nft_loss_is_a_mean_over_samples_with_a_short_last_micro_batch(tmp_path):
+    """8 samples in micro-batches of 3, 3 and 2 accumulated into one optimizer step: the gradient is the mean over
+    the 8 samples of each sample's own gradient (every sample weighs the same), recomputed here one sample at a
+    time with the update's own training points and noise draws."""
+    from parauni.rl.diffusion_nft import training_points
+    from parauni.rl.nft import noised, nft_loss, reward_weight
+    from parauni.rl.rollout import cfg_velocity
+
+    tr = trainer(tmp_path, "algorithm=diffusion_nft", "optim.train_batch=3", "optim.steps_per_epoch=1",
+                 "optim.kl_beta=0", "optim.timestep_fraction=0.25", "ldam.enabled=false", "nft.beta=0.5")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a trained LoRA: current and old policies differ from the base model
+        for n, p in tr.params.items():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        tr.algo.old = {n: p.detach().clone() for n, p in tr.params.items()}
+    roll = tr.rollout(0)
+    adv, valid, _ = tr.advantages(roll)
+    o = tr.cfg.optim
+    # the update's draws, in its order: the samples, the training points (K = 1), one noise draw per micro-batch
+    idx = tr.train_indices(adv, valid, 0, drop_zero=False)
+    grid = roll.sigmas[:-1].float()
+    points = training_points(len(roll.prompts), len(grid), o.timestep_fraction, tr.generator("transitions", 0))
+    noise_gen = tr.generator("nft_noise", 0)
+    noise = torch.cat([torch.randn((len(idx[a:a + 3]), *roll.x_0.shape[1:]), generator=noise_gen)
+                       for a in range(0, len(idx), 3)])
+    r = reward_weight(adv.float(), o.adv_clip, tr.cfg.nft.adv_mode)
+    old = tr.algo.old_model()
+    grads = []
+    for pos, s in enumerate(idx.tolist()):
+        x_0 = roll.x_0[s:s + 1].float()
+        t = grid[points[s:s + 1, 0]]
+        x_t = noised(x_0, noise[pos:pos + 1], t)
+        cond = roll.cond[s:s + 1]
+        with torch.no_grad():
+            v_old = cfg_velocity(old, x_t, t, cond, None, 1.0)
+        v = cfg_velocity(tr.transformer, x_t, t, cond, None, 1.0)
+        loss, _ = nft_loss(v, v_old, None, x_t, x_0, t, r[s:s + 1], 0.5, o.adv_clip, 0.0)
+        grads.append(torch.autograd.grad(loss, list(tr.params.values())))
+    expect = [torch.stack(gs).mean(0) for gs in zip(*grads, strict=True)]
+    got = {}
+    hooks = [p.register_post_accumulate_grad_hook(lambda p, n=n: got.__setitem__(n, p.grad.clone()))
+             for n, p in tr.params.items()]
+    tr.update(roll, adv, valid, 0)
+    for h in hooks:
+        h.remove()
+    for (n, _), e in zip(tr.params.items(), expect, strict=True):
+        torch.testing.assert_close(got[n], e, rtol=1e-4, atol=1e-9, msg=n)

@@ -14,7 +14,8 @@ latents and conditions, and the forward-process update of :func:`parauni.rl.nft.
   first ``max(1, int(steps * optim.timestep_fraction))`` of them; fresh noise at each.
 - **Update** (:801-1030): per micro-batch and training point the old, current and reference (adapter off)
   velocities, conditional only; gradients accumulate over ``1 / optim.steps_per_epoch`` of the micro-batches times
-  the training points (the reference's ``gradient_accumulation_steps * num_train_timesteps``); the EMA after each
+  the training points, the loss a mean over those samples x training points (the reference's division by
+  ``gradient_accumulation_steps * num_train_timesteps`` of equal micro-batches); the EMA after each
   optimizer step as for Flow-GRPO (the reference: decay 0.9 with warm-up, every step, :567).
 
 Departures, each for a stated reason:
@@ -155,6 +156,7 @@ class DiffusionNFT:
         for size in chunks:
             group = micro[pos:pos + size]
             pos += size
+            n_samples = sum(len(mb) for mb in group)  # the loss is a mean over samples x training points
             for i, mb in enumerate(group):
                 x_0 = roll.x_0[mb].to(dev).float()
                 cond, _ = tr.update_conditions(roll, mb)
@@ -175,7 +177,10 @@ class DiffusionNFT:
                                 v_ref = cfg_velocity(reference, x_t, t, cond.detach(), None, 1.0)
                         loss, terms = nft_loss(v, v_old, v_ref, x_t, x_0, t, r, n.beta, o.adv_clip, o.kl_beta,
                                                weight=w)
-                        tr.acc.backward(loss / (size * k_points))
+                        # nft_loss is a mean over the micro-batch: weigh it by its samples, so a short last
+                        # micro-batch does not weigh its samples more (the reference's equal micro-batches give
+                        # the same mean)
+                        tr.acc.backward(loss * (len(mb) / (n_samples * k_points)))
                     stats["policy_loss"].append(terms["policy"].cpu())
                     stats["kl"].append(terms["kl"].cpu())
                     stats["old_deviate"].append(terms["old_deviate"].cpu())
