@@ -143,3 +143,30 @@ def test_nft_loss_is_a_mean_over_samples_with_a_short_last_micro_batch(tmp_path)
         h.remove()
     for (n, _), e in zip(tr.params.items(), expect, strict=True):
         torch.testing.assert_close(got[n], e, rtol=1e-4, atol=1e-9, msg=n)
+
+
+def test_a_zero_weight_reward_never_drops_samples():
+    """A reward weighted 0 is watched, not summed: its NaN neither makes the total NaN nor takes the sample out."""
+    from parauni.rewards.base import WeightedReward
+
+    def nan_all(images, prompts, metadata=None):
+        return torch.full((len(images),), float("nan"))
+
+    def const(images, prompts, metadata=None):
+        return torch.arange(len(images), dtype=torch.float32)
+
+    images = [torch.zeros(4, 4, 3, dtype=torch.uint8).numpy() for _ in range(3)]
+    total, parts = WeightedReward({"c": 2.0, "watched": 0.0}, rewards={"c": const, "watched": nan_all})(
+        images, ["a"] * 3)
+    assert total.tolist() == [0.0, 2.0, 4.0] and torch.isnan(parts["watched"]).all()
+    total, _ = WeightedReward({"c": 2.0, "bad": 0.5}, rewards={"c": const, "bad": nan_all})(images, ["a"] * 3)
+    assert torch.isnan(total).all()  # a weighted NaN still drops the sample
+
+
+def test_zero_weight_nan_reward_keeps_every_sample_in_the_loop(tmp_path):
+    tr = trainer(tmp_path, "rewards.weights={red: 1.0, odd: 0.0}", "ldam.reward_to_group={red: deep, odd: shallow}",
+                 fns={"red": lambda im, p, m=None: torch.tensor([float(x[..., 0].mean()) for x in im]),
+                      "odd": lambda im, p, m=None: torch.full((len(im),), float("nan"))})
+    roll = tr.rollout(0)
+    adv, valid, stats = tr.advantages(roll)
+    assert stats["reward/dropped"] == 0 and bool(valid.all())
