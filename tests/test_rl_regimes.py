@@ -100,7 +100,7 @@ def test_nft_loss_is_a_mean_over_samples_with_a_short_last_micro_batch(tmp_path)
     the 8 samples of each sample's own gradient (every sample weighs the same), recomputed here one sample at a
     time with the update's own training points and noise draws."""
     from parauni.rl.diffusion_nft import training_points
-    from parauni.rl.nft import noised, nft_loss, reward_weight
+    from parauni.rl.nft import nft_loss, noised, reward_weight
     from parauni.rl.rollout import cfg_velocity
 
     tr = trainer(tmp_path, "algorithm=diffusion_nft", "optim.train_batch=3", "optim.steps_per_epoch=1",
@@ -142,7 +142,9 @@ def test_nft_loss_is_a_mean_over_samples_with_a_short_last_micro_batch(tmp_path)
     for h in hooks:
         h.remove()
     for (n, _), e in zip(tr.params.items(), expect, strict=True):
-        torch.testing.assert_close(got[n], e, rtol=1e-4, atol=1e-9, msg=n)
+        # float32 round-off of two summation orders, relative to each tensor's scale; the per-micro-batch mean
+        # weighs the last 2 samples 3/2 times and misses by far more
+        torch.testing.assert_close(got[n], e, rtol=1e-4, atol=1e-4 * float(e.abs().max()), msg=n)
 
 
 def test_a_zero_weight_reward_never_drops_samples():

@@ -38,12 +38,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import POSITIVE, Check, choice
+from ..errors import ConfigError
+from ..train.schema import setting
 from ..utils.images import signed_to_uint8
+from .algorithm import Algorithm
 from .lora import merged_transformer
-from .nft import nft_loss, noised, old_policy_decay, reward_weight
+from .nft import ADV_MODES, DECAY_TYPES, nft_loss, noised, old_policy_decay, reward_weight
 from .objective import split_evenly
-from .ode import ode_sample
+from .ode import SOLVERS, ode_sample
 from .rollout import cfg_velocity
+
+
+@dataclass
+class NFTConfig:
+    """DiffusionNFT's own settings, the config's ``nft:`` section (NVlabs/DiffusionNFT ``config/nft.py``); the
+    shared ones are in ``optim``: ``adv_clip`` (adv_clip_max), ``kl_beta`` (train.beta), ``timestep_fraction``, the
+    EMA and AdamW."""
+
+    # implicit policies v+ = beta v + (1 - beta) v_old (reference: 1; 0.1 for several rewards)
+    beta: float = setting(1.0, POSITIVE)
+    # how advantages become r: all, positive_only, negative_only, one_only, binary
+    adv_mode: str = setting("all", choice(*ADV_MODES))
+    # the old policy's soft-update schedule (0: on-policy; 1: 0 -> 0.5 over 500 steps; 2)
+    decay_type: int = setting(1, Check(f"one of {', '.join(map(str, DECAY_TYPES))}",
+                                       lambda v: isinstance(v, int) and not isinstance(v, bool) and v in DECAY_TYPES))
+    # the rollout's deterministic solver: dpm2 (DPM-Solver++(2M)) or euler
+    solver: str = setting("dpm2", choice(*SOLVERS))
 
 
 @dataclass
@@ -68,13 +89,32 @@ def training_points(n_samples: int, n_steps: int, fraction: float, generator: to
     return torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n_samples)])
 
 
-class DiffusionNFT:
+class DiffusionNFT(Algorithm):
     """``algorithm: diffusion_nft``: deterministic rollouts from the old policy, forward-process updates."""
 
     name = "diffusion_nft"
+    section, Config = "nft", NFTConfig
+    # the reference's defaults where they differ from Flow-GRPO's (NVlabs/DiffusionNFT @ 24af555)
+    defaults = {
+        "sampling.guidance_scale": 1.0,  # config/nft.py:64
+        "optim.kl_beta": 1e-4,  # config/base.py:89 (train.beta)
+        "optim.timestep_fraction": 0.99,  # config/base.py:87
+        "optim.ema_every": 1,  # scripts/train_nft_sd3.py:567 (update_step_interval=1)
+        "optim.lr": 3e-4,  # config/base.py:66
+    }
+    # Flow-GRPO's SDE, ratio and sample-dropping keys: nothing here reads them
+    unused = ("sampling.noise_level", "sampling.sde_window", "sampling.sde_window_range", "sampling.merge_lora",
+              "optim.clip_range", "optim.kl_form", "optim.drop_zero_adv")
+    drops_failed_samples = False  # NaN rewards stay in the micro-batch with weight 0
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.model.train_lim:
+            raise ConfigError("model.train_lim=true is not supported with algorithm=diffusion_nft yet (its old "
+                              "policy would need a copy of the LIM); use algorithm=flow_grpo or train_lim=false")
 
     def __init__(self, trainer):
-        self.tr = trainer
+        super().__init__(trainer)
         # the old policy's weights, one per trainable tensor (the reference's "old" adapter), equal at the start
         self.old = {n: p.detach().clone() for n, p in trainer.params.items()}
         self._old_model = None  # a plain transformer with the old LoRA merged, refreshed when ``old`` changes
@@ -107,6 +147,10 @@ class DiffusionNFT:
         for n, v in tensors["old"].items():
             self.old[n] = v.to(self.tr.params[n].device, self.tr.params[n].dtype)
         self._old_stale = True
+
+    def progress_numbers(self, row: dict) -> dict[str, str]:
+        """The old policy's deviation from the current one."""
+        return {"old_dev": f"{row['diag/old_deviate']:.1e}"}
 
     # -- sampling --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -2,7 +2,7 @@
 that stores every transition and its log-probability, and the clipped-ratio + KL update over those transitions.
 
 The shared loop (prompts, conditions with LDAM noise, rewards, advantages, optimizer and EMA steps,
-checkpoints, evaluation) is :class:`parauni.rl.grpo.RLTrainer`; the maths are the pure functions of
+checkpoints, evaluation) is :class:`parauni.rl.trainer.RLTrainer`; the maths are the pure functions of
 :mod:`parauni.rl.sde` and :mod:`parauni.rl.objective`.
 """
 
@@ -13,20 +13,22 @@ from contextlib import nullcontext
 import torch
 
 from ..utils.images import signed_to_uint8
+from .algorithm import Algorithm
 from .lora import merged_transformer
 from .objective import clipped_policy_loss, kl_to_reference, ratio_stats, split_evenly
 from .rollout import Rollout, cfg_velocity, trained_transitions
 from .sde import sde_step
 
 
-class FlowGRPO:
+class FlowGRPO(Algorithm):
     """``algorithm: flow_grpo``: rollouts with the SDE step, updates with the clipped ratio of new to old
-    log-probabilities (``scripts/train_sd3.py``)."""
+    log-probabilities (``scripts/train_sd3.py``). The shared keys' defaults are its own (see docs/rl.md)."""
 
     name = "flow_grpo"
+    drops_failed_samples = True  # samples whose reward is NaN leave the update
 
     def __init__(self, trainer):
-        self.tr = trainer
+        super().__init__(trainer)
         self._rollout_model = None  # the merged copy, refreshed every epoch (sampling.merge_lora)
 
     # -- sampling --------------------------------------------------------------------------------------------
@@ -166,12 +168,6 @@ class FlowGRPO:
                 "policy_loss": policy.detach().cpu(), "kl": kl.detach().cpu(),
                 "loss": (policy + o.kl_beta * kl).detach().cpu()}
 
-    def after_epoch(self) -> None:
-        """Nothing: Flow-GRPO's old policy is the rollout's own (the ratio's denominator is stored)."""
-
-    def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Extra tensors a checkpoint holds (none)."""
-        return {}
-
-    def load_state_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Restore :meth:`state_tensors` (nothing)."""
+    def progress_numbers(self, row: dict) -> dict[str, str]:
+        """The share of clipped ratios. (Its old policy is the rollout's own: no state, nothing after an epoch.)"""
+        return {"clip": f"{row['clip_frac']:.2f}"}

@@ -1,5 +1,5 @@
 """The parts both training recipes are built from (stages I/II: :class:`parauni.train.trainer.Trainer`; stage III:
-:class:`parauni.rl.grpo.RLTrainer`), each written once:
+:class:`parauni.rl.trainer.RLTrainer`), each written once:
 
 - ``_setup_accelerator``: CPU threads, the Accelerator with its logger and mixed precision;
 - ``_hold_output_folder`` and ``run``: one run per output folder, its lock held from construction to the end;
@@ -142,7 +142,7 @@ class Recipe:
         self.config_changes = check_resume_config(
             ckpt, to_yaml_dict(self.cfg), to_yaml_dict(self.CONFIG()), allow_config_change,
             self.out if self.acc.is_main_process else None, conditions=self._resume_conditions(done),
-            where={self.COUNTER: done})
+            where={self.COUNTER: done}, migrate=getattr(self.CONFIG, "migrate_data", None))
         return ckpt
 
     def _warn_if_earlier_run(self, resume: bool | str) -> None:

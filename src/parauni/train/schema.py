@@ -170,6 +170,8 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
     base = data.pop("base", None)
     if root is not None:
         _apply_moves(data, root, f"{path}: ", migrate)
+        if migrate and (prune := getattr(root, "migrate_data", None)) is not None:
+            prune(data)  # keys a saved run's config held that this root no longer has
         _check_keys(data, root, f"{path}: ")
     if base is None:
         return data
@@ -286,7 +288,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None, root: type
     """Read ``path`` (``None``: all defaults; a relative path that is not a file names a shipped config, e.g.
     ``internvl3-2b_sana-1.6b_512_stage1.yaml``), apply ``key=value`` overrides, check every key and value (see
     :func:`build_config`). Returns the dataclass instances. ``migrate``: keys of an older layout in the file
-    (``root.MOVED_KEYS``) are renamed instead of refused (for configs a run saved)."""
+    (``root.MOVED_KEYS``) are renamed instead of refused (for configs a run saved; ``root.migrate_data(data)``, when
+    defined, drops keys the root no longer has). A root with a ``root_for(data, overrides, migrate)`` classmethod
+    is replaced by the root it returns for the file's raw data and the parsed overrides (stage III: the root of the
+    chosen algorithm)."""
+    if (choose := getattr(root, "root_for", None)) is not None:
+        # a root that depends on the config's own values (stage III: the chosen algorithm's sections and defaults)
+        raw = _read(resolve_config(path)) if path is not None else {}
+        root = choose(raw, [parse_override(text) for text in overrides or []], migrate)
     data = _read(resolve_config(path), root=root, migrate=migrate) if path is not None else {}
     for text in overrides or []:
         _set_override(data, text, root)
