@@ -152,7 +152,8 @@ class RewardWeightedMatching(Algorithm):
         w = torch.where(valid[idx], adv[idx], torch.zeros_like(adv[idx]))
         loss = self.tr.cfg.rwr.scale * (w * ((v - (eps - x_0)) ** 2).mean(dim=(1, 2, 3))).mean()
         tr.acc.backward(loss)
-        return {"loss": float(loss.detach()), "kl": 0.0, "grad_norm": float(tr.optimizer_step()), "diag/optimizer_steps": 1}
+        norm = float(tr.optimizer_step())
+        return {"loss": float(loss.detach()), "kl": 0.0, "grad_norm": norm, "diag/optimizer_steps": 1}
 
 
 def test_a_fourth_algorithm_is_one_class_and_one_registry_line(tmp_path):

@@ -8,7 +8,6 @@ import torch
 
 from parauni.rl.nft import nft_loss, noised, reward_weight
 from parauni.rl.rollout import cfg_velocity
-
 from test_grpo import trainer
 
 

@@ -38,6 +38,7 @@ class EpochData:
         self.cfg, self.acc, self.pipe = cfg, acc, pipe
         self.prompt_source, self.reward, self.ldam = prompt_source, reward, ldam
         self.drops_failed_samples = drops_failed_samples
+        self.rank = acc.process_index  # whose random streams :meth:`generator` draws
         self.num_layers = len(pipe.conditioner.layer_indices)
         with torch.no_grad():
             self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
@@ -47,7 +48,7 @@ class EpochData:
     def generator(self, stream: str, epoch: int) -> torch.Generator:
         """A torch generator for one named random stream of one epoch on this process, seeded from
         ``numpy.random.SeedSequence([train.seed, stream, epoch, rank])``: streams and epochs never share a seed."""
-        entropy = [self.cfg.train.seed, _STREAMS.index(stream), epoch, self.acc.process_index]
+        entropy = [self.cfg.train.seed, _STREAMS.index(stream), epoch, self.rank]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
