@@ -199,3 +199,17 @@ def test_a_checkpoint_of_the_older_layout_resumes(tmp_path, algorithm, stale):
     resumed = trainer(tmp_path, f"algorithm={algorithm}", "train.epochs=2")
     resumed._resume("latest")
     assert resumed.epoch == 1 and resumed.config_changes == []
+
+
+def test_rl_help_lists_the_algorithms_and_grpo_is_an_alias(capsys, tmp_path):
+    from parauni.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["rl", "--help"])
+    out = capsys.readouterr().out
+    for name in ALGORITHMS:
+        assert f"  {name} " in out, out
+    # the old name runs the same command and says so once, on stderr (here the run stops at a bad value)
+    assert main(["grpo", "configs/toy_grpo.yaml", f"train.output_dir={tmp_path}", "optim.lr=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("`parauni grpo` is now `parauni rl`") == 1 and "optim.lr" in err
