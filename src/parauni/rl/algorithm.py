@@ -17,12 +17,17 @@ and the methods below. :class:`Algorithm` gives the optional ones their defaults
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import typing
+from functools import cache
 from typing import Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError, UsageError
 from ..registry import ALGORITHMS, import_target, resolve
+from ..train.schema import like
 
 
 class Algorithm:
@@ -80,9 +85,47 @@ def algorithm_class(name: str) -> type:
     return cls
 
 
-def registered_algorithms() -> dict[str, type]:
-    """Every registered algorithm's class by name (each imported)."""
-    return {name: algorithm_class(name) for name in ALGORITHMS}
+def importable_algorithms() -> dict[str, type]:
+    """Every registered algorithm's class by name, those that import (a broken plugin does not stop a config of
+    another algorithm)."""
+    out = {}
+    for name in ALGORITHMS:
+        try:
+            out[name] = algorithm_class(name)
+        except ConfigError:
+            continue
+    return out
+
+
+def section_owner(key: str) -> str | None:
+    """The registered algorithm whose own config section is ``key``, if any."""
+    return next((n for n, c in importable_algorithms().items() if option(c, "section") == key), None)
+
+
+@cache
+def config_root(algo: type, base: type) -> type:
+    """The config root of algorithm class ``algo`` over the shared root dataclass ``base``: ``algorithm``
+    defaulting to its name, its section (``algo.section: algo.Config``) and the defaults of ``algo.defaults`` in the
+    shared sections (the same keys and checks, other defaults)."""
+    hints = typing.get_type_hints(base)
+    per_section: dict[str, dict[str, Any]] = {}
+    for key, value in option(algo, "defaults", {}).items():
+        section, _, leaf = key.partition(".")
+        cls = hints.get(section)
+        if not dataclasses.is_dataclass(cls) or leaf not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"algorithm {option(algo, 'name')!r}: its default {key!r} is not a shared config key")
+        per_section.setdefault(section, {})[leaf] = value
+    fields: list = [("algorithm", str, like(base, "algorithm", option(algo, "name") or algo.__name__))]
+    for section, values in per_section.items():
+        cls = hints[section]
+        sub_hints = typing.get_type_hints(cls)
+        sub = dataclasses.make_dataclass(cls.__name__, [
+            (leaf, sub_hints[leaf], like(cls, leaf, factory=lambda v=v: copy.deepcopy(v))
+             if isinstance(v, (list, dict)) else like(cls, leaf, v)) for leaf, v in values.items()], bases=(cls,))
+        fields.append((section, sub, dataclasses.field(default_factory=sub)))
+    if (section := option(algo, "section")) is not None:
+        fields.append((section, algo.Config, dataclasses.field(default_factory=algo.Config)))
+    return dataclasses.make_dataclass(f"{algo.__name__}Config", fields, bases=(base,))
 
 
 def option(cls: type, attr: str, default: Any = None) -> Any:

@@ -13,12 +13,9 @@ the reward names (:func:`check_reward_names`) before building any model."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib
-import typing
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any, ClassVar
 
 from ..checks import (
@@ -42,7 +39,8 @@ from ..errors import ConfigError, UnknownKeyError
 from ..registry import ALGORITHMS, PROMPT_SOURCES, REWARDS
 from ..train.config import AdamWConfig, ModelSource, RunConfig, load_config
 from ..train.schema import like, setting
-from .algorithm import algorithm_class, option
+from .algorithm import algorithm_class, importable_algorithms, option, section_owner
+from .algorithm import config_root as algorithm_root
 from .objective import KL_FORMS
 from .sde import GRIDS
 
@@ -227,7 +225,7 @@ class GRPOConfig:
         ref = config_root(algo)()
         for key in option(algo, "unused", ()):
             if _get(self, key) != _get(ref, key):
-                users = [n for n, c in _algorithms().items() if key not in option(c, "unused", ())]
+                users = [n for n, c in importable_algorithms().items() if key not in option(c, "unused", ())]
                 raise ConfigError(f"{key}: algorithm {self.algorithm!r} does not use it (it is read by "
                                   f"{', '.join(users) or 'no registered algorithm'}); remove it, or choose "
                                   f"{'that algorithm' if len(users) == 1 else 'one of those'}")
@@ -271,46 +269,10 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
-def _algorithms() -> dict[str, type]:
-    """The registered algorithms that import (a broken plugin does not stop a config of another one)."""
-    out = {}
-    for name in ALGORITHMS:
-        try:
-            out[name] = algorithm_class(name)
-        except ConfigError:
-            continue
-    return out
-
-
-def section_owner(key: str) -> str | None:
-    """The registered algorithm whose own config section is ``key``, if any."""
-    return next((n for n, c in _algorithms().items() if option(c, "section") == key), None)
-
-
-@cache
 def config_root(algo: type) -> type:
-    """The config root of algorithm class ``algo``: :class:`GRPOConfig` with ``algorithm`` defaulting to its name,
-    its section (``algo.section: algo.Config``) and the defaults of ``algo.defaults`` in the shared sections (the
-    same keys and checks, other defaults)."""
-    hints = typing.get_type_hints(GRPOConfig)
-    per_section: dict[str, dict[str, Any]] = {}
-    for key, value in option(algo, "defaults", {}).items():
-        section, _, leaf = key.partition(".")
-        base = hints.get(section)
-        if not dataclasses.is_dataclass(base) or leaf not in {f.name for f in dataclasses.fields(base)}:
-            raise ConfigError(f"algorithm {option(algo, 'name')!r}: its default {key!r} is not a shared config key")
-        per_section.setdefault(section, {})[leaf] = value
-    fields: list = [("algorithm", str, like(GRPOConfig, "algorithm", option(algo, "name") or algo.__name__))]
-    for section, values in per_section.items():
-        base = hints[section]
-        sub_hints = typing.get_type_hints(base)
-        sub = dataclasses.make_dataclass(base.__name__, [
-            (leaf, sub_hints[leaf], like(base, leaf, factory=lambda v=v: copy.deepcopy(v))
-             if isinstance(v, (list, dict)) else like(base, leaf, v)) for leaf, v in values.items()], bases=(base,))
-        fields.append((section, sub, field(default_factory=sub)))
-    if (section := option(algo, "section")) is not None:
-        fields.append((section, algo.Config, field(default_factory=algo.Config)))
-    return dataclasses.make_dataclass(f"{algo.__name__}Config", fields, bases=(GRPOConfig,))
+    """The config root of algorithm class ``algo`` (:func:`parauni.rl.algorithm.config_root` over
+    :class:`GRPOConfig`)."""
+    return algorithm_root(algo, GRPOConfig)
 
 
 def steps_per_epoch(cfg: GRPOConfig, processes: int) -> int:
