@@ -193,6 +193,11 @@ class RLTrainer(Recipe):
         """The algorithm's update on one rollout; returns the epoch's statistics."""
         return self.algo.update(roll, adv, valid, epoch)
 
+    def _algo_call(self, method: str, default, *args):
+        """The algorithm's optional ``method(*args)``, or ``default`` when it does not define one."""
+        fn = getattr(self.algo, method, None)
+        return default if fn is None else fn(*args)
+
     # -- export -------------------------------------------------------------------------------------------------
     def merged_pipeline(self, ema: bool = True):
         """A ``ParaUniPipeline`` with the (EMA) LoRA merged into a plain copy of the transformer."""
@@ -217,7 +222,7 @@ class RLTrainer(Recipe):
             save_file(self.policy.weights(ema=True), str(folder / "ema.safetensors"))
             if self.ldam is not None:
                 torch.save(self.ldam.state_dict(), folder / "ldam.pt")
-            for name, tensors in self.algo.state_tensors().items():  # DiffusionNFT: the old policy's weights
+            for name, tensors in self._algo_call("state_tensors", {}).items():  # e.g. an old policy's weights
                 save_file(tensors, str(folder / f"{name}.safetensors"))
             save_config(self.cfg, folder / "config.yaml")
             (folder / STATE_FILE).write_text(json.dumps({"epoch": self.epoch, "optimizer_steps": self.opt_step}) + "\n")
@@ -239,7 +244,8 @@ class RLTrainer(Recipe):
         self.acc.load_state(str(ckpt))
         self.policy.load_weights(read_like(ckpt / "trainable.safetensors", self.params),
                            read_like(ckpt / "ema.safetensors", self.params))
-        if extra := {name: read_like(ckpt / f"{name}.safetensors", self.params) for name in self.algo.state_tensors()}:
+        if extra := {name: read_like(ckpt / f"{name}.safetensors", self.params)
+                     for name in self._algo_call("state_tensors", {})}:
             self.algo.load_state_tensors(extra)
         if self.ldam is not None and (ckpt / "ldam.pt").is_file():
             self.ldam.load_state_dict(torch.load(ckpt / "ldam.pt", weights_only=True))
@@ -273,7 +279,7 @@ class RLTrainer(Recipe):
         adv, valid, rstats = self.advantages(roll)
         e2 = time.perf_counter()
         ustats = self.update(roll, adv, valid, self.epoch)
-        self.algo.after_epoch()
+        self._algo_call("after_epoch", None)
         e3 = time.perf_counter()
         self._idle = idle_epochs(self._idle, rstats, ustats, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size,
                                  self.cfg.train.max_idle_epochs, self.epoch)
@@ -312,7 +318,7 @@ class RLTrainer(Recipe):
                 if t.logger != "none":
                     self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.epoch)
                 bar.update(1)
-                bar.set_postfix(**progress_numbers(row, self.algo.progress_numbers(row)))
+                bar.set_postfix(**progress_numbers(row, self._algo_call("progress_numbers", {}, row)))
                 if self.epoch % t.save_every == 0 or self.epoch == t.epochs:
                     self.save_checkpoint()
         finally:

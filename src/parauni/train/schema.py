@@ -150,8 +150,8 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
 
 
 def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, migrate: bool = False) -> dict:
-    """A config file as a plain dict, its ``base`` chain merged under it (OmegaConf.merge: mappings merge key
-    by key, lists and values replace)."""
+    """A config file as a plain dict, its ``base`` chain merged under it (:func:`_merge`: sections merge key by
+    key; values, lists and mappings replace, a mapping with ``__merge__: true`` merges)."""
     if path.is_dir():
         raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
@@ -174,11 +174,36 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
             prune(data)  # keys a saved run's config held that this root no longer has
         _check_keys(data, root, f"{path}: ")
     if base is None:
-        return data
+        return _merge({}, data, root)  # a mapping's merge marker has nothing to merge with
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base: expected the path of another YAML config, got {base!r}")
     parent = _read(path.parent / base, (*seen, path.resolve()), root, migrate)
-    return OmegaConf.to_container(OmegaConf.merge(parent, data), resolve=False)
+    return _merge(parent, data, root)
+
+
+MERGE = "__merge__"  # in a child config's mapping value: merge it over the base's mapping instead of replacing it
+
+
+def _merge(parent: dict, child: dict, cls: type | None) -> dict:
+    """A child config over its ``base:``: sections (dataclass-typed keys) merge key by key; any other value, a
+    mapping too (``rewards.weights``), replaces the parent's, as a command-line override does, unless the mapping
+    holds ``__merge__: true``: then its keys are set over the parent's mapping. ``cls``: the section's dataclass
+    (``None``: every mapping replaces)."""
+    out = dict(parent)
+    hints = _hints(cls) if cls is not None else {}
+    for key, value in child.items():
+        tp = hints.get(key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out[key] = _merge(out.get(key) if isinstance(out.get(key), dict) else {}, value, tp)
+        elif isinstance(value, dict) and MERGE in value:
+            if value[MERGE] is not True:
+                raise ConfigError(f"{key}: {MERGE} must be true (merge this mapping over the base config's), got "
+                                  f"{value[MERGE]!r}")
+            base = out.get(key) if isinstance(out.get(key), dict) else {}
+            out[key] = {**base, **{k: v for k, v in value.items() if k != MERGE}}
+        else:
+            out[key] = value
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
