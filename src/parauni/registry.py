@@ -162,8 +162,8 @@ IMAGE_EMBEDDERS = Registry("image embedder", "--clip")
 # name -> a stage-III algorithm class (parauni.rl.algorithm.Algorithm's interface), or a "package.module:Class"
 # string (imported when chosen): the config's ``algorithm:``
 ALGORITHMS = Registry("RL algorithm", "algorithm")
-ALGORITHMS.register("flow_grpo", "parauni.rl.flow_grpo:FlowGRPO", help="Flow-GRPO (Liu et al. 2025): SDE rollouts, "
-                    "clipped-ratio updates with a KL penalty; the paper's")
+ALGORITHMS.register("flow_grpo", "parauni.rl.flow_grpo:FlowGRPO", default=True, help="Flow-GRPO (Liu et al. "
+                    "2025): SDE rollouts, clipped-ratio updates with a KL penalty; the paper's (the default)")
 ALGORITHMS.register("diffusion_nft", "parauni.rl.diffusion_nft:DiffusionNFT", help="DiffusionNFT (Zheng et al. "
                     "2025): deterministic rollouts, forward-process updates with implicit positive/negative policies")
 # reward name -> the LDAM layer group ("shallow", "middle" or "deep") a plugin's reward maps to by default

@@ -168,8 +168,8 @@ class GRPOTrainConfig(RunConfig):
 
 @dataclass
 class GRPOConfig:
-    # see parauni rl --help for the registered ones; flow_grpo is the paper's
-    algorithm: str = setting("flow_grpo", ALGORITHM)
+    # see parauni rl --help for the registered ones; default: the one registered as the default (the paper's)
+    algorithm: str = setting(factory=lambda: ALGORITHMS.default(), check=ALGORITHM)
     model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
@@ -190,7 +190,7 @@ class GRPOConfig:
     def root_for(cls, data: dict, overrides: list[tuple[list[str], Any]], migrate: bool = False) -> type:
         """The root dataclass for a config's raw ``data`` (a file's nested dict) and parsed ``overrides``: that of
         the algorithm they choose (:func:`config_root`). A section of another algorithm is refused naming it."""
-        name = data.get("algorithm", cls.algorithm if isinstance(cls.algorithm, str) else "flow_grpo")
+        name = data.get("algorithm", _root_default(cls))
         for keys, value in overrides:
             if keys == ["algorithm"]:
                 name = value
@@ -213,7 +213,7 @@ class GRPOConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         for key in [k for k in data if k not in fields and section_owner(k) is not None]:
             data.pop(key)
-        algo = algorithm_class(str(data.get("algorithm", "flow_grpo")))
+        algo = algorithm_class(str(data.get("algorithm", _root_default(cls))))
         for key in option(algo, "unused", ()):
             section, leaf = key.split(".", 1)
             if isinstance(data.get(section), dict):
@@ -261,6 +261,12 @@ class GRPOConfig:
                                   f"{list(s.sde_window_range)}")
         if (check := getattr(algo, "check", None)) is not None:
             check(self)
+
+
+def _root_default(root: type) -> str:
+    """The ``algorithm`` a root defaults to: its algorithm's (a built root), else the registered default."""
+    default = next(f.default for f in dataclasses.fields(root) if f.name == "algorithm")
+    return default if isinstance(default, str) else ALGORITHMS.default()
 
 
 def _get(cfg: Any, key: str) -> Any:
