@@ -30,7 +30,7 @@ from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
 from .algorithm import algorithm_class
 from .config import GRPOConfig, steps_per_epoch
-from .epoch import EpochData, RolloutInputs
+from .epoch import EpochData
 from .export import CHECKPOINT_FILES, STATE_FILE, export_checkpoint, merged_pipeline, read_like, write_final
 from .ldam import build_ldam
 from .monitor import idle_epochs, plot_run, progress_numbers
@@ -41,6 +41,11 @@ from .sde import sigma_grid
 logger = logging.getLogger(__name__)
 
 __all__ = ["GRPOTrainer", "RLTrainer", "export_checkpoint"]  # export_checkpoint lives in .export
+
+
+def _delegate(part: str, name: str, doc: str) -> property:
+    """``trainer.<name>``: the attribute ``name`` of the trainer's ``part`` (``policy`` or ``data``)."""
+    return property(lambda self: getattr(getattr(self, part), name), doc=doc)
 
 
 class RLTrainer(Recipe):
@@ -122,14 +127,24 @@ class RLTrainer(Recipe):
             shift = float(getattr(self.pipe.scheduler.config, "flow_shift", 1.0) or 1.0)
         self.sigmas = sigma_grid(self.cfg.sampling.steps, shift=shift, kind=self.cfg.sampling.grid)
 
-    # -- what an algorithm uses (delegated to the policy and the epoch's parts) --------------------------------
-    params = property(lambda self: self.policy.params, doc="name -> trainable tensor")
-    ema = property(lambda self: self.policy.ema, doc="name -> the EMA of each trainable tensor")
-    opt = property(lambda self: self.policy.opt, doc="AdamW (prepared)")
-    transformer = property(lambda self: self.policy.transformer, doc="the prepared trainable transformer")
-    raw_transformer = property(lambda self: self.policy.raw_transformer, doc="the transformer unwrapped")
-    reference_model = property(lambda self: self.policy.reference_model,
-                               doc="the frozen starting transformer of a full fine-tune, else None")
+    # -- what an algorithm uses (delegated to the policy and the epoch's parts; docs/rl.md lists them) ------------
+    params = _delegate("policy", "params", "name -> trainable tensor")
+    ema = _delegate("policy", "ema", "name -> the EMA of each trainable tensor")
+    opt = _delegate("policy", "opt", "AdamW (prepared)")
+    transformer = _delegate("policy", "transformer", "the prepared trainable transformer")
+    raw_transformer = _delegate("policy", "raw_transformer", "the trainable transformer unwrapped")
+    reference_model = _delegate("policy", "reference_model", "a full fine-tune's frozen starting transformer, or None")
+    optimizer_step = _delegate("policy", "optimizer_step", "clip, AdamW at the scheduled lr, the EMA when due")
+    reference = _delegate("policy", "reference", "context manager yielding the KL term's reference model")
+    snapshot = _delegate("policy", "snapshot", "a copy of the trainable weights")
+    distance_from = _delegate("policy", "distance_from", "||theta - before|| over the trainable weights")
+    swapped_weights = _delegate("policy", "swapped_weights", "context manager: the trainable weights replaced")
+    lr_at = _delegate("policy", "lr_at", "the learning rate of an optimizer step")
+    generator = _delegate("data", "generator", "the torch generator of a named random stream of an epoch")
+    rollout_inputs = _delegate("data", "rollout_inputs", "this process's prompts and conditions of an epoch")
+    update_conditions = _delegate("data", "update_conditions", "(cond, uncond) of a micro-batch in an update")
+    train_indices = _delegate("data", "train_indices", "this process's samples for an update, shuffled")
+    advantages = _delegate("data", "advantages", "advantages, valid samples and reward statistics of a rollout")
 
     @property
     def opt_step(self) -> int:
@@ -140,50 +155,9 @@ class RLTrainer(Recipe):
     def opt_step(self, value: int) -> None:
         self.policy.step = int(value)
 
-    def optimizer_step(self) -> torch.Tensor:
-        """Clip, AdamW at the scheduled lr, the EMA when due; returns the gradient norm ``(1,)``."""
-        return self.policy.optimizer_step()
-
-    def reference(self):
-        """Context manager yielding the KL term's reference model."""
-        return self.policy.reference()
-
-    def snapshot(self) -> list[torch.Tensor]:
-        return self.policy.snapshot()
-
-    def distance_from(self, before: list[torch.Tensor]) -> float:
-        return self.policy.distance_from(before)
-
-    def swapped_weights(self, values: dict[str, torch.Tensor]):
-        """Context manager: the trainable weights replaced by ``values`` inside the block."""
-        return self.policy.swapped_weights(values)
-
     def planned_steps(self) -> int:
         """Optimizer steps of the whole run as planned (known before the policy is built)."""
         return planned_steps(self.cfg, self.acc.num_processes)
-
-    def lr_at(self, step: int) -> float:
-        return self.policy.lr_at(step)
-
-    def generator(self, stream: str, epoch: int) -> torch.Generator:
-        """The torch generator of one named random stream of one epoch on this process."""
-        return self.data.generator(stream, epoch)
-
-    def rollout_inputs(self, epoch: int) -> RolloutInputs:
-        """This process's prompts of ``epoch``, their conditions (with LDAM's noise) and the rollout generator."""
-        return self.data.rollout_inputs(epoch)
-
-    def update_conditions(self, roll, mb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cond, uncond)`` of the micro-batch ``mb`` in an update."""
-        return self.data.update_conditions(roll, mb)
-
-    def train_indices(self, adv: torch.Tensor, valid: torch.Tensor, epoch: int, drop_zero: bool) -> torch.Tensor:
-        """This process's samples for the update, shuffled (see :meth:`EpochData.train_indices`)."""
-        return self.data.train_indices(adv, valid, epoch, drop_zero)
-
-    def advantages(self, roll) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Group-normalised advantages, valid samples and the epoch's reward statistics over every process."""
-        return self.data.advantages(roll)
 
     def rollout(self, epoch: int):
         """This process's rollout of ``epoch`` by the algorithm."""
