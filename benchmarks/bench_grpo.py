@@ -52,9 +52,10 @@ def build_trainer(args):
                  f"optim.kl_beta={0.04 if args.kl_beta is None else args.kl_beta}", "train.eval_geneval=false",
                  "ldam.enabled=false",
                  f"sampling.sde_window={args.sde_window or 'null'}", "train.logger=none",
-                 "optim.drop_zero_adv=false",  # time the update on every sample, whatever the rewards
                  "train.mixed_precision=" + ("bf16" if args.dtype == "bf16" else "'no'")]
     overrides.append(f"algorithm={args.algorithm}")
+    if args.algorithm == "flow_grpo":  # time the update on every sample, whatever the rewards (NFT keeps them all)
+        overrides.append("optim.drop_zero_adv=false")
     if args.algorithm == "diffusion_nft":
         nft = load_grpo_config(config_file("toy_nft_geneval.yaml"))
         overrides += [f"sampling.guidance_scale={nft.sampling.guidance_scale}", "optim.steps_per_epoch=1",

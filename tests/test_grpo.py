@@ -39,7 +39,8 @@ BASE = ["model.source=tiny", "prompts.per_epoch=2", "sampling.group_size=4", "sa
 
 
 def trainer(tmp_path, *extra, name="run", fns=None):
-    cfg = load_grpo_config(None, [*BASE, f"train.output_dir={tmp_path / name}", *extra])
+    base = [b for b in BASE if not b.startswith("model.lora_")] if "model.finetune=full" in extra else BASE
+    cfg = load_grpo_config(None, [*base, f"train.output_dir={tmp_path / name}", *extra])
     fns = fns or {"red": red, "bright": bright}
     return GRPOTrainer(cfg, rewards=WeightedReward(dict(cfg.rewards.weights), rewards=fns), progress=False)
 
@@ -335,7 +336,7 @@ def test_full_finetune_trains_every_weight_against_the_starting_model(tmp_path, 
         assert reference is tr.reference_model and not any(p.requires_grad for p in reference.parameters())
         for n, p in reference.named_parameters():
             assert torch.equal(p, start[n]), n
-    name, value = tr.delta_norm()
+    name, value = tr.policy.delta_norm()
     expected = sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in raw.named_parameters()) ** 0.5
     assert name == "diag/weight_delta_norm" and value == pytest.approx(expected, rel=1e-6) and value > 0
     assert _lines(tmp_path / "run" / "metrics.jsonl")[0][name] == pytest.approx(expected, rel=1e-6)
@@ -347,7 +348,8 @@ def test_full_finetune_trains_every_weight_against_the_starting_model(tmp_path, 
 
 
 def test_ema_follows_the_reference_schedule(tmp_path):
-    """EMA every 2 optimizer steps with decay min((1 + k) / (10 + k), 0.9), recomputed by hand from the
+    """EMA every 2 optimizer steps with decay min((1 + n) / (10 + n), 0.9) at the n-th step (1-based, as the
+    reference's global_step when it calls the EMA: due where (n + 1) % 2 == 0), recomputed by hand from the
     weights after each step."""
     tr = trainer(tmp_path, "optim.train_batch=2", "optim.steps_per_epoch=null", "optim.ema_every=2")
     init = {n: p.detach().clone() for n, p in tr.params.items()}
@@ -359,9 +361,9 @@ def test_ema_follows_the_reference_schedule(tmp_path):
     assert len(snaps) == 8
     for n in init:
         e = init[n].clone()
-        for k, snap in enumerate(snaps):
-            if (k + 1) % 2 == 0:
-                d = min((1 + k) / (10 + k), 0.9)
+        for n_step, snap in enumerate(snaps, start=1):
+            if (n_step + 1) % 2 == 0:
+                d = min((1 + n_step) / (10 + n_step), 0.9)
                 e = d * e + (1 - d) * snap[n]
         torch.testing.assert_close(tr.ema[n], e, rtol=1e-5, atol=1e-7, msg=n)
 
@@ -423,7 +425,7 @@ def test_epoch_diagnostics_are_logged(tmp_path):
 
 def test_sde_window_range(tmp_path):
     tr = trainer(tmp_path, "sampling.steps=8", "sampling.sde_window=2", "sampling.sde_window_range=[1, 4]")
-    starts = {tr.sde_transitions(e)[0] for e in range(40)}
+    starts = {tr.algo.sde_transitions(e)[0] for e in range(40)}
     assert starts == {1, 2}  # windows [1, 2] or [2, 3]: inside transitions 1..3
     with pytest.raises(ValueError, match="sde_window_range"):
         load_grpo_config(None, ["sampling.steps=8", "sampling.sde_window=3", "sampling.sde_window_range=[1, 3]"])

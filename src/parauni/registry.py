@@ -1,4 +1,5 @@
-"""Named extension points: model sources, rewards, dataset kinds, prompt sources and evaluators.
+"""Named extension points: model sources, rewards, stage-III algorithms, dataset kinds, prompt sources and
+evaluators.
 
 The core (``models``, ``pipelines``, ``train``, ``rl``, ``rewards``, ``eval``, ``flow``, ``sampling``) looks
 names up here and never imports or names a plugin. A plugin announces a ``register()`` function under the
@@ -158,6 +159,13 @@ FAMILIES = Registry("model family")
 GENERATORS = Registry("generator", "--model")
 # name -> factory(path | None, device) -> image embedder (unit vectors): reconstruction metrics' --clip NAME[:PATH]
 IMAGE_EMBEDDERS = Registry("image embedder", "--clip")
+# name -> a stage-III algorithm class (parauni.rl.algorithm.Algorithm's interface), or a "package.module:Class"
+# string (imported when chosen): the config's ``algorithm:``
+ALGORITHMS = Registry("RL algorithm", "algorithm")
+ALGORITHMS.register("flow_grpo", "parauni.rl.flow_grpo:FlowGRPO", default=True, help="Flow-GRPO (Liu et al. "
+                    "2025): SDE rollouts, clipped-ratio updates with a KL penalty; the paper's (the default)")
+ALGORITHMS.register("diffusion_nft", "parauni.rl.diffusion_nft:DiffusionNFT", help="DiffusionNFT (Zheng et al. "
+                    "2025): deterministic rollouts, forward-process updates with implicit positive/negative policies")
 # reward name -> the LDAM layer group ("shallow", "middle" or "deep") a plugin's reward maps to by default
 LDAM_GROUPS = Registry("LDAM layer group", "ldam.reward_to_group")
 

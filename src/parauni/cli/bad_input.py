@@ -63,6 +63,7 @@ BUG_REPORT = ("internal error: this is a bug in parauni, not a problem with your
 # what an interrupted command leaves and how to continue it, by command (``parauni <command> [<subcommand>]``)
 INTERRUPT_HINTS = {
     "train": "continue from the newest checkpoint with the same command plus --resume",
+    "rl": "continue from the newest checkpoint with the same command plus --resume",
     "grpo": "continue from the newest checkpoint with the same command plus --resume",
     "eval geneval": "finished images are kept: rerun the same command with --resume to continue",
     "eval dpg": "finished grids are kept: rerun the same command with --resume to continue",

@@ -15,6 +15,7 @@ from .commands import (
     generate,
     grpo,
     report,
+    rl,
     toy,
     train,
 )
@@ -22,7 +23,7 @@ from .commands import eval as eval_commands
 from .options import check_options
 
 # in the order `parauni --help` lists them
-COMMANDS = (generate, app, eval_commands, report, analyze, demo, train, cache_latents, export, grpo, toy)
+COMMANDS = (generate, app, eval_commands, report, analyze, demo, train, cache_latents, export, rl, grpo, toy)
 
 
 class Parser(argparse.ArgumentParser):

@@ -66,8 +66,9 @@ def build_reward(name: str, **options: Any) -> Reward:
 class WeightedReward:
     """A weighted sum of named rewards, e.g. ``{"pickscore": 0.5, "aesthetic": 0.5}``.
 
-    Returns ``(total, parts)``: ``total`` is ``(B,)``, NaN where any weighted part is NaN or raised
-    (that sample should leave the update); ``parts`` maps each name to its raw ``(B,)`` scores.
+    Returns ``(total, parts)``: ``total`` is ``(B,)``, NaN where any part with a non-zero weight is NaN or raised
+    (that sample should leave the update; a zero-weight part never enters it); ``parts`` maps each name to its raw
+    ``(B,)`` scores.
     """
 
     def __init__(self, weights: dict[str, float], options: dict[str, dict] | None = None,
@@ -87,7 +88,12 @@ class WeightedReward:
             except Exception as err:  # noqa: BLE001 - one failing reward must not stop a run
                 logger.warning("reward %s failed on the whole batch (%s); its samples leave the update", name, err)
                 parts[name] = torch.full((len(images),), float("nan"))
-        total = sum(self.weights[n] * parts[n] for n in self.rewards)
+        # a zero-weight reward is watched (its part is reported, e.g. for LDAM) but never enters the total: its NaN
+        # must not take a sample out of the update
+        total = torch.zeros(len(images))
+        for n in self.rewards:
+            if self.weights[n] != 0:
+                total = total + self.weights[n] * parts[n]
         bad = int(torch.isnan(total).sum())
         if bad:
             logger.warning("%d of %d samples have a NaN reward and leave the update", bad, len(images))

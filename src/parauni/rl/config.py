@@ -1,17 +1,22 @@
-"""``parauni grpo`` configuration: ``algorithm`` (``flow_grpo`` or ``diffusion_nft``) and the sections ``model``,
-``prompts``, ``rewards``, ``sampling``, ``optim``, ``nft`` (DiffusionNFT only), ``ldam`` and ``train``, loaded
-like the stage I / II configs (:func:`parauni.train.config.load_config`: OmegaConf structured configs over these
-dataclasses, unknown keys are errors). ``model``, ``optim`` and ``train`` extend the sections every recipe shares
+"""``parauni rl`` configuration: ``algorithm`` (a registered stage-III algorithm, :data:`parauni.registry.ALGORITHMS`,
+or a ``package.module:Class`` path) and the sections ``model``, ``prompts``, ``rewards``, ``sampling``, ``optim``,
+``ldam`` and ``train``, plus the chosen algorithm's own section (e.g. DiffusionNFT's ``nft``), loaded like the stage
+I / II configs (:func:`parauni.train.config.load_config`: OmegaConf structured configs over these dataclasses,
+unknown keys are errors). The root dataclass is built from the chosen algorithm (:func:`config_root`): its section,
+and its own defaults for shared keys (``Algorithm.defaults``); a section of another algorithm is refused naming
+it, as is a shared key the algorithm never reads (``Algorithm.unused``) set to another value than its default.
+``model``, ``optim`` and ``train`` extend the sections every recipe shares
 (:class:`~parauni.train.config.ModelSource`, :class:`~parauni.train.config.AdamWConfig`,
 :class:`~parauni.train.config.RunConfig`: the evaluation's keys are ``train.eval_*`` in both). Each key's range is
-declared beside its field; the checks across keys are :meth:`GRPOConfig.validate`. ``parauni grpo`` also checks
+declared beside its field; the checks across keys are :meth:`GRPOConfig.validate`. ``parauni rl`` also checks
 the reward names (:func:`check_reward_names`) before building any model."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..checks import (
     NON_NEGATIVE,
@@ -30,16 +35,17 @@ from ..checks import (
     optional,
     registered_choice,
 )
-from ..errors import ConfigError
-from ..registry import PROMPT_SOURCES, REWARDS
+from ..errors import ConfigError, UnknownKeyError
+from ..registry import ALGORITHMS, PROMPT_SOURCES, REWARDS
 from ..train.config import AdamWConfig, ModelSource, RunConfig, load_config
 from ..train.schema import like, setting
-from .nft import ADV_MODES, DECAY_TYPES
+from .algorithm import algorithm_class, importable_algorithms, option, section_owner
+from .algorithm import config_root as algorithm_root
 from .objective import KL_FORMS
-from .ode import SOLVERS
 from .sde import GRIDS
 
-ALGORITHMS = ("flow_grpo", "diffusion_nft")
+ALGORITHM = Check("a registered algorithm or a 'package.module:Class' path",
+                  lambda v: isinstance(v, str) and (v in ALGORITHMS or ":" in v))
 FINETUNE = ("lora", "full")  # model.finetune
 
 
@@ -92,7 +98,8 @@ class SamplingConfig:
     sde_window: int | None = setting(None, optional(POSITIVE_INT))
     # [lo, hi]: the window lies in transitions lo..hi-1 (None: 0..steps-1)
     sde_window_range: list[int] | None = setting(None, optional(list_of(NON_NEGATIVE_INT, length=2)))
-    # roll out with the LoRA merged into a plain copy of the transformer (faster, same policy)
+    # roll out with the LoRA merged into a plain copy of the transformer (faster, same policy); applies only when
+    # the update runs in float32: under bf16/fp16 a merged weight rounds differently, so the adapter samples
     merge_lora: bool = setting(True, boolean())
     guidance_scale: float = setting(4.5, NON_NEGATIVE)
     flow_shift: float | None = setting(None, optional(POSITIVE))  # None: the scheduler's own
@@ -131,22 +138,6 @@ class GRPOOptimConfig(AdamWConfig):
 
 
 @dataclass
-class NFTConfig:
-    """DiffusionNFT's own settings (NVlabs/DiffusionNFT ``config/nft.py``); the shared ones are in ``optim``:
-    ``adv_clip`` (adv_clip_max), ``kl_beta`` (train.beta), ``timestep_fraction``, the EMA and AdamW."""
-
-    # implicit policies v+ = beta v + (1 - beta) v_old (reference: 1; 0.1 for several rewards)
-    beta: float = setting(1.0, POSITIVE)
-    # how advantages become r: all, positive_only, negative_only, one_only, binary
-    adv_mode: str = setting("all", choice(*ADV_MODES))
-    # the old policy's soft-update schedule (0: on-policy; 1: 0 -> 0.5 over 500 steps; 2)
-    decay_type: int = setting(1, Check(f"one of {', '.join(map(str, DECAY_TYPES))}",
-                                       lambda v: isinstance(v, int) and not isinstance(v, bool) and v in DECAY_TYPES))
-    # the rollout's deterministic solver: dpm2 (DPM-Solver++(2M)) or euler
-    solver: str = setting("dpm2", choice(*SOLVERS))
-
-
-@dataclass
 class LDAMConfig:
     enabled: bool = setting(True, boolean())
     window: int = setting(5, POSITIVE_INT)
@@ -170,17 +161,20 @@ class GRPOTrainConfig(RunConfig):
     eval_before: bool = setting(True, boolean())
     # stop with an error after this many epochs in a row that cannot learn (0: never)
     max_idle_epochs: int = setting(5, NON_NEGATIVE_INT)
+    # minutes a process waits for the others in a collective (every rank waits while the main process evaluates
+    # before and after training) before the run fails; torch's own default is 10 (NCCL)
+    dist_timeout_minutes: float = setting(120.0, POSITIVE)
 
 
 @dataclass
 class GRPOConfig:
-    algorithm: str = setting("flow_grpo", choice(*ALGORITHMS))  # flow_grpo (the paper's) or diffusion_nft
+    # see parauni rl --help for the registered ones; default: the one registered as the default (the paper's)
+    algorithm: str = setting(factory=lambda: ALGORITHMS.default(), check=ALGORITHM)
     model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: GRPOOptimConfig = field(default_factory=GRPOOptimConfig)
-    nft: NFTConfig = field(default_factory=NFTConfig)
     ldam: LDAMConfig = field(default_factory=LDAMConfig)
     train: GRPOTrainConfig = field(default_factory=GRPOTrainConfig)
 
@@ -192,8 +186,54 @@ class GRPOConfig:
         "sampling.eval_guidance_scales": "train.eval_guidance_scales",
     }
 
+    @classmethod
+    def root_for(cls, data: dict, overrides: list[tuple[list[str], Any]], migrate: bool = False) -> type:
+        """The root dataclass for a config's raw ``data`` (a file's nested dict) and parsed ``overrides``: that of
+        the algorithm they choose (:func:`config_root`). A section of another algorithm is refused naming it."""
+        name = data.get("algorithm", _root_default(cls))
+        for keys, value in overrides:
+            if keys == ["algorithm"]:
+                name = value
+        if not isinstance(name, str) or not ALGORITHM.ok(name):
+            raise ConfigError(ALGORITHM.message("algorithm", name) + f" (known: {', '.join(ALGORITHMS)})")
+        root = config_root(algorithm_class(name))
+        if migrate:
+            return root
+        fields = {f.name for f in dataclasses.fields(root)}
+        for key, shown in [*((k, k) for k in data), *((keys[0], ".".join(keys)) for keys, _ in overrides)]:
+            if key not in fields and (owner := section_owner(key)) is not None:
+                raise UnknownKeyError(f"{shown}: the section {key!r} belongs to algorithm {owner!r}, and this config "
+                                      f"runs {name!r}: remove it, or set algorithm: {owner}")
+        return root
+
+    @classmethod
+    def migrate_data(cls, data: dict) -> None:
+        """A saved run's config (an older layout held every algorithm's section, and keys the algorithm never
+        reads): other algorithms' sections and the algorithm's unused keys are dropped (they never acted)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in [k for k in data if k not in fields and section_owner(k) is not None]:
+            data.pop(key)
+        algo = algorithm_class(str(data.get("algorithm", _root_default(cls))))
+        for key in option(algo, "unused", ()):
+            section, leaf = key.split(".", 1)
+            if isinstance(data.get(section), dict):
+                data[section].pop(leaf, None)
+
     def validate(self) -> None:
         """The checks across keys (each key's own range is declared beside its field); raises ``ConfigError``."""
+        algo = algorithm_class(self.algorithm)
+        ref = config_root(algo)()
+        for key in option(algo, "unused", ()):
+            if _get(self, key) != _get(ref, key):
+                users = [n for n, c in importable_algorithms().items() if key not in option(c, "unused", ())]
+                raise ConfigError(f"{key}: algorithm {self.algorithm!r} does not use it (it is read by "
+                                  f"{', '.join(users) or 'no registered algorithm'}); remove it, or choose "
+                                  f"{'that algorithm' if len(users) == 1 else 'one of those'}")
+        if self.model.finetune == "full":
+            for k in ("lora_rank", "lora_alpha", "lora_targets"):
+                if getattr(self.model, k) != getattr(ref.model, k):
+                    raise ConfigError(f"model.{k}: model.finetune=full trains every transformer weight and adds no "
+                                      f"LoRA; remove model.{k}, or use model.finetune=lora")
         if (problem := conditioner_problem(self.model.conditioner)) is not None:
             raise ConfigError(problem)
         p, s = self.prompts, self.sampling
@@ -213,22 +253,59 @@ class GRPOConfig:
             raise ConfigError(f"optim.steps_per_epoch: an epoch of {p.per_epoch} prompts x {s.group_size} images in "
                               f"micro-batches of optim.train_batch={o.train_batch} holds at most {micro} optimizer "
                               f"steps, got {o.steps_per_epoch}; use at most {micro} (or a smaller optim.train_batch)")
-        if self.algorithm == "diffusion_nft" and self.model.train_lim:
-            raise ConfigError("model.train_lim=true is not supported with algorithm=diffusion_nft yet (its old "
-                              "policy would need a copy of the LIM); use algorithm=flow_grpo or train_lim=false")
         if s.sde_window_range is not None:
             lo, hi = s.sde_window_range
             if not 0 <= lo < hi <= s.steps - 1 or (s.sde_window or 1) > hi - lo:
                 raise ConfigError(f"sampling.sde_window_range: expected [lo, hi] with 0 <= lo < hi <= sampling.steps "
                                   f"- 1 = {s.steps - 1} and room for sampling.sde_window = {s.sde_window}, got "
                                   f"{list(s.sde_window_range)}")
+        if (check := getattr(algo, "check", None)) is not None:
+            check(self)
+
+
+def _root_default(root: type) -> str:
+    """The ``algorithm`` a root defaults to: its algorithm's (a built root), else the registered default."""
+    default = next(f.default for f in dataclasses.fields(root) if f.name == "algorithm")
+    return default if isinstance(default, str) else ALGORITHMS.default()
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for k in key.split("."):
+        cfg = getattr(cfg, k)
+    return cfg
+
+
+def config_root(algo: type) -> type:
+    """The config root of algorithm class ``algo`` (:func:`parauni.rl.algorithm.config_root` over
+    :class:`GRPOConfig`)."""
+    return algorithm_root(algo, GRPOConfig)
+
+
+def steps_per_epoch(cfg: GRPOConfig, processes: int) -> int:
+    """The optimizer steps of an epoch on ``processes`` processes: ``optim.steps_per_epoch``, or one per
+    micro-batch of a process's samples (``None``). Micro-batches are cut per process, so an epoch of
+    ``prompts.per_epoch x sampling.group_size`` samples holds ``ceil(samples / processes / optim.train_batch)``
+    of them on each; a ``steps_per_epoch`` above that is refused (the run would make fewer steps than planned,
+    and the learning-rate schedule and the EMA would drift)."""
+    o = cfg.optim
+    per_process = cfg.prompts.per_epoch * cfg.sampling.group_size // processes
+    micro = -(-per_process // o.train_batch)
+    if o.steps_per_epoch is None:
+        return micro
+    if o.steps_per_epoch > micro:
+        raise ConfigError(f"optim.steps_per_epoch: on {processes} processes each rolls out {per_process} samples "
+                          f"({cfg.prompts.per_epoch} prompts x {cfg.sampling.group_size} images / {processes}), "
+                          f"{micro} micro-batch(es) of optim.train_batch={o.train_batch}, so at most {micro} optimizer "
+                          f"step(s) an epoch, got {o.steps_per_epoch}; use optim.steps_per_epoch={micro}, a smaller "
+                          "optim.train_batch or more prompts.per_epoch")
+    return o.steps_per_epoch
 
 
 def check_reward_names(rewards: RewardConfig) -> None:
     """Every reward of ``rewards.weights`` (and ``rewards.options``) is a registered name
     (:data:`parauni.rewards.REWARDS`) or a ``package.module:Factory`` path that imports; else a ``ConfigError``.
     Run by ``parauni grpo`` before any model is built (programmatic runs may pass their own reward callables to
-    :class:`~parauni.rl.grpo.GRPOTrainer` under any name)."""
+    :class:`~parauni.rl.trainer.RLTrainer` under any name)."""
 
 
     for key, names in (("rewards.weights", rewards.weights), ("rewards.options", rewards.options)):
@@ -248,6 +325,7 @@ def check_reward_names(rewards: RewardConfig) -> None:
 
 
 def load_grpo_config(path=None, overrides: list[str] | None = None, migrate: bool = False) -> GRPOConfig:
-    """A :class:`GRPOConfig` from a YAML file and ``key=value`` overrides, every value checked (see
-    :func:`parauni.train.config.load_config`; ``migrate``: a saved run's config, older keys renamed)."""
+    """A config of the chosen algorithm's root (:func:`config_root`, a :class:`GRPOConfig`) from a YAML file and
+    ``key=value`` overrides, every value checked (see :func:`parauni.train.config.load_config`; ``migrate``: a
+    saved run's config, older keys renamed, other algorithms' sections dropped)."""
     return load_config(path, overrides, root=GRPOConfig, migrate=migrate)

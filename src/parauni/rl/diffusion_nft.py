@@ -14,7 +14,8 @@ latents and conditions, and the forward-process update of :func:`parauni.rl.nft.
   first ``max(1, int(steps * optim.timestep_fraction))`` of them; fresh noise at each.
 - **Update** (:801-1030): per micro-batch and training point the old, current and reference (adapter off)
   velocities, conditional only; gradients accumulate over ``1 / optim.steps_per_epoch`` of the micro-batches times
-  the training points (the reference's ``gradient_accumulation_steps * num_train_timesteps``); the EMA after each
+  the training points, the loss a mean over those samples x training points (the reference's division by
+  ``gradient_accumulation_steps * num_train_timesteps`` of equal micro-batches); the EMA after each
   optimizer step as for Flow-GRPO (the reference: decay 0.9 with warm-up, every step, :567).
 
 Departures, each for a stated reason:
@@ -37,12 +38,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import POSITIVE, Check, choice
+from ..errors import ConfigError
+from ..train.schema import setting
 from ..utils.images import signed_to_uint8
+from .algorithm import Algorithm
 from .lora import merged_transformer
-from .nft import nft_loss, noised, old_policy_decay, reward_weight
+from .nft import ADV_MODES, DECAY_TYPES, nft_loss, noised, old_policy_decay, reward_weight
 from .objective import split_evenly
-from .ode import ode_sample
+from .ode import SOLVERS, ode_sample
 from .rollout import cfg_velocity
+
+
+@dataclass
+class NFTConfig:
+    """DiffusionNFT's own settings, the config's ``nft:`` section (NVlabs/DiffusionNFT ``config/nft.py``); the
+    shared ones are in ``optim``: ``adv_clip`` (adv_clip_max), ``kl_beta`` (train.beta), ``timestep_fraction``, the
+    EMA and AdamW."""
+
+    # implicit policies v+ = beta v + (1 - beta) v_old (reference: 1; 0.1 for several rewards)
+    beta: float = setting(1.0, POSITIVE)
+    # how advantages become r: all, positive_only, negative_only, one_only, binary
+    adv_mode: str = setting("all", choice(*ADV_MODES))
+    # the old policy's soft-update schedule (0: on-policy; 1: 0 -> 0.5 over 500 steps; 2)
+    decay_type: int = setting(1, Check(f"one of {', '.join(map(str, DECAY_TYPES))}",
+                                       lambda v: isinstance(v, int) and not isinstance(v, bool) and v in DECAY_TYPES))
+    # the rollout's deterministic solver: dpm2 (DPM-Solver++(2M)) or euler
+    solver: str = setting("dpm2", choice(*SOLVERS))
 
 
 @dataclass
@@ -67,13 +89,32 @@ def training_points(n_samples: int, n_steps: int, fraction: float, generator: to
     return torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n_samples)])
 
 
-class DiffusionNFT:
+class DiffusionNFT(Algorithm):
     """``algorithm: diffusion_nft``: deterministic rollouts from the old policy, forward-process updates."""
 
     name = "diffusion_nft"
+    section, Config = "nft", NFTConfig
+    # the reference's defaults where they differ from Flow-GRPO's (NVlabs/DiffusionNFT @ 24af555)
+    defaults = {
+        "sampling.guidance_scale": 1.0,  # config/nft.py:64
+        "optim.kl_beta": 1e-4,  # config/base.py:89 (train.beta)
+        "optim.timestep_fraction": 0.99,  # config/base.py:87
+        "optim.ema_every": 1,  # scripts/train_nft_sd3.py:567 (update_step_interval=1)
+        "optim.lr": 3e-4,  # config/base.py:66
+    }
+    # Flow-GRPO's SDE, ratio and sample-dropping keys: nothing here reads them
+    unused = ("sampling.noise_level", "sampling.sde_window", "sampling.sde_window_range", "sampling.merge_lora",
+              "optim.clip_range", "optim.kl_form", "optim.drop_zero_adv")
+    drops_failed_samples = False  # NaN rewards stay in the micro-batch with weight 0
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.model.train_lim:
+            raise ConfigError("model.train_lim=true is not supported with algorithm=diffusion_nft yet (its old "
+                              "policy would need a copy of the LIM); use algorithm=flow_grpo or train_lim=false")
 
     def __init__(self, trainer):
-        self.tr = trainer
+        super().__init__(trainer)
         # the old policy's weights, one per trainable tensor (the reference's "old" adapter), equal at the start
         self.old = {n: p.detach().clone() for n, p in trainer.params.items()}
         self._old_model = None  # a plain transformer with the old LoRA merged, refreshed when ``old`` changes
@@ -107,6 +148,10 @@ class DiffusionNFT:
             self.old[n] = v.to(self.tr.params[n].device, self.tr.params[n].dtype)
         self._old_stale = True
 
+    def progress_numbers(self, row: dict) -> dict[str, str]:
+        """The old policy's deviation from the current one."""
+        return {"old_dev": f"{row['diag/old_deviate']:.1e}"}
+
     # -- sampling --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, epoch: int) -> NFTRollout:
@@ -126,7 +171,8 @@ class DiffusionNFT:
             def velocity(z, sigma, cond=cond):
                 return cfg_velocity(model, z, sigma, cond, inp.uncond, s.guidance_scale)
 
-            outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), tr.cfg.nft.solver))
+            with tr.acc.autocast():  # the update's precision (its v_old runs there too)
+                outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), tr.cfg.nft.solver).float())
         x_0 = torch.cat(outs)
         images = signed_to_uint8(pipe.decode(x_0.to(pipe.transformer.dtype)))
         return NFTRollout(inp.prompts, inp.metadata, inp.group, None, inp.noise, inp.cond, x_0, tr.sigmas, images)
@@ -154,6 +200,7 @@ class DiffusionNFT:
         for size in chunks:
             group = micro[pos:pos + size]
             pos += size
+            n_samples = sum(len(mb) for mb in group)  # the loss is a mean over samples x training points
             for i, mb in enumerate(group):
                 x_0 = roll.x_0[mb].to(dev).float()
                 cond, _ = tr.update_conditions(roll, mb)
@@ -174,7 +221,10 @@ class DiffusionNFT:
                                 v_ref = cfg_velocity(reference, x_t, t, cond.detach(), None, 1.0)
                         loss, terms = nft_loss(v, v_old, v_ref, x_t, x_0, t, r, n.beta, o.adv_clip, o.kl_beta,
                                                weight=w)
-                        tr.acc.backward(loss / (size * k_points))
+                        # nft_loss is a mean over the micro-batch: weigh it by its samples, so a short last
+                        # micro-batch does not weigh its samples more (the reference's equal micro-batches give
+                        # the same mean)
+                        tr.acc.backward(loss * (len(mb) / (n_samples * k_points)))
                     stats["policy_loss"].append(terms["policy"].cpu())
                     stats["kl"].append(terms["kl"].cpu())
                     stats["old_deviate"].append(terms["old_deviate"].cpu())

@@ -1,6 +1,5 @@
-"""The parts of a stage-III epoch that every algorithm shares (a part of :class:`parauni.rl.grpo.RLTrainer`, which
-sets ``cfg``, ``acc``, ``pipe``, ``ldam``, ``num_layers``, ``prompt_source``, ``reward``, ``uncond_states`` and
-``_uncond``): the epoch's random streams, the rollout's inputs (prompts, conditions with LDAM's noise), the rewards'
+"""The parts of a stage-III epoch that every algorithm shares, one object the trainer holds (:class:`EpochData`):
+the epoch's random streams, the rollout's inputs (prompts, conditions with LDAM's noise), the rewards'
 group-normalised advantages over every process, and the samples an update trains on with their conditions."""
 
 from __future__ import annotations
@@ -30,13 +29,26 @@ class RolloutInputs:
     generator: torch.Generator  # the epoch's rollout stream (initial noise, SDE noise)
 
 
-class EpochParts:
+class EpochData:
     """Random streams, rollout inputs, advantages and update samples of an epoch on this process."""
+
+    def __init__(self, cfg, acc, pipe, prompt_source, reward, ldam, drops_failed_samples: bool):
+        """``prompt_source``: ``epoch(epoch, n) -> records``; ``reward``: ``(images, prompts, metadata) -> (total,
+        parts)``; ``ldam``: LDAM or ``None``; ``drops_failed_samples``: the algorithm's choice for NaN rewards."""
+        self.cfg, self.acc, self.pipe = cfg, acc, pipe
+        self.prompt_source, self.reward, self.ldam = prompt_source, reward, ldam
+        self.drops_failed_samples = drops_failed_samples
+        self.rank = acc.process_index  # whose random streams :meth:`generator` draws
+        self.num_layers = len(pipe.conditioner.layer_indices)
+        with torch.no_grad():
+            self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
+            # the unconditional condition, fixed unless the LIM trains
+            self._uncond = None if cfg.model.train_lim else pipe.conditioner(self.uncond_states)  # (1, N, C)
 
     def generator(self, stream: str, epoch: int) -> torch.Generator:
         """A torch generator for one named random stream of one epoch on this process, seeded from
         ``numpy.random.SeedSequence([train.seed, stream, epoch, rank])``: streams and epochs never share a seed."""
-        entropy = [self.cfg.train.seed, _STREAMS.index(stream), epoch, self.acc.process_index]
+        entropy = [self.cfg.train.seed, _STREAMS.index(stream), epoch, self.rank]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
@@ -78,9 +90,9 @@ class EpochParts:
         """This process's samples for the update, shuffled: the valid ones, without zero-advantage samples when
         ``drop_zero`` (Flow-GRPO's ``optim.drop_zero_adv``, ``train_sd3.py:796-817``). With several processes every
         rank needs the same number of backward passes, so ranks with fewer samples are topped up with dropped ones
-        (their advantage is 0: they add only the KL term), as the reference tops up its mask. DiffusionNFT keeps
-        every sample (NaN rewards weigh 0 in its loss)."""
-        keep = valid & (adv != 0) if drop_zero else (valid.clone() if self.cfg.algorithm == "flow_grpo"
+        (their advantage is 0: they add only the KL term), as the reference tops up its mask. An algorithm that
+        declares ``drops_failed_samples = False`` keeps every sample (NaN rewards weigh 0 in its loss)."""
+        keep = valid & (adv != 0) if drop_zero else (valid.clone() if self.drops_failed_samples
                                                       else torch.ones_like(valid))
         gen = self.generator("train_order", epoch)
         if self.acc.num_processes > 1:

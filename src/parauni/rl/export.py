@@ -1,6 +1,6 @@
 """Stage III's export: a ``ParaUniPipeline`` folder with the (EMA) LoRA merged into a plain transformer, from a
-checkpoint (:func:`export_checkpoint`, ``parauni export``) or from a running trainer (:class:`TrainerExport`:
-``final/`` and the evaluations), and the strict reading of a checkpoint's weights both need."""
+checkpoint (:func:`export_checkpoint`, ``parauni export``) or from a running trainer (:func:`merged_pipeline`,
+:func:`write_final`: ``final/`` and the evaluations), and the strict reading of a checkpoint's weights both need."""
 
 from __future__ import annotations
 
@@ -80,31 +80,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
     return Path(out)
 
 
-class TrainerExport:
-    """The export of :class:`parauni.rl.grpo.RLTrainer` (reads its ``pipe``, ``ema``, ``params``, ``out`` and
-    :meth:`~parauni.rl.policy.Policy.swapped_weights`)."""
+def merged_pipeline(policy, pipe, ema: bool = True) -> ParaUniPipeline:
+    """A ``ParaUniPipeline`` of a running trainer's :class:`~parauni.rl.policy.Policy` on ``pipe``: the (EMA) LoRA
+    merged into a plain copy of the transformer, a copy of the conditioner."""
+    with policy.swapped_weights(policy.ema if ema else {n: p.detach() for n, p in policy.params.items()}):
+        merged = merged_transformer(policy.raw_transformer)
+        cond = copy.deepcopy(pipe.conditioner).eval()
+    return _pipeline(pipe, cond, merged)
 
-    def merged_pipeline(self, ema: bool = True) -> ParaUniPipeline:
-        """A ``ParaUniPipeline`` with the (EMA) LoRA merged into a plain copy of the transformer."""
 
-        with self.swapped_weights(self.ema if ema else {n: p.detach() for n, p in self.params.items()}):
-            merged = merged_transformer(self.raw_transformer)
-            cond = copy.deepcopy(self.pipe.conditioner).eval()
-        return _pipeline(self.pipe, cond, merged)
-
-    def export(self, out: str | Path, ema: bool = True) -> Path:
-        """Write a ``ParaUniPipeline`` folder with the (EMA) LoRA merged into the transformer."""
-        self.merged_pipeline(ema).save_pretrained(out)
-        return Path(out)
-
-    def export_final(self) -> Path:
-        """``<output_dir>/final``: the EMA model as a ``ParaUniPipeline`` folder, written under a temporary name
-        and renamed (``parauni generate --model``, ``parauni eval ... --model`` read it)."""
-
-        final = self.out / "final"
-        tmp = final.with_name("final.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.export(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.replace(final)
-        return final
+def write_final(pipeline: ParaUniPipeline, out: Path) -> Path:
+    """``<out>/final``: ``pipeline`` as a ``ParaUniPipeline`` folder, written under a temporary name and renamed
+    (``parauni generate --model``, ``parauni eval ... --model`` read it)."""
+    final = out / "final"
+    tmp = final.with_name("final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.replace(final)
+    return final

@@ -34,11 +34,10 @@ def idle_epochs(idle: int, rstats: dict, ustats: dict, samples: int, limit: int,
     return idle
 
 
-def progress_numbers(row: dict) -> dict[str, str]:
-    """The progress bar's numbers of an epoch's metrics row: total reward, KL, the algorithm's own (Flow-GRPO's
-    clipped share, DiffusionNFT's old-policy deviation) and LDAM's active rewards."""
-    shown = {"clip": f"{row['clip_frac']:.2f}"} if "clip_frac" in row else {"old_dev": f"{row['diag/old_deviate']:.1e}"}
-    return {"reward": f"{row['reward/total']:.3f}", "kl": f"{row['kl']:.2e}", **shown,
+def progress_numbers(row: dict, own: dict[str, str] | None = None) -> dict[str, str]:
+    """The progress bar's numbers of an epoch's metrics row: total reward, KL, the algorithm's ``own`` numbers
+    (``Algorithm.progress_numbers``) and LDAM's active rewards."""
+    return {"reward": f"{row['reward/total']:.3f}", "kl": f"{row['kl']:.2e}", **(own or {}),
             "ldam": ",".join(row["ldam_active"]) or "-"}
 
 

@@ -81,14 +81,15 @@ def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch
 
 
 def ema_decay(step: int, max_decay: float = 0.9, warmup: bool = True) -> float:
-    """The EMA decay at optimizer step ``step`` (0-based): ``min((1 + k) / (10 + k), max_decay)`` with warm-up
-    (``flow_grpo/ema.py:33-37``), else ``max_decay``."""
+    """The EMA decay at ``step``: ``min((1 + k) / (10 + k), max_decay)`` with warm-up (``flow_grpo/ema.py:33-37``,
+    DiffusionNFT ``flow_grpo/ema.py:26``), else ``max_decay``. ``step`` is the references' ``global_step`` at the
+    call: the optimizer steps taken, this one included (1 after the first)."""
     return min((1 + step) / (10 + step), max_decay) if warmup else max_decay
 
 
 def ema_due(step: int, every: int) -> bool:
-    """Whether the EMA is updated after optimizer step ``step`` (0-based): every ``every``-th step, as
-    ``flow_grpo/ema.py:45`` does (``(step + 1) % every == 0``)."""
+    """Whether the EMA is updated at ``step`` (as for :func:`ema_decay`: the optimizer steps taken, this one
+    included), as ``flow_grpo/ema.py:45`` does (``(step + 1) % every == 0``)."""
     return (step + 1) % every == 0
 
 

@@ -1,23 +1,60 @@
-"""The trainable policy of stage III as every algorithm uses it (a part of :class:`parauni.rl.grpo.RLTrainer`,
-which sets ``params``, ``ema``, ``opt``, ``opt_step``, ``transformer``, ``reference_model``, ``acc`` and ``cfg``):
-the optimizer step with its EMA, the KL term's reference, snapshots, distances and swaps of the weights, and the
-weights as a checkpoint stores them."""
+"""The trainable policy of stage III, one object the trainer holds (:class:`Policy`): the weights being trained
+by name, their EMA, AdamW and the optimizer-step clock, the KL term's reference, snapshots, distances and swaps of
+the weights, and the weights as a checkpoint stores them."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
-from ..train.optim import warmup_cosine
-from .lora import adapters_off, lora_delta_norm
+from ..train.optim import decay_groups, warmup_cosine
+from .config import steps_per_epoch
+from .lora import adapters_off, lora_delta_norm, make_trainable
 from .objective import ema_decay, ema_due
 
 
+def planned_steps(cfg, processes: int) -> int:
+    """Optimizer steps of the whole run as planned: ``train.epochs`` x the steps of an epoch on ``processes``
+    processes (:func:`parauni.rl.config.steps_per_epoch`; an algorithm that drops samples can make an epoch's steps
+    fewer)."""
+    return cfg.train.epochs * steps_per_epoch(cfg, processes)
+
+
 class Policy:
-    """The LoRA (and LIM) weights being trained, by name (``params``), and their EMA (``ema``)."""
+    """The LoRA (or, with ``model.finetune: full``, every transformer weight) and optionally the LIM, trained.
+
+    ``params``: name -> trainable tensor (``transformer.*``, ``conditioner.*``); ``ema``: their EMA; ``opt``:
+    AdamW; ``transformer``: the Accelerate-prepared transformer; ``reference_model``: the frozen starting
+    transformer of a full fine-tune (``None`` for a LoRA: its reference is the adapter off); ``step``: the optimizer
+    steps taken (the learning-rate schedule's and the EMA's clock)."""
+
+    def __init__(self, cfg, acc, pipe):
+        """LoRA on ``pipe``'s transformer (and the LIM with ``model.train_lim``) as the trainable policy, its EMA
+        and AdamW, prepared by the Accelerator ``acc``."""
+        m, o, t = cfg.model, cfg.optim, cfg.train
+        self.cfg, self.acc, self.step = cfg, acc, 0
+        tr = pipe.transformer.to(acc.device)
+        torch.manual_seed(t.seed)
+        make_trainable(tr, m)
+        # a full fine-tune keeps the starting transformer: the KL term's reference and the distance travelled
+        self.reference_model = copy.deepcopy(tr).requires_grad_(False).eval() if m.finetune == "full" else None
+        tr.train()
+        if m.train_lim:
+            pipe.conditioner.lim.requires_grad_(True)
+        self.params = {f"transformer.{n}": p for n, p in tr.named_parameters() if p.requires_grad}
+        if m.train_lim:
+            self.params.update({f"conditioner.{n}": p for n, p in pipe.conditioner.named_parameters()
+                                if p.requires_grad})
+        self.ema = {n: p.detach().clone() for n, p in self.params.items()}
+        opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                                eps=o.eps)
+        self.transformer, self.opt = acc.prepare(tr, opt)
+        acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+        acc.register_load_state_pre_hook(lambda models, inp: models.clear())
 
     @property
     def raw_transformer(self):
@@ -47,11 +84,8 @@ class Policy:
         return "diag/weight_delta_norm", math.sqrt(total)
 
     def planned_steps(self) -> int:
-        """Optimizer steps of the whole run as planned: ``train.epochs`` x ``optim.steps_per_epoch`` (``None``: one
-        per micro-batch of this process's samples; Flow-GRPO's dropped samples can make an epoch's steps fewer)."""
-        o, per_process = self.cfg.optim, self.cfg.prompts.per_epoch * self.cfg.sampling.group_size
-        per_process //= self.acc.num_processes
-        return self.cfg.train.epochs * (o.steps_per_epoch or -(-per_process // o.train_batch))
+        """Optimizer steps of the whole run as planned (:func:`planned_steps`)."""
+        return planned_steps(self.cfg, self.acc.num_processes)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based): ``optim.lr`` after the warm-up + cosine factor
@@ -72,15 +106,18 @@ class Policy:
                     p.grad = self.acc.reduce(p.grad, reduction="mean")
         norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
         for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.opt_step)
+            group["lr"] = self.lr_at(self.step)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if ema_due(self.opt_step, o.ema_every):
-            keep = ema_decay(self.opt_step, o.ema_decay, o.ema_warmup)
+        self.step += 1
+        # both references count this step in: their global_step is incremented before ema.step(global_step)
+        # (flow_grpo scripts/train_sd3.py:952-955; DiffusionNFT scripts/train_nft_sd3.py:1021, 1029), so the first
+        # update's decay is min(2 / 11, ema_decay)
+        if ema_due(self.step, o.ema_every):
+            keep = ema_decay(self.step, o.ema_decay, o.ema_warmup)
             with torch.no_grad():
                 for n, p in self.params.items():
                     self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
-        self.opt_step += 1
         return torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu()
 
     def snapshot(self) -> list[torch.Tensor]:
@@ -106,12 +143,12 @@ class Policy:
                 for n, p in self.params.items():
                     p.copy_(backup[n])
 
-    def _weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
+    def weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
         """The trainable weights (or their EMA) as float32 CPU tensors, as a checkpoint stores them."""
         src = self.ema if ema else {n: p.detach() for n, p in self.params.items()}
         return {n: v.float().cpu().contiguous() for n, v in src.items()}
 
-    def _load_weights(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> None:
         """The trainable weights and their EMA from a checkpoint's tensors (same names)."""
         with torch.no_grad():
             for n, p in self.params.items():

@@ -1,5 +1,5 @@
 """The parts both training recipes are built from (stages I/II: :class:`parauni.train.trainer.Trainer`; stage III:
-:class:`parauni.rl.grpo.RLTrainer`), each written once:
+:class:`parauni.rl.trainer.RLTrainer`), each written once:
 
 - ``_setup_accelerator``: CPU threads, the Accelerator with its logger and mixed precision;
 - ``_hold_output_folder`` and ``run``: one run per output folder, its lock held from construction to the end;
@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
 from ..registry import EVALUATORS
 from ..utils.checkpoints import check_resume_config, complete_checkpoints, resume_path, truncate_jsonl
@@ -79,9 +80,11 @@ class Recipe:
     cfg: object
     config_changes: list
 
-    def _setup_accelerator(self, grad_accum: int | None = None) -> None:
+    def _setup_accelerator(self, grad_accum: int | None = None, timeout_minutes: float | None = None) -> None:
         """``train.threads``, the output folder and the Accelerator (``train.logger``, ``train.mixed_precision``;
-        ``grad_accum``: the one source of its gradient accumulation, whatever a launcher says)."""
+        ``grad_accum``: the one source of its gradient accumulation, whatever a launcher says; ``timeout_minutes``:
+        how long a collective operation waits for the other processes before the run fails, e.g. while the main
+        process evaluates; None: torch's default)."""
         t = self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -96,6 +99,8 @@ class Recipe:
                     raise ImportError("train.logger=tensorboard needs `pip install tensorboard` "
                                       "(or set train.logger=none)") from err
         accumulate = {} if grad_accum is None else {"gradient_accumulation_steps": grad_accum}
+        if timeout_minutes is not None:
+            accumulate["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))]
         self.acc = Accelerator(mixed_precision=resolve_precision(t.mixed_precision), log_with=log_with,
                                cpu=not torch.cuda.is_available(), **accumulate,
                                project_config=ProjectConfiguration(project_dir=str(self.out),
@@ -137,7 +142,7 @@ class Recipe:
         self.config_changes = check_resume_config(
             ckpt, to_yaml_dict(self.cfg), to_yaml_dict(self.CONFIG()), allow_config_change,
             self.out if self.acc.is_main_process else None, conditions=self._resume_conditions(done),
-            where={self.COUNTER: done})
+            where={self.COUNTER: done}, migrate=getattr(self.CONFIG, "migrate_data", None))
         return ckpt
 
     def _warn_if_earlier_run(self, resume: bool | str) -> None:

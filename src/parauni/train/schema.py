@@ -150,8 +150,8 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
 
 
 def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, migrate: bool = False) -> dict:
-    """A config file as a plain dict, its ``base`` chain merged under it (OmegaConf.merge: mappings merge key
-    by key, lists and values replace)."""
+    """A config file as a plain dict, its ``base`` chain merged under it (:func:`_merge`: sections merge key by
+    key; values, lists and mappings replace, a mapping with ``__merge__: true`` merges)."""
     if path.is_dir():
         raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
@@ -170,13 +170,40 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
     base = data.pop("base", None)
     if root is not None:
         _apply_moves(data, root, f"{path}: ", migrate)
+        if migrate and (prune := getattr(root, "migrate_data", None)) is not None:
+            prune(data)  # keys a saved run's config held that this root no longer has
         _check_keys(data, root, f"{path}: ")
     if base is None:
-        return data
+        return _merge({}, data, root)  # a mapping's merge marker has nothing to merge with
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base: expected the path of another YAML config, got {base!r}")
     parent = _read(path.parent / base, (*seen, path.resolve()), root, migrate)
-    return OmegaConf.to_container(OmegaConf.merge(parent, data), resolve=False)
+    return _merge(parent, data, root)
+
+
+MERGE = "__merge__"  # in a child config's mapping value: merge it over the base's mapping instead of replacing it
+
+
+def _merge(parent: dict, child: dict, cls: type | None) -> dict:
+    """A child config over its ``base:``: sections (dataclass-typed keys) merge key by key; any other value, a
+    mapping too (``rewards.weights``), replaces the parent's, as a command-line override does, unless the mapping
+    holds ``__merge__: true``: then its keys are set over the parent's mapping. ``cls``: the section's dataclass
+    (``None``: every mapping replaces)."""
+    out = dict(parent)
+    hints = _hints(cls) if cls is not None else {}
+    for key, value in child.items():
+        tp = hints.get(key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out[key] = _merge(out.get(key) if isinstance(out.get(key), dict) else {}, value, tp)
+        elif isinstance(value, dict) and MERGE in value:
+            if value[MERGE] is not True:
+                raise ConfigError(f"{key}: {MERGE} must be true (merge this mapping over the base config's), got "
+                                  f"{value[MERGE]!r}")
+            base = out.get(key) if isinstance(out.get(key), dict) else {}
+            out[key] = {**base, **{k: v for k, v in value.items() if k != MERGE}}
+        else:
+            out[key] = value
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -286,7 +313,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None, root: type
     """Read ``path`` (``None``: all defaults; a relative path that is not a file names a shipped config, e.g.
     ``internvl3-2b_sana-1.6b_512_stage1.yaml``), apply ``key=value`` overrides, check every key and value (see
     :func:`build_config`). Returns the dataclass instances. ``migrate``: keys of an older layout in the file
-    (``root.MOVED_KEYS``) are renamed instead of refused (for configs a run saved)."""
+    (``root.MOVED_KEYS``) are renamed instead of refused (for configs a run saved; ``root.migrate_data(data)``, when
+    defined, drops keys the root no longer has). A root with a ``root_for(data, overrides, migrate)`` classmethod
+    is replaced by the root it returns for the file's raw data and the parsed overrides (stage III: the root of the
+    chosen algorithm)."""
+    if (choose := getattr(root, "root_for", None)) is not None:
+        # a root that depends on the config's own values (stage III: the chosen algorithm's sections and defaults)
+        raw = _read(resolve_config(path)) if path is not None else {}
+        root = choose(raw, [parse_override(text) for text in overrides or []], migrate)
     data = _read(resolve_config(path), root=root, migrate=migrate) if path is not None else {}
     for text in overrides or []:
         _set_override(data, text, root)

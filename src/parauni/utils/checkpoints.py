@@ -54,6 +54,7 @@ RESUME_SAFE_KEYS: dict[str, str] = {
     "train.log_every": "how often metrics.jsonl gets a row",
     "train.logger": "where metrics also go (TensorBoard, W&B, none)",
     "train.output_dir": "where the run writes (e.g. resuming a copied run folder)",
+    "train.dist_timeout_minutes": "how long a process waits for the others in a collective",
     "train.threads": "CPU threads (the same operations; a reduction split over other threads can differ in float "
                      "round-off only)",
     "train.eval_geneval": "the evaluation after training",
@@ -325,7 +326,8 @@ def format_change(key: str, old: Any, new: Any, why: str | None = None) -> str:
 
 def check_resume_config(ckpt: Path, new: dict, defaults: dict, allow: bool, log_dir: Path | None,
                         conditions: dict[str, Callable[[Any, Any], str | None]] | None = None,
-                        where: dict | None = None) -> list[tuple[str, Any, Any]]:
+                        where: dict | None = None,
+                        migrate: Callable[[dict], None] | None = None) -> list[tuple[str, Any, Any]]:
     """Compare the config that made checkpoint ``ckpt`` (its ``config.yaml``, over ``defaults`` for keys added
     since) with the resumed run's ``new`` one (both plain nested dicts, e.g. ``to_yaml_dict(cfg)``).
 
@@ -333,7 +335,9 @@ def check_resume_config(ckpt: Path, new: dict, defaults: dict, allow: bool, log_
     a reason (e.g. stage I/II's ``train.steps`` when the steps already taken would get other learning rates).
     Any other difference raises :class:`ResumeConfigError` listing each as ``key: old -> new``; with ``allow``
     (``--allow-config-change``) they are logged instead, and appended to ``log_dir/config_changes.jsonl`` with
-    ``where`` (e.g. the step). Returns the differences that were let through that way.
+    ``where`` (e.g. the step). Returns the differences that were let through that way. ``migrate(stored)``: drops,
+    in place, keys of the stored config that an older layout held and that never acted (e.g. another algorithm's
+    section).
     """
     cfg_file = Path(ckpt) / CONFIG_FILE
     if not cfg_file.is_file():
@@ -343,6 +347,8 @@ def check_resume_config(ckpt: Path, new: dict, defaults: dict, allow: bool, log_
         logger.warning("%s has no %s: the config is not checked", ckpt, CONFIG_FILE)
         return []
     stored = yaml.safe_load(cfg_file.read_text()) or {}
+    if migrate is not None and isinstance(stored, dict):
+        migrate(stored)
     old = _over_defaults(defaults, stored)
     unsafe = []
     for key, a, b in config_differences(old, new):

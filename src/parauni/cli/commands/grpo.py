@@ -1,37 +1,19 @@
-"""``parauni grpo``: stage III, online RL (Flow-GRPO or DiffusionNFT) from a config."""
+"""``parauni grpo``: the former name of ``parauni rl`` (stage III), kept as an alias that says so once."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..options import add_run_arguments
+from . import rl
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("grpo", help="stage III: online RL (Flow-GRPO or DiffusionNFT) with several rewards and LDAM")
-    add_run_arguments(p, "configs/toy_grpo.yaml", "ldam.enabled=false")
-    p.epilog = "At the end the EMA model is written to <output_dir>/final (a ParaUniPipeline folder)."
+    p = rl.add_parser(sub, "grpo", "alias of `parauni rl` (stage III; any algorithm)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> dict:
-    """The config and its reward names checked before any model is built, then the run."""
-    # lazy: building the parser loads no command's library
-    from ...eval.geneval import format_table
-    from ...rl.config import check_reward_names, load_grpo_config
-    from ...rl.grpo import RLTrainer
-
-    cfg = load_grpo_config(args.config, args.overrides)
-    check_reward_names(cfg.rewards)
-    trainer = RLTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
-                        allow_config_change=getattr(args, "allow_config_change", False))
-    result = trainer.run()
-    if trainer.acc.is_main_process:
-        rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}
-        if rows:
-            print(format_table(rows))
-        print(f"{result['epochs']} epochs in {result['seconds']:.0f}s; curves in {trainer.out / 'curves'}")
-        if "final" in result:
-            kind = "LoRA merged" if cfg.model.finetune == "lora" else "full weights"
-            print(f"EMA model ({kind}) in {result['final']}")
-    return result
+    print("note: `parauni grpo` is now `parauni rl` (it runs every stage-III algorithm); running it as such",
+          file=sys.stderr)
+    return rl.run(args)

@@ -1,0 +1,133 @@
+"""Stage III on 2 processes (torchrun, gloo) against ONE process with the same global batch: the advantages over
+every process's rewards, and the first optimizer step's gradient (DDP's mean over ranks of per-sample means)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from parauni.rl.config import load_grpo_config
+from parauni.rl.rollout import Rollout
+from parauni.rl.trainer import RLTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["model.source=tiny", "prompts.per_epoch=4", "sampling.group_size=4", "sampling.steps=4", "model.lora_rank=4",
+        "model.lora_alpha=8", "optim.train_batch=3", "optim.steps_per_epoch=1", "optim.max_grad_norm=1e6",
+        "rewards.weights={redness: 1.0}", "ldam.enabled=false", "train.logger=none", "train.epochs=1"]
+PER_ALGORITHM = {
+    # every trained transition (fraction 1), every sample (no zero-advantage drop): the update's gradient is then
+    # a function of the global batch alone
+    "flow_grpo": ["optim.timestep_fraction=1.0", "optim.drop_zero_adv=false", "optim.kl_beta=0.1"],
+    "diffusion_nft": ["algorithm=diffusion_nft", "optim.timestep_fraction=0.5", "nft.beta=0.5"],
+}
+SCRIPT = """
+import sys, torch
+from parauni.rl.config import load_grpo_config
+from parauni.rl.trainer import RLTrainer
+cfg = load_grpo_config(None, sys.argv[1:])
+tr = RLTrainer(cfg, progress=False)
+with torch.no_grad():  # a trained LoRA: the same on every rank (seeded), so gradients reach every tensor
+    g = torch.Generator().manual_seed(5)
+    for n, p in tr.params.items():
+        if "lora_B" in n:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    tr.algo.load_state_tensors({"old": {n: p.detach().clone() for n, p in tr.params.items()}}) \\
+        if cfg.algorithm == "diffusion_nft" else None
+roll = tr.rollout(0)
+adv, valid, _ = tr.advantages(roll)
+grads = {}
+tr.opt.optimizer.register_step_pre_hook(
+    lambda o, a, k: grads.update({n: p.grad.detach().clone() for n, p in tr.params.items()}))
+stats = tr.update(roll, adv, valid, 0)
+keep = {k: v for k, v in vars(roll).items() if isinstance(v, torch.Tensor)}
+keep["images"] = torch.from_numpy(__import__("numpy").stack(roll.images))
+keep["prompts"], keep["trainable"] = roll.prompts, getattr(roll, "trainable", [])
+torch.save({"roll": keep, "adv": adv, "valid": valid, "grads": grads, "loss": stats["loss"]},
+           f"{cfg.train.output_dir}/rank{tr.acc.process_index}.pt")
+"""
+
+
+def _two_processes(tmp_path, args, port) -> list[dict]:
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    (tmp_path / "two").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), str(script), *args, f"train.output_dir={tmp_path / 'two'}"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def _one_process(tmp_path, args) -> RLTrainer:
+    cfg = load_grpo_config(None, [*args, f"train.output_dir={tmp_path / 'one'}"])
+    tr = RLTrainer(cfg, progress=False)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        for n, p in tr.params.items():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    if cfg.algorithm == "diffusion_nft":
+        tr.algo.load_state_tensors({"old": {n: p.detach().clone() for n, p in tr.params.items()}})
+    return tr
+
+
+def _grads_of_one_step(tr, roll, adv, valid) -> dict[str, torch.Tensor]:
+    grads = {}
+    hook = tr.opt.optimizer.register_step_pre_hook(
+        lambda o, a, k: grads.update({n: p.grad.detach().clone() for n, p in tr.params.items()}))
+    with tr.swapped_weights({n: p.detach().clone() for n, p in tr.params.items()}):  # the step is undone after
+        tr.update(roll, adv, valid, 0)
+    hook.remove()
+    return grads
+
+
+@pytest.mark.parametrize("algorithm", ["flow_grpo", pytest.param("diffusion_nft", marks=pytest.mark.slow)])
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, free_port, algorithm):
+    """Both ranks' rollouts are put together in one process. Advantages: each rank's equal the one process's over
+    the global batch (exact up to float32). Gradient of the one optimizer step: Flow-GRPO's update of the global
+    batch in one process (its only randomness, the sample order, does not change a sum); DiffusionNFT's update
+    draws training points and noise from each rank's own streams, so the one process runs each rank's share with
+    that rank's streams and averages the two per-sample means (equal shares). A sum instead of a mean across ranks,
+    or a per-rank normalisation, misses by a factor; the tolerance is float32 round-off of other summation orders
+    (1e-4 of each tensor's scale)."""
+    args = [*ARGS, *PER_ALGORITHM[algorithm]]
+    ranks = _two_processes(tmp_path, args, free_port())
+    tr = _one_process(tmp_path, args)
+    rolls = [r["roll"] for r in ranks]
+    b = len(rolls[0]["prompts"])
+    cat = {k: torch.cat([r[k] for r in rolls]) for k, v in rolls[0].items() if isinstance(v, torch.Tensor)}
+    images = list(cat.pop("images").numpy())
+    prompts = rolls[0]["prompts"] + rolls[1]["prompts"]
+    if algorithm == "flow_grpo":
+        roll = Rollout(prompts, [None] * len(prompts), cat["group"], None, None, cat["cond"], cat["latents"],
+                       cat["log_probs"], rolls[0]["sigmas"], images, rolls[0]["trainable"])
+    else:
+        from parauni.rl.diffusion_nft import NFTRollout
+
+        roll = NFTRollout(prompts, [None] * len(prompts), cat["group"], None, None, cat["cond"], cat["x_0"],
+                          rolls[0]["sigmas"], images)
+    adv, valid, _ = tr.advantages(roll)
+    torch.testing.assert_close(adv, torch.cat([r["adv"] for r in ranks]), rtol=1e-5, atol=1e-6)
+    assert bool(valid.all()) and adv.abs().sum() > 0
+    if algorithm == "flow_grpo":
+        expect = _grads_of_one_step(tr, roll, adv, valid)
+    else:
+        shares = []
+        for rank in (0, 1):
+            sl = slice(rank * b, (rank + 1) * b)
+            part = NFTRollout(prompts[sl], [None] * b, cat["group"][sl], None, None, cat["cond"][sl], cat["x_0"][sl],
+                              rolls[0]["sigmas"], images[sl])
+            tr.data.rank = rank  # this rank's random streams
+            shares.append(_grads_of_one_step(tr, part, adv[sl], valid[sl]))
+        expect = {n: (shares[0][n] + shares[1][n]) / 2 for n in shares[0]}
+    for rank in ranks:
+        for n, e in expect.items():
+            torch.testing.assert_close(rank["grads"][n], e, rtol=1e-4, atol=1e-4 * float(e.abs().max()), msg=n)
+    assert np.isfinite(ranks[0]["loss"])
