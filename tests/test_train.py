@@ -37,7 +37,7 @@ def weights(path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(path) / "trainable.safetensors"))
 
 
-STAGE3 = ("grpo", "nft")  # stage III configs: tests/test_grpo.py, tests/test_rl_nft.py
+STAGE3 = ("grpo", "nft", "awm")  # stage III configs: tests/test_grpo.py, tests/test_rl_nft.py, tests/test_rl_awm.py
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").glob("*.yaml")
