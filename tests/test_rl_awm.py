@@ -229,6 +229,21 @@ def test_the_gradient_does_not_depend_on_the_micro_batches(tmp_path):
     assert norms[0] > 0 and norms[1] == pytest.approx(norms[0], rel=1e-5), norms
 
 
+def test_a_full_fine_tune_trains_every_weight_against_the_starting_model(tmp_path):
+    tr = awm_trainer(tmp_path, "model.finetune=full", "optim.lr=1e-4", "optim.kl_beta=0.1")
+    start = {n: p.detach().clone() for n, p in tr.raw_transformer.named_parameters()}
+    stats = one_update(tr)
+    assert stats["kl"] == 0 and stats["ratio_dev"] == 0  # the first step starts at the reference
+    moved = {n for n, p in tr.raw_transformer.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert moved == set(start)
+    with tr.reference() as reference:
+        for n, p in reference.named_parameters():
+            assert torch.equal(p, start[n]), n
+    roll = tr.rollout(1)
+    adv, valid, _ = tr.advantages(roll)
+    assert tr.update(roll, adv, valid, 1)["kl"] > 0  # then the policy has left it
+
+
 def test_off_policy_rolls_out_from_the_old_policy(tmp_path):
     tr = awm_trainer(tmp_path, "awm.off_policy=true", "optim.lr=5e-2")
     one_update(tr)  # the current policy moves; the old one has not followed yet
