@@ -222,8 +222,8 @@ class AdvantageWeightedMatching:
                 "optim.adv_clip": 5.0,  # adv_clip_max, base:91
                 "optim.timestep_fraction": 0.9,  # dgx:60
                 "optim.steps_per_epoch": 1,  # gradient accumulation over the epoch's micro-batches, dgx:52-53
-                "optim.drop_zero_adv": False,  # zero-advantage samples stay (:1074-1077)
                 "optim.ema_decay": 0.99, "optim.ema_every": 1}  # dgx:91-92
+    # zero-advantage samples always stay (:1074-1077): optim.drop_zero_adv is Flow-GRPO's
     unused = ("sampling.noise_level", "sampling.sde_window", "sampling.sde_window_range", "optim.kl_form",
               "optim.drop_zero_adv")
     drops_failed_samples = False
