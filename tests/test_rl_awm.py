@@ -296,6 +296,7 @@ def test_awm_config_checks_and_declared_keys(tmp_path):
         section, name = key.split(".")
         assert hasattr(getattr(root, section), name), key
     assert AdvantageWeightedMatching.Config is AWMConfig and AdvantageWeightedMatching.section == "awm"
+    assert not set(AdvantageWeightedMatching.defaults) & set(AdvantageWeightedMatching.unused)
 
 
 def test_shipped_awm_config_loads_with_the_reference_numbers():

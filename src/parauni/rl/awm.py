@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..checks import POSITIVE, POSITIVE_INT, boolean, choice, number
+from ..checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, boolean, choice
 from ..errors import ConfigError
 from ..train.schema import setting
 from ..utils.images import signed_to_uint8
@@ -66,9 +66,9 @@ class AWMConfig:
     loss_type: str = setting("exp_first", choice(*LOSS_TYPES))  # a ratio per point, or of the mean (dgx:61)
     advantage_max: float = setting(1.0, POSITIVE)  # clipped advantages are rescaled to +-this (dgx:58)
     kl_weight: str = setting("uniform", choice(*KL_WEIGHTS))  # the reference KL's weighting (dgx:57)
-    old_kl_beta: float = setting(1.0, number(0.0))  # the weight of the KL to the old policy (ema_beta, dgx:67)
+    old_kl_beta: float = setting(1.0, NON_NEGATIVE)  # the weight of the KL to the old policy (ema_beta, dgx:67)
     old_kl_weight: str = setting("uniform", choice(*KL_WEIGHTS))  # its weighting (kl_ema_weight, dgx:65)
-    old_decay: float = setting(0.3, number(0.0, 1.0))  # the old policy's largest decay (kl_ema_decay, dgx:66)
+    old_decay: float = setting(0.3, PROBABILITY)  # the old policy's largest decay (kl_ema_decay, dgx:66)
     old_decay_type: str = setting("linear", choice(*DECAYS))  # its schedule (kl_ema_decay_type, dgx:68)
     off_policy: bool = setting(False, boolean())  # roll out (and take old surrogates) from the old policy (dgx:69)
     solver: str = setting("dpm2", choice(*SOLVERS))  # the rollout's deterministic solver: dpm2 or euler
