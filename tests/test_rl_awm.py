@@ -180,7 +180,8 @@ BASE = ["algorithm=awm", "model.source=tiny", "prompts.per_epoch=2", "sampling.g
 
 
 def awm_trainer(tmp_path, *extra, name="run", resume=False):
-    cfg = load_grpo_config(None, [*BASE, f"train.output_dir={tmp_path / name}", *extra])
+    base = [b for b in BASE if not b.startswith("model.lora_")] if "model.finetune=full" in extra else BASE
+    cfg = load_grpo_config(None, [*base, f"train.output_dir={tmp_path / name}", *extra])
     return RLTrainer(cfg, rewards=WeightedReward(dict(cfg.rewards.weights), rewards={"red": red}), progress=False,
                      resume=resume)
 

@@ -119,7 +119,25 @@ def config_roots() -> dict[str, list[type]]:
                        if dataclasses.is_dataclass(obj) and obj.__module__ == name
                        and callable(getattr(obj, "validate", None))]
         roots[name].sort(key=lambda c: inspect.getsourcelines(c)[1])
+    roots["parauni.rl.config"] += algorithm_sections()
     return roots
+
+
+def algorithm_sections() -> list[type]:
+    """One root per stage-III algorithm that has its own config section (the section exists only in a config that
+    chooses that algorithm): a dataclass holding just that section, named after the algorithm's class."""
+    from parauni.rl.algorithm import importable_algorithms, option  # the registry fills at first use
+
+    out = []
+    for name, algo in importable_algorithms().items():
+        section = option(algo, "section")
+        if section is None:
+            continue
+        doc = (f"The `{section}` section: present only in a config with `algorithm: {name}` (a key of it under "
+               f"another algorithm is refused). Its defaults for the shared keys are in the stage III guide.")
+        out.append(dataclasses.make_dataclass(f"{algo.__name__}Section", [
+            (section, algo.Config, dataclasses.field(default_factory=algo.Config))], namespace={"__doc__": doc}))
+    return out
 
 
 def _hints(cls: type) -> dict[str, Any]:

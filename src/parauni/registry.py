@@ -166,6 +166,8 @@ ALGORITHMS.register("flow_grpo", "parauni.rl.flow_grpo:FlowGRPO", default=True, 
                     "2025): SDE rollouts, clipped-ratio updates with a KL penalty; the paper's (the default)")
 ALGORITHMS.register("diffusion_nft", "parauni.rl.diffusion_nft:DiffusionNFT", help="DiffusionNFT (Zheng et al. "
                     "2025): deterministic rollouts, forward-process updates with implicit positive/negative policies")
+ALGORITHMS.register("awm", "parauni.rl.awm:AdvantageWeightedMatching", help="Advantage Weighted Matching (Xue et al. "
+                    "2025): deterministic rollouts, a clipped ratio of flow-matching likelihood surrogates")
 # reward name -> the LDAM layer group ("shallow", "middle" or "deep") a plugin's reward maps to by default
 LDAM_GROUPS = Registry("LDAM layer group", "ldam.reward_to_group")
 

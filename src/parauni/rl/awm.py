@@ -268,11 +268,13 @@ class AdvantageWeightedMatching:
 
     # -- sampling --------------------------------------------------------------------------------------------
     def rollout_model(self):
-        """The old policy (``awm.off_policy``), else the current one: a merged copy (``sampling.merge_lora``)."""
+        """The old policy (``awm.off_policy``), else the current one: a merged copy when ``sampling.merge_lora`` and
+        the update runs in float32 (under bf16 a merged weight rounds differently from the adapter, as for
+        Flow-GRPO's rollouts), else the adapted transformer itself."""
         tr = self.tr
         if self.cfg.off_policy:
             return self.old_model()
-        if not tr.cfg.sampling.merge_lora:
+        if not tr.cfg.sampling.merge_lora or tr.acc.mixed_precision != "no":
             return tr.transformer
         self._rollout_model = merged_transformer(tr.raw_transformer, into=self._rollout_model)
         return self._rollout_model
@@ -294,7 +296,8 @@ class AdvantageWeightedMatching:
             def velocity(z, sigma, cond=inp.cond[sl]):
                 return cfg_velocity(model, z, sigma, cond, inp.uncond, s.guidance_scale)
 
-            outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), self.cfg.solver))
+            with tr.acc.autocast():  # the update's precision
+                outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), self.cfg.solver).float())
         x_0 = torch.cat(outs)
         images = signed_to_uint8(pipe.decode(x_0.to(pipe.transformer.dtype)))
         return AWMRollout(inp.prompts, inp.metadata, inp.group, None, inp.noise, inp.cond, x_0, tr.sigmas, images)

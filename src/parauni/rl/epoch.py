@@ -4,6 +4,7 @@ group-normalised advantages over every process, and the samples an update trains
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,14 @@ from ..eval.geneval import TASK_ORDER
 from .objective import group_advantages
 
 _STREAMS = ("rollout", "sde_window", "train_order", "transitions", "nft_noise")
+
+
+def stream_id(stream: str) -> int:
+    """The number of a named random stream: its index in :data:`_STREAMS` (the seeds of earlier runs), else
+    ``2**32 + crc32(name)`` (stable across processes and Python runs, unlike ``hash``)."""
+    if stream in _STREAMS:
+        return _STREAMS.index(stream)
+    return 2**32 + zlib.crc32(stream.encode())
 
 
 @dataclass
@@ -47,8 +56,10 @@ class EpochData:
 
     def generator(self, stream: str, epoch: int) -> torch.Generator:
         """A torch generator for one named random stream of one epoch on this process, seeded from
-        ``numpy.random.SeedSequence([train.seed, stream, epoch, rank])``: streams and epochs never share a seed."""
-        entropy = [self.cfg.train.seed, _STREAMS.index(stream), epoch, self.rank]
+        ``numpy.random.SeedSequence([train.seed, stream, epoch, rank])``: streams and epochs never share a seed. Any
+        name is a stream: the built-in ones (:data:`_STREAMS`) by their index, others (an algorithm's own) by a stable
+        hash of the name, above every index."""
+        entropy = [self.cfg.train.seed, stream_id(stream), epoch, self.rank]
         seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
