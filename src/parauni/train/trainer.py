@@ -31,7 +31,15 @@ from ..utils.checkpoints import complete_checkpoints, write_checkpoint
 from .batches import DeviceBatches
 from .config import Config, save_config, trainable_parts
 from .data import LatentSource, build_source
-from .distributed import DEEPSPEED, FSDP, TrainableCheckpointHooks, configure_deepspeed, fsdp_on_cpu, scalar
+from .distributed import (
+    DEEPSPEED,
+    FSDP,
+    TrainableCheckpointHooks,
+    configure_deepspeed,
+    deepspeed_setup,
+    fsdp_on_cpu,
+    scalar,
+)
 from .loader import SampleLoader
 from .model import FlowTrainModule, save_trainable
 from .optim import decay_groups, retune, schedule_change, warmup_cosine
@@ -64,6 +72,7 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
         # train.grad_accum is the one source of truth (the data order depends on it)
         self._setup_accelerator(grad_accum=cfg.train.grad_accum)
         fsdp_on_cpu(self.acc)
+        deepspeed_setup(self.acc)
         if self.acc.distributed_type == FSDP and cfg.train.eval_geneval:
             raise ConfigError("train.eval_geneval=true needs the whole model on one process, but FSDP shards it; "
                               "set train.eval_geneval=false and score the exported checkpoint "
