@@ -21,7 +21,8 @@ What is compared with the one-process float32 run, and why these tolerances:
   near zero may take round-off as its sign, so single weights differ by a fraction of lr (measured: <= 7e-4)
   while the whole vector agrees to 6e-5 relative. A regime that trained another batch or another model differs
   by about the movement itself (a relative L2 of order 1).
-* bf16: see ``BF16`` below (bounds measured against the float32 run and explained there).
+* bf16: see ``BF16`` below (bounds measured against the float32 run and explained there). Under DeepSpeed,
+  bf16 is DeepSpeed's own (bf16 weights, float32 master weights), not autocast.
 
 Exact resume under DeepSpeed ZeRO-2 and ZeRO-3: a run interrupted after step 2 and resumed from its checkpoint
 (the engine's own checkpoint: fp32 master weights, optimizer and RNG states) ends with the same weights, bit for
@@ -59,13 +60,18 @@ FP32_RTOL = 1e-5
 FP32_WEIGHT_ATOL = LR / 10
 FP32_WEIGHT_REL = 1e-4
 
-# bf16, measured against the float32 run (3 steps, lr 1e-2) and bounded with a margin of 3 or more:
-# - one process / DDP (autocast: float32 weights and optimizer, bf16 matmuls): bf16 keeps 8 bits of mantissa
-#   (relative rounding 2^-9 = 2e-3 per operation); the losses and gradient norms agree within 1e-3 relative
-#   (measured 6e-4), the weights within 2e-2 relative L2 (measured ...).
-# - DeepSpeed (its own bf16: bf16 weights and activations, float32 master weights in the optimizer): the forward
-#   also rounds the weights to bf16, ...
-BF16 = {"loss_rtol": 1e-2, "norm_rtol": 1e-2, "weight_rel": 0.1}
+# bf16 against the float32 run (3 steps, lr 1e-2), bounds = the measured differences with a margin of 3 or more.
+# bf16 keeps 8 significant bits: each rounding is off by up to 2^-9 = 2e-3 relative, and a step sums many.
+# - autocast (one process, DDP): float32 weights, gradients and AdamW; matmuls in bf16. Measured: losses 4e-3,
+#   gradient norms 6e-3 relative; weights 9.5e-3 relative L2 (largest single difference 3e-2: near-zero
+#   gradient elements whose sign bf16's rounding decides, each moved by about lr).
+# - DeepSpeed's own bf16 (ZeRO-2 / ZeRO-3): the module's weights themselves are bf16 (the frozen VLM's too), the
+#   gradients are bf16 and reduced in bf16, float32 master weights in the optimizer. Measured: losses 8e-3,
+#   gradient norms 9e-3 at step 1, 2.8e-2 by step 3 (computed from weights that already differ); weights 1.6e-2.
+# What they still catch: a gradient summed instead of averaged, or divided twice, moves a norm by 50-100%;
+# another batch or another model moves the weights by their whole movement (7e-2 relative in steps 2 and 3).
+BF16 = {"autocast": {"loss_rtol": 1.5e-2, "norm_rtol": 2e-2, "weight_rel": 3e-2},
+        "deepspeed": {"loss_rtol": 3e-2, "norm_rtol": 1e-1, "weight_rel": 5e-2}}
 
 needs_deepspeed = pytest.mark.skipif(find_spec("deepspeed") is None,
                                      reason="DeepSpeed is not installed: pip install 'parauni[deepspeed]'")
@@ -193,7 +199,8 @@ def test_bf16_regime_matches_one_process_float32(name, reference, tmp_path, free
     config = BF16_RUNS[name]
     out = tmp_path / name
     launch(out, zero3_launch_config(tmp_path) if config == "zero3" else config, "bf16", port=free_port())
-    compare(out, reference, BF16["loss_rtol"], BF16["norm_rtol"], None, BF16["weight_rel"])
+    bound = BF16["autocast" if config in (None, "ddp.yaml") else "deepspeed"]
+    compare(out, reference, bound["loss_rtol"], bound["norm_rtol"], None, bound["weight_rel"])
 
 
 @needs_deepspeed
