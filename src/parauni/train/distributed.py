@@ -5,6 +5,7 @@ gradient norm of any of them."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -92,8 +93,9 @@ def deepspeed_on_cpu(acc) -> None:
     if get_accelerator().device_name() != "cpu":
         raise ConfigError(f"DeepSpeed on CPU processes needs DS_ACCELERATOR=cpu, got {get_accelerator().device_name()}"
                           f" (set DS_ACCELERATOR=cpu before the launch)")
-    import deepspeed.comm.torch as ds_torch
     from accelerate.utils import DeepSpeedPlugin
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # `import ... as` would give torch (re-exported)
 
     # DeepSpeed's CPU back-end JIT-compiles a shared-memory all-reduce (a C++ build, ~1.5 min, once per
     # machine) that serves only inference_all_reduce (tensor-parallel inference), never training's
