@@ -5,6 +5,7 @@ gradient norm of any of them."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -137,6 +138,17 @@ def configure_deepspeed(acc, micro_batch: int, grad_accum: int, global_batch: in
                            key, old, value)
         conf[key] = value
     acc.gradient_accumulation_steps = grad_accum
+
+
+def release_deepspeed(acc) -> None:
+    """Destroy the DeepSpeed engine (its ZeRO hooks and the pending communication handles it holds) and collect
+    it while the process group is still alive, before ``Accelerator.end_training`` destroys the group: left
+    to the interpreter's exit, gloo work objects held by ZeRO-3 are freed during finalization, which can
+    abort the process (``terminate called without an active exception``) after a complete run."""
+    if acc.distributed_type == DEEPSPEED and getattr(acc, "deepspeed_engine_wrapped", None) is not None:
+        acc.deepspeed_engine_wrapped.engine.destroy()
+        acc.deepspeed_engine_wrapped = None
+        gc.collect()
 
 
 def scalar(x) -> float:

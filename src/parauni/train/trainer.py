@@ -38,6 +38,7 @@ from .distributed import (
     configure_deepspeed,
     deepspeed_setup,
     fsdp_on_cpu,
+    release_deepspeed,
     scalar,
 )
 from .loader import SampleLoader
@@ -293,6 +294,7 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             self.acc.wait_for_everyone()
             if self.acc.is_main_process and self.cfg.train.eval_geneval:
                 result.update(self.evaluate())  # "geneval" (and "geneval_cfg<scale>" for further scales)
+        release_deepspeed(self.acc)
         self.acc.end_training()
         return result
 
