@@ -42,8 +42,8 @@ PER_RANK_NOISE = ("each process seeds its rollout and training noise with its ra
                   "at the same global batch; matching needs noise seeded by the sample's global index")
 NO_DEEPSPEED = ("stage III never sets DeepSpeed up (rl/grpo.py:75 builds the Accelerator without "
                 "parauni.train.distributed.deepspeed_setup / configure_deepspeed): on CPU processes a DeepSpeed "
-                "launch trains as plain DDP (no engine, no engine checkpoint); on GPUs Accelerator.prepare "
-                "raises for want of train_micro_batch_size_per_gpu")
+                "launch trains as plain DDP (no engine, no engine checkpoint); on GPUs Accelerate's "
+                "_prepare_deepspeed would refuse it for want of train_micro_batch_size_per_gpu (not run here)")
 LAUNCHER_ACCUM = ("stage III does not pin Accelerate's gradient accumulation (rl/grpo.py:75 calls "
                   "_setup_accelerator() without grad_accum, train/recipe.py:98-105), so the launcher's "
                   "ACCELERATE_GRADIENT_ACCUMULATION_STEPS=2 (what `accelerate launch --gradient_accumulation_steps 2` "
