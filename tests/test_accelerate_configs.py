@@ -8,7 +8,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
-EXPECTED = {"ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "deepspeed_zero2.yaml": "DEEPSPEED"}
+EXPECTED = {"ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "deepspeed_zero2.yaml": "DEEPSPEED",
+            "deepspeed_zero3.yaml": "DEEPSPEED"}
 WRAPPED = ["SanaTransformerBlock", "Qwen2DecoderLayer"]
 
 
@@ -29,7 +30,7 @@ def _set_env(monkeypatch, env: dict) -> None:
             monkeypatch.setenv(k, v)
 
 
-def test_the_three_configs_exist_and_document_their_launch_command():
+def test_the_configs_exist_and_document_their_launch_command():
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
     for name in EXPECTED:
         text = (CONFIGS / name).read_text()
@@ -85,11 +86,12 @@ def test_fsdp_wrap_classes_exist_in_the_model(tiny_pipe):
         assert get_module_class_from_name(module, name) is not None, name
 
 
-def test_deepspeed_config_gives_zero2_bf16_clip(monkeypatch):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_config_gives_zero_stage_bf16_clip(monkeypatch, stage):
     from accelerate.utils import DeepSpeedPlugin
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
-    args, defaults, mp_from_config, _ = _launch_args(CONFIGS / "deepspeed_zero2.yaml")
+    args, defaults, mp_from_config, _ = _launch_args(CONFIGS / f"deepspeed_zero{stage}.yaml")
     assert args.use_deepspeed
     # as accelerate's launch_command does before starting the DeepSpeed launcher
     fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mp_from_config else [])
@@ -97,22 +99,24 @@ def test_deepspeed_config_gives_zero2_bf16_clip(monkeypatch):
     _, env = prepare_deepspeed_cmd_env(args)
     _set_env(monkeypatch, env)
     ds = DeepSpeedPlugin().deepspeed_config
-    assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 1.0
+    assert ds["zero_optimization"]["stage"] == stage and ds["gradient_clipping"] == 1.0
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "none"
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
-def test_deepspeed_accepts_the_config(monkeypatch):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_accepts_the_config(monkeypatch, stage):
     """With DeepSpeed installed, its own config parser accepts the plugin's config (auto values filled)."""
     pytest.importorskip("deepspeed")
     from accelerate.utils import DeepSpeedPlugin
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    args, defaults, _, _ = _launch_args(CONFIGS / "deepspeed_zero2.yaml")
+    args, defaults, _, _ = _launch_args(CONFIGS / f"deepspeed_zero{stage}.yaml")
     args.deepspeed_fields_from_accelerate_config = ",".join([*defaults.deepspeed_config, "mixed_precision"])
     _set_env(monkeypatch, prepare_deepspeed_cmd_env(args)[1])
     cfg = dict(DeepSpeedPlugin().deepspeed_config)
     cfg.update(train_micro_batch_size_per_gpu=4, train_batch_size=4, bf16={"enabled": True})
-    parsed = DeepSpeedConfig(cfg, world_size=1)
-    assert parsed.zero_optimization_stage == 2 and parsed.gradient_clipping == 1.0 and parsed.bfloat16_enabled
+    parsed = DeepSpeedConfig(cfg)  # no process group: world size 1
+    assert parsed.zero_optimization_stage == stage and parsed.gradient_clipping == 1.0
+    assert parsed.bfloat16_config.enabled

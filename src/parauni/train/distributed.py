@@ -1,10 +1,12 @@
-"""How stages I/II run under Accelerate's distributed back-ends where Accelerate alone falls short: FSDP2 on CPU
-processes (gloo), the DeepSpeed config filled from the training config, checkpoints that hold only the trainable
-weights whatever the back-end (:class:`TrainableCheckpointHooks`), and one float from a gradient norm of any of
-them."""
+"""How stages I/II run under Accelerate's distributed back-ends where Accelerate alone falls short: FSDP2 and
+DeepSpeed on CPU processes (gloo), the DeepSpeed config filled from the training config, checkpoints that hold
+only the trainable weights whatever the back-end (:class:`TrainableCheckpointHooks`), and one float from a
+gradient norm of any of them."""
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -49,6 +51,71 @@ def fsdp_on_cpu(acc) -> None:
     AcceleratorState._shared_state["fsdp_plugin"] = plugin
 
 
+def deepspeed_setup(acc) -> None:
+    """A DeepSpeed launch (``ACCELERATE_USE_DEEPSPEED=true``), before the model is built: DeepSpeed on CPU
+    processes too (:func:`deepspeed_on_cpu`), and ``zero3_init_flag: false`` honoured.
+
+    Selecting a ZeRO-3 plugin registers its config with ``transformers`` (``HfDeepSpeedConfig``), which then
+    builds every model under ``deepspeed.zero.Init`` whatever ``zero3_init_flag`` says: each weight is
+    partitioned as it is created and randomly initialised weights draw other values than on one process.
+    With the flag off the registration is undone, so the model is built as on one process and
+    ``deepspeed.initialize`` partitions it in ``Accelerator.prepare``.
+    """
+    deepspeed_on_cpu(acc)
+    plugin = acc.state.deepspeed_plugin if acc.distributed_type == DEEPSPEED else None
+    if plugin is not None and plugin.zero_stage == 3 and not plugin.zero3_init_flag:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
+def deepspeed_on_cpu(acc) -> None:
+    """Honour a DeepSpeed launch (``ACCELERATE_USE_DEEPSPEED=true``) on CPU processes (gloo).
+
+    ``AcceleratorState`` selects DeepSpeed only when the Accelerator is not built with ``cpu=True``, and
+    without an accelerator device it then finds no distributed back-end at all; CPU processes stay
+    ``MULTI_CPU`` and would silently train under plain DDP. DeepSpeed itself runs on CPU
+    (``DS_ACCELERATOR=cpu``; without oneCCL it communicates over gloo, DeepSpeed >= 0.14.1), so here
+    ``deepspeed.comm`` adopts the gloo process group Accelerate started and the shared state is switched to
+    DeepSpeed with the plugin Accelerate built from the launcher's ``ACCELERATE_DEEPSPEED_*`` variables, as
+    ``AcceleratorState`` does on a GPU; ``prepare`` (``deepspeed.initialize``), ``backward``,
+    ``clip_grad_norm_`` and ``save_state`` / ``load_state`` then take Accelerate's own DeepSpeed paths (used
+    by tests/test_regimes.py). DeepSpeed's mixed precision then comes from its config (``bf16.enabled``:
+    bf16 weights and activations with float32 master weights), not from autocast.
+    """
+    if acc.distributed_type != MULTI_CPU or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed.comm
+        from deepspeed.accelerator import get_accelerator
+    except ImportError as err:
+        raise ImportError("this launch config uses DeepSpeed: `pip install 'parauni[deepspeed]'`") from err
+    if get_accelerator().device_name() != "cpu":
+        raise ConfigError(f"DeepSpeed on CPU processes needs DS_ACCELERATOR=cpu, got {get_accelerator().device_name()}"
+                          f" (set DS_ACCELERATOR=cpu before the launch)")
+    from accelerate.utils import DeepSpeedPlugin
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # `import ... as` would give torch (re-exported)
+
+    # DeepSpeed's CPU back-end JIT-compiles a shared-memory all-reduce (a C++ build, ~1.5 min, once per
+    # machine) that serves only inference_all_reduce (tensor-parallel inference), never training's
+    # collectives; without it every collective is gloo's
+    ds_torch.build_shm_op = lambda: None
+    deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)  # adopts the gloo group
+    state = acc.state
+    plugin = state.deepspeed_plugins if isinstance(state.deepspeed_plugins, DeepSpeedPlugin) else DeepSpeedPlugin()
+    precision = state._mixed_precision
+    plugin.set_mixed_precision(precision)  # the config's bf16 / fp16 sections, as AcceleratorState fills them
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared["distributed_type"] = DistributedType.DEEPSPEED
+    AcceleratorState._shared_state["deepspeed_plugins"] = plugin
+    plugin.select(_from_accelerator_state=True)
+    AcceleratorState._shared_state["_mixed_precision"] = "no"  # DeepSpeed casts (AcceleratorState's DeepSpeed path)
+    acc.native_amp = False  # no autocast on top of DeepSpeed's own bf16 (as on a GPU)
+    acc.deepspeed_engine_wrapped = None
+
+
 def configure_deepspeed(acc, micro_batch: int, grad_accum: int, global_batch: int, max_grad_norm: float) -> None:
     """Fill the DeepSpeed config from the training config before ``Accelerator.prepare``.
 
@@ -60,10 +127,6 @@ def configure_deepspeed(acc, micro_batch: int, grad_accum: int, global_batch: in
     ``gradient_clipping`` is ``optim.max_grad_norm`` (DeepSpeed clips inside ``engine.step``).
     """
     plugin = acc.state.deepspeed_plugin
-    if plugin.zero_stage == 3:
-        raise ConfigError("DeepSpeed ZeRO-3 partitions the trainable weights, which trainable.safetensors and "
-                          "resuming do not gather; use zero_stage: 2 (configs/accelerate/deepspeed_zero2.yaml) "
-                          "or FSDP (configs/accelerate/fsdp.yaml)")
     conf = plugin.deepspeed_config
     wanted = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": grad_accum,
               "train_batch_size": global_batch, "gradient_clipping": max_grad_norm}
@@ -75,6 +138,17 @@ def configure_deepspeed(acc, micro_batch: int, grad_accum: int, global_batch: in
                            key, old, value)
         conf[key] = value
     acc.gradient_accumulation_steps = grad_accum
+
+
+def release_deepspeed(acc) -> None:
+    """Destroy the DeepSpeed engine (its ZeRO hooks and the pending communication handles it holds) and collect
+    it while the process group is still alive, before ``Accelerator.end_training`` destroys the group: left
+    to the interpreter's exit, gloo work objects held by ZeRO-3 are freed during finalization, which can
+    abort the process (``terminate called without an active exception``) after a complete run."""
+    if acc.distributed_type == DEEPSPEED and getattr(acc, "deepspeed_engine_wrapped", None) is not None:
+        acc.deepspeed_engine_wrapped.engine.destroy()
+        acc.deepspeed_engine_wrapped = None
+        gc.collect()
 
 
 def scalar(x) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -102,15 +103,26 @@ def save_trainable(module: FlowTrainModule, path: str | Path, write: bool = True
 
     Under FSDP2 (``fully_shard``) every parameter is a ``DTensor`` holding this process's shard; it is
     all-gathered (``DTensor.full_tensor``, as ``Accelerator.get_state_dict`` does for a full state dict, but
-    for the trainable weights only, never the frozen VLM). That is a collective: with a sharded module
-    every process must call this, and only the one with ``write`` writes the file.
+    for the trainable weights only, never the frozen VLM). Under DeepSpeed ZeRO-3 each parameter holds this
+    process's partition; ``deepspeed.zero.GatheredParameters`` gathers the trainable ones. Either is a
+    collective: with a sharded module every process must call this, and only the one with ``write`` writes
+    the file.
     """
+    params = module.trainable_state()
+    partitioned = [p for p in params.values() if hasattr(p, "ds_id")]  # DeepSpeed ZeRO-3: this rank's partition
+    if partitioned:  # all-gathered for the copy below, partitioned again on exit (a collective, too)
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+    else:
+        gathered = contextlib.nullcontext()
     state = {}
-    for name, param in module.trainable_state().items():
-        tensor = param.detach()
-        if hasattr(tensor, "full_tensor"):  # torch.distributed.tensor.DTensor
-            tensor = tensor.full_tensor()
-        state[name] = tensor.float().cpu().contiguous()
+    with gathered:
+        for name, param in params.items():
+            tensor = param.detach()
+            if hasattr(tensor, "full_tensor"):  # torch.distributed.tensor.DTensor
+                tensor = tensor.full_tensor()
+            state[name] = tensor.float().cpu().clone().contiguous()
     if not write:
         return
     path = Path(path)

@@ -31,7 +31,16 @@ from ..utils.checkpoints import complete_checkpoints, write_checkpoint
 from .batches import DeviceBatches
 from .config import Config, save_config, trainable_parts
 from .data import LatentSource, build_source
-from .distributed import DEEPSPEED, FSDP, TrainableCheckpointHooks, configure_deepspeed, fsdp_on_cpu, scalar
+from .distributed import (
+    DEEPSPEED,
+    FSDP,
+    TrainableCheckpointHooks,
+    configure_deepspeed,
+    deepspeed_setup,
+    fsdp_on_cpu,
+    release_deepspeed,
+    scalar,
+)
 from .loader import SampleLoader
 from .model import FlowTrainModule, save_trainable
 from .optim import decay_groups, retune, schedule_change, warmup_cosine
@@ -64,8 +73,11 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
         # train.grad_accum is the one source of truth (the data order depends on it)
         self._setup_accelerator(grad_accum=cfg.train.grad_accum)
         fsdp_on_cpu(self.acc)
-        if self.acc.distributed_type == FSDP and cfg.train.eval_geneval:
-            raise ConfigError("train.eval_geneval=true needs the whole model on one process, but FSDP shards it; "
+        deepspeed_setup(self.acc)
+        zero3 = self.acc.distributed_type == DEEPSPEED and self.acc.state.deepspeed_plugin.zero_stage == 3
+        if (self.acc.distributed_type == FSDP or zero3) and cfg.train.eval_geneval:
+            engine = "FSDP" if self.acc.distributed_type == FSDP else "DeepSpeed ZeRO-3"
+            raise ConfigError(f"train.eval_geneval=true needs the whole model on one process, but {engine} shards it; "
                               "set train.eval_geneval=false and score the exported checkpoint "
                               "(`parauni export CHECKPOINT --out DIR`) afterwards")
         self._hold_output_folder(lambda: self._setup(resume, allow_config_change))
@@ -282,6 +294,7 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             self.acc.wait_for_everyone()
             if self.acc.is_main_process and self.cfg.train.eval_geneval:
                 result.update(self.evaluate())  # "geneval" (and "geneval_cfg<scale>" for further scales)
+        release_deepspeed(self.acc)
         self.acc.end_training()
         return result
 
