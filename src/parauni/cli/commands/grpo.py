@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = load_grpo_config(args.config, args.overrides)
     check_reward_names(cfg.rewards)
     trainer = RLTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
-                        allow_config_change=getattr(args, "allow_config_change", False))
+                        allow_config_change=getattr(args, "allow_config_change", False), overwrite=args.overwrite)
     result = trainer.run()
     if trainer.acc.is_main_process:
         rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}
