@@ -50,6 +50,34 @@ def ordinary_permissions(folder: str | Path) -> None:
             os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
+def write_failure(folder: str | Path, err: BaseException) -> OSError | None:
+    """The file-system error behind a failed write that did not say it: torch's zip writer reports a full disk as
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`` (or ``file write failed``). A 1 MiB
+    probe file is written into ``folder`` (and removed): the ``OSError`` it raises (``ENOSPC``, ``EDQUOT``,
+    ``EROFS`` ...) names the real cause, with ``folder`` as its path; ``None`` when the probe succeeds or ``err`` is
+    already an ``OSError``."""
+    if isinstance(err, OSError) or not isinstance(err, (RuntimeError, ValueError)):
+        return None
+    probe = Path(folder) / f".write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            data = memoryview(bytes(1 << 20))
+            while data:  # a short write first, then the error
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as found:
+        return OSError(found.errno, found.strerror, str(folder))
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return None
+
+
 def temporary_sibling(out: str | Path, tag: str = "tmp") -> Path:
     """``<out>.<tag>-<pid>``: the name a folder is built under before it replaces ``out``."""
     out = Path(out)

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, UsageError
-from .atomic import ordinary_permissions
+from .atomic import ordinary_permissions, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +150,11 @@ def write_checkpoint(acc, out: Path, name: str, write_files: Callable[[Path], No
             if final.exists():
                 remove_checkpoint(final, state_file)
             tmp.replace(final)
-    except BaseException:  # a full disk, a read-only folder, Ctrl-C: no partial checkpoint-*.tmp stays behind
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:  # a full disk, a read-only folder, Ctrl-C: no partial checkpoint-*.tmp stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = write_failure(out, err)  # torch's writer reports a full disk without its errno
+        if cause is not None:
+            raise cause from err
         raise
     if acc.is_main_process:
         prune_checkpoints(out, state_file, keep_last, current=final)
