@@ -36,7 +36,8 @@ def bad_input_message(err: BaseException) -> str | None:
         return f"{err.filename!r}: permission denied (EACCES); give a path you can write (or read)"
     if is_disk_full(err):
         where = getattr(err, "filename", None)
-        return (f"no space left on device{f' at {where!r}' if where else ''} (ENOSPC): free some space or write elsewhere, then "
+        at = f" at {where!r}" if where else ""
+        return (f"no space left on device{at} (ENOSPC): free some space or write elsewhere, then "
                 "rerun (a checkpoint, export or image is written under a temporary name and renamed when complete, so "
                 "what was finished is kept and nothing half-written stands under a final name; with --resume a run "
                 "goes on from its last complete checkpoint)")

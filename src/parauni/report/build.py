@@ -9,15 +9,19 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..utils.atomic import atomic_folder, temporary_sibling
+from ..utils.locks import refuse_if_written
 from .page import CSS, Page
 from .runs import Run, load_run
 from .sections import curves_section, headline, run_sections
 
 
 def _load_runs(run_dirs: list[str | Path], samples_per_task: int) -> list[Run]:
-    """Every run folder read; runs whose folders share a name are told apart as ``name (2)``, ``name (3)``."""
+    """Every run folder read; runs whose folders share a name are told apart as ``name (2)``, ``name (3)``. A
+    folder (or one of its evaluations) that another process is writing is refused, naming that process's PID."""
     names: list[str] = []
     runs = []
+    for d in run_dirs:
+        refuse_if_written(d, "report")
     for d in run_dirs:
         base = Path(d).resolve().name
         name, n = base, 1
