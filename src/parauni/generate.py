@@ -19,6 +19,7 @@ from .rl.grpo import RLTrainer
 from .toy.evaluation import random_latents_floor, toy_geneval
 from .toy.models import TOY_MODEL_DIR, TOY_MODELS
 from .toy.reproduce import config_file
+from .utils.atomic import check_out_folder
 from .utils.images import labelled_grid, load_image, save_png_atomic
 
 
@@ -85,6 +86,7 @@ def check_size(pipe, height: int | None, width: int | None, force: bool = False)
 
 
 def run_generate(args) -> None:
+    check_out_folder(args.out)
     pipe = load_pipeline(args.model, dtype=getattr(args, "dtype", "auto"), device=args.device)
     check_size(pipe, args.height, args.width, force=getattr(args, "force", False))
     paths = generate_images(pipe, args.prompt, args.out, args.image, args.seed, args.steps, args.guidance,
@@ -107,6 +109,7 @@ DEMO_RL = ["model.source=toy-all-layers", "optim.lr=1e-4", "train.threads=null",
 def run_demo(args) -> None:
     """The main job on a CPU: the shipped all-layer and last-layer toy models on toy GenEval, a stage-III phase
     (DiffusionNFT on the toy GenEval reward) from the all-layer model, and one report of it all."""
+    check_out_folder(args.out)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, runs = {}, []

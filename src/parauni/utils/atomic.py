@@ -19,6 +19,19 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import UsageError
+
+
+def check_out_folder(path: str | Path, option: str = "--out") -> None:
+    """Refuse an output folder path that is a file (or lies under one), before any work, naming it."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"lies under {str(p)!r}, which is a file"
+                raise UsageError(f"{option} {str(path)!r} {what}, not a folder; give a folder path")
+            return
+
 
 def current_umask() -> int:
     """The process's umask, read without changing it where the system allows (Linux), else set and restored."""

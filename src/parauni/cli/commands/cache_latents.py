@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ...errors import UsageError
+from ...utils.atomic import check_out_folder
 
 
 def add_parser(sub) -> None:
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> dict:
     from ...train.data import build_source
     from ...train.loader import cache_latents
 
+    check_out_folder(args.out)
     cfg = load_config(args.config, args.overrides)
     source = build_source(cfg.data, cfg.train.seed)
     pipe = build_model(cfg.model, cfg.train.seed)
