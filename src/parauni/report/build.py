@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
-from ..utils.atomic import atomic_folder, temporary_sibling
+from ..utils.atomic import atomic_folder, remove_stale_siblings, temporary_sibling
 from ..utils.locks import refuse_if_written
 from .page import CSS, Page
 from .runs import Run, load_run
@@ -61,6 +61,8 @@ def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: 
     md_path = out.with_suffix(".md")
     # built beside the previous report under temporary names and swapped in at the end: a report cut short
     # (an error, Ctrl-C) leaves the previous one whole
+    for stale in (out, md_path):  # a killed report's temporary files
+        remove_stale_siblings(stale)
     html_tmp, md_tmp = temporary_sibling(out), temporary_sibling(md_path)
     try:
         with atomic_folder(files_dir) as files_tmp:

@@ -4,7 +4,8 @@
 ends without an exception the temporary folder is renamed to ``out``. An ``out`` that already existed is moved
 aside (``<out>.old-<pid>``) just before and deleted only once the new folder is in place, so an interrupted
 write never leaves a half-written ``out`` nor loses the old one before the new one is complete. On an exception
-(or Ctrl-C) the temporary folder is removed and ``out`` is untouched.
+(or Ctrl-C) the temporary folder is removed and ``out`` is untouched; temporary folders of killed processes (whose
+PID no longer runs) are removed by the next write of the same ``out``.
 
 Files are given the permissions of ordinary new files (``0666`` / folders ``0777``, less the umask): some
 writers (safetensors through a temporary file) create them ``0600``, unreadable to the other users of a shared
@@ -97,6 +98,61 @@ def temporary_sibling(out: str | Path, tag: str = "tmp") -> Path:
     return out.with_name(f"{out.name}.{tag}-{os.getpid()}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (signal 0 probes it; another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_stale_siblings(out: str | Path, tag: str = "tmp") -> list[Path]:
+    """Remove ``<out>.<tag>-<pid>`` files and folders left by killed processes (their PID no longer runs), e.g. a
+    killed export's or report's temporary folder; returns what was removed. Those of running processes stay."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    prefix = f"{out.name}.{tag}-"
+    for p in out.parent.glob(f"{glob_escape(prefix)}*"):
+        pid = p.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
+def _restore_stale_old(out: Path) -> None:
+    """A process killed inside :func:`replace_folder` may leave the previous folder as ``<out>.old-<pid>``: put it
+    back when ``out`` is missing, else remove it."""
+    prefix = f"{out.name}.old-"
+    for old in sorted(out.parent.glob(f"{glob_escape(prefix)}*")):
+        pid = old.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        if not (out.exists() or out.is_symlink()):
+            os.replace(old, out)
+        elif old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def replace_folder(new: str | Path, out: str | Path) -> None:
     """Move the complete folder ``new`` to ``out``; an existing ``out`` is moved aside first and deleted only
     after ``new`` is in place."""
@@ -126,6 +182,8 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     it into place as ``out`` (:func:`replace_folder`); on failure remove it and leave ``out`` as it was."""
     out = Path(out)
     tmp = temporary_sibling(out)
+    remove_stale_siblings(out)  # left by killed processes
+    _restore_stale_old(out)
     if tmp.exists():  # left by an earlier process with this pid
         shutil.rmtree(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
