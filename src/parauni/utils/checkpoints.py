@@ -278,10 +278,15 @@ def checkpoint_problems(folder: Path, required: tuple[str, ...] = ()) -> list[st
 
 def newest_intact(out: Path, state_file: str, before: int | None = None,
                   required: tuple[str, ...] = ()) -> Path | None:
-    """The newest complete checkpoint of ``out`` (below number ``before``) whose files read back."""
+    """The newest complete checkpoint of ``out`` (below number ``before``) whose files read back; each newer
+    corrupt one is skipped with a warning naming its bad files."""
     for ckpt in reversed(complete_checkpoints(out, state_file)):
-        if (before is None or checkpoint_number(ckpt) < before) and not checkpoint_problems(ckpt, required):
+        if before is not None and checkpoint_number(ckpt) >= before:
+            continue
+        problems = checkpoint_problems(ckpt, required)
+        if not problems:
             return ckpt
+        logger.warning("skipping corrupt checkpoint %s: %s", ckpt, "; ".join(problems))
     return None
 
 
