@@ -29,7 +29,8 @@ def bad_input_message(err: BaseException) -> str | None:
     if isinstance(err, IsADirectoryError):
         return f"{err.filename!r} is a folder, not a file" if err.filename else str(err)
     if isinstance(err, NotADirectoryError):
-        return f"{err.filename!r} is not a folder" if err.filename else str(err)
+        return (f"{err.filename!r} is not a folder (ENOTDIR): a part of this path is a file; give another path"
+                if err.filename else str(err))
     if isinstance(err, FileNotFoundError):
         return f"{err.filename!r} does not exist" if err.filename else str(err)
     if isinstance(err, PermissionError) and err.filename:

@@ -68,7 +68,7 @@ def claim_run_folder(out: Path, resume: bool | str, overwrite: bool, allow_confi
         raise UsageError("--overwrite starts afresh (the earlier run is moved aside) and --resume continues it: "
                          "give one of them")
     found = earlier_run(out)
-    if not found:
+    if resume or not found:  # a resumed run continues the run the folder holds
         return None
     if not overwrite:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
