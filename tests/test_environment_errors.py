@@ -38,7 +38,7 @@ def _mount(folder: Path, options: str) -> bool:
 
 
 def _umount(folder: Path) -> None:
-    subprocess.run(["umount", str(folder)], capture_output=True, timeout=10)
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=10)
 
 
 def _inject(monkeypatch, root: Path, code: int) -> None:
