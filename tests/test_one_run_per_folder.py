@@ -95,6 +95,9 @@ def test_grpo_fresh_start_into_another_run_is_refused_before_any_model(tmp_path)
         RLTrainer(cfg, progress=False)
     assert "checkpoint-000006" in str(err.value) and "--resume" in str(err.value)
     assert names(run) == ["checkpoint-000006"]
+    RLTrainer(cfg, progress=False, overwrite=True)  # the earlier run moved aside, whole
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("grpo.previous-")]
+    assert len(aside) == 1 and names(aside[0]) == ["checkpoint-000006"] and not (run / "checkpoint-000006").exists()
 
 
 def make_checkpoint(out: Path, n: int, state_file: str = STATE_FILE) -> Path:
