@@ -24,17 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     loading is one line (exit status 130) and a termination (SIGTERM) 143, not a traceback."""
     from .signals import Terminated, terminate_as_interrupt
 
-    terminate_as_interrupt()
+    restore = terminate_as_interrupt()
     try:
-        from .entry import main as run
-    except KeyboardInterrupt as err:
-        if "--debug" in (sys.argv[1:] if argv is None else argv):
-            raise
-        code = 143 if isinstance(err, Terminated) else 130
-        print(f"\nparauni: {'terminated' if code == 143 else 'interrupted'} while starting; nothing was done: rerun "
-              "the command", file=sys.stderr)
-        return code
-    return run(argv)
+        try:
+            from .entry import main as run
+        except KeyboardInterrupt as err:
+            if "--debug" in (sys.argv[1:] if argv is None else argv):
+                raise
+            code = 143 if isinstance(err, Terminated) else 130
+            print(f"\nparauni: {'terminated' if code == 143 else 'interrupted'} while starting; nothing was done: "
+                  "rerun the command", file=sys.stderr)
+            return code
+        return run(argv)
+    finally:
+        restore()
 
 
 def __getattr__(name: str):

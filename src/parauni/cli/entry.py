@@ -20,7 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     SIGTERM does the same and returns 143 (:mod:`parauni.cli.signals`).
     Command-line errors found while parsing (an option out of range, a missing argument) exit with
     ``SystemExit(2)``, as argparse does, after the same one line."""
-    terminate_as_interrupt()
+    restore = terminate_as_interrupt()  # SIGTERM as Ctrl-C while the command runs
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)

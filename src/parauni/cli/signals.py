@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
 
 class Terminated(KeyboardInterrupt):
@@ -18,12 +19,16 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated(f"signal {signum}")
 
 
-def terminate_as_interrupt() -> None:
-    """Install the SIGTERM handler (main thread only; elsewhere, or where the handler cannot be set, nothing)."""
+def terminate_as_interrupt() -> Callable[[], None]:
+    """Install the SIGTERM handler where SIGTERM has its default action (main thread only; elsewhere, or where the
+    handler cannot be set, nothing); returns the function that puts the previous handler back."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return lambda: None
     try:
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not signal.SIG_DFL:
+            return lambda: None
+        signal.signal(signal.SIGTERM, _raise_terminated)
     except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without SIGTERM handlers
-        pass
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
