@@ -7,6 +7,7 @@ import json
 
 from ...errors import UsageError
 from ...utils.atomic import check_out_folder
+from ...utils.locks import hold_folder_lock
 
 
 def add_parser(sub) -> None:
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> dict:
     pipe = build_model(cfg.model, cfg.train.seed)
     if pipe.vae is None:
         raise UsageError("this model works in pixel space (no VAE): there is nothing to cache")
-    result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size, limit=args.limit)
+    with hold_folder_lock(args.out, "latent cache"):  # one writer per cache folder
+        result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size,
+                               limit=args.limit)
     print(json.dumps(result, indent=2))
     return result
