@@ -80,6 +80,7 @@ def test_a_fresh_start_into_a_finished_run_is_refused_and_overwrite_moves_it_asi
 def test_checkpoint_files_are_readable_by_others(finished):
     umask = current_umask()
     files = [p for p in (finished / "checkpoint-0000004").iterdir() if p.is_file()]
+    files.append(finished / "trainable.safetensors")  # the run's final weights too
     assert "trainable.safetensors" in [p.name for p in files]
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in files), \
         {p.name: oct(p.stat().st_mode) for p in files}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DivergedError
 from ..pipelines.loading import build_model
 from ..pipelines.weights import TRAINABLE_FILE
+from ..utils.atomic import current_umask, ordinary_permissions
 from ..utils.checkpoints import complete_checkpoints, read_state, write_checkpoint
 from .batches import DeviceBatches
 from .config import Config, save_config, trainable_parts
@@ -280,6 +282,8 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
     def _finish(self, result: dict) -> dict:  # after the last step: the final weights, the evaluation
         if self.step >= self.cfg.train.steps:
             save_trainable(self._raw(), self.out / TRAINABLE_FILE, write=self.acc.is_main_process)  # collective (FSDP)
+            if self.acc.is_main_process:  # safetensors writes 0600: readable as ordinary new files are
+                os.chmod(self.out / TRAINABLE_FILE, 0o666 & ~current_umask())
             self.acc.wait_for_everyone()
             if self.acc.is_main_process and self.cfg.train.eval_geneval:
                 result.update(self.evaluate())  # "geneval" (and "geneval_cfg<scale>" for further scales)
@@ -296,5 +300,6 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             for part in [p for p in (pipe.vlm, pipe.transformer, pipe.vae) if p is not None]:
                 part.float()
         pipe.save_pretrained(self.out / "final")
+        ordinary_permissions(self.out / "final")
         return self._evaluations(pipe, "geneval", list(self.cfg.train.eval_guidance_scales or [None]),
                                  f"{self.out / 'final'} (step {self.step})")
