@@ -25,7 +25,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, ProjectConfiguration
 
 from ..registry import EVALUATORS
-from ..utils.checkpoints import check_resume_config, read_state, resume_path, truncate_jsonl
+from ..utils.checkpoints import (
+    check_resume_config,
+    checkpoint_number,
+    complete_checkpoints,
+    read_state,
+    resume_path,
+    truncate_jsonl,
+)
 from ..utils.locks import owned_lock, with_lock
 from ..utils.run_folder import claim_run_folder
 from .config import resolve_precision, save_config
@@ -143,6 +150,12 @@ class Recipe:
         if ckpt is None:  # --resume auto without a checkpoint: a fresh start
             return None
         done = read_state(ckpt / self.STATE_FILE)[self.COUNTER]
+        newer = [p.name for p in complete_checkpoints(self.out, self.STATE_FILE)
+                 if checkpoint_number(p) > checkpoint_number(ckpt)]
+        if newer and self.acc.is_main_process:
+            logger.warning("resuming from %s while %s holds newer checkpoints (%s) of the run's earlier course: this run "
+                           "replaces each as it reaches its step (pruning keeps them until then)", ckpt.name, self.out,
+                           ", ".join(newer))
         self.config_changes = check_resume_config(
             ckpt, to_yaml_dict(self.cfg), to_yaml_dict(self.CONFIG()), allow_config_change,
             self.out if self.acc.is_main_process else None, conditions=self._resume_conditions(done),
