@@ -153,9 +153,9 @@ class Recipe:
         newer = [p.name for p in complete_checkpoints(self.out, self.STATE_FILE)
                  if checkpoint_number(p) > checkpoint_number(ckpt)]
         if newer and self.acc.is_main_process:
-            logger.warning("resuming from %s while %s holds newer checkpoints (%s) of the run's earlier course: this run "
-                           "replaces each as it reaches its step (pruning keeps them until then)", ckpt.name, self.out,
-                           ", ".join(newer))
+            logger.warning("resuming from %s while %s holds newer checkpoints (%s) of the run's earlier course: "
+                           "this run replaces each as it reaches its step (pruning keeps them until then)", ckpt.name,
+                           self.out, ", ".join(newer))
         self.config_changes = check_resume_config(
             ckpt, to_yaml_dict(self.cfg), to_yaml_dict(self.CONFIG()), allow_config_change,
             self.out if self.acc.is_main_process else None, conditions=self._resume_conditions(done),
