@@ -205,3 +205,18 @@ def test_killed_writers_temporary_folders_are_cleaned_up(tmp_path):
         assert (out / "model_index.json").is_file()  # the moved-aside folder was put back first
         (tmp / "a.txt").write_text("new")
     assert sorted(os.listdir(tmp_path)) == ["pipe", "pipe.tmp-1"]
+
+
+def test_resume_auto_with_nothing_of_its_own_to_resume_is_a_fresh_start_and_checked_as_one(tmp_path):
+    """``--resume auto`` into a folder holding only a finished run's weights, or another recipe's checkpoints, would
+    start afresh beside them: refused as any fresh start is."""
+    from parauni.utils.run_folder import claim_run_folder
+
+    (tmp_path / "trainable.safetensors").write_bytes(b"")
+    with pytest.raises(UsageError, match="trainable.safetensors"):
+        claim_run_folder(tmp_path, "auto", False, state_file=STATE_FILE)
+    (tmp_path / "trainable.safetensors").unlink()
+    make_checkpoint(tmp_path, 2)  # parauni train's
+    with pytest.raises(UsageError, match="checkpoint-0000002"):
+        claim_run_folder(tmp_path, "auto", False, state_file="grpo_state.json")
+    assert claim_run_folder(tmp_path, "auto", False, state_file=STATE_FILE) is None  # its own: resumed

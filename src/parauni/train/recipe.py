@@ -167,7 +167,7 @@ class Recipe:
         refused, or with ``self.overwrite`` (``--overwrite``) that run is moved aside first
         (:func:`parauni.utils.run_folder.claim_run_folder`); ``--allow-config-change`` needs ``--resume``."""
         if self.acc.is_main_process or not self.overwrite:  # every process refuses alike; the main one moves
-            claim_run_folder(self.out, resume, self.overwrite, allow_config_change, self.RUN_KIND)
+            claim_run_folder(self.out, resume, self.overwrite, allow_config_change, self.RUN_KIND, self.STATE_FILE)
         self.acc.wait_for_everyone()
 
     # -- the run's folder and logs ----------------------------------------------------------------------------

@@ -54,13 +54,14 @@ def move_aside(out: Path) -> Path:
 
 
 def claim_run_folder(out: Path, resume: bool | str, overwrite: bool, allow_config_change: bool = False,
-                     what: str = "run") -> Path | None:
+                     what: str = "run", state_file: str | None = None) -> Path | None:
     """Check that a run may write into ``out`` (called with the folder's lock held).
 
     A fresh start (no ``resume``) into a folder that holds another run is refused with a line naming
     ``--resume``, ``--overwrite`` and another folder; with ``overwrite`` that run is moved aside first
     (:func:`move_aside`, said in a warning) and its new place returned. ``--overwrite`` with ``--resume`` and
-    ``--allow-config-change`` without ``--resume`` are refused (each would be ignored)."""
+    ``--allow-config-change`` without ``--resume`` are refused (each would be ignored). ``--resume auto`` is a
+    fresh start when ``out`` has no checkpoint of this recipe (``state_file``), so it is checked as one."""
     if allow_config_change and not resume:
         raise UsageError("--allow-config-change applies to a resumed run only: add --resume to continue the run in "
                          f"{out}, or drop --allow-config-change")
@@ -68,6 +69,8 @@ def claim_run_folder(out: Path, resume: bool | str, overwrite: bool, allow_confi
         raise UsageError("--overwrite starts afresh (the earlier run is moved aside) and --resume continues it: "
                          "give one of them")
     found = earlier_run(out)
+    if resume == "auto" and state_file is not None and not any((Path(out) / n / state_file).is_file() for n in found):
+        resume = False  # nothing of this recipe's to resume: --resume auto starts afresh
     if resume or not found:  # a resumed run continues the run the folder holds
         return None
     if not overwrite:
