@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import re
 import sys
 
@@ -91,7 +92,10 @@ def environment_message(err: OSError) -> str:
     name = errno.errorcode.get(err.errno, str(err.errno))
     where = err.filename if err.filename is not None else "a file being written"
     also = f" -> {err.filename2!r}" if err.filename2 else ""
-    return f"{str(where)!r}{also}: {name} ({err.strerror or err}); {ENVIRONMENT_ERRNOS[err.errno]}"
+    hint = ENVIRONMENT_ERRNOS[err.errno]
+    if err.errno == errno.EEXIST and err.filename is not None and os.path.isfile(err.filename):
+        hint = "it is a file where a folder is needed: give a folder path (or remove the file)"
+    return f"{str(where)!r}{also}: {name} ({err.strerror or err}); {hint}"
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -59,6 +59,8 @@ class FolderLock:
         if self.held:
             return self
         folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{str(folder)!r} is a file, not a folder; give a folder path (or remove the file)")
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         key = str(folder.resolve())
