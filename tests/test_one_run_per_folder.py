@@ -65,7 +65,7 @@ def test_a_fresh_start_into_a_finished_run_is_refused_and_overwrite_moves_it_asi
     with caplog.at_level(logging.WARNING):
         assert train(run, "train.steps=2", "train.save_every=2", "optim.lr=5e-3", flags=("--overwrite",)) == 0
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.previous-")]
-    assert len(aside) == 1 and any(f"moved the earlier training run in {run} to {aside[0]}" in r.getMessage()
+    assert len(aside) == 1 and any(f"moved the earlier training run (parauni train) in {run} to {aside[0]}" in r.getMessage()
                                    for r in caplog.records)
     assert [p.name for p in checkpoints(run)] == ["checkpoint-0000002"]
     assert [p.name for p in checkpoints(aside[0])] == ["checkpoint-0000002", "checkpoint-0000004"]

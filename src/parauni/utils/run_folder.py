@@ -22,6 +22,7 @@ from .locks import LOCK_FILE
 logger = logging.getLogger(__name__)
 
 STATE_FILES = ("trainer_state.json", "grpo_state.json")  # parauni train's and parauni grpo's
+RUN_KINDS = {"trainer_state.json": "training run (parauni train)", "grpo_state.json": "stage-III run (parauni grpo)"}
 FINISHED = ("trainable.safetensors", "final")
 
 
@@ -73,6 +74,8 @@ def claim_run_folder(out: Path, resume: bool | str, overwrite: bool, allow_confi
         resume = False  # nothing of this recipe's to resume: --resume auto starts afresh
     if resume or not found:  # a resumed run continues the run the folder holds
         return None
+    kinds = {RUN_KINDS[s] for n in found for s in STATE_FILES if (Path(out) / n / s).is_file()}
+    what = " / ".join(sorted(kinds)) if kinds else what  # the run the folder holds, not the one starting
     if not overwrite:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise UsageError(f"{out} holds another {what} ({shown}): pass --resume to continue it, --overwrite to move "
