@@ -38,11 +38,12 @@ BASE = ["model.source=tiny", "prompts.per_epoch=2", "sampling.group_size=4", "sa
         "ldam.reward_to_group={red: deep, bright: shallow}", "train.save_every=1"]
 
 
-def trainer(tmp_path, *extra, name="run", fns=None):
+def trainer(tmp_path, *extra, name="run", fns=None, resume=False):
     base = [b for b in BASE if not b.startswith("model.lora_")] if "model.finetune=full" in extra else BASE
     cfg = load_grpo_config(None, [*base, f"train.output_dir={tmp_path / name}", *extra])
     fns = fns or {"red": red, "bright": bright}
-    return GRPOTrainer(cfg, rewards=WeightedReward(dict(cfg.rewards.weights), rewards=fns), progress=False)
+    return GRPOTrainer(cfg, rewards=WeightedReward(dict(cfg.rewards.weights), rewards=fns), progress=False,
+                       resume=resume)
 
 
 def test_rollout_shapes_and_advantages(tmp_path):
@@ -98,8 +99,7 @@ def test_loop_logs_ldam_checkpoints_and_resumes_exactly(tmp_path):
     assert (tmp_path / "full" / "curves" / "rewards.png").is_file()
     cut = trainer(tmp_path, *extra, name="cut")
     cut.run(stop_after=2)
-    resumed = trainer(tmp_path, *extra, name="cut")
-    resumed._resume("latest")
+    resumed = trainer(tmp_path, *extra, name="cut", resume="latest")
     assert resumed.epoch == 2
     resumed.run()
     a = load_file(str(tmp_path / "cut" / "checkpoint-000004" / "trainable.safetensors"))

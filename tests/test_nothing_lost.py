@@ -362,7 +362,7 @@ def test_which_errors_are_bad_input():
     assert bad_input_message(DivergedError("non-finite loss")) == "non-finite loss"
     assert bad_input_message(ConfigError("optim.lr")) == "optim.lr"
     assert bad_input_message(PermissionError(13, "Permission denied", "/x")) == \
-        "'/x': permission denied; give a path you can write (or read)"
+        "'/x': permission denied (EACCES); give a path you can write (or read)"
     for bug in (ValueError("math domain error"), KeyError("missing"), OSError("bad fd"), TypeError("x"),
                 RuntimeError("shapes do not match")):
         assert bad_input_message(bug) is None, bug  # a traceback and a bug-report line

@@ -154,21 +154,21 @@ def test_resumed_grpo_rescores_the_new_weights(tmp_path):
     def bright(images, prompts, metadata=None):
         return torch.tensor([float(np.asarray(im).mean() / 255.0) for im in images])
 
-    def trainer(epochs):
+    def trainer(epochs, resume=False):
         cfg = load_grpo_config(None, [
             "model.source=tiny", "prompts.per_epoch=2", "sampling.group_size=4", "sampling.steps=4",
             "model.lora_rank=4", "model.lora_alpha=8", "optim.train_batch=4", "rewards.weights={bright: 1.0}",
             "ldam.enabled=false", "train.save_every=1", "optim.ema_every=1", f"train.output_dir={tmp_path / 'rl'}",
             f"train.epochs={epochs}", "train.eval_geneval=true", "train.eval_limit=1", "train.eval_steps=1",
             "train.eval_images_per_prompt=1"])
-        return GRPOTrainer(cfg, rewards=WeightedReward({"bright": 1.0}, rewards={"bright": bright}), progress=False)
+        return GRPOTrainer(cfg, rewards=WeightedReward({"bright": 1.0}, rewards={"bright": bright}), progress=False,
+                           resume=resume)
 
     trainer(1).run()
     after, before = tmp_path / "rl" / "eval" / "geneval", tmp_path / "rl" / "eval" / "geneval_before"
     rec1, first, first_before = prov.read(after), _images(after), _images(before)
     assert rec1["model"].endswith("(epoch 1)") and len(first) == 6
-    resumed = trainer(2)
-    resumed._resume("latest")
+    resumed = trainer(2, resume="latest")
     resumed.run()
     rec2 = prov.read(after)
     assert rec2["model"].endswith("(epoch 2)") and rec2["weights_sha256"] != rec1["weights_sha256"]

@@ -217,8 +217,8 @@ def test_rl_help_lists_the_algorithms_and_grpo_is_an_alias(capsys, tmp_path):
 
 def test_a_child_config_replaces_a_mapping_unless_it_asks_to_merge(tmp_path):
     """``base:`` and the command line mean the same: a mapping in a child config replaces the base's (a child can
-    say "only these rewards"); ``__merge__: true`` sets its keys over the base's instead. Sections still merge key
-    by key."""
+    say "only these rewards"); a top-level ``merge: [rewards.weights]`` sets its keys over the base's instead.
+    Sections still merge key by key."""
     child = tmp_path / "child.yaml"
     child.write_text(f"base: {ROOT / 'configs' / 'toy_grpo.yaml'}\nrewards:\n  weights: {{toy_geneval: 2.0}}\n"
                      "optim:\n  lr: 3.0e-3\n")
@@ -228,6 +228,6 @@ def test_a_child_config_replaces_a_mapping_unless_it_asks_to_merge(tmp_path):
                                                    ).rewards.weights
     assert cfg.optim.lr == 3e-3 and cfg.optim.clip_range == 1e-3  # the section merged: the base's clip range kept
     assert cfg.rewards.options == {"toy_geneval": {"mode": "clipped"}}  # not set in the child: the base's
-    child.write_text(f"base: {ROOT / 'configs' / 'toy_grpo.yaml'}\nrewards:\n"
-                     "  weights: {__merge__: true, toy_geneval: 2.0}\n")
+    child.write_text(f"base: {ROOT / 'configs' / 'toy_grpo.yaml'}\nmerge: [rewards.weights]\nrewards:\n"
+                     "  weights: {toy_geneval: 2.0}\n")
     assert load_grpo_config(child).rewards.weights == {"toy_alignment": 0.01, "toy_quality": 0.1, "toy_geneval": 2.0}

@@ -19,7 +19,9 @@ from .rl.grpo import RLTrainer
 from .toy.evaluation import random_latents_floor, toy_geneval
 from .toy.models import TOY_MODEL_DIR, TOY_MODELS
 from .toy.reproduce import config_file
+from .utils.atomic import check_out_folder
 from .utils.images import labelled_grid, load_image, save_png_atomic
+from .utils.locks import hold_folder_lock
 
 
 def slug(text: str, n: int = 40) -> str:
@@ -85,6 +87,14 @@ def check_size(pipe, height: int | None, width: int | None, force: bool = False)
 
 
 def run_generate(args) -> None:
+    """``parauni generate``: the images into ``--out``, whose lock is held throughout (another command writing
+    there is refused, naming its PID)."""
+    check_out_folder(args.out)
+    with hold_folder_lock(args.out, "generation"):
+        _generate(args)
+
+
+def _generate(args) -> None:
     pipe = load_pipeline(args.model, dtype=getattr(args, "dtype", "auto"), device=args.device)
     check_size(pipe, args.height, args.width, force=getattr(args, "force", False))
     paths = generate_images(pipe, args.prompt, args.out, args.image, args.seed, args.steps, args.guidance,
@@ -107,6 +117,12 @@ DEMO_RL = ["model.source=toy-all-layers", "optim.lr=1e-4", "train.threads=null",
 def run_demo(args) -> None:
     """The main job on a CPU: the shipped all-layer and last-layer toy models on toy GenEval, a stage-III phase
     (DiffusionNFT on the toy GenEval reward) from the all-layer model, and one report of it all."""
+    check_out_folder(args.out)
+    with hold_folder_lock(args.out, "demo"):
+        _demo(args)
+
+
+def _demo(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, runs = {}, []

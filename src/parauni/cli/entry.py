@@ -9,15 +9,25 @@ import sys
 from ..errors import UsageError
 from .bad_input import BUG_REPORT, bad_input_message, interrupt_message
 from .parser import build_parser, set_threads
+from .signals import Terminated, terminate_as_interrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input (:class:`UsageError`, :class:`ConfigError` and the other errors of
     :mod:`parauni.errors`, a missing file, invalid YAML, out of memory) prints one ``<prog>: error: <message>``
     line and returns 2; ``--debug`` shows the traceback instead. Other exceptions are bugs: a line asking for a
-    bug report, then their traceback (re-raised). Ctrl-C prints one line saying how to continue and returns 130.
+    bug report, then their traceback (re-raised). Ctrl-C prints one line saying how to continue and returns 130;
+    SIGTERM does the same and returns 143 (:mod:`parauni.cli.signals`).
     Command-line errors found while parsing (an option out of range, a missing argument) exit with
     ``SystemExit(2)``, as argparse does, after the same one line."""
+    restore = terminate_as_interrupt()  # SIGTERM as Ctrl-C while the command runs
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -35,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         set_threads(args)
         args.func(args)
-    except KeyboardInterrupt:  # Ctrl-C: one line saying how to continue, exit status 130 (as a shell reports it)
+    except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: one line saying how to continue, 130 / 143 (as a shell)
         if debug:
             raise
-        print(f"\n{prog}: {interrupt_message(args)}", file=sys.stderr)
-        return 130
+        terminated = isinstance(err, Terminated)
+        message = interrupt_message(args)
+        if terminated:
+            message = message.replace("interrupted", "terminated (SIGTERM)", 1)
+        print(f"\n{prog}: {message}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as err:  # noqa: BLE001 - sorted into bad input (one line) and bugs (re-raised)
         message = bad_input_message(err)
         if message is None and not debug:

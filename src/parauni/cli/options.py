@@ -13,7 +13,8 @@ from ..checks import NON_NEGATIVE_INT, POSITIVE_INT, RESOLUTION, SEED, Check, ar
 
 
 def add_run_arguments(p, config_example: str, override_example: str) -> None:
-    """The arguments every config-driven run takes: CONFIG, key=value overrides, --resume, --no-progress."""
+    """The arguments every config-driven run takes: CONFIG, key=value overrides, --resume,
+    --allow-config-change, --overwrite, --no-progress."""
     p.add_argument("config", help=f"a YAML config, e.g. {config_example}, or the name of a shipped config "
                                   "(parauni/configs/, found from any folder)")
     p.add_argument("overrides", nargs="*", help=f"section.key=value overrides, e.g. {override_example}")
@@ -26,6 +27,10 @@ def add_run_arguments(p, config_example: str, override_example: str) -> None:
                    help="with --resume: continue even when the config differs from the checkpoint's in keys that "
                         "change the training (batch size, model, data, optimizer, sampling, ...); the differences are "
                         "logged to <output_dir>/config_changes.jsonl")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a train.output_dir that holds another run: that run (its checkpoints, "
+                        "weights, logs) is first moved aside into a new <output_dir>.previous-<time> folder, never "
+                        "deleted (without it such a start is refused)")
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -11,6 +11,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from ..errors import UsageError
 from ..registry import FAMILIES, family_of_metadata
 from . import GENEVAL_SCORER_ENV
@@ -43,6 +45,18 @@ def official_geneval(out, scorer: str) -> dict:
     return summary
 
 
+def check_image(path: Path) -> None:
+    """Refuse an image file that does not decode whole (not an image, truncated, damaged), naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except UnidentifiedImageError:
+        raise UsageError(f"--score-only: {path} is not an image PIL can read (another kind of file named .png?); "
+                         "replace or remove it") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UsageError(f"--score-only: {path} is truncated or damaged ({err}); make it again or remove it") from None
+
+
 def score_only_record(folder: str | Path) -> tuple[dict, list[tuple[str, list]]]:
     """The provenance of a folder scored with ``--score-only`` and its prompt records, ``(source, [(line,
     record)])`` per prompt folder, their schema checked (:func:`parauni.eval.geneval_schema.validate_records`).
@@ -63,6 +77,8 @@ def score_only_record(folder: str | Path) -> tuple[dict, list[tuple[str, list]]]
     if not files:
         raise UsageError(f"--score-only {folder}: no images in GenEval's layout (<index:05d>/metadata.jsonl + "
                          "samples/<k>.png) there")
+    for path, _ in files:  # every image decodes, before anything is scored or recorded
+        check_image(path)
     sources = [(f"{d}/metadata.jsonl", [(1, m)]) for d, m in {str(p.parent.parent): m for p, m in files}.items()]
     for source, rows in sources:
         schema.validate_records(rows, source)

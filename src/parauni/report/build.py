@@ -8,16 +8,20 @@ import os
 from pathlib import Path
 
 from ..errors import UsageError
-from ..utils.atomic import atomic_folder, temporary_sibling
+from ..utils.atomic import atomic_folder, remove_stale_siblings, temporary_sibling
+from ..utils.locks import refuse_if_written
 from .page import CSS, Page
 from .runs import Run, load_run
 from .sections import curves_section, headline, run_sections
 
 
 def _load_runs(run_dirs: list[str | Path], samples_per_task: int) -> list[Run]:
-    """Every run folder read; runs whose folders share a name are told apart as ``name (2)``, ``name (3)``."""
+    """Every run folder read; runs whose folders share a name are told apart as ``name (2)``, ``name (3)``. A
+    folder (or one of its evaluations) that another process is writing is refused, naming that process's PID."""
     names: list[str] = []
     runs = []
+    for d in run_dirs:
+        refuse_if_written(d, "report")
     for d in run_dirs:
         base = Path(d).resolve().name
         name, n = base, 1
@@ -57,6 +61,8 @@ def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: 
     md_path = out.with_suffix(".md")
     # built beside the previous report under temporary names and swapped in at the end: a report cut short
     # (an error, Ctrl-C) leaves the previous one whole
+    for stale in (out, md_path):  # a killed report's temporary files
+        remove_stale_siblings(stale)
     html_tmp, md_tmp = temporary_sibling(out), temporary_sibling(md_path)
     try:
         with atomic_folder(files_dir) as files_tmp:

@@ -9,6 +9,8 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
+from ..errors import ConfigError
+
 
 @contextmanager
 def adapters_off(transformer) -> Iterator[None]:
@@ -21,7 +23,31 @@ def adapters_off(transformer) -> Iterator[None]:
         transformer.enable_adapters()
 
 
+def lora_target_names(transformer) -> list[str]:
+    """The names ``model.lora_targets`` may give: each layer LoRA can wrap (Linear, Conv), by its name within its
+    block (``to_q``, ``to_out.0``, ``ff.conv_inverted``) without the block's path, sorted."""
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    names = set()
+    for name, module in transformer.named_modules():
+        if isinstance(module, kinds):
+            parts = name.split(".")
+            blocks = [i for i, p in enumerate(parts) if p.isdigit()]  # transformer_blocks.<i>.attn1.to_q
+            names.add(".".join(parts[blocks[0] + 1:]) if blocks else name)
+    return sorted(names)
+
+
+def check_lora_targets(transformer, targets: list[str]) -> None:
+    """Refuse a ``model.lora_targets`` entry that names no layer (peft matches a module whose name is the entry or
+    ends in ``.<entry>``), listing the names that exist."""
+    modules = [name for name, _ in transformer.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
+    if missing:
+        raise ConfigError(f"model.lora_targets: {missing} name no layer of the transformer; layers LoRA can wrap: "
+                          f"{', '.join(lora_target_names(transformer))}")
+
+
 def add_lora(transformer, rank: int, alpha: int, targets: list[str]) -> None:
+    check_lora_targets(transformer, targets)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
                                        init_lora_weights="gaussian"))
 

@@ -59,16 +59,17 @@ class RLTrainer(Recipe):
     RUN_KIND, CONFIG = "stage-III run", GRPOConfig
 
     def __init__(self, cfg: GRPOConfig, resume: bool | str = False, progress: bool = True, rewards=None,
-                 pipeline=None, allow_config_change: bool = False, prompts=None, evaluate=None):
+                 pipeline=None, allow_config_change: bool = False, prompts=None, evaluate=None,
+                 overwrite: bool = False):
         """Stage III with ``cfg.algorithm`` (:data:`parauni.registry.ALGORITHMS`, or a ``package.module:Class``).
 
         ``rewards``: a ready reward callable instead of ``cfg.rewards``; ``pipeline``: a ready
         ``ParaUniPipeline`` instead of ``cfg.model.source`` (e.g. a preset built at real size with random
         weights for a benchmark); ``prompts``: a prompt source (``epoch(epoch, n) -> records``) instead of
         ``cfg.prompts``; ``evaluate``: the evaluation ``(pipe, out, ...) -> summary`` of ``train.eval_geneval``.
-        ``resume`` and ``allow_config_change``: as for :class:`parauni.train.trainer.Trainer`."""
+        ``resume``, ``allow_config_change`` and ``overwrite``: as for :class:`parauni.train.trainer.Trainer`."""
 
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.progress, self.overwrite = cfg, progress, overwrite
         self.CONFIG = type(cfg)  # the chosen algorithm's root: its defaults fill keys an older checkpoint lacks
         # stage III accumulates its gradients itself: the Accelerator's accumulation stays 1, whatever a launcher
         # sets (ACCELERATE_GRADIENT_ACCUMULATION_STEPS would divide every loss)
@@ -86,8 +87,8 @@ class RLTrainer(Recipe):
         """The rest of ``__init__``, run while the output folder's lock is held."""
         cfg, t, m = self.cfg, self.cfg.train, self.cfg.model
         self.config_changes: list = []
+        self._claim_output_folder(resume, allow_config_change)
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
-        self._warn_if_earlier_run(resume)
         self.prompt_source = prompts or prompt_source(cfg.prompts, t.seed)
         self._evaluate = evaluate
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))

@@ -12,6 +12,7 @@ import torch
 
 from ..eval import provenance as prov
 from ..eval.geneval import format_table, generate_geneval, geneval_record, limit_per_task, pipeline_generate_fn
+from ..utils.locks import hold_folder_lock
 from .data import to_image
 from .detect import detect
 from .geneval import (
@@ -155,6 +156,16 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``parauni toy eval``: with ``--out`` the folder's lock is held throughout (one evaluation per folder, as
+    ``parauni eval`` and the training runs hold theirs): another writer there is refused, naming its PID."""
+    if args.out:
+        with hold_folder_lock(args.out, "evaluation"):
+            _run(args)
+    else:
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     summary = toy_geneval(args.model, args.out, args.images_per_prompt, args.steps, args.guidance, args.seed,
                           args.limit, args.metadata, mode="overwrite" if args.overwrite else "resume")
     if args.out:

@@ -22,8 +22,10 @@ from PIL import Image
 
 from parauni.eval import geneval_rules as rules
 from parauni.eval.geneval_rules import Selection, check_record, relative_position
+from parauni.eval.geneval_schema import Vocabulary, validate_records
 from parauni.toy.detect import Detection, detect
 from parauni.toy.prompts import TASKS, all_metas
+from parauni.toy.world import COLORS, SHAPES
 from parauni.utils.images import as_uint8
 from parauni.utils.jsonl import parse_jsonl, read_jsonl
 
@@ -60,11 +62,25 @@ def make_toy_geneval(seed: int = 0, per_task: int = PROMPTS_PER_TASK) -> list[di
     return out
 
 
+def toy_vocabulary() -> Vocabulary:
+    """What the toy scorer can detect: the toy shapes, the palette's colours, GenEval's six tasks."""
+    return Vocabulary(frozenset(SHAPES), frozenset(COLORS), frozenset(TASKS))
+
+
+def check_toy_records(records: list[tuple[int, dict]], source: str) -> None:
+    """Refuse records the toy scorer cannot score, naming ``source``, the line and the field: the schema, and a
+    class, colour or task (``tag``) outside :func:`toy_vocabulary` (a made-up task would score 0 silently)."""
+    validate_records(records, source, toy_vocabulary())
+
+
 def load_toy_geneval(path: str | Path | None = None) -> list[dict]:
-    """The prompts of a GenEval metadata file (default: the toy file shipped with the package)."""
+    """The prompts of a GenEval metadata file (default: the toy file shipped with the package), checked
+    (:func:`check_toy_records`)."""
     if path is None:
         return parse_jsonl(resources.files("parauni.toy").joinpath("data", METADATA_FILE).read_text(), METADATA_FILE)
-    return read_jsonl(path)
+    metas = read_jsonl(path)
+    check_toy_records(list(enumerate(metas, 1)), str(path))
+    return metas
 
 
 def write_metadata(metas: Sequence[dict], path: str | Path) -> None:
@@ -201,7 +217,13 @@ def score_dir(image_dir: str | Path, outfile: str | Path | None = None,
     it; returns the summary (see :func:`summarize`).
     """
     results = []
-    for path, meta in rules.image_files(image_dir):
+    files = rules.image_files(image_dir)
+    seen = {}
+    for path, meta in files:
+        seen.setdefault(str(path.parent.parent / "metadata.jsonl"), meta)
+    for source, meta in seen.items():  # before scoring: a record the toy scorer cannot score is refused
+        check_toy_records([(1, meta)], source)
+    for path, meta in files:
         dets = detect(Image.open(path))
         correct, reason = evaluate(dets, meta, selection)
         results.append(rules.result_record(path, meta, correct, reason, [d.to_json() for d in dets],

@@ -58,7 +58,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         newest = newest_intact(ckpt, STATE_FILE, required=(TRAINABLE_FILE,))
         if newest is None:
             raise UsageError(f"{ckpt} has no final {TRAINABLE_FILE} and no intact checkpoint to export")
-        logger.info("%s has no final weights yet: exporting its newest checkpoint %s", ckpt, newest)
+        logger.info("%s has no final weights yet: exporting its newest intact checkpoint %s", ckpt, newest)
         ckpt = newest
     cfg_file = ckpt / "config.yaml"
     if not cfg_file.is_file():

@@ -3,6 +3,7 @@
 
 - ``_setup_accelerator``: CPU threads, the Accelerator with its logger and mixed precision;
 - ``_hold_output_folder`` and ``run``: one run per output folder, its lock held from construction to the end;
+  ``_claim_output_folder``: a fresh start never mixes with another run's files there;
 - ``_checked_checkpoint``: the checkpoint ``--resume`` names, its files read back and its config compared with
   this one (:func:`parauni.utils.checkpoints.check_resume_config`), before any model is built;
 - ``_start_output`` and :class:`JsonlLog`: the run folder's config and its logs, cut back to the checkpoint;
@@ -22,11 +23,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
 from ..registry import EVALUATORS
-from ..utils.checkpoints import check_resume_config, complete_checkpoints, resume_path, truncate_jsonl
+from ..utils.checkpoints import (
+    check_resume_config,
+    checkpoint_number,
+    complete_checkpoints,
+    read_state,
+    resume_path,
+    truncate_jsonl,
+)
 from ..utils.locks import owned_lock, with_lock
+from ..utils.run_folder import claim_run_folder
 from .config import resolve_precision, save_config
 from .schema import to_yaml_dict
 
@@ -79,6 +88,7 @@ class Recipe:
 
     cfg: object
     config_changes: list
+    overwrite: bool = False  # --overwrite: a fresh start moves an earlier run in the folder aside
 
     def _setup_accelerator(self, grad_accum: int | None = None, timeout_minutes: float | None = None) -> None:
         """``train.threads``, the output folder and the Accelerator (``train.logger``, ``train.mixed_precision``;
@@ -130,26 +140,40 @@ class Recipe:
         checkpoint's steps or epochs."""
         return None
 
+    def _required_files(self) -> tuple[str, ...]:
+        """The files a checkpoint of this run must hold: the recipe's, and Accelerate's ``optimizer.bin`` where the
+        optimizer state is one file (not under FSDP / DeepSpeed, which shard it into folders of their own)."""
+        sharded = self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return self.REQUIRED_FILES + (() if sharded else ("optimizer.bin",))
+
     def _checked_checkpoint(self, resume: bool | str, allow_config_change: bool = False) -> Path | None:
         """The checkpoint ``resume`` names (corrupt ones skipped or refused, see
         :func:`parauni.utils.checkpoints.resume_path`), its config compared with this one: only the keys of
         :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS` may differ without ``allow_config_change`` (the
         differences let through are kept in ``self.config_changes``)."""
-        ckpt = resume_path(self.out, resume, self.STATE_FILE, required=self.REQUIRED_FILES)
+        ckpt = resume_path(self.out, resume, self.STATE_FILE, required=self._required_files())
         if ckpt is None:  # --resume auto without a checkpoint: a fresh start
             return None
-        done = int(json.loads((ckpt / self.STATE_FILE).read_text())[self.COUNTER])
+        done = read_state(ckpt / self.STATE_FILE)[self.COUNTER]
+        newer = [p.name for p in complete_checkpoints(self.out, self.STATE_FILE)
+                 if checkpoint_number(p) > checkpoint_number(ckpt)]
+        if newer and self.acc.is_main_process:
+            logger.warning("resuming from %s while %s holds newer checkpoints (%s) of the run's earlier course: "
+                           "this run replaces each as it reaches its step (pruning keeps them until then)", ckpt.name,
+                           self.out, ", ".join(newer))
         self.config_changes = check_resume_config(
             ckpt, to_yaml_dict(self.cfg), to_yaml_dict(self.CONFIG()), allow_config_change,
             self.out if self.acc.is_main_process else None, conditions=self._resume_conditions(done),
             where={self.COUNTER: done}, migrate=getattr(self.CONFIG, "migrate_data", None))
         return ckpt
 
-    def _warn_if_earlier_run(self, resume: bool | str) -> None:
-        if not resume and self.acc.is_main_process and complete_checkpoints(self.out, self.STATE_FILE):
-            logger.warning("%s holds checkpoints of an earlier run: this fresh start replaces its logs and its "
-                           "checkpoints as it goes; pass --resume to continue it, or use another "
-                           "train.output_dir", self.out)
+    def _claim_output_folder(self, resume: bool | str, allow_config_change: bool = False) -> None:
+        """One run per folder: a fresh start into a folder holding another run's checkpoints or final weights is
+        refused, or with ``self.overwrite`` (``--overwrite``) that run is moved aside first
+        (:func:`parauni.utils.run_folder.claim_run_folder`); ``--allow-config-change`` needs ``--resume``."""
+        if self.acc.is_main_process or not self.overwrite:  # every process refuses alike; the main one moves
+            claim_run_folder(self.out, resume, self.overwrite, allow_config_change, self.RUN_KIND, self.STATE_FILE)
+        self.acc.wait_for_everyone()
 
     # -- the run's folder and logs ----------------------------------------------------------------------------
     def _start_output(self) -> None:

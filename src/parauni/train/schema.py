@@ -149,9 +149,63 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
     return ConfigError(f"{path}{where}: invalid YAML: {problem}" + (f" ({context})" if context else ""))
 
 
+def _is_mapping_field(cls: type, key: str) -> bool:
+    """Whether dotted ``key`` names a field of ``cls`` whose value is a mapping (``rewards.weights``), not a
+    section."""
+    *sections, leaf = key.split(".")
+    for name in sections:
+        tp = _hints(cls).get(name)
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return False
+        cls = tp
+    tp = _unwrap_optional(_hints(cls).get(leaf, type(None)))[0]
+    return not dataclasses.is_dataclass(tp) and (tp is dict or typing.get_origin(tp) is dict)
+
+
+def _inherit(parent: dict, child: dict, cls: type | None, merge: set[str], prefix: str = "") -> dict:
+    """``child`` over ``parent``: sections (dataclass fields) merge key by key; every other value replaces the
+    parent's, a mapping (``rewards.weights``) too, as on the command line, unless its dotted key is in
+    ``merge`` (then the two mappings merge, the child's entries winning)."""
+    out = dict(parent)
+    hints = _hints(cls) if cls is not None else {}
+    for key, value in child.items():
+        name = f"{prefix}{key}"
+        tp = hints.get(key)
+        # a section: a dataclass field, or a mapping outside the known fields (e.g. an algorithm's own section,
+        # which exists only in the root of the config's algorithm; unknown keys are refused later)
+        section = dataclasses.is_dataclass(tp) if cls is not None and key in hints else True
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and (section or name in merge):
+            inner = tp if section and cls is not None else None
+            out[key] = _inherit(out[key], value, inner, merge, f"{name}.") if section else {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_keys(path: Path, data: dict, root: type | None) -> set[str]:
+    """The child's ``merge:`` list: the mapping keys it adds to its base's instead of replacing them."""
+    merge = data.pop("merge", None)
+    if merge is None:
+        return set()
+    if isinstance(merge, str):
+        merge = [merge]
+    if not isinstance(merge, list) or not all(isinstance(k, str) for k in merge):
+        raise ConfigError(f"{path}: merge: expected a list of mapping keys, e.g. merge: [rewards.weights], got "
+                          f"{merge!r}")
+    if "base" not in data:
+        raise ConfigError(f"{path}: merge: {merge} merges with a base config, but this file has no base:")
+    for key in merge:
+        if root is not None and not _is_mapping_field(root, key):
+            raise ConfigError(f"{path}: merge: {key!r} is not a mapping-valued key (sections always merge key by "
+                              "key; lists and values are replaced); list keys such as rewards.weights")
+    return set(merge)
+
+
 def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, migrate: bool = False) -> dict:
-    """A config file as a plain dict, its ``base`` chain merged under it (:func:`_merge`: sections merge key by
-    key; values, lists and mappings replace, a mapping with ``__merge__: true`` merges)."""
+    """A config file as a plain dict, its ``base`` chain merged under it: sections merge key by key, lists and
+    values replace, and so does a mapping (``rewards.weights``: the child's mapping is the whole mapping, as
+    ``rewards.weights={...}`` on the command line), unless the child lists its key under ``merge:``. An empty file
+    is refused (it would silently be a default run)."""
     if path.is_dir():
         raise ConfigError(f"config {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
@@ -167,6 +221,10 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got a {type(raw).__name__}")
     data = OmegaConf.to_container(raw, resolve=False)
+    if not data:
+        raise ConfigError(f"{path}: the config is empty; give its sections (e.g. model:, train:), or a base: to "
+                          "inherit from (start from a shipped config, e.g. `parauni train configs/toy_stage1.yaml`)")
+    merge = _merge_keys(path, data, root)
     base = data.pop("base", None)
     if root is not None:
         _apply_moves(data, root, f"{path}: ", migrate)
@@ -174,36 +232,11 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
             prune(data)  # keys a saved run's config held that this root no longer has
         _check_keys(data, root, f"{path}: ")
     if base is None:
-        return _merge({}, data, root)  # a mapping's merge marker has nothing to merge with
+        return data
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base: expected the path of another YAML config, got {base!r}")
     parent = _read(path.parent / base, (*seen, path.resolve()), root, migrate)
-    return _merge(parent, data, root)
-
-
-MERGE = "__merge__"  # in a child config's mapping value: merge it over the base's mapping instead of replacing it
-
-
-def _merge(parent: dict, child: dict, cls: type | None) -> dict:
-    """A child config over its ``base:``: sections (dataclass-typed keys) merge key by key; any other value, a
-    mapping too (``rewards.weights``), replaces the parent's, as a command-line override does, unless the mapping
-    holds ``__merge__: true``: then its keys are set over the parent's mapping. ``cls``: the section's dataclass
-    (``None``: every mapping replaces)."""
-    out = dict(parent)
-    hints = _hints(cls) if cls is not None else {}
-    for key, value in child.items():
-        tp = hints.get(key)
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            out[key] = _merge(out.get(key) if isinstance(out.get(key), dict) else {}, value, tp)
-        elif isinstance(value, dict) and MERGE in value:
-            if value[MERGE] is not True:
-                raise ConfigError(f"{key}: {MERGE} must be true (merge this mapping over the base config's), got "
-                                  f"{value[MERGE]!r}")
-            base = out.get(key) if isinstance(out.get(key), dict) else {}
-            out[key] = {**base, **{k: v for k, v in value.items() if k != MERGE}}
-        else:
-            out[key] = value
-    return out
+    return _inherit(parent, data, root, merge)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DivergedError
 from ..pipelines.loading import build_model
 from ..pipelines.weights import TRAINABLE_FILE
-from ..utils.checkpoints import complete_checkpoints, write_checkpoint
+from ..utils.atomic import current_umask, ordinary_permissions
+from ..utils.checkpoints import complete_checkpoints, read_state, write_checkpoint
 from .batches import DeviceBatches
 from .config import Config, save_config, trainable_parts
 from .data import LatentSource, build_source
@@ -64,12 +66,13 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
     RUN_KIND, CONFIG = "training run", Config
 
     def __init__(self, cfg: Config, resume: bool | str = False, progress: bool = True,
-                 allow_config_change: bool = False, evaluate=None):
+                 allow_config_change: bool = False, evaluate=None, overwrite: bool = False):
         """``resume``: ``True`` / ``"latest"`` (the newest intact checkpoint), ``"auto"`` (that, or a fresh start)
         or a checkpoint folder. ``allow_config_change``: resume a config that changes the training (logged to
         config_changes.jsonl). ``evaluate``: the evaluation ``(pipe, out, images_per_prompt, steps, ...) -> summary``
-        of ``train.eval_geneval`` (default: :data:`parauni.registry.EVALUATORS`' default)."""
-        self.cfg, self.progress, self._evaluate = cfg, progress, evaluate
+        of ``train.eval_geneval`` (default: :data:`parauni.registry.EVALUATORS`' default). ``overwrite``: a fresh
+        start into a folder holding another run moves that run aside (else it is refused)."""
+        self.cfg, self.progress, self._evaluate, self.overwrite = cfg, progress, evaluate, overwrite
         # train.grad_accum is the one source of truth (the data order depends on it)
         self._setup_accelerator(grad_accum=cfg.train.grad_accum)
         fsdp_on_cpu(self.acc)
@@ -88,8 +91,8 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
         checked (intact files, a compatible config) before anything is built, then the data, model, optimizer."""
         cfg, t = self.cfg, self.cfg.train
         self.step, self.samples_seen, self.config_changes = 0, 0, []
+        self._claim_output_folder(resume, allow_config_change)
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
-        self._warn_if_earlier_run(resume)
         # the data fails here, before any model is built, when it is empty or its caption key is wrong
         self.source = build_source(cfg.data, t.seed)
         self.pipe = build_model(cfg.model, t.seed)
@@ -168,7 +171,7 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
 
     def _resume(self, ckpt: Path) -> None:
         self.acc.load_state(str(ckpt))
-        state = json.loads((ckpt / STATE_FILE).read_text())
+        state = read_state(ckpt / STATE_FILE)
         self.step = int(state["step"])
         self.samples_seen = int(state.get("samples_seen", self.step * self.cfg.train.batch_size))
         self.loader.skipped = int(state.get("skipped_images", 0))
@@ -291,6 +294,8 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
     def _finish(self, result: dict) -> dict:  # after the last step: the final weights, the evaluation
         if self.step >= self.cfg.train.steps:
             save_trainable(self._raw(), self.out / TRAINABLE_FILE, write=self.acc.is_main_process)  # collective (FSDP)
+            if self.acc.is_main_process:  # safetensors writes 0600: readable as ordinary new files are
+                os.chmod(self.out / TRAINABLE_FILE, 0o666 & ~current_umask())
             self.acc.wait_for_everyone()
             if self.acc.is_main_process and self.cfg.train.eval_geneval:
                 result.update(self.evaluate())  # "geneval" (and "geneval_cfg<scale>" for further scales)
@@ -308,5 +313,6 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             for part in [p for p in (pipe.vlm, pipe.transformer, pipe.vae) if p is not None]:
                 part.float()
         pipe.save_pretrained(self.out / "final")
+        ordinary_permissions(self.out / "final")
         return self._evaluations(pipe, "geneval", list(self.cfg.train.eval_guidance_scales or [None]),
                                  f"{self.out / 'final'} (step {self.step})")

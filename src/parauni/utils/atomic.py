@@ -4,7 +4,8 @@
 ends without an exception the temporary folder is renamed to ``out``. An ``out`` that already existed is moved
 aside (``<out>.old-<pid>``) just before and deleted only once the new folder is in place, so an interrupted
 write never leaves a half-written ``out`` nor loses the old one before the new one is complete. On an exception
-(or Ctrl-C) the temporary folder is removed and ``out`` is untouched.
+(or Ctrl-C) the temporary folder is removed and ``out`` is untouched; temporary folders of killed processes (whose
+PID no longer runs) are removed by the next write of the same ``out``.
 
 Files are given the permissions of ordinary new files (``0666`` / folders ``0777``, less the umask): some
 writers (safetensors through a temporary file) create them ``0600``, unreadable to the other users of a shared
@@ -18,6 +19,19 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..errors import UsageError
+
+
+def check_out_folder(path: str | Path, option: str = "--out") -> None:
+    """Refuse an output folder path that is a file (or lies under one), before any work, naming it."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"lies under {str(p)!r}, which is a file"
+                raise UsageError(f"{option} {str(path)!r} {what}, not a folder; give a folder path")
+            return
 
 
 def current_umask() -> int:
@@ -50,10 +64,93 @@ def ordinary_permissions(folder: str | Path) -> None:
             os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
+def write_failure(folder: str | Path, err: BaseException) -> OSError | None:
+    """The file-system error behind a failed write that did not say it: torch's zip writer reports a full disk as
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`` (or ``file write failed``). A 1 MiB
+    probe file is written into ``folder`` (and removed): the ``OSError`` it raises (``ENOSPC``, ``EDQUOT``,
+    ``EROFS`` ...) names the real cause, with ``folder`` as its path; ``None`` when the probe succeeds or ``err`` is
+    already an ``OSError``."""
+    if isinstance(err, OSError) or not isinstance(err, (RuntimeError, ValueError)):
+        return None
+    probe = Path(folder) / f".write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            data = memoryview(bytes(1 << 20))
+            while data:  # a short write first, then the error
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as found:
+        return OSError(found.errno, found.strerror, str(folder))
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return None
+
+
 def temporary_sibling(out: str | Path, tag: str = "tmp") -> Path:
     """``<out>.<tag>-<pid>``: the name a folder is built under before it replaces ``out``."""
     out = Path(out)
     return out.with_name(f"{out.name}.{tag}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (signal 0 probes it; another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_stale_siblings(out: str | Path, tag: str = "tmp") -> list[Path]:
+    """Remove ``<out>.<tag>-<pid>`` files and folders left by killed processes (their PID no longer runs), e.g. a
+    killed export's or report's temporary folder; returns what was removed. Those of running processes stay."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    prefix = f"{out.name}.{tag}-"
+    for p in out.parent.glob(f"{glob_escape(prefix)}*"):
+        pid = p.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            continue
+        removed.append(p)
+    return removed
+
+
+def _restore_stale_old(out: Path) -> None:
+    """A process killed inside :func:`replace_folder` may leave the previous folder as ``<out>.old-<pid>``: put it
+    back when ``out`` is missing, else remove it."""
+    prefix = f"{out.name}.old-"
+    for old in sorted(out.parent.glob(f"{glob_escape(prefix)}*")):
+        pid = old.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        if not (out.exists() or out.is_symlink()):
+            os.replace(old, out)
+        elif old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def replace_folder(new: str | Path, out: str | Path) -> None:
@@ -85,6 +182,8 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
     it into place as ``out`` (:func:`replace_folder`); on failure remove it and leave ``out`` as it was."""
     out = Path(out)
     tmp = temporary_sibling(out)
+    remove_stale_siblings(out)  # left by killed processes
+    _restore_stale_old(out)
     if tmp.exists():  # left by an earlier process with this pid
         shutil.rmtree(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, UsageError
+from .atomic import ordinary_permissions, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +106,22 @@ def remove_checkpoint(folder: Path, state_file: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def prune_checkpoints(out: Path, state_file: str, keep_last: int) -> None:
+def prune_checkpoints(out: Path, state_file: str, keep_last: int, current: Path | None = None) -> None:
     """Keep the newest ``keep_last`` complete checkpoints of ``out``; also remove ``checkpoint-<n>`` folders
     without their state file (left by an interrupted prune) and stale ``checkpoint-*.tmp`` folders (left by an
-    interrupted write)."""
+    interrupted write).
+
+    ``current``: the checkpoint just written. It is never removed, and neither is any checkpoint numbered above it
+    (a run resumed from an older checkpoint replaces those as it reaches them): only checkpoints older than
+    ``current`` are pruned, so pruning never deletes the newest state of the run that is writing."""
     out = Path(out)
-    for old in complete_checkpoints(out, state_file)[:-keep_last]:
-        remove_checkpoint(old, state_file)
+    found = complete_checkpoints(out, state_file)
+    if current is not None:
+        n = checkpoint_number(current)
+        found = [p for p in found if checkpoint_number(p) <= n]
+    for old in found[:-keep_last]:
+        if current is None or Path(old).name != Path(current).name:
+            remove_checkpoint(old, state_file)
     for folder in _checkpoint_dirs(out):
         if not (folder / state_file).is_file():
             logger.info("removing %s: an incomplete checkpoint (no %s)", folder, state_file)
@@ -130,16 +140,25 @@ def write_checkpoint(acc, out: Path, name: str, write_files: Callable[[Path], No
     if acc.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()  # every process has written its files (RNG states, shards) before the rename
+    try:
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every process has written its files (RNG states, shards) before the rename
+        if acc.is_main_process:
+            write_files(tmp)
+            if not (tmp / state_file).is_file():
+                raise RuntimeError(f"checkpoint writer did not write {state_file}")
+            ordinary_permissions(tmp)  # safetensors writes 0600: a checkpoint is readable as ordinary files are
+            if final.exists():
+                remove_checkpoint(final, state_file)
+            tmp.replace(final)
+    except BaseException as err:  # a full disk, a read-only folder, Ctrl-C: no partial checkpoint-*.tmp stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = write_failure(out, err)  # torch's writer reports a full disk without its errno
+        if cause is not None:
+            raise cause from err
+        raise
     if acc.is_main_process:
-        write_files(tmp)
-        if not (tmp / state_file).is_file():
-            raise RuntimeError(f"checkpoint writer did not write {state_file}")
-        if final.exists():
-            remove_checkpoint(final, state_file)
-        tmp.replace(final)
-        prune_checkpoints(out, state_file, keep_last)
+        prune_checkpoints(out, state_file, keep_last, current=final)
     acc.wait_for_everyone()
     return final
 
@@ -195,6 +214,43 @@ def _text_problem(path: Path) -> str | None:
     return None
 
 
+# a checkpoint's state file (its completion marker) and its counts: each a non-negative integer; the first is
+# required (the step or epoch the checkpoint was taken at)
+STATE_KEYS: dict[str, tuple[str, ...]] = {
+    "trainer_state.json": ("step", "samples_seen", "skipped_images"),
+    "grpo_state.json": ("epoch", "optimizer_steps"),
+}
+
+
+def _state_problem(path: Path) -> str | None:
+    """Why a state file is not one our trainers wrote: not a JSON object, its counter missing, or a count that is
+    not a non-negative integer (the key named)."""
+    problem = _text_problem(path)
+    if problem:
+        return problem
+    state = json.loads(path.read_text())
+    keys = STATE_KEYS[path.name]
+    if not isinstance(state, dict):
+        return f"not a JSON object with the key {keys[0]!r}"
+    if keys[0] not in state:
+        return f"the key {keys[0]!r} is missing"
+    for key in keys:
+        value = state.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"the key {key!r} is {json.dumps(value)}, not a non-negative integer"
+    return None
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's state file, checked (:func:`_state_problem`); a damaged one is refused naming the file, the
+    key and the fix."""
+    problem = _state_problem(Path(path))
+    if problem:
+        raise CorruptCheckpointError(f"{path}: {problem}; resume from an older checkpoint (--resume "
+                                     "<run>/checkpoint-<n>) or start afresh without --resume")
+    return json.loads(Path(path).read_text())
+
+
 CHECKERS: dict[str, Callable[[Path], str | None]] = {
     ".safetensors": _safetensors_problem, ".bin": _zip_problem, ".pkl": _zip_problem, ".pt": _zip_problem,
     ".pth": _zip_problem, ".json": _text_problem, ".yaml": _text_problem,
@@ -209,7 +265,7 @@ def checkpoint_problems(folder: Path, required: tuple[str, ...] = ()) -> list[st
     checkpoints."""
     problems = [f"{Path(folder) / name}: missing" for name in required if not (Path(folder) / name).is_file()]
     for path in sorted(Path(folder).rglob("*")):
-        check = CHECKERS.get(path.suffix)
+        check = _state_problem if path.name in STATE_KEYS else CHECKERS.get(path.suffix)
         if check is None or not path.is_file():
             continue
         try:
@@ -223,10 +279,15 @@ def checkpoint_problems(folder: Path, required: tuple[str, ...] = ()) -> list[st
 
 def newest_intact(out: Path, state_file: str, before: int | None = None,
                   required: tuple[str, ...] = ()) -> Path | None:
-    """The newest complete checkpoint of ``out`` (below number ``before``) whose files read back."""
+    """The newest complete checkpoint of ``out`` (below number ``before``) whose files read back; each newer
+    corrupt one is skipped with a warning naming its bad files."""
     for ckpt in reversed(complete_checkpoints(out, state_file)):
-        if (before is None or checkpoint_number(ckpt) < before) and not checkpoint_problems(ckpt, required):
+        if before is not None and checkpoint_number(ckpt) >= before:
+            continue
+        problems = checkpoint_problems(ckpt, required)
+        if not problems:
             return ckpt
+        logger.warning("skipping corrupt checkpoint %s: %s", ckpt, "; ".join(problems))
     return None
 
 
@@ -383,27 +444,36 @@ def check_resume_config(ckpt: Path, new: dict, defaults: dict, allow: bool, log_
 # -- per-step logs ------------------------------------------------------------------------------------------
 def truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> int:
     """Keep only the rows of a JSON-lines log for which ``keep(row)`` holds, atomically (a temporary file
-    renamed over the log), so a resumed run does not append after rows of steps it will redo. A torn last
-    line (a kill mid-write) is dropped too. Returns the number of rows removed."""
+    renamed over the log), so a resumed run does not append after rows of steps it will redo. A torn line (a kill
+    mid-write) or a row ``keep`` cannot judge (``{"step": "x"}``) is dropped too, with a warning naming its line.
+    Returns the number of rows removed."""
     path = Path(path)
     if not path.is_file():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    kept, dropped, bad = [], 0, []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+            if isinstance(row, dict) and not keep(row):
+                dropped += 1
+                continue
+        except (ValueError, TypeError):  # a torn line, or a row whose step is not a number ({"step": "x"})
             dropped += 1
-            continue
-        if isinstance(row, dict) and not keep(row):
-            dropped += 1
+            bad.append(n)
             continue
         kept.append(line)
+    if bad:
+        logger.warning("%s: dropped %d unreadable row(s) (line %s): not JSON, or a step that is not a number",
+                       path, len(bad), ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else ""))
     if dropped:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(x + "\n" for x in kept))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text("".join(x + "\n" for x in kept))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         logger.info("%s: removed %d rows after the resumed checkpoint", path, dropped)
     return dropped

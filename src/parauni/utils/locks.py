@@ -59,6 +59,8 @@ class FolderLock:
         if self.held:
             return self
         folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{str(folder)!r} is a file, not a folder; give a folder path (or remove the file)")
         created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         key = str(folder.resolve())
@@ -120,6 +122,42 @@ def hold_folder_lock(folder: str | Path, what: str = "run") -> FolderLock:
     ``evaluation``). Also usable without ``with``: ``lock = hold_folder_lock(folder).acquire()`` ...
     ``lock.release()``."""
     return FolderLock(folder, what)
+
+
+def lock_holder(folder: str | Path) -> tuple[str, str] | None:
+    """``(pid, kind)`` of another process holding ``folder``'s lock now, else ``None`` (no lock file, nobody holds
+    it, or this process does). Probes with a shared non-blocking ``flock``, which an exclusive holder refuses;
+    creates nothing."""
+    folder = Path(folder)
+    path = folder / LOCK_FILE
+    if fcntl is None or not path.is_file() or str(folder.resolve()) in _held:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _holder(path)
+    finally:
+        os.close(fd)  # also drops the shared lock when it was taken
+    return None
+
+
+def refuse_if_written(folder: str | Path, reader: str) -> None:
+    """Refuse to read ``folder`` (a run or evaluation folder) while another process writes it or one of its
+    evaluations (``eval/*``): :class:`FolderLockedError` naming the folder, the writer's kind and PID. ``reader``
+    names the command in the message (``report``)."""
+    folder = Path(folder)
+    candidates = [folder, *sorted(p for p in folder.glob("eval/*") if p.is_dir())] if folder.is_dir() else []
+    for sub in candidates:
+        held = lock_holder(sub)
+        if held is not None:
+            pid, what = held
+            raise FolderLockedError(
+                f"{sub} is being written by a running {what} (PID {pid}, see {sub / LOCK_FILE}): the {reader} would "
+                "read half-written files; wait for it to end (or stop it), then rerun")
 
 
 def owned_lock(owner: object, folder: str | Path, what: str = "run") -> FolderLock:

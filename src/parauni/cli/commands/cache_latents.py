@@ -6,6 +6,8 @@ import argparse
 import json
 
 from ...errors import UsageError
+from ...utils.atomic import check_out_folder
+from ...utils.locks import hold_folder_lock
 
 
 def add_parser(sub) -> None:
@@ -25,11 +27,14 @@ def run(args: argparse.Namespace) -> dict:
     from ...train.data import build_source
     from ...train.loader import cache_latents
 
+    check_out_folder(args.out)
     cfg = load_config(args.config, args.overrides)
     source = build_source(cfg.data, cfg.train.seed)
     pipe = build_model(cfg.model, cfg.train.seed)
     if pipe.vae is None:
         raise UsageError("this model works in pixel space (no VAE): there is nothing to cache")
-    result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size, limit=args.limit)
+    with hold_folder_lock(args.out, "latent cache"):  # one writer per cache folder
+        result = cache_latents(source, cfg.data, pipe.vae, args.out, cfg.train.seed, args.batch_size,
+                               limit=args.limit)
     print(json.dumps(result, indent=2))
     return result

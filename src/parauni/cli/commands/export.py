@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import logging
 from pathlib import Path
 
 import yaml
 
 from ...errors import UsageError
 from ...utils.atomic import atomic_folder
+from ...utils.checkpoints import checkpoint_number
+from ...utils.locks import lock_holder, refuse_if_written
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
@@ -83,6 +88,19 @@ def _export(checkpoint: str, out: Path, grpo: bool, ema: bool) -> None:
         export(checkpoint, out)
 
 
+def _check_not_written(checkpoint: Path) -> None:
+    """A run folder that a training run is writing is refused (naming its PID): its newest checkpoint may be
+    pruned and its final weights half-written while they are read. A finished ``checkpoint-<n>`` of such a run is
+    exported, with a warning that the run goes on."""
+    if checkpoint_number(checkpoint) is None:
+        refuse_if_written(checkpoint, "export")
+        return
+    held = lock_holder(checkpoint.parent)
+    if held is not None:
+        logger.warning("%s is still being written by a %s (PID %s): exporting its finished checkpoint %s",
+                       checkpoint.parent, held[1], held[0], checkpoint.name)
+
+
 def run(args: argparse.Namespace) -> None:
     """``parauni export``: the pipeline is written to ``<out>.tmp-<pid>`` and swapped into place when complete
     (:func:`parauni.utils.atomic.atomic_folder`), so an interrupted export leaves ``--out`` as it was. An
@@ -98,6 +116,7 @@ def run(args: argparse.Namespace) -> None:
     problem = None if overwrite else _export_target_problem(out)
     if problem:
         raise UsageError(problem)
+    _check_not_written(Path(args.checkpoint))
     grpo = is_grpo_run(args.checkpoint)
     if args.no_ema and not grpo:
         raise UsageError("--no-ema: stage I / II checkpoints have no EMA (it applies to `parauni grpo` "

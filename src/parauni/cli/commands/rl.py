@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..options import add_run_arguments
+
+logger = logging.getLogger(__name__)
 
 
 def algorithms_help() -> str:
@@ -33,8 +36,12 @@ def run(args: argparse.Namespace) -> dict:
 
     cfg = load_grpo_config(args.config, args.overrides)
     check_reward_names(cfg.rewards)
+    negative = {k: v for k, v in dict(cfg.rewards.weights).items() if v < 0}
+    if negative:  # allowed (a penalty), said once
+        logger.warning("rewards.weights %s: a negative weight is allowed; it makes the run lower that reward (a "
+                       "penalty) instead of raising it", ", ".join(f"{k}={v:g}" for k, v in negative.items()))
     trainer = RLTrainer(cfg, resume=args.resume or False, progress=not args.no_progress,
-                        allow_config_change=getattr(args, "allow_config_change", False))
+                        allow_config_change=getattr(args, "allow_config_change", False), overwrite=args.overwrite)
     result = trainer.run()
     if trainer.acc.is_main_process:
         rows = {k.replace("geneval_", ""): v for k, v in result.items() if k.startswith("geneval_")}

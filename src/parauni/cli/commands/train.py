@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> dict:
 
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, resume=args.resume or False, progress=not args.no_progress,
-                      allow_config_change=args.allow_config_change)
+                      allow_config_change=args.allow_config_change, overwrite=args.overwrite)
     result = trainer.run()
     if trainer.acc.is_main_process:
         print(json.dumps({k: v for k, v in result.items() if k != "geneval"}, indent=2))

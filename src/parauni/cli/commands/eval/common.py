@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from ....errors import UsageError
 from ....eval.provenance import add_overwrite_options
 from ....utils.locks import hold_folder_lock
 from ...options import add_dtype_option
@@ -23,6 +26,10 @@ def add_generation_options(p, resumable: bool = True) -> None:
 
 
 def run_locked(args, run) -> None:
-    """``run(args)`` while holding ``args.out``'s lock: one evaluation per output folder."""
+    """``run(args)`` while holding ``args.out``'s lock: one evaluation per output folder. An ``--out`` (or
+    ``--score-only`` folder) that is a file is refused first, naming it."""
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        option = "--score-only" if getattr(args, "score_only", None) else "--out"
+        raise UsageError(f"{option} {args.out!r} is a file, not a folder; give a folder")
     with hold_folder_lock(args.out, "evaluation"):
         run(args)
