@@ -258,10 +258,12 @@ def test_cli_scorer_choices(tmp_path, monkeypatch, capsys):
     # official on a toy model: no toy scoring, the official instructions
     assert main([*base, "--out", str(tmp_path / "b"), "--scorer", "official"]) == 0
     assert "evaluate_images.py" in capsys.readouterr().out and not (tmp_path / "b" / "results.jsonl").exists()
-    # toy on GenEval's prompts: the toy detector (its rows carry partial credit)
-    assert main([*base, "--out", str(tmp_path / "c"), "--scorer", "toy"]) == 0
-    row = json.loads((tmp_path / "c" / "results.jsonl").read_text().splitlines()[0])
-    assert "partial" in row and row["correct"] is False  # no toy shape is a bench
+    # toy on GenEval's prompts: refused, naming the class the toy detector cannot detect (a score of 0 for every
+    # bench would describe the detector, not the model)
+    assert main([*base, "--out", str(tmp_path / "c"), "--scorer", "toy"]) == 2
+    err = capsys.readouterr().err
+    assert '"bench" is not one of the' in err and "metadata.jsonl, line 1" in err
+    assert not (tmp_path / "c" / "results.jsonl").exists()
 
 
 def test_cli_official_scorer_summarises_official_results(tmp_path, monkeypatch):

@@ -196,8 +196,7 @@ def test_a_checkpoint_of_the_older_layout_resumes(tmp_path, algorithm, stale):
     for section, values in stale.items():
         saved.setdefault(section, {}).update(values)
     (ckpt / "config.yaml").write_text(yaml.safe_dump(saved))
-    resumed = trainer(tmp_path, f"algorithm={algorithm}", "train.epochs=2")
-    resumed._resume("latest")
+    resumed = trainer(tmp_path, f"algorithm={algorithm}", "train.epochs=2", resume="latest")
     assert resumed.epoch == 1 and resumed.config_changes == []
 
 
