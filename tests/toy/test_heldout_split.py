@@ -111,7 +111,7 @@ def test_rl_prompts_are_seen_prompts(pool):
 
 def test_vlm_rewards_and_tokenizer_data():
     for k in range(300):
-        _, pairs = sample_dialogue(0, k, turns=6, world="v2")
+        _, pairs, _ = sample_dialogue(0, k, turns=6, world="v2")
         for q, a in pairs:
             assert not text_leaks(f"{q} {a}"), (q, a)
     _, captions = make_pool(400, seed=0, world="v2")

@@ -56,7 +56,7 @@ def test_detector_accuracy_on_rendered_scenes():
 
 
 def test_each_new_shape_is_found_at_the_smallest_size():
-    side = 0.22 * 32  # the smallest object the world draws (four objects)
+    side = 0.22 * 32  # v1's smallest object, below the smallest of v2 (0.26 of the canvas)
     for shape in V2.shapes:
         for color in V2.colors:
             img = render(Scene([ToyObject(shape, color, 16.3, 15.8, side)], 32, V2))
@@ -162,3 +162,12 @@ def test_scene_compositions():
     comps3 = scene_compositions(Scene([a, b, c], 32, V2))
     assert {p for p in comps3 if p[0] == "shape_pair"} == {("shape_pair", *sorted(p)) for p in
                                                            combinations(("square", "cross", "circle"), 2)}
+
+
+def test_v2_tokenizer_words_cover_its_corpus():
+    from parauni.toy.tokenizer import _TEMPLATES, known_words, toy_corpus, unknown_words
+
+    special = ("<|im_start|>", "<|im_end|>")
+    lines = [line for line in toy_corpus(n=150, world="v2") if line not in _TEMPLATES]
+    assert [w for line in lines for w in unknown_words(line, special, known_words("v2"))] == []
+    assert "crosses" in known_words("v2") and "diamond" not in known_words("v1")

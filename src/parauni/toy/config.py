@@ -66,6 +66,8 @@ class VLMDataConfig:
     by_question: float = setting(0.5, PROBABILITY)  # share of questions drawn over all questions (else: a kind first)
     chunks: int = setting(2, POSITIVE_INT)  # a batch is cut into this many rows of similar length
     world: str = setting("v1", choice("v1", "v2"))  # the toy world (parauni.toy.worlds); v2 hides its held-out split
+    # text-only caption rows per batch (a share of train.batch_size) for the next-token objective on captions
+    caption_lm: float = setting(0.0, number(0.0, 1.0))
     # data-loader processes (0: in the training process); the batches do not depend on it
     workers: int = setting(0, NON_NEGATIVE_INT)
 

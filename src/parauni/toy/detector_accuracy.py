@@ -5,7 +5,9 @@ shapes and colours), at the world's sizes, from seeds of their own (domain 3). E
 to the detection whose box centre is nearest its own, within half its side; it counts as found with the right
 shape, the right colour, or both. A detection matched to no object is a false positive. The table gives, per
 shape and per colour, the objects drawn and the share found with the right shape and colour, the shape
-confusion matrix, and the share of scenes whose detections are exactly their objects.
+confusion matrix, and the share of scenes whose detections are exactly their objects. ``noise`` (Gaussian pixel
+noise of that many grey levels) and ``blur`` (a Gaussian blur of that many pixels at 32 px, of the difference
+from the background) measure it on perturbed renderings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detect import Detection, detect
+from .detect import Detection, detect, gaussian_blur
 from .world import Scene, random_scene, render
 from .worlds import World, get_world
 
@@ -41,7 +43,22 @@ def match(scene: Scene, dets: list[Detection]) -> list[Detection | None]:
     return out
 
 
-def detector_accuracy(world: World | str = "v2", n: int = 1000, seed: int = 0, size: int = 32) -> dict:
+def perturb(image: np.ndarray, rng: np.random.Generator, noise: float = 0.0, blur: float = 0.0,
+            background: tuple[int, int, int] = (128, 128, 128)) -> np.ndarray:
+    """``image`` blurred by ``blur`` px (scaled from 32 px; the canvas stays ``background``), then with Gaussian
+    noise of standard deviation ``noise`` grey levels; RGB uint8."""
+    out = image.astype(np.float32)
+    if blur > 0:
+        bg = np.asarray(background, np.float32)
+        sigma = blur * image.shape[0] / 32
+        out = bg + np.stack([gaussian_blur(out[..., c] - bg[c], sigma) for c in range(3)], -1)
+    if noise > 0:
+        out = out + rng.normal(0.0, noise, out.shape)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def detector_accuracy(world: World | str = "v2", n: int = 1000, seed: int = 0, size: int = 32,
+                      noise: float = 0.0, blur: float = 0.0) -> dict:
     """Detect ``n`` rendered free scenes of ``world``; returns the table's numbers (see the module docstring).
 
     ``{"world", "scenes", "objects", "size", "shapes": {shape: {"n", "shape", "color", "both"}}, "colors": {colour:
@@ -54,7 +71,7 @@ def detector_accuracy(world: World | str = "v2", n: int = 1000, seed: int = 0, s
     for k in range(n):
         rng = np.random.default_rng([DOMAIN, seed, k])
         scene = random_scene(rng, size, world=w)
-        dets = detect(render(scene), world=w)
+        dets = detect(perturb(render(scene), rng, noise, blur, w.background), world=w)
         found = match(scene, dets)
         false_pos += len(dets) - sum(d is not None for d in found)
         ok_all = len(dets) == len(scene.objects)
@@ -74,7 +91,7 @@ def detector_accuracy(world: World | str = "v2", n: int = 1000, seed: int = 0, s
         r = rows.get(key, {"shape": [], "color": [], "both": []})
         return {"n": len(r["both"]), **{m: float(np.mean(v)) if v else float("nan") for m, v in r.items()}}
 
-    return {"world": w.name, "scenes": n, "objects": objects, "size": size, "seed": seed,
+    return {"world": w.name, "scenes": n, "objects": objects, "size": size, "seed": seed, "noise": noise, "blur": blur,
             "shapes": {s: stats(f"shape:{s}") for s in w.shapes},
             "colors": {c: stats(f"color:{c}") for c in w.colors},
             "overall": stats("overall"), "confusion": confusion, "false_positives": false_pos,
@@ -84,7 +101,7 @@ def detector_accuracy(world: World | str = "v2", n: int = 1000, seed: int = 0, s
 def format_accuracy_table(result: dict) -> str:
     """A Markdown table of :func:`detector_accuracy`'s result (per shape, per colour, overall)."""
     lines = [f"world {result['world']}, {result['scenes']} scenes, {result['objects']} objects, "
-             f"{result['size']} px, seed {result['seed']}", "",
+             f"{result['size']} px, seed {result['seed']}, noise {result['noise']:g}, blur {result['blur']:g} px", "",
              "| class | objects | shape right | colour right | both right |", "|---|---:|---:|---:|---:|"]
     groups = [*(("shape", s, v) for s, v in result["shapes"].items()),
               *(("colour", c, v) for c, v in result["colors"].items()), ("", "overall", result["overall"])]
@@ -106,12 +123,14 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=1000, help="rendered scenes (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="canvas side in pixels (default 32)")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian pixel noise, in grey levels (default 0)")
+    p.add_argument("--blur", type=float, default=0.0, help="Gaussian blur in pixels at 32 px (default 0)")
     p.add_argument("--out", help="also write the result as JSON to this file (and the table next to it as .md)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    result = detector_accuracy(args.world, args.n, args.seed, args.size)
+    result = detector_accuracy(args.world, args.n, args.seed, args.size, args.noise, args.blur)
     table = format_accuracy_table(result)
     print(table)
     if args.out:

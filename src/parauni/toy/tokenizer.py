@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..models.tokenizer import build_tokenizer
 from .data import make_example, qa_pairs, sample_rng
-from .prompts import NUMBER_WORDS, TASKS, random_meta
+from .prompts import NUMBER_WORDS, TASKS, make_plural, random_meta
 from .world import RELATIONS
 from .worlds import V1, WORLDS, World, get_world
 
@@ -48,7 +48,7 @@ _OTHER_WORDS = ("a", "an", "and", "are", "as", "color", "describe", "generate", 
 def known_words(world: World | str = V1) -> frozenset[str]:
     """Every word of :func:`toy_corpus` of ``world`` and of the toy VLM's training questions."""
     w = get_world(world)
-    return frozenset({*w.shapes, *(s + "s" for s in w.shapes), *w.colors, *NUMBER_WORDS,
+    return frozenset({*w.shapes, *(make_plural(s) for s in w.shapes), *w.colors, *NUMBER_WORDS,
                       *(x for r in RELATIONS for x in r.split()), *_OTHER_WORDS})
 
 
