@@ -171,3 +171,12 @@ def test_v2_tokenizer_words_cover_its_corpus():
     lines = [line for line in toy_corpus(n=150, world="v2") if line not in _TEMPLATES]
     assert [w for line in lines for w in unknown_words(line, special, known_words("v2"))] == []
     assert "crosses" in known_words("v2") and "diamond" not in known_words("v1")
+
+
+def test_detector_accuracy_command(tmp_path, capsys):
+    from parauni.cli import main
+
+    main(["toy", "detector-accuracy", "--world", "v2", "--n", "6", "--blur", "0.5", "--out", str(tmp_path / "d.json")])
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result["scenes"] == 6 and result["blur"] == 0.5 and result["world"] == "v2"
+    assert (tmp_path / "d.md").read_text().strip() in capsys.readouterr().out

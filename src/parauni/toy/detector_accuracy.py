@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from .detect import Detection, detect, gaussian_blur
 from .world import Scene, random_scene, render
 from .worlds import World, get_world
@@ -130,6 +131,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.n < 1 or args.size < 16:
+        raise UsageError(f"--n must be at least 1 and --size at least 16 (got --n {args.n}, --size {args.size})")
     result = detector_accuracy(args.world, args.n, args.seed, args.size, args.noise, args.blur)
     table = format_accuracy_table(result)
     print(table)

@@ -8,8 +8,8 @@ configs that name none (``model.source``, ``data.kind``, ``prompts.kind``, ``rew
 ``train.eval_geneval``), and its rewards have their LDAM layer groups.
 
 The v2 world (:mod:`parauni.toy.worlds`) is chosen by name: ``data.kind: toy_v2`` (its training stream, without
-its held-out compositions), ``prompts.kind: toy_v2`` (its seen prompts), ``train.eval: toy_geneval_v2`` (its
-seen and held-out prompts, summarised apart). The rewards read the world from each prompt's record.
+its held-out compositions), ``prompts.kind: toy_v2`` (its seen prompts); the evaluator ``toy_geneval_v2`` scores
+its seen and held-out prompts, summarised apart. The rewards read the world from each prompt's record.
 """
 
 from __future__ import annotations
