@@ -180,3 +180,14 @@ def test_detector_accuracy_command(tmp_path, capsys):
     result = json.loads((tmp_path / "d.json").read_text())
     assert result["scenes"] == 6 and result["blur"] == 0.5 and result["world"] == "v2"
     assert (tmp_path / "d.md").read_text().strip() in capsys.readouterr().out
+
+
+def test_toy_eval_of_v2_limits_each_split(tmp_path):
+    from parauni.toy.evaluation import toy_geneval, with_splits
+
+    summary = toy_geneval("prior", tmp_path / "ev", images_per_prompt=1, steps=2, limit=1, world="v2")
+    assert summary["total_images"] == 12 and set(summary["splits"]) == {"seen", "heldout"}
+    assert all(set(s["tasks"]) == set(TASKS) for s in summary["splits"].values())
+    rows = with_splits("prior", summary)
+    assert list(rows)[0] == "prior" and "heldout" in list(rows)[2] and len(rows) == 3
+    assert list(with_splits("x", {"tasks": {}, "overall": 0.0})) == ["x"]

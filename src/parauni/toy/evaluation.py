@@ -65,13 +65,15 @@ def toy_geneval(model, out: str | Path | None = None, images_per_prompt: int = 4
                 world: str | None = None) -> dict:
     """Generate and score toy GenEval; returns the summary (per-task accuracy, overall).
 
-    ``limit``: the first N prompts of each task.  ``out`` gets ``provenance.json``
-    (:mod:`parauni.eval.provenance`); ``mode``: ``resume`` (keep the images already in ``out`` only when
-    the weights and settings match, else refuse), ``overwrite`` or ``refresh`` (regenerate when they differ).
+    ``limit``: the first N prompts of each task (of each split, where the records have splits).  ``out`` gets
+    ``provenance.json`` (:mod:`parauni.eval.provenance`); ``mode``: ``resume`` (keep the images already in
+    ``out`` only when the weights and settings match, else refuse), ``overwrite`` or ``refresh`` (regenerate when
+    they differ).
     ``name`` labels the model in the record (default: ``model`` when it is a name or path). ``world``: the shipped
     prompts of that world when no ``metadata`` is given (v2: seen and held-out, summarised apart)."""
     metas_all = load_toy_geneval(metadata, world)
-    metas = limit_per_task(metas_all, limit)
+    splits = list(dict.fromkeys(m.get("split") for m in metas_all))  # v2: "seen", "heldout"; v1: None
+    metas = [m for split in splits for m in limit_per_task([x for x in metas_all if x.get("split") == split], limit)]
     for m in metas:  # before generating: a record without objects cannot be scored
         check_record(m)
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="toy-geneval-"))
@@ -165,10 +167,19 @@ def run(args: argparse.Namespace) -> None:
     summary = toy_geneval(args.model, args.out, args.images_per_prompt, args.steps, args.guidance, args.seed,
                           args.limit, args.metadata, mode="overwrite" if args.overwrite else "resume",
                           world=args.world)
+    label = prov.label(prov.read(args.out)) if args.out else args.model
+    print(format_table(with_splits(label, summary)))
     if args.out:
-        record = prov.read(args.out)
-        print(format_table({prov.label(record): summary}))
         print(f"images, results.jsonl, summary.json and provenance.json in {args.out}")
     else:
-        print(format_table({args.model: summary}))
         print(json.dumps(summary["tasks"]))
+
+
+def with_splits(label: str, summary: dict) -> dict[str, dict]:
+    """Table rows of a summary: ``label`` over all images, then one row per split when it has them (v2: seen, held
+    out; the held-out row is the headline)."""
+    rows = {label: summary}
+    for split, part in summary.get("splits", {}).items():
+        se = part["stderr"]
+        rows[f"{label} [{split}; standard error {se['overall']:.3f}, at most {se['overall_max']:.3f}]"] = part
+    return rows
