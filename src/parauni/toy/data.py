@@ -8,7 +8,8 @@ training stream is the same whatever the number of workers or ranks; worker ``w`
 Every function takes a ``world`` (default v1, see :mod:`parauni.toy.worlds`). In a world with held-out
 compositions (v2), the training streams, and every sample of ``split="seen"``, compose none of them
 (:mod:`parauni.toy.split`): the template records are drawn among the seen prompts and a scene that shows a
-held-out composition (a random colour, a chance relation) is drawn again from the same generator.
+held-out composition (a random colour, a chance relation) is drawn again from the same generator (a free
+scene with the same number of objects, so that the number stays uniform over 1..4).
 """
 
 from __future__ import annotations
