@@ -133,6 +133,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.n < 1 or args.size < 16:
         raise UsageError(f"--n must be at least 1 and --size at least 16 (got --n {args.n}, --size {args.size})")
+    if args.noise < 0 or args.blur < 0:
+        raise UsageError(f"--noise and --blur must be >= 0 (got --noise {args.noise:g}, --blur {args.blur:g})")
     result = detector_accuracy(args.world, args.n, args.seed, args.size, args.noise, args.blur)
     table = format_accuracy_table(result)
     print(table)
