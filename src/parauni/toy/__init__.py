@@ -1,6 +1,8 @@
 """The toy world: a synthetic world of coloured shapes in which every stage of ParaUni runs on a CPU.
 
-* :mod:`parauni.toy.world` -- vocabulary, scenes, rendering, scenes from GenEval prompts;
+* :mod:`parauni.toy.worlds` -- the worlds by name (v1, v2): vocabulary, sizes, held-out compositions;
+* :mod:`parauni.toy.world` -- scenes, rendering, scenes from GenEval prompts;
+* :mod:`parauni.toy.split` -- what a scene or a prompt composes, seen and held-out prompts;
 * :mod:`parauni.toy.prompts` -- GenEval's templates and records, free captions;
 * :mod:`parauni.toy.data` -- training stream, held-out split, question-answer pairs;
 * :mod:`parauni.toy.detect` -- the programmatic detector;
@@ -32,11 +34,13 @@ from parauni.toy.world import (
     render,
     scene_from_metadata,
 )
+from parauni.toy.worlds import V1, V2, WORLDS, World, get_world
 
 __all__ = [
     "BACKGROUND", "COLORS", "PALETTE", "RELATIONS", "SHAPES", "TASKS", "Detection", "Scene",
     "ToyObject", "ToyStream", "detect", "evaluate", "free_caption", "heldout_examples", "heldout_split",
     "load_toy_geneval", "make_example", "make_toy_geneval", "meta_from_fields", "partial_credit",
     "qa_pairs", "random_meta", "random_scene", "relative_position", "render", "sample_qa",
-    "scene_from_metadata", "score_dir", "score_image", "write_geneval_layout",
+    "scene_from_metadata", "score_dir", "score_image", "write_geneval_layout", "V1", "V2", "WORLDS", "World",
+    "get_world",
 ]

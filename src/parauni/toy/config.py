@@ -65,6 +65,9 @@ class VLMDataConfig:
     describe_prob: float = setting(0.2, PROBABILITY)  # share of turns that ask for the caption
     by_question: float = setting(0.5, PROBABILITY)  # share of questions drawn over all questions (else: a kind first)
     chunks: int = setting(2, POSITIVE_INT)  # a batch is cut into this many rows of similar length
+    world: str = setting("v1", choice("v1", "v2"))  # the toy world (parauni.toy.worlds); v2 hides its held-out split
+    # text-only caption rows per batch (a share of train.batch_size) for the next-token objective on captions
+    caption_lm: float = setting(0.0, number(0.0, 1.0))
     # data-loader processes (0: in the training process); the batches do not depend on it
     workers: int = setting(0, NON_NEGATIVE_INT)
 
@@ -133,6 +136,7 @@ class PriorModelConfig:
 class PriorDataConfig:
     template_prob: float = setting(0.7, PROBABILITY)  # share of GenEval-template captions
     uncond_prob: float = setting(0.1, number(0.0, 1.0, hi_open=True))  # share of captions replaced by the empty prompt
+    world: str = setting("v1", choice("v1", "v2"))  # the toy world (parauni.toy.worlds); v2 hides its held-out split
 
 
 @dataclass
@@ -207,6 +211,7 @@ PRIOR_FLAGS: dict[str, str] = {
 @dataclass
 class RewardsDataConfig:
     pool: int = setting(40000, POSITIVE_INT)  # rendered training pairs
+    world: str = setting("v1", choice("v1", "v2"))  # the toy world (parauni.toy.worlds); v2 hides its held-out split
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """A programmatic object detector for toy-world images.
 
-1. Each pixel takes the nearest of the background and the six palette colours (RGB distance).
+Every function takes the ``world`` whose shapes and colours it looks for (default v1; see
+:mod:`parauni.toy.worlds`).
+
+1. Each pixel takes the nearest of the background and the world's palette colours (RGB distance).
 2. Non-background pixels form 4-connected components; components smaller than ``min_area_frac``
    of the canvas are dropped.
 3. A component's colour is the majority colour of its pixels. Its soft coverage map (each pixel's
@@ -55,16 +58,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from parauni.toy.world import (
-    BACKGROUND,
-    COLORS,
-    PALETTE,
-    SHAPES,
-    SIZE_RANGES,
-    SUPERSAMPLE,
-    ToyObject,
-    shape_mask,
-)
+from parauni.toy.shapes import box_centre_y, side_from_area
+from parauni.toy.world import SIZE_RANGES, SUPERSAMPLE, ToyObject, shape_mask
+from parauni.toy.worlds import V1, World, get_world
 from parauni.utils.images import as_uint8
 
 # Edge softness (Gaussian sigma in pixels at 32 px, scaled with the canvas) tried for each shape.
@@ -82,7 +78,16 @@ CLUTTER_MARGIN = 0.25  # the surroundings: the component's box grown by this sha
 # Specks: non-object blobs smaller than the smallest object the world draws (a triangle of the
 # smallest side, half its box).
 SPECK_AREA_FRAC = 0.5 * min(lo for lo, _ in SIZE_RANGES.values()) ** 2
-REFERENCE_COLORS = np.asarray([BACKGROUND, *(PALETTE[c] for c in COLORS)], dtype=np.float32)
+
+
+@lru_cache(maxsize=8)
+def reference_colors(world: World | str = V1) -> np.ndarray:
+    """``(1 + colours, 3)`` float RGB: the background, then the world's palette in order."""
+    w = get_world(world)
+    return np.asarray([w.background, *(w.palette[c] for c in w.colors)], dtype=np.float32)
+
+
+REFERENCE_COLORS = reference_colors(V1)  # the v1 world's
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,10 @@ class Detection:
                 "confidence": round(self.confidence, 4), "area": self.area}
 
 
-def quantize(image: np.ndarray) -> np.ndarray:
-    """Index map: 0 for background, ``1 + COLORS.index(c)`` for colour ``c``."""
+def quantize(image: np.ndarray, world: World | str = V1) -> np.ndarray:
+    """Index map: 0 for background, ``1 + world.colors.index(c)`` for colour ``c``."""
     px = image.astype(np.float32)
-    d = ((px[..., None, :] - REFERENCE_COLORS) ** 2).sum(-1)
+    d = ((px[..., None, :] - reference_colors(world)) ** 2).sum(-1)
     return d.argmin(-1)
 
 
@@ -137,10 +142,11 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def coverage(crop: np.ndarray, color: str) -> np.ndarray:
+def coverage(crop: np.ndarray, color: str, world: World | str = V1) -> np.ndarray:
     """Per-pixel share of ``color`` against the background, in [0, 1], of an RGB float crop."""
-    bg = REFERENCE_COLORS[0]
-    v = np.asarray(PALETTE[color], np.float32) - bg
+    w = get_world(world)
+    bg = reference_colors(w)[0]
+    v = np.asarray(w.palette[color], np.float32) - bg
     return np.clip(((crop - bg) @ v) / float(v @ v), 0.0, 1.0)
 
 
@@ -150,12 +156,8 @@ def fit_shape(shape: str, alpha: np.ndarray) -> ToyObject:
     ys, xs = np.indices(alpha.shape)
     cx = float((alpha * (xs + 0.5)).sum() / area)
     cy = float((alpha * (ys + 0.5)).sum() / area)
-    if shape == "square":
-        return ToyObject(shape, "", cx, cy, area ** 0.5)
-    if shape == "circle":
-        return ToyObject(shape, "", cx, cy, (4 * area / np.pi) ** 0.5)
-    side = (2 * area) ** 0.5  # triangle: the centroid lies a sixth of the side below the box centre
-    return ToyObject(shape, "", cx, cy - side / 6, side)
+    side = side_from_area(shape, area)
+    return ToyObject(shape, "", cx, box_centre_y(shape, cy, side), side)
 
 
 def shape_coverage(obj: ToyObject, h: int, w: int) -> np.ndarray:
@@ -185,15 +187,16 @@ def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return _blur_matrix(h, float(sigma)) @ a @ _blur_matrix(w, float(sigma)).T
 
 
-def classify_shape(alpha: np.ndarray, blur_levels: tuple[float, ...] = BLUR_LEVELS
-                   ) -> tuple[str, float, ToyObject]:
+def classify_shape(alpha: np.ndarray, blur_levels: tuple[float, ...] = BLUR_LEVELS,
+                   shapes: tuple[str, ...] = V1.shapes) -> tuple[str, float, ToyObject]:
     """Best-fitting shape of a coverage map: ``(shape, soft IoU, fitted object)``.
 
     Each shape is tried sharp and blurred by each of ``blur_levels`` (pixels), so that soft edges
     (a blurry generator, resampling) are matched by a soft template rather than by a rounder shape.
+    ``shapes``: the candidates (a world's ``shapes``).
     """
     best: tuple[str, float, ToyObject] = ("", -1.0, ToyObject("", "", 0, 0, 0))
-    for shape in SHAPES:
+    for shape in shapes:
         obj = fit_shape(shape, alpha)
         sharp = shape_coverage(obj, *alpha.shape)
         for sigma in blur_levels:
@@ -214,14 +217,15 @@ def _ramp(x: float, lo: float, hi: float) -> float:
     return min(max((x - lo) / (hi - lo), 0.0), 1.0)
 
 
-def color_residual(pixels: np.ndarray, color: str) -> float:
+def color_residual(pixels: np.ndarray, color: str, world: World | str = V1) -> float:
     """Mean RGB distance of ``pixels`` ``(N, 3)`` from the segment background -> ``color``.
 
     Rendered pixels (the colour mixed with the background by anti-aliasing or blur) lie on it;
     off-palette hues and mixtures of two colours lie away from it.
     """
-    bg = REFERENCE_COLORS[0]
-    v = np.asarray(PALETTE[color], np.float32) - bg
+    w = get_world(world)
+    bg = reference_colors(w)[0]
+    v = np.asarray(w.palette[color], np.float32) - bg
     d = np.asarray(pixels, np.float32) - bg
     t = np.clip(d @ v / float(v @ v), 0.0, 1.0)
     return float(np.linalg.norm(d - t[:, None] * v, axis=1).mean())
@@ -258,14 +262,14 @@ def clutter_term(speck_share: float) -> float:
     return 1.0 - _ramp(speck_share, *CLUTTER_RANGE)
 
 
-def _sides(area: float) -> tuple[float, ...]:
-    """Fitted side of each shape of soft area ``area`` (see :func:`fit_shape`)."""
-    return (area ** 0.5, (4 * area / np.pi) ** 0.5, (2 * area) ** 0.5)
+def _sides(area: float, shapes: tuple[str, ...]) -> tuple[float, ...]:
+    """Fitted side of each of ``shapes`` of soft area ``area`` (see :func:`fit_shape`)."""
+    return tuple(side_from_area(s, area) for s in shapes)
 
 
 def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_confidence: float = 0.5,
-           min_side: int = 3, calibrated: bool = True) -> list[Detection]:
-    """Detect toy objects in an RGB image; detections sorted by confidence, highest first.
+           min_side: int = 3, calibrated: bool = True, world: World | str = V1) -> list[Detection]:
+    """Detect the toy objects of ``world`` in an RGB image; detections sorted by confidence, highest first.
 
     A component is a candidate when its area is at least ``min_area_frac`` of the canvas (and 4 px)
     and both sides of its pixel box are at least ``min_side`` px; it is kept when its confidence
@@ -275,9 +279,10 @@ def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_co
     docstring; ``calibrated=False``
     leaves them out (the uncalibrated detector, which also finds fragments in garbage images).
     """
+    world = get_world(world)
     img = as_uint8(image)
     h, w = img.shape[:2]
-    q = quantize(img)
+    q = quantize(img, world)
     lab = connected_components(q > 0)
     ids, inverse, counts = np.unique(lab.ravel(), return_inverse=True, return_counts=True)
     min_area = max(4, int(np.ceil(min_area_frac * q.size)))
@@ -293,7 +298,8 @@ def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_co
         if area < min_area or min(y1 - y0, x1 - x0) < min_side:
             specks[ys, xs] = True
             continue
-        hit = _fit_component(q, lab, pixels, cid, ys, xs, (y0, y1, x0, x1), area, min_confidence, calibrated)
+        hit = _fit_component(q, lab, pixels, cid, ys, xs, (y0, y1, x0, x1), area, min_confidence, calibrated,
+                             world)
         if hit is None:
             if calibrated and area < speck_area:
                 specks[ys, xs] = True
@@ -304,7 +310,7 @@ def detect(image: np.ndarray | Image.Image, min_area_frac: float = 0.006, min_co
 
 def _fit_component(q: np.ndarray, lab: np.ndarray, pixels: np.ndarray, cid: int, ys: np.ndarray, xs: np.ndarray,
                    pixel_box: tuple[int, int, int, int], area: int, min_confidence: float,
-                   calibrated: bool) -> tuple | None:
+                   calibrated: bool, world: World = V1) -> tuple | None:
     """One component's colour, shape fit and confidence before the surroundings term, as
     ``(confidence, component id, pixel box, shape, colour, fitted box, area)``; ``None`` when the confidence
     cannot reach ``min_confidence``.  ``q``: the quantized colours, ``lab``: the components, ``ys, xs``: the
@@ -312,20 +318,20 @@ def _fit_component(q: np.ndarray, lab: np.ndarray, pixels: np.ndarray, cid: int,
     h, w = lab.shape
     side = max(h, w)
     y0, y1, x0, x1 = pixel_box
-    votes = np.bincount(q[ys, xs], minlength=len(REFERENCE_COLORS))[1:]
-    color = COLORS[int(votes.argmax())]
+    votes = np.bincount(q[ys, xs], minlength=len(world.palette) + 1)[1:]
+    color = world.colors[int(votes.argmax())]
     purity = float(votes.max() / area)
     score = purity
     cy0, cy1, cx0, cx1 = max(y0 - 2, 0), min(y1 + 2, h), max(x0 - 2, 0), min(x1 + 2, w)
     own = lab[cy0:cy1, cx0:cx1] == cid
     keep = own | (_dilate(_dilate(own)) & (q[cy0:cy1, cx0:cx1] == 0))
-    alpha = np.where(keep, coverage(pixels[cy0:cy1, cx0:cx1], color), 0.0)
+    alpha = np.where(keep, coverage(pixels[cy0:cy1, cx0:cx1], color, world), 0.0)
     if calibrated:  # the terms known before the shape fit; skip the fit when it cannot help (IoU <= 1)
-        score *= color_term(color_residual(pixels[ys, xs], color)) * peak_term(float(alpha[own].max()))
-        bound = score * max(size_term(s / side) for s in _sides(float(alpha.sum())))
+        score *= color_term(color_residual(pixels[ys, xs], color, world)) * peak_term(float(alpha[own].max()))
+        bound = score * max(size_term(s / side) for s in _sides(float(alpha.sum()), world.shapes))
         if bound < min_confidence:
             return None
-    shape, iou, fit = classify_shape(alpha, tuple(b * side / 32 for b in BLUR_LEVELS))
+    shape, iou, fit = classify_shape(alpha, tuple(b * side / 32 for b in BLUR_LEVELS), world.shapes)
     score *= iou
     if calibrated:
         score *= fit_term(iou) * size_term(fit.size / side)

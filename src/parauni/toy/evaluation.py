@@ -24,6 +24,7 @@ from .geneval import (
     summarize,
     write_geneval_layout,
 )
+from .worlds import world_of
 
 
 def resolve_model(model, steps: int, guidance: float | None):
@@ -61,22 +62,27 @@ def resolve_generate_fn(model, steps: int, guidance: float | None):
 
 def toy_geneval(model, out: str | Path | None = None, images_per_prompt: int = 4, steps: int = 20,
                 guidance: float | None = None, seed: int = 0, limit: int | None = None,
-                metadata: str | None = None, mode: str = "resume", name: str | None = None) -> dict:
+                metadata: str | None = None, mode: str = "resume", name: str | None = None,
+                world: str | None = None) -> dict:
     """Generate and score toy GenEval; returns the summary (per-task accuracy, overall).
 
-    ``limit``: the first N prompts of each task.  ``out`` gets ``provenance.json``
-    (:mod:`parauni.eval.provenance`); ``mode``: ``resume`` (keep the images already in ``out`` only when
-    the weights and settings match, else refuse), ``overwrite`` or ``refresh`` (regenerate when they differ).
-    ``name`` labels the model in the record (default: ``model`` when it is a name or path)."""
-    metas_all = load_toy_geneval(metadata)
-    metas = limit_per_task(metas_all, limit)
+    ``limit``: the first N prompts of each task (of each split, where the records have splits).  ``out`` gets
+    ``provenance.json`` (:mod:`parauni.eval.provenance`); ``mode``: ``resume`` (keep the images already in
+    ``out`` only when the weights and settings match, else refuse), ``overwrite`` or ``refresh`` (regenerate when
+    they differ).
+    ``name`` labels the model in the record (default: ``model`` when it is a name or path). ``world``: the shipped
+    prompts of that world when no ``metadata`` is given (v2: seen and held-out, summarised apart)."""
+    metas_all = load_toy_geneval(metadata, world)
+    splits = list(dict.fromkeys(m.get("split") for m in metas_all))  # v2: "seen", "heldout"; v1: None
+    metas = [m for split in splits for m in limit_per_task([x for x in metas_all if x.get("split") == split], limit)]
     for m in metas:  # before generating: a record without objects cannot be scored
         check_record(m)
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="toy-geneval-"))
     generate, identity = resolve_model(model, steps, guidance)
     if name is None:
         name = str(model) if isinstance(model, (str, Path)) else type(model).__name__
-    record = geneval_record(name, identity, metas_all, metas, metadata=str(metadata or "toy (shipped)"),
+    shipped = "toy (shipped)" if world in (None, "v1") else f"toy {world} (shipped)"
+    record = geneval_record(name, identity, metas_all, metas, metadata=str(metadata or shipped),
                             steps=steps, guidance=guidance, seed=seed, resolution=None,
                             images_per_prompt=images_per_prompt, limit=limit)
     generate_geneval(generate, metas, out, images_per_prompt, seed, provenance=record, mode=mode)
@@ -107,7 +113,7 @@ def _decoder(model):
 
 @torch.no_grad()
 def random_latents_floor(model, metadata: str | Path | None = None, images_per_prompt: int = 1, seed: int = 0,
-                         out: str | Path | None = None, batch_size: int = 64) -> dict:
+                         out: str | Path | None = None, batch_size: int = 64, world: str | None = None) -> dict:
     """Toy GenEval of decoded random latents: the score an image without any object gets (a table's floor row).
 
     Image ``k`` of prompt ``i`` decodes standard normal latents drawn with seed ``seed + i * images_per_prompt
@@ -115,10 +121,11 @@ def random_latents_floor(model, metadata: str | Path | None = None, images_per_p
     ``model``: ``prior``, a toy prior folder, a pipeline name or folder (``toy-all-layers``), a loaded
     ``ToyPrior`` or ``ParaUniPipeline``, or a bare ``AutoencoderDC`` (32-px images); a pixel-space model
     (no VAE) gives the clipped noise itself. With ``out`` the images and ``results.jsonl`` are written in
-    GenEval's layout. Returns :func:`parauni.toy.geneval.summarize`'s dict.
+    GenEval's layout. ``world``: the shipped prompts of that world when no ``metadata`` is given. Returns
+    :func:`parauni.toy.geneval.summarize`'s dict.
     """
     vae, shape = _decoder(model)
-    metas = load_toy_geneval(metadata)
+    metas = load_toy_geneval(metadata, world)
     jobs = [(i, k) for i in range(len(metas)) for k in range(images_per_prompt)]
     images: list[list] = [[] for _ in metas]
     for start in range(0, len(jobs), batch_size):
@@ -135,7 +142,7 @@ def random_latents_floor(model, metadata: str | Path | None = None, images_per_p
     results = []
     for meta, imgs in zip(metas, images, strict=True):
         for img in imgs:
-            dets = detect(img)
+            dets = detect(img, world=world_of(meta))
             results.append({"tag": meta["tag"], "correct": evaluate(dets, meta)[0], "metadata": json.dumps(meta),
                             "partial": partial_credit(dets, meta)})
     return summarize(results)
@@ -150,7 +157,9 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance", type=float, help="CFG scale (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="the first N prompts of each task (overall: the mean of the tasks)")
-    p.add_argument("--metadata", help="a GenEval-format JSONL (default: the toy GenEval prompts)")
+    p.add_argument("--metadata", help="a GenEval-format JSONL (default: the toy GenEval prompts of --world)")
+    p.add_argument("--world", choices=("v1", "v2"), help="the shipped prompts of this toy world (default v1; v2: "
+                                                         "seen and held-out prompts, summarised apart)")
     prov.add_overwrite_options(p)
     p.set_defaults(func=run)
 
@@ -167,11 +176,21 @@ def run(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     summary = toy_geneval(args.model, args.out, args.images_per_prompt, args.steps, args.guidance, args.seed,
-                          args.limit, args.metadata, mode="overwrite" if args.overwrite else "resume")
+                          args.limit, args.metadata, mode="overwrite" if args.overwrite else "resume",
+                          world=args.world)
+    label = prov.label(prov.read(args.out)) if args.out else args.model
+    print(format_table(with_splits(label, summary)))
     if args.out:
-        record = prov.read(args.out)
-        print(format_table({prov.label(record): summary}))
         print(f"images, results.jsonl, summary.json and provenance.json in {args.out}")
     else:
-        print(format_table({args.model: summary}))
         print(json.dumps(summary["tasks"]))
+
+
+def with_splits(label: str, summary: dict) -> dict[str, dict]:
+    """Table rows of a summary: ``label`` over all images, then one row per split when it has them (v2: seen, held
+    out; the held-out row is the headline)."""
+    rows = {label: summary}
+    for split, part in summary.get("splits", {}).items():
+        se = part["stderr"]
+        rows[f"{label} [{split}; standard error {se['overall']:.3f}, at most {se['overall_max']:.3f}]"] = part
+    return rows

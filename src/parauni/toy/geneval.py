@@ -8,6 +8,11 @@ exist.  Which detections count is :data:`TOY_SELECTION`: every detection the toy
 GenEval's confidence thresholds and per-class cap (see there for why and what differs).
 It reads and writes GenEval's layouts: ``<dir>/<index:05d>/metadata.jsonl`` and
 ``<dir>/<index:05d>/samples/<k:04d>.png`` in, ``results.jsonl`` (one line per image) and a summary out.
+
+Each record is judged with the detector of its world (its ``world`` key, else v1). The v2 prompts
+(:data:`METADATA_FILES` ``["v2"]``) hold a ``seen`` and a ``heldout`` split (each record's ``split`` key; see
+:mod:`parauni.toy.split`), and the summary of records that carry a split gives each split's own summary with its
+standard errors (:func:`split_summaries`).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from parauni.eval.geneval_rules import Selection, check_record, relative_positio
 from parauni.eval.geneval_schema import Vocabulary, validate_records
 from parauni.toy.detect import Detection, detect
 from parauni.toy.prompts import TASKS, all_metas
-from parauni.toy.world import COLORS, SHAPES
+from parauni.toy.split import SPLITS
+from parauni.toy.worlds import World, get_world, world_of
 from parauni.utils.images import as_uint8
 from parauni.utils.jsonl import parse_jsonl, read_jsonl
 
 PROMPTS_PER_TASK = 50
 METADATA_FILE = "toy_geneval_metadata.jsonl"
+# the shipped prompt files by world (v2: both splits, PROMPTS_PER_TASK prompts per task each)
+METADATA_FILES = {"v1": METADATA_FILE, "v2": "toy_geneval_v2_metadata.jsonl"}
 TOY_SELECTION = Selection(threshold=None, counting_threshold=None, max_objects=None)
 """Which toy detections the rules judge: all of them, most confident first.
 
@@ -45,39 +53,62 @@ to 0.00 (clean rendered scenes keep their verdicts).  The cap of 16 per class ne
 Pass ``selection=rules.GENEVAL`` to :func:`evaluate` / :func:`score_dir` for GenEval's selection on toy images."""
 
 
-def make_toy_geneval(seed: int = 0, per_task: int = PROMPTS_PER_TASK) -> list[dict]:
+def make_toy_geneval(seed: int = 0, per_task: int = PROMPTS_PER_TASK, world: World | str | None = None
+                     ) -> list[dict]:
     """``per_task`` prompts for each of the six tasks, in GenEval's order and JSONL schema.
 
     Each task draws its distinct prompts in a seeded random order. Where the toy vocabulary has
-    fewer distinct prompts than ``per_task`` (single object: 3, two object: 6, counting: 9,
+    fewer distinct prompts than ``per_task`` (v1: single object: 3, two object: 6, counting: 9,
     colours: 18, position: 24), the shuffled list is repeated until ``per_task`` is reached, so that
     every task keeps the same weight in sample counts.
+
+    A world with held-out compositions (v2) gives its ``seen`` prompts, then its ``heldout`` ones, each
+    ``per_task`` per task and each record marked with its ``split``. A single-object prompt composes nothing, so
+    both splits draw those from all of them.
     """
-    rng = np.random.default_rng(seed)
-    out: list[dict] = []
-    for tag in TASKS:
-        options = all_metas(tag)
-        order = rng.permutation(len(options))
-        out.extend(json.loads(json.dumps(options[order[i % len(options)]])) for i in range(per_task))
+    w = get_world(world)
+    if not w.heldout:
+        return _draw(np.random.default_rng(seed), per_task, lambda tag: all_metas(tag, world=world), {})
+    rng = np.random.default_rng([seed, 2])
+    out = []
+    for split in SPLITS:
+        def options(tag: str, split: str = split) -> list[dict]:
+            return all_metas(tag, world=w, split=None if tag == "single_object" else split)
+
+        out += _draw(rng, per_task, options, {"split": split})
     return out
 
 
-def toy_vocabulary() -> Vocabulary:
-    """What the toy scorer can detect: the toy shapes, the palette's colours, GenEval's six tasks."""
-    return Vocabulary(frozenset(SHAPES), frozenset(COLORS), frozenset(TASKS))
+def _draw(rng: np.random.Generator, per_task: int, options_of, extra: dict) -> list[dict]:
+    out: list[dict] = []
+    for tag in TASKS:
+        options = options_of(tag)
+        order = rng.permutation(len(options))
+        out.extend({**json.loads(json.dumps(options[order[i % len(options)]])), **extra} for i in range(per_task))
+    return out
+
+
+def toy_vocabulary(world: World | str | None = None) -> Vocabulary:
+    """What the toy scorer can detect in ``world`` (default v1): its shapes, its palette's colours, GenEval's six
+    tasks."""
+    w = get_world(world)
+    return Vocabulary(frozenset(w.shapes), frozenset(w.palette), frozenset(TASKS))
 
 
 def check_toy_records(records: list[tuple[int, dict]], source: str) -> None:
     """Refuse records the toy scorer cannot score, naming ``source``, the line and the field: the schema, and a
-    class, colour or task (``tag``) outside :func:`toy_vocabulary` (a made-up task would score 0 silently)."""
-    validate_records(records, source, toy_vocabulary())
+    class, colour or task (``tag``) outside :func:`toy_vocabulary` of the record's world (a made-up task would
+    score 0 silently)."""
+    for line, meta in records:
+        validate_records([(line, meta)], source, toy_vocabulary(world_of(meta)))
 
 
-def load_toy_geneval(path: str | Path | None = None) -> list[dict]:
-    """The prompts of a GenEval metadata file (default: the toy file shipped with the package), checked
-    (:func:`check_toy_records`)."""
+def load_toy_geneval(path: str | Path | None = None, world: World | str | None = None) -> list[dict]:
+    """The prompts of a GenEval metadata file (default: the toy file of ``world`` shipped with the package),
+    checked (:func:`check_toy_records`)."""
     if path is None:
-        return parse_jsonl(resources.files("parauni.toy").joinpath("data", METADATA_FILE).read_text(), METADATA_FILE)
+        name = METADATA_FILES[get_world(world).name]
+        return parse_jsonl(resources.files("parauni.toy").joinpath("data", name).read_text(), name)
     metas = read_jsonl(path)
     check_toy_records(list(enumerate(metas, 1)), str(path))
     return metas
@@ -142,8 +173,9 @@ def partial_credit(dets: Sequence[Detection], meta: dict, selection: Selection =
 
 
 def score_image(image: np.ndarray | Image.Image, meta: dict) -> tuple[bool, str, float]:
-    """Detect objects in one RGB image and judge it: ``(correct, reason, partial credit)``."""
-    dets = detect(image)
+    """Detect the objects of the record's world in one RGB image and judge it: ``(correct, reason, partial
+    credit)``."""
+    dets = detect(image, world=world_of(meta))
     correct, reason = evaluate(dets, meta)
     return correct, reason, partial_credit(dets, meta)
 
@@ -170,6 +202,31 @@ def strictly_correct(correct: bool, dets: Sequence[dict], meta: dict) -> bool:
     return bool(correct) and all(d["class"] in named for d in dets)
 
 
+def standard_errors(results: Sequence[dict]) -> dict:
+    """Binomial standard errors of a summary: per task ``sqrt(p (1 - p) / n)`` over its ``n`` images, and of
+    ``overall`` (the mean of the task accuracies, tasks independent) ``sqrt(sum of the squares) / tasks``;
+    ``overall_max`` is the largest it can be whatever the accuracies (every ``p = 0.5``)."""
+    tasks: dict[str, list[bool]] = {}
+    for r in results:
+        tasks.setdefault(r["tag"], []).append(bool(r["correct"]))
+    se = {tag: float(np.sqrt(np.mean(v) * (1 - np.mean(v)) / len(v))) for tag, v in tasks.items()}
+    k = max(len(tasks), 1)
+    return {"tasks": se, "overall": float(np.sqrt(sum(x * x for x in se.values()))) / k,
+            "overall_max": float(np.sqrt(sum(0.25 / len(v) for v in tasks.values()))) / k}
+
+
+def split_summaries(results: Sequence[dict]) -> dict[str, dict]:
+    """Per split (the ``split`` key of each row's record: ``seen``, ``heldout``), that split's
+    :func:`summarize` with its :func:`standard_errors` (``stderr``); empty when no record carries a split."""
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        split = json.loads(r["metadata"]).get("split") if isinstance(r.get("metadata"), str) else None
+        if split:
+            by.setdefault(split, []).append(r)
+    order = sorted(by, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
+    return {s: {**_summarize(by[s]), "stderr": standard_errors(by[s])} for s in order}
+
+
 def summarize(results: Sequence[dict]) -> dict:
     """GenEval's summary (:func:`parauni.eval.geneval_rules.summarize`: per-task accuracy, overall = mean of the
     task accuracies) plus ``mean_partial``, the mean partial credit (before ``overall``, as the shipped summaries).
@@ -181,7 +238,16 @@ def summarize(results: Sequence[dict]) -> dict:
     Always ``any_correct_tasks``: per task, the share of prompt entries (the ``<index>`` folders) with at least
     one correct image among their k, pass@k with k the images per prompt (rows without a ``filename``: the
     prompt record stands for the folder). One minus it is the share of groups in which an exact-verdict reward
-    would find no positive sample: where the base model is the limit of RL."""
+    would find no positive sample: where the base model is the limit of RL.
+
+    Where the records carry a ``split`` (the v2 prompts), also ``splits``: each split's own summary with its
+    standard errors (:func:`split_summaries`); the held-out one is the headline."""
+    summary = _summarize(results)
+    splits = split_summaries(results)
+    return {**summary, "splits": splits} if splits else summary
+
+
+def _summarize(results: Sequence[dict]) -> dict:
     strict: dict[str, list[bool]] = {}
     counts: list[int] = []
     groups: dict[tuple[str, str], bool] = {}
@@ -224,7 +290,7 @@ def score_dir(image_dir: str | Path, outfile: str | Path | None = None,
     for source, meta in seen.items():  # before scoring: a record the toy scorer cannot score is refused
         check_toy_records([(1, meta)], source)
     for path, meta in files:
-        dets = detect(Image.open(path))
+        dets = detect(Image.open(path), world=world_of(meta))
         correct, reason = evaluate(dets, meta, selection)
         results.append(rules.result_record(path, meta, correct, reason, [d.to_json() for d in dets],
                                            partial=partial_credit(dets, meta, selection)))
@@ -233,4 +299,5 @@ def score_dir(image_dir: str | Path, outfile: str | Path | None = None,
 
 
 if __name__ == "__main__":
-    write_metadata(make_toy_geneval(), Path(__file__).parent / "data" / METADATA_FILE)
+    for world_name, file_name in METADATA_FILES.items():
+        write_metadata(make_toy_geneval(world=world_name), Path(__file__).parent / "data" / file_name)

@@ -6,6 +6,10 @@ finds the toy world by name (``--model toy-all-layers``, ``model.source: toy``, 
 it. The loaders import the toy modules when called, so registering costs nothing. Its names are the defaults of
 configs that name none (``model.source``, ``data.kind``, ``prompts.kind``, ``rewards.weights``, the evaluation of
 ``train.eval_geneval``), and its rewards have their LDAM layer groups.
+
+The v2 world (:mod:`parauni.toy.worlds`) is chosen by name: ``data.kind: toy_v2`` (its training stream, without
+its held-out compositions), ``prompts.kind: toy_v2`` (its seen prompts); the evaluator ``toy_geneval_v2`` scores
+its seen and held-out prompts, summarised apart. The rewards read the world from each prompt's record.
 """
 
 from __future__ import annotations
@@ -34,21 +38,23 @@ def _build_model(model_cfg, seed: int = 0):
     return build_from_config(model_cfg, seed)
 
 
-def _dataset(data_cfg, seed: int):
+def _dataset(data_cfg, seed: int, world: str = "v1"):
     from .data import ToySource
 
-    return ToySource(seed, data_cfg.resolution, data_cfg.template_prob)
+    return ToySource(seed, data_cfg.resolution, data_cfg.template_prob, world)
 
 
-def _prompts(prompt_cfg, seed: int):
+def _prompts(prompt_cfg, seed: int, world: str = "v1"):
     from .prompts import ToyPromptSource
 
-    return ToyPromptSource(seed, prompt_cfg.pool)
+    return ToyPromptSource(seed, prompt_cfg.pool, world)
 
 
-def _evaluate(pipe, out, *args, **kwargs):
+def _evaluate(pipe, out, *args, world: str | None = None, **kwargs):
     from .evaluation import toy_geneval
 
+    if world is not None and kwargs.get("metadata") is None:
+        kwargs["world"] = world
     return toy_geneval(pipe, out, *args, **kwargs)
 
 
@@ -73,10 +79,10 @@ def _score_geneval(out):
 
 
 def _is_toy_metadata(metas: list[dict]) -> bool:
-    from .world import SHAPES
+    from .worlds import WORLDS
 
     classes = {inc["class"] for m in metas for inc in m.get("include", [])}
-    return bool(classes) and classes <= set(SHAPES)
+    return bool(classes) and any(classes <= set(w.shapes) for w in WORLDS.values())
 
 
 def _is_prior(model: str) -> bool:
@@ -122,9 +128,15 @@ def register() -> None:
         LDAM_GROUPS.register(name, TOY_LDAM_GROUPS[name], replace=True)
     DATASETS.register("toy", _dataset, "the toy world's endless stream of rendered scenes", replace=True,
                       default=True)
+    DATASETS.register("toy_v2", partial(_dataset, world="v2"), "the v2 toy world's endless stream of rendered "
+                      "scenes, without its held-out compositions", replace=True)
     PROMPT_SOURCES.register("toy", _prompts, "random toy GenEval records (prompts.pool: a fixed set)",
                             replace=True, default=True)
+    PROMPT_SOURCES.register("toy_v2", partial(_prompts, world="v2"), "random seen toy GenEval records of the v2 "
+                            "world (prompts.pool: a fixed set)", replace=True)
     EVALUATORS.register("toy_geneval", _evaluate, "toy GenEval of the final model", replace=True, default=True)
+    EVALUATORS.register("toy_geneval_v2", partial(_evaluate, world="v2"), "toy GenEval of the final model on the "
+                        "v2 world's seen and held-out prompts", replace=True)
     FAMILIES.register("toy", Family("toy", _is_toy_pipeline, geneval_metadata=_toy_metadata,
                                      metadata_match=_is_toy_metadata, geneval_scorer=_score_geneval,
                                      embedder="toy"),

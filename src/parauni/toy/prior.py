@@ -170,13 +170,14 @@ class ToyPrior:
     @torch.no_grad()
     def geneval(self, metadata: list[dict] | None = None, images_per_prompt: int = 4, out_dir: str | Path | None = None,
                 seed: int = 0, num_inference_steps: int = 20, guidance_scale: float | None = None,
-                batch_size: int = 128, progress: bool = True) -> dict:
+                batch_size: int = 128, progress: bool = True, world: str | None = None) -> dict:
         """Generate toy GenEval with this prior and score it; returns :func:`summarize`'s dict.
 
         Prompt ``i``'s noise depends only on ``(seed, i)``. With ``out_dir`` the images are written in
-        GenEval's layout and ``summary.json`` beside them.
+        GenEval's layout and ``summary.json`` beside them. ``world``: the shipped prompts of that toy world when
+        ``metadata`` is ``None`` (default v1).
         """
-        metas = load_toy_geneval() if metadata is None else list(metadata)
+        metas = load_toy_geneval(world=world) if metadata is None else list(metadata)
         jobs = [(i, k) for i in range(len(metas)) for k in range(images_per_prompt)]
         noise = torch.cat([_noise_for(i, seed, images_per_prompt, self.latent_shape) for i in range(len(metas))])
         images: list[list[np.ndarray]] = [[] for _ in metas]

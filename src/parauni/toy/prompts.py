@@ -3,19 +3,24 @@
 The wording follows GenEval's prompt generator exactly: ``an`` before a word starting with a vowel
 letter ("an orange circle"), plurals by appending ``es`` to words ending in ``s`` and ``s``
 otherwise ("buses", "toothbrushs", "circles"), number words for counts. Metadata dicts keep GenEval's
-key order: ``tag``, ``include``, optional ``exclude``, ``prompt``.
+key order: ``tag``, ``include``, optional ``exclude``, ``prompt``; records of a world other than v1 add
+``world`` (its name) after them, so that scorers and rewards detect that world's shapes and colours.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 
 from parauni.eval.geneval import TASK_ORDER
 from parauni.eval.geneval_rules import relative_position
 from parauni.rl.prompts import FixedPrompts
+from parauni.toy.split import SPLITS, meta_split
 from parauni.toy.world import COLORS, RELATIONS, SHAPES, Scene
+from parauni.toy.worlds import V1, World, get_world
 
 from ..errors import UsageError
 
@@ -93,12 +98,32 @@ def meta_from_fields(meta: dict) -> dict:
     raise UsageError(f"unknown GenEval tag {tag!r}")
 
 
-def all_metas(tag: str, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = COLORS) -> list[dict]:
+def all_metas(tag: str, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = COLORS,
+              world: World | str | None = None, split: str | None = None) -> list[dict]:
     """Every distinct prompt of a task over the vocabulary, in a fixed order.
 
     As in GenEval, two-object, position and colour-attribution prompts use two different classes,
-    and colour attribution two different colours; counts run over 2..4.
+    and colour attribution two different colours; counts run over 2..4. With ``world`` the vocabulary is that
+    world's (its records carry ``world`` unless it is v1) and ``split`` (``"seen"`` or ``"heldout"``, see
+    :mod:`parauni.toy.split`) keeps only the prompts of that split.
     """
+    if world is None and split is None:
+        return _metas(tag, shapes, colors)
+    w = get_world(world)
+    if split is not None and split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return [copy.deepcopy(m) for m in _world_metas(tag, w, split)]
+
+
+@lru_cache(maxsize=64)
+def _world_metas(tag: str, world: World, split: str | None) -> tuple[dict, ...]:
+    metas = _metas(tag, world.shapes, world.colors)
+    if world.name != V1.name:
+        metas = [{**m, "world": world.name} for m in metas]
+    return tuple(m for m in metas if split is None or meta_split(m, world) == split)
+
+
+def _metas(tag: str, shapes: tuple[str, ...], colors: tuple[str, ...]) -> list[dict]:
     pairs = [(a, b) for a in shapes for b in shapes if a != b]
     if tag == "single_object":
         return [single_object_meta(s) for s in shapes]
@@ -115,11 +140,23 @@ def all_metas(tag: str, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...
     raise UsageError(f"unknown GenEval tag {tag!r}")
 
 
-def random_meta(rng: np.random.Generator, tag: str | None = None) -> dict:
-    """A random toy GenEval record of ``tag`` (uniform over the six tasks when ``None``)."""
-    tag = tag or TASKS[rng.integers(len(TASKS))]
-    options = all_metas(tag)
-    return options[rng.integers(len(options))]
+def random_meta(rng: np.random.Generator, tag: str | None = None, world: World | str | None = None,
+                split: str | None = None) -> dict:
+    """A random toy GenEval record of ``tag`` (uniform over the six tasks when ``None``) of ``world`` (default
+    v1), of ``split`` when given (training samplers ask for ``"seen"``; ``"heldout"`` with no ``tag``: uniform
+    over the tasks that hold some, all but single-object)."""
+    if world is None and split is None:
+        tag = tag or TASKS[rng.integers(len(TASKS))]
+        options = all_metas(tag)
+        return options[rng.integers(len(options))]
+    w = get_world(world)
+    if tag is None:
+        tags = [t for t in TASKS if _world_metas(t, w, split)]
+        tag = tags[rng.integers(len(tags))]
+    options = _world_metas(tag, w, split)
+    if not options:
+        raise UsageError(f"the {w.name} world has no {split} prompt of task {tag!r}")
+    return copy.deepcopy(options[rng.integers(len(options))])
 
 
 def _phrase(n: int, color: str | None, shape: str) -> str:
@@ -162,16 +199,22 @@ def _prefix(text: str, rng: np.random.Generator) -> str:
 
 
 class ToyPromptSource:
-    """``prompts.kind: toy`` for ``parauni grpo``: random toy GenEval records (prompt + metadata for the
-    rewards), fresh every epoch, or with ``pool`` a fixed set of that many drawn once and walked in shuffled
-    passes (:class:`parauni.rl.prompts.FixedPrompts`). Deterministic from the seed."""
+    """``prompts.kind: toy`` (v1) / ``toy_v2`` for ``parauni grpo``: random toy GenEval records (prompt +
+    metadata for the rewards), fresh every epoch, or with ``pool`` a fixed set of that many drawn once and walked
+    in shuffled passes (:class:`parauni.rl.prompts.FixedPrompts`). Deterministic from the seed. A world with
+    held-out compositions gives its seen prompts only."""
 
-    def __init__(self, seed: int, pool: int | None = None):
+    def __init__(self, seed: int, pool: int | None = None, world: World | str | None = None):
         self.seed = seed
         self.fixed = None
+        w = get_world(world)
+        self.world, self.split = (None, None) if w is V1 else (w, "seen")
         if pool:
             rng = np.random.default_rng([seed, 4242])
-            self.fixed = FixedPrompts([dict(random_meta(rng)) for _ in range(pool)], seed)
+            self.fixed = FixedPrompts([dict(self._draw(rng)) for _ in range(pool)], seed)
+
+    def _draw(self, rng: np.random.Generator) -> dict:
+        return random_meta(rng, world=self.world, split=self.split)
 
     @property
     def records(self) -> list[dict]:
@@ -181,4 +224,4 @@ class ToyPromptSource:
         if self.fixed:
             return self.fixed.epoch(epoch, n)
         rng = np.random.default_rng([self.seed, epoch, 17])
-        return [dict(random_meta(rng)) for _ in range(n)]
+        return [dict(self._draw(rng)) for _ in range(n)]

@@ -9,9 +9,13 @@ prompt templates, so that every toy word is one token; any other text still enco
   ``"A RED CIRCLE"`` and ``"a red circle"`` give the same tokens.  The two capitalised template phrases
   (``"Generate an image"``, ``"Keep the image as it is"``) keep their case, so the prompt templates the toy
   models were trained on encode as before;
-* it warns, once per word and tokenizer, about words outside the toy vocabulary (:data:`KNOWN_WORDS`) and
-  other characters (digits, emoji, accented letters): they still encode (as bytes) but the toy models never
-  saw them, so the image they condition is arbitrary.
+* it warns, once per word and tokenizer, about words outside the toy vocabulary (:data:`KNOWN_WORDS`, or the
+  words of the largest toy world whose every shape and colour is one token of its vocabulary, see
+  :func:`known_words`) and other characters (digits, emoji, accented letters): they still encode (as bytes)
+  but the toy models never saw them, so the image they condition is arbitrary.
+
+Each toy world has its own tokenizer (:func:`build_toy_tokenizer` with ``world``): v2's corpus holds its six
+shapes and eight colours, so that each is one token as well.
 """
 
 from __future__ import annotations
@@ -27,34 +31,48 @@ from transformers import PreTrainedTokenizerFast
 
 from ..models.tokenizer import build_tokenizer
 from .data import make_example, qa_pairs, sample_rng
-from .prompts import NUMBER_WORDS, TASKS, random_meta
-from .world import COLORS, RELATIONS, SHAPES
+from .prompts import NUMBER_WORDS, TASKS, make_plural, random_meta
+from .world import RELATIONS
+from .worlds import V1, WORLDS, World, get_world
 
 TOY_VOCAB_SIZE = 512
 _TEMPLATES = ("Generate an image: ", "Generate an image.", "Keep the image as it is.",
               "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
 # template phrases whose capitals the trained toy models read (kept by the lowercasing normaliser)
 _CASED_PHRASES = ("Generate an image", "Keep the image as it is")
+_OTHER_WORDS = ("a", "an", "and", "are", "as", "color", "describe", "generate", "how", "image", "is", "it", "keep",
+                "many", "no", "object", "objects", "of", "photo", "shape", "the", "there", "user", "assistant", "what",
+                "yes")
+
+
+def known_words(world: World | str = V1) -> frozenset[str]:
+    """Every word of :func:`toy_corpus` of ``world`` and of the toy VLM's training questions."""
+    w = get_world(world)
+    return frozenset({*w.shapes, *(make_plural(s) for s in w.shapes), *w.colors, *NUMBER_WORDS,
+                      *(x for r in RELATIONS for x in r.split()), *_OTHER_WORDS})
+
+
 # every word of :func:`toy_corpus` (tests/test_cli_honesty.py checks this against the corpus) and of the toy
-# VLM's training questions ("describe the image.")
-KNOWN_WORDS = frozenset({
-    *SHAPES, *(s + "s" for s in SHAPES), *COLORS, *NUMBER_WORDS, *(w for r in RELATIONS for w in r.split()),
-    "a", "an", "and", "are", "as", "color", "describe", "generate", "how", "image", "is", "it", "keep", "many", "no",
-    "object", "objects", "of", "photo", "shape", "the", "there", "user", "assistant", "what", "yes",
-})
+# VLM's training questions ("describe the image."), in the v1 world
+KNOWN_WORDS = known_words(V1)
 KNOWN_CHARS = frozenset(",.:?!;'\"-")
 _WORD = re.compile(r"[a-z]+|[^\sa-z]")
 
 
-def toy_corpus(n: int = 1500, seed: int = 12345) -> list[str]:
-    """Captions, GenEval-style prompts, questions and answers of the toy world, and the templates."""
+def toy_corpus(n: int = 1500, seed: int = 12345, world: World | str = V1) -> list[str]:
+    """Captions, GenEval-style prompts, questions and answers of the toy world, and the templates (v2: of its
+    training distribution, without the held-out compositions)."""
+    w = get_world(world)
     lines = list(_TEMPLATES)
     for i in range(n):
-        ex = make_example(sample_rng(7, seed, i))
+        ex = make_example(sample_rng(7, seed, i), world=w)
         lines.append(ex.caption)
         lines.extend(f"{q} {a}" for q, a in qa_pairs(ex.scene))
     rng = np.random.default_rng(seed)
-    lines.extend(random_meta(rng, TASKS[i % len(TASKS)])["prompt"] for i in range(600))
+    if w is V1:
+        lines.extend(random_meta(rng, TASKS[i % len(TASKS)])["prompt"] for i in range(600))
+    else:
+        lines.extend(random_meta(rng, TASKS[i % len(TASKS)], w, "seen")["prompt"] for i in range(600))
     return lines
 
 
@@ -68,13 +86,14 @@ def toy_normalizer() -> normalizers.Normalizer:
     ])
 
 
-def unknown_words(text: str, special: tuple[str, ...] = ()) -> list[str]:
-    """The words and characters of ``text`` (lowercased, ``special`` tokens removed) outside the toy vocabulary."""
+def unknown_words(text: str, special: tuple[str, ...] = (), known: frozenset[str] = KNOWN_WORDS) -> list[str]:
+    """The words and characters of ``text`` (lowercased, ``special`` tokens removed) outside the toy vocabulary
+    (``known``: default v1's)."""
     for s in special:
         text = text.replace(s, " ")
     for p in _CASED_PHRASES:
         text = text.replace(p, " ")
-    return [w for w in _WORD.findall(text.lower()) if w not in KNOWN_WORDS and w not in KNOWN_CHARS]
+    return [w for w in _WORD.findall(text.lower()) if w not in known and w not in KNOWN_CHARS]
 
 
 _IMAGE_TOKENS = ("start_image_token", "end_image_token", "context_image_token")
@@ -90,6 +109,10 @@ class ToyTokenizer(PreTrainedTokenizerFast):
         super().__init__(*args, **kwargs)
         self.backend_tokenizer.normalizer = toy_normalizer()
         self._warned: set[str] = set()
+        vocab = self.get_vocab()
+        fits = [w for w in WORLDS.values() if all("\u0120" + x in vocab for x in (*w.shapes, *w.colors))]
+        self.world = max(fits, key=lambda w: len(w.shapes) + len(w.colors)) if fits else V1
+        self.known_words = known_words(self.world)
 
     @classmethod
     def wrap(cls, tok: PreTrainedTokenizerFast) -> ToyTokenizer:
@@ -120,22 +143,26 @@ class ToyTokenizer(PreTrainedTokenizerFast):
         else:
             texts = []
         special = tuple(self.added_tokens_encoder)
-        new = list(dict.fromkeys(w for t in texts for w in unknown_words(t, special) if w not in self._warned))
+        new = list(dict.fromkeys(w for t in texts for w in unknown_words(t, special, self.known_words)
+                                 if w not in self._warned))
         if new:
             self._warned.update(new)
+            world = self.world
             warnings.warn(f"the toy tokenizer does not know {', '.join(repr(w) for w in new)} (the toy models were "
-                          f"trained on {len(KNOWN_WORDS)} words: the shapes {', '.join(SHAPES)}, the colours "
-                          f"{', '.join(COLORS)}, number words, positions); such input is encoded as bytes the "
-                          "models never saw, so the image it conditions is arbitrary", UserWarning, stacklevel=4)
+                          f"trained on {len(self.known_words)} words: the shapes {', '.join(world.shapes)}, the "
+                          f"colours {', '.join(world.colors)}, number words, positions); such input is encoded as "
+                          "bytes the models never saw, so the image it conditions is arbitrary", UserWarning,
+                          stacklevel=4)
 
     def _encode_plus(self, text, *args, **kwargs):
         self._check(text)
         return super()._encode_plus(text, *args, **kwargs)
 
 
-def build_toy_tokenizer() -> ToyTokenizer:
-    """The toy tokenizer (a :class:`ToyTokenizer`); identical on every call."""
-    return ToyTokenizer.wrap(build_tokenizer(toy_corpus(), vocab_size=TOY_VOCAB_SIZE))
+def build_toy_tokenizer(world: World | str = V1) -> ToyTokenizer:
+    """The toy tokenizer of ``world`` (a :class:`ToyTokenizer`); identical on every call."""
+    corpus = toy_corpus() if get_world(world) is V1 else toy_corpus(world=world)
+    return ToyTokenizer.wrap(build_tokenizer(corpus, vocab_size=TOY_VOCAB_SIZE))
 
 
 def load_toy_tokenizer(path: str | Path) -> ToyTokenizer:

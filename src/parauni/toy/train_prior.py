@@ -49,13 +49,13 @@ def build_vae(latent_channels: int = 8, width: int = 32) -> AutoencoderDC:
 def build_prior(space: str = "latent", hidden: int = 128, layers: int = 4, patch: int | None = None,
                 caption_channels: int = 64, text_width: int = 64, text_depth: int = 2, latent_channels: int = 8,
                 vae_width: int = 32, flow_shift: float = 1.0, guidance_scale: float = 4.5, seed: int = 0,
-                tokenizer=None) -> ToyPrior:
+                tokenizer=None, world: str = "v1") -> ToyPrior:
     """A freshly initialised prior (pixel space: ``patch`` default 4; latent: 8x8 latents, ``patch`` 1).
 
-    ``tokenizer`` defaults to :func:`build_toy_tokenizer`.
+    ``tokenizer`` defaults to :func:`build_toy_tokenizer` of ``world``.
     """
     torch.manual_seed(seed)
-    tokenizer = tokenizer if tokenizer is not None else build_toy_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_toy_tokenizer(world)
     vae = build_vae(latent_channels, vae_width) if space == "latent" else None
     channels, size = (latent_channels, 8) if vae is not None else (3, 32)
     patch = patch or (1 if vae is not None else 4)
@@ -91,9 +91,10 @@ class Budget:
         return min(1.0, (self.step + 1) / max(warmup, 1)) * cosine(self.progress)
 
 
-def batches(seed: int, batch_size: int, template_prob: float) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless ``(images (B, 3, 32, 32) in [-1, 1], captions)`` from :class:`ToyStream`."""
-    stream = iter(ToyStream(seed=seed, template_prob=template_prob))
+def batches(seed: int, batch_size: int, template_prob: float, world: str = "v1"
+            ) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Endless ``(images (B, 3, 32, 32) in [-1, 1], captions)`` from :class:`ToyStream` of ``world``."""
+    stream = iter(ToyStream(seed=seed, template_prob=template_prob, world=world))
     while True:
         items = [next(stream) for _ in range(batch_size)]
         yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
@@ -135,7 +136,8 @@ class Logger:
 def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger) -> None:
     """Train the VAE on toy images (L1 + MSE), then set ``scaling_factor`` to 1 / latent std."""
     opt = make_optimizer(list(vae.parameters()), args.ae_lr, 0.0)
-    budget, data = Budget(args.ae_steps, args.ae_minutes), batches(args.seed + 1, args.batch_size, args.template_prob)
+    budget = Budget(args.ae_steps, args.ae_minutes)
+    data = batches(args.seed + 1, args.batch_size, args.template_prob, args.world)
     bar = tqdm(desc="autoencoder", unit="it")
     vae.train()
     while budget.progress < 1:
@@ -156,7 +158,7 @@ def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger)
     bar.close()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        images, _ = next(batches(args.seed + 2, 512, args.template_prob))
+        images, _ = next(batches(args.seed + 2, 512, args.template_prob, args.world))
         z = vae.encode(images).latent
         mse = ((vae.decode(z).sample - images) ** 2).mean().item()
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
@@ -169,7 +171,7 @@ def train_diffusion(prior: ToyPrior, args: argparse.Namespace, log: Logger) -> N
     ema = [p.detach().clone() for p in params]
     opt = make_optimizer(params, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    budget, data = Budget(args.steps, args.minutes), batches(args.seed, args.batch_size, args.template_prob)
+    budget, data = Budget(args.steps, args.minutes), batches(args.seed, args.batch_size, args.template_prob, args.world)
     prior.transformer.train()
     prior.text_encoder.train()
     bar, running = tqdm(desc="prior", unit="it"), 0.0
@@ -249,6 +251,7 @@ def run(cli: argparse.Namespace) -> int:
     is ``--config`` (or the defaults), then the flags given, then ``key=value`` overrides."""
     cfg = config_from_args(cli, PRIOR_FLAGS, load_pretrain_prior_config)
     args = argparse.Namespace(**flat(cfg, PRIOR_FLAGS))  # the flags' names, as the training functions read them
+    world = cfg.data.world
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
@@ -259,11 +262,14 @@ def run(cli: argparse.Namespace) -> int:
     prog = Path(sys.argv[0]).name
     prog = "python -m parauni.toy.train_prior" if prog == "train_prior.py" else prog
     config = {"command": " ".join([prog, shlex.join(sys.argv[1:])]), **vars(args)}
+    args.world = world  # after the record: v1 runs record what they always did
+    if world != "v1":
+        config["world"] = world
     (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_config(cfg, out / "config.yaml")
     prior = build_prior(args.space, args.hidden, args.layers, args.patch, args.caption_channels, args.text_width,
                         args.text_depth, args.latent_channels, args.vae_width, args.flow_shift, args.guidance,
-                        args.seed)
+                        args.seed, world=world)
     n = {k: sum(p.numel() for p in m.parameters()) for k, m in
          (("transformer", prior.transformer), ("text_encoder", prior.text_encoder), ("vae", prior.vae)) if m}
     log(f"command: {config['command']}\nparameters: {n}")
@@ -274,7 +280,7 @@ def run(cli: argparse.Namespace) -> int:
     prior.save_pretrained(out, fp16=args.fp16)
     log(f"saved to {out} after {time.time() - start:.0f}s")
     if args.eval_images:
-        summary = prior.geneval(images_per_prompt=args.eval_images, num_inference_steps=args.eval_steps)
+        summary = prior.geneval(images_per_prompt=args.eval_images, num_inference_steps=args.eval_steps, world=world)
         (out / "geneval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log("toy geneval: " + json.dumps({k: round(v, 3) for k, v in summary["tasks"].items()}) +
             f" overall {summary['overall']:.3f}")

@@ -25,9 +25,11 @@ from .rewards.alignment import ToyCLIP, contrastive_loss, images_to_tensor, toke
 from .tokenizer import build_toy_tokenizer
 
 
-def make_pool(n: int, seed: int, domain: int = TRAIN_DOMAIN) -> tuple[torch.Tensor, list[str]]:
-    """``n`` rendered examples: images ``(n, 3, 32, 32)`` in [-1, 1] and captions."""
-    exs = [make_example(sample_rng(domain, seed, i)) for i in tqdm(range(n), desc="rendering", leave=False)]
+def make_pool(n: int, seed: int, domain: int = TRAIN_DOMAIN, world: str = "v1") -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered examples of ``world`` (without its held-out compositions): images ``(n, 3, 32, 32)`` in
+    [-1, 1] and captions."""
+    exs = [make_example(sample_rng(domain, seed, i), world=world)
+           for i in tqdm(range(n), desc="rendering", leave=False)]
     return images_to_tensor([e.image for e in exs]), [e.caption for e in exs]
 
 
@@ -57,17 +59,17 @@ def retrieval_accuracy(model: ToyCLIP, tokenizer, images: torch.Tensor, captions
 
 
 def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, pool: int = 40000,
-                    seed: int = 0, fp16: bool = False, log_every: int = 50) -> dict:
-    """Train ``ToyCLIP`` on a pool of toy pairs and save it (with its tokenizer and log) to ``out``."""
+                    seed: int = 0, fp16: bool = False, log_every: int = 50, world: str = "v1") -> dict:
+    """Train ``ToyCLIP`` on a pool of toy pairs of ``world`` and save it (with its tokenizer and log) to ``out``."""
     if batch_size > pool:
         raise ConfigError(f"--batch-size {batch_size} is larger than --pool {pool}; raise the pool or lower the batch")
     torch.manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tokenizer = build_toy_tokenizer()
-    images, captions = make_pool(pool, seed)
-    held_images, held_captions = make_pool(1024, seed, HELDOUT_DOMAIN)
+    tokenizer = build_toy_tokenizer(world)
+    images, captions = make_pool(pool, seed, world=world)
+    held_images, held_captions = make_pool(1024, seed, HELDOUT_DOMAIN, world)
     model = ToyCLIP(vocab_size=len(tokenizer))
     opt = torch.optim.AdamW(decay_groups(model.parameters(), 0.05), lr=lr, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(steps // 20, 1), steps))
@@ -105,7 +107,10 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
     tokenizer.save_pretrained(out)
     config = dict(steps=steps, batch_size=batch_size, lr=lr, pool=pool, seed=seed, fp16=fp16)
     config["command"] = (f"parauni toy train-rewards --out {out} --steps {steps} --batch-size {batch_size} "
-                         f"--lr {lr} --pool {pool} --seed {seed}" + (" --fp16" if fp16 else ""))
+                         f"--lr {lr} --pool {pool} --seed {seed}" + (" --fp16" if fp16 else "")
+                         + ("" if world == "v1" else f" data.world={world}"))
+    if world != "v1":
+        config["world"] = world
     (out / "train_config.json").write_text(json.dumps({**config, "heldout": metrics}, indent=2))
     return metrics
 
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     Path(t.output_dir).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(t.output_dir) / "config.yaml")
     m = train_alignment(t.output_dir, t.steps, t.batch_size, cfg.optim.lr, cfg.data.pool, t.seed, t.fp16,
-                        t.log_every)
+                        t.log_every, cfg.data.world)
     print(f"held-out retrieval: image->text top-1 {m['i2t_top1']:.3f}, text->image top-1 {m['t2i_top1']:.3f}, "
           f"true caption beats another {m['pair_win']:.3f}; {m['wall_s']:.0f} s; saved to {t.output_dir}")
     return m

@@ -37,15 +37,16 @@ from parauni.train.optim import decay_groups, warmup_cosine
 
 
 def sample_dialogue(seed: int, index: int, turns: int, describe_prob: float = 0.2,
-                    by_question: float = 0.5) -> tuple:
+                    by_question: float = 0.5, world: str = "v1") -> tuple:
     """Training sample ``index``: its RGB uint8 image and ``turns`` distinct ``(question, answer)`` pairs.
 
     Each turn is the caption request with ``describe_prob``; otherwise, with ``by_question``, a question
     drawn uniformly among all of :func:`qa_by_kind` (weighted as the held-out accuracy weighs them), else
     a kind drawn uniformly and then one of its questions (as :func:`parauni.toy.data.sample_qa` does).
+    ``world``: the toy world (its training distribution: no held-out composition).
     """
     rng = sample_rng(TRAIN_DOMAIN, seed, index)
-    ex = make_example(rng)
+    ex = make_example(rng, world=world)
     kinds = qa_by_kind(ex.scene)
     names = sorted(kinds)
     every = [pair for name in names for pair in kinds[name]]
@@ -59,7 +60,22 @@ def sample_dialogue(seed: int, index: int, turns: int, describe_prob: float = 0.
         pairs.setdefault(q, a)
         if len(pairs) == turns:
             break
-    return ex.image, list(pairs.items())
+    return ex.image, list(pairs.items()), ex.caption
+
+
+def encode_captions(tokenizer, captions: list[str]) -> dict[str, torch.Tensor | None]:
+    """Text-only rows for the next-token objective on captions: each row is a caption and ``<|im_end|>``, every
+    token a label (``input_ids``, ``attention_mask``, ``labels`` ``(B, S)``, right-padded; ``pixel_values``
+    ``None``)."""
+    rows = [tokenizer(c + "<|im_end|>", add_special_tokens=False)["input_ids"] for c in captions]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention_mask[i, : len(r)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": None}
 
 
 def split_by_length(lengths: list[int], chunks: int) -> list[list[int]]:
@@ -73,18 +89,22 @@ class DialogueBatches(IterableDataset):
     """Encoded training batches ``start, start + 1, ...``; worker ``w`` of ``W`` yields ``start + w + k W``.
 
     A batch is a list of ``chunks`` dicts (rows of similar length, each right-padded to its own longest
-    row) with ``input_ids``, ``attention_mask``, ``labels`` ``(B', S')`` and ``pixel_values`` ``(B', 3, 32, 32)``.
+    row) with ``input_ids``, ``attention_mask``, ``labels`` ``(B', S')`` and ``pixel_values`` ``(B', 3, 32, 32)``;
+    with ``caption_lm`` > 0, one more text-only chunk (:func:`encode_captions`) of the captions of the batch's
+    first ``round(caption_lm * batch_size)`` samples, for the next-token objective on captions.
     """
 
     def __init__(self, tokenizer, seed: int, batch_size: int, turns: int, describe_prob: float = 0.2,
-                 by_question: float = 0.5, chunks: int = 2, start: int = 0):
+                 by_question: float = 0.5, chunks: int = 2, start: int = 0, world: str = "v1",
+                 caption_lm: float = 0.0):
         super().__init__()
+        self.world, self.caption_lm = world, caption_lm
         self.tokenizer, self.seed, self.batch_size, self.turns = tokenizer, seed, batch_size, turns
         self.describe_prob, self.by_question, self.chunks, self.start = describe_prob, by_question, chunks, start
 
     def batch(self, b: int) -> list[dict]:
         """Batch number ``b``."""
-        samples = [sample_dialogue(self.seed, k, self.turns, self.describe_prob, self.by_question)
+        samples = [sample_dialogue(self.seed, k, self.turns, self.describe_prob, self.by_question, self.world)
                    for k in range(b * self.batch_size, (b + 1) * self.batch_size)]
         full = encode_dialogues(self.tokenizer, [s[0] for s in samples], [s[1] for s in samples])
         lengths = full["attention_mask"].sum(1)  # (B,)
@@ -93,6 +113,9 @@ class DialogueBatches(IterableDataset):
             idx, width = torch.tensor(rows), int(lengths[rows].max())
             chunk = {k: full[k][idx, :width] for k in ("input_ids", "attention_mask", "labels")}
             out.append({**chunk, "pixel_values": full["pixel_values"][idx]})
+        n_captions = round(self.caption_lm * self.batch_size)
+        if n_captions:
+            out.append(encode_captions(self.tokenizer, [s[2] for s in samples[:n_captions]]))
         return out
 
     def __iter__(self) -> Iterator[list[dict]]:
@@ -105,14 +128,15 @@ class DialogueBatches(IterableDataset):
 
 
 def answer_loss(model, chunks: list[dict]) -> float:
-    """Back-propagate the mean cross-entropy over the answer tokens of all ``chunks``; returns its value.
+    """Back-propagate the mean cross-entropy over the labelled tokens of all ``chunks`` (the answers; in
+    text-only chunks, ``pixel_values`` ``None``, every caption token); returns its value.
 
-    The LM head is applied only at the positions that predict an answer token.
+    The LM head is applied only at the positions that predict a labelled token.
     """
     total = sum(int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in chunks)
     value = 0.0
     for c in chunks:
-        c = {k: v.to(model.device) for k, v in c.items()}
+        c = {k: v.to(model.device) if v is not None else None for k, v in c.items()}
         hidden = model.model(input_ids=c["input_ids"], attention_mask=c["attention_mask"],
                              pixel_values=c["pixel_values"]).last_hidden_state  # (B', S', D)
         labels = c["labels"][:, 1:]  # (B', S' - 1): token t is predicted at position t - 1
@@ -134,7 +158,8 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
                  by_question: float = 0.5, chunks: int = 2, weight_decay: float = 0.05, eval_every: int = 0,
                  mid_eval_examples: int = 40, workers: int = 0, threads: int | None = None, fp16: bool = False,
                  log_every: int = 25, vision: dict | None = None, text: dict | None = None,
-                 command: str | None = None, progress: bool = True, device: str = "cpu") -> dict:
+                 command: str | None = None, progress: bool = True, device: str = "cpu", world: str = "v1",
+                 caption_lm: float = 0.0) -> dict:
     """Pre-train a toy VLM from scratch and save it (model + tokenizer) to ``out_dir``.
 
     AdamW (betas 0.9/0.95, weight decay on >=2-D weights), linear warm-up + cosine decay, gradient
@@ -142,9 +167,13 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     ``eval_every`` steps on ``mid_eval_examples`` scenes and at the end on ``eval_examples``),
     ``train_config.json`` (every argument and the command) and ``heldout_accuracy.json``. ``fp16`` saves
     the weights in float16. ``vision`` / ``text`` override sizes of :func:`parauni.toy.vlm.toy_vlm_config`.
+    ``world``: the toy world (v2: its own tokenizer, training data without its held-out compositions; the
+    held-out accuracy on other seeds of the same distribution). ``caption_lm``: text-only caption rows per batch,
+    as a share of ``batch_size``, trained with the next-token objective (see :class:`DialogueBatches`).
     Returns ``{"accuracy": qa_accuracy(...), "wall_s", "train_s", "steps_per_s", "params", "out_dir"}``.
     """
-    config = {k: v for k, v in locals().items() if k not in ("command", "progress")}
+    config = {k: v for k, v in locals().items()
+              if k not in ("command", "progress") and (k, v) not in (("world", "v1"), ("caption_lm", 0.0))}
     config["out_dir"] = str(out_dir)
     config["command"] = command or shlex.join([sys.executable, *sys.argv])
     out = Path(out_dir)
@@ -152,14 +181,15 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    tokenizer = build_toy_tokenizer()
+    tokenizer = build_toy_tokenizer(world)
     model = build_toy_vlm(tokenizer, seed=seed, vision=vision, text=text).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(decay_groups(model.parameters(), weight_decay), lr=lr, betas=(0.9, 0.95))
-    data = DialogueBatches(tokenizer, seed, batch_size, turns, describe_prob, by_question, chunks)
+    data = DialogueBatches(tokenizer, seed, batch_size, turns, describe_prob, by_question, chunks, world=world,
+                           caption_lm=caption_lm)
     loader = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                              persistent_workers=bool(workers)))
-    mid_eval = heldout_examples(mid_eval_examples, seed=0) if eval_every else []
+    mid_eval = heldout_examples(mid_eval_examples, seed=0, world=world) if eval_every else []
     log = open(out / "train_log.txt", "w")  # written through the whole run, closed at its end
 
     def note(line: str) -> None:
@@ -171,7 +201,7 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
                            eval_every=eval_every, evaluate=lambda: qa_accuracy(model, tokenizer, mid_eval),
                            mid_examples=mid_eval_examples, progress=progress)
     model.eval()
-    result = qa_accuracy(model, tokenizer, heldout_examples(eval_examples, seed=0))
+    result = qa_accuracy(model, tokenizer, heldout_examples(eval_examples, seed=0, world=world))
     note(f"final held-out accuracy on {eval_examples} scenes:\n{format_accuracy(result)}")
     model.cpu()
     if fp16:
@@ -255,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
                           describe_prob=d.describe_prob, by_question=d.by_question, chunks=d.chunks,
                           weight_decay=o.weight_decay, eval_every=t.eval_every, mid_eval_examples=t.mid_eval_examples,
                           workers=d.workers, threads=t.threads, fp16=t.fp16, log_every=t.log_every, vision=m.vision,
-                          text=m.text, device=t.device)
+                          text=m.text, device=t.device, world=d.world, caption_lm=d.caption_lm)
     print(format_accuracy(result["accuracy"]))
     print(f"{result['params']} parameters; {result['steps_per_s']:.2f} steps/s; {result['wall_s']:.0f}s in all; "
           f"saved to {result['out_dir']}")

@@ -1,27 +1,12 @@
 """The toy world: coloured shapes on a plain grey canvas.
 
-Vocabulary
-----------
-Shapes (all drawn inside a square bounding box of side ``size``):
+The vocabulary of each world (shapes, colours, relations, object sizes, held-out compositions) is in
+:mod:`parauni.toy.worlds`, the shapes' geometry in :mod:`parauni.toy.shapes`. The module constants below are the
+v1 world's (the shipped models'); every function takes a ``world`` (default v1).
 
-* ``circle``   -- disc of diameter ``size``;
-* ``square``   -- axis-aligned square of side ``size``;
-* ``triangle`` -- upright isosceles triangle, apex at the top centre, base along the bottom edge.
-
-They differ in how much of their box they fill (1.0, 0.79, 0.5) and in their top/bottom symmetry,
-which keeps them separable even at 7 px.
-
-Colours (RGB, chosen so that every pair, and every colour and the background, are at least ~100
-apart in RGB Euclidean distance; all names are GenEval colour words)::
-
-    red    (220,  40,  40)    orange (255, 140,   0)    yellow (240, 230,  40)
-    green  ( 40, 170,  60)    blue   ( 40,  90, 230)    purple (150,  50, 200)
-
-Background: mid grey (128, 128, 128), which maps to ~0 in the [-1, 1] range used for training.
-
-Geometry: object size scales with the canvas and shrinks with the number of objects (see
-``SIZE_RANGES``); objects keep a margin from the border and a gap between their boxes, so rendered
-objects never touch. Rendering is anti-aliased by 4x supersampling.
+Geometry: object size scales with the canvas and shrinks with the number of objects (``World.size_ranges``);
+objects keep a margin from the border and a gap between their boxes, so rendered objects never touch. Rendering
+is anti-aliased by 4x supersampling.
 """
 
 from __future__ import annotations
@@ -35,26 +20,17 @@ from parauni.eval.geneval_rules import POSITION_THRESHOLD
 from parauni.eval.geneval_rules import relative_position as relative_position  # GenEval's rule, one copy
 
 from ..errors import UsageError
+from .shapes import inside
+from .worlds import BACKGROUND as BACKGROUND
+from .worlds import RELATIONS as RELATIONS
+from .worlds import SIZE_RANGES as SIZE_RANGES
+from .worlds import V1, World, get_world
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (255, 140, 0),
-    "yellow": (240, 230, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 90, 230),
-    "purple": (150, 50, 200),
-}
-COLORS: tuple[str, ...] = tuple(PALETTE)
-BACKGROUND: tuple[int, int, int] = (128, 128, 128)
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+SHAPES: tuple[str, ...] = V1.shapes
+PALETTE: dict[str, tuple[int, int, int]] = V1.palette
+COLORS: tuple[str, ...] = V1.colors
 INVERSE_RELATION: dict[str, str] = {
     "left of": "right of", "right of": "left of", "above": "below", "below": "above",
-}
-
-# Object side as a fraction of the canvas, by the number of objects in the scene.
-SIZE_RANGES: dict[int, tuple[float, float]] = {
-    1: (0.40, 0.55), 2: (0.30, 0.40), 3: (0.24, 0.32), 4: (0.22, 0.28),
 }
 MARGIN_FRAC = 0.05  # free border around the canvas
 GAP_FRAC = 0.07  # minimum free space between two objects' boxes
@@ -85,10 +61,11 @@ class ToyObject:
 
 @dataclass
 class Scene:
-    """A list of objects on a ``size`` x ``size`` canvas."""
+    """A list of objects on a ``size`` x ``size`` canvas of ``world``."""
 
     objects: list[ToyObject] = field(default_factory=list)
     size: int = 32
+    world: World = V1
 
     def describe(self) -> list[dict]:
         """Plain-dict description: shape, colour, bbox and centre of every object."""
@@ -117,23 +94,16 @@ def clear_relation(a: ToyObject, b: ToyObject, relation: str,
 
 def shape_mask(shape: str, x: np.ndarray, y: np.ndarray, o: ToyObject) -> np.ndarray:
     """Mask of the points ``(x, y)`` (pixel coordinates, broadcastable) inside ``o`` drawn as ``shape``."""
-    h = o.size / 2
-    if shape == "circle":
-        return (x - o.cx) ** 2 + (y - o.cy) ** 2 <= h * h
-    if shape == "square":
-        return (np.abs(x - o.cx) <= h) & (np.abs(y - o.cy) <= h)
-    if shape == "triangle":
-        top = o.cy - h
-        return (y <= o.cy + h) & (np.abs(x - o.cx) <= (y - top) / 2)
-    raise UsageError(f"unknown shape {shape!r}")
+    return inside(shape, x, y, o.cx, o.cy, o.size)
 
 
 def render(scene: Scene, size: int | None = None) -> np.ndarray:
     """Render ``scene`` as an RGB uint8 array of shape ``(size, size, 3)`` (default: ``scene.size``)."""
     size = size or scene.size
     scale = size / scene.size
+    palette = scene.world.palette
     img = np.empty((size, size, 3), dtype=np.float32)
-    img[:] = BACKGROUND
+    img[:] = scene.world.background
     ss = SUPERSAMPLE
     for o in scene.objects:
         o = ToyObject(o.shape, o.color, o.cx * scale, o.cy * scale, o.size * scale)
@@ -147,7 +117,7 @@ def render(scene: Scene, size: int | None = None) -> np.ndarray:
         mask = shape_mask(o.shape, xs[None, :], ys[:, None], o)
         cover = mask.reshape(r1 - r0, ss, c1 - c0, ss).mean(axis=(1, 3), dtype=np.float32)[..., None]
         patch = img[r0:r1, c0:c1]
-        img[r0:r1, c0:c1] = patch * (1 - cover) + np.asarray(PALETTE[o.color], np.float32) * cover
+        img[r0:r1, c0:c1] = patch * (1 - cover) + np.asarray(palette[o.color], np.float32) * cover
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -163,16 +133,19 @@ def place_objects(
     size: int = 32,
     constraint: Callable[[list[ToyObject]], bool] | None = None,
     max_tries: int = 2000,
+    world: World | str = V1,
 ) -> Scene:
-    """Place ``(shape, colour)`` specs at random, without overlaps, on a ``size`` canvas.
+    """Place ``(shape, colour)`` specs at random, without overlaps, on a ``size`` canvas of ``world``.
 
-    Sizes are drawn from ``SIZE_RANGES`` for the number of objects; positions by rejection sampling
-    until no two boxes come closer than the gap and ``constraint(objects)`` (if given) holds.
+    Sizes are drawn from the world's ``size_ranges`` for the number of objects; positions by rejection
+    sampling until no two boxes come closer than the gap and ``constraint(objects)`` (if given) holds.
     """
+    world = get_world(world)
+    ranges = world.size_ranges
     n = len(specs)
-    if not 1 <= n <= max(SIZE_RANGES):
-        raise UsageError(f"scenes hold 1..{max(SIZE_RANGES)} objects, got {n}")
-    lo, hi = SIZE_RANGES[n]
+    if not 1 <= n <= max(ranges):
+        raise UsageError(f"scenes hold 1..{max(ranges)} objects, got {n}")
+    lo, hi = ranges[n]
     margin, gap = MARGIN_FRAC * size, GAP_FRAC * size
     for _ in range(max_tries):
         objs: list[ToyObject] = []
@@ -187,30 +160,37 @@ def place_objects(
             else:
                 break
         if len(objs) == n and (constraint is None or constraint(objs)):
-            return Scene(objs, size)
+            return Scene(objs, size, world)
     raise RuntimeError(f"could not place {list(specs)} on a {size}px canvas")
 
 
-def random_scene(rng: np.random.Generator, size: int = 32, n_objects: int | None = None) -> Scene:
-    """A free scene: 1..4 objects (uniform unless ``n_objects``), random shapes and colours."""
+def random_scene(rng: np.random.Generator, size: int = 32, n_objects: int | None = None,
+                 world: World | str = V1) -> Scene:
+    """A free scene: 1..4 objects (uniform unless ``n_objects``), random shapes and colours of ``world``."""
+    world = get_world(world)
+    shapes, colors = world.shapes, world.colors
     n = int(rng.integers(1, 5)) if n_objects is None else n_objects
-    specs = [(SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))]) for _ in range(n)]
-    return place_objects(rng, specs, size)
+    specs = [(shapes[rng.integers(len(shapes))], colors[rng.integers(len(colors))]) for _ in range(n)]
+    return place_objects(rng, specs, size, world=world)
 
 
-def scene_from_metadata(meta: dict, rng: np.random.Generator, size: int = 32) -> Scene:
+def scene_from_metadata(meta: dict, rng: np.random.Generator, size: int = 32, world: World | str | None = None
+                        ) -> Scene:
     """A scene satisfying a GenEval-format prompt dict (``include`` with class/count/colour/position).
 
     Exactly ``count`` objects are drawn per ``include`` entry (so ``exclude`` limits of the form
     ``count + 1`` hold); objects without a colour get a random one; a ``position`` ``[rel, idx]`` is
     placed so that each of the entry's objects is clearly ``rel`` each object of ``include[idx]``.
+    ``world``: default the record's own (its ``world`` key, else v1).
     """
+    world = get_world(world if world is not None else meta.get("world"))
+    colors = world.colors
     specs: list[tuple[str, str]] = []
     groups: list[list[int]] = []
     for req in meta["include"]:
         idx = []
         for _ in range(int(req["count"])):
-            color = req.get("color") or COLORS[rng.integers(len(COLORS))]
+            color = req.get("color") or colors[rng.integers(len(colors))]
             idx.append(len(specs))
             specs.append((req["class"], color))
         groups.append(idx)
@@ -224,4 +204,4 @@ def scene_from_metadata(meta: dict, rng: np.random.Generator, size: int = 32) ->
             for j in groups[int(target)]
         )
 
-    return place_objects(rng, specs, size, constraint=ok if rules else None)
+    return place_objects(rng, specs, size, constraint=ok if rules else None, world=world)

@@ -23,13 +23,15 @@ from ...eval.geneval_reward import flow_grpo_reward
 from ...rewards.base import as_uint8_batch
 from ..detect import detect
 from ..geneval import evaluate, group_by_class, partial_credit
+from ..worlds import world_of
 
 MODES = ("partial", "strict", "geneval", "clipped")
 
 
 class ToyGenEvalReward:
     """One score per image from the toy detector and the prompt's GenEval record (see the module docstring for
-    ``mode``). An image without a record scores NaN (it leaves the update)."""
+    ``mode``). An image without a record scores NaN (it leaves the update). The objects are those of the record's
+    world (its ``world`` key, else v1)."""
 
     def __init__(self, mode: str = "partial"):
         if mode not in MODES:
@@ -38,7 +40,7 @@ class ToyGenEvalReward:
         self.mode = mode
 
     def score(self, image, meta: dict) -> float:
-        dets = detect(image)
+        dets = detect(image, world=world_of(meta))
         if self.mode == "clipped":
             return partial_credit(dets, meta)
         if self.mode == "geneval":
