@@ -155,7 +155,7 @@ def test_every_numeric_option_has_a_range_check():
     ("train.stage=III", "train.stage: expected one of I, II, got 'III'"),
     ("train.max_steps=5", "unknown config key 'train.max_steps'; did you mean 'train.steps'?"),
     ("optim.learning_rate=1e-3", "unknown config key 'optim.learning_rate' (allowed in section 'optim': betas, eps"),
-    ("data.kind=jsonl", "data.kind: expected one of json, folder, webdataset, latents, toy, got 'jsonl'"),
+    ("data.kind=jsonl", "data.kind: expected one of json, folder, webdataset, latents, toy, toy_v2, got 'jsonl'"),
 ])
 def test_train_config_errors(tmp_path, capsys, override, expected):
     out = tmp_path / "run"

@@ -99,8 +99,11 @@ def check_toy_records(records: list[tuple[int, dict]], source: str) -> None:
     """Refuse records the toy scorer cannot score, naming ``source``, the line and the field: the schema, and a
     class, colour or task (``tag``) outside :func:`toy_vocabulary` of the record's world (a made-up task would
     score 0 silently)."""
+    by_world: dict[str, list[tuple[int, dict]]] = {}
     for line, meta in records:
-        validate_records([(line, meta)], source, toy_vocabulary(world_of(meta)))
+        by_world.setdefault(world_of(meta).name, []).append((line, meta))
+    for name, group in by_world.items():  # every problem of a world's records in one message
+        validate_records(group, source, toy_vocabulary(name))
 
 
 def load_toy_geneval(path: str | Path | None = None, world: World | str | None = None) -> list[dict]:
