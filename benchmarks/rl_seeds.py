@@ -1,4 +1,4 @@
-"""Stage III over seeds (and arms): runs ``parauni grpo CONFIG`` once per seed and arm, then tables mean ± std.
+"""Stage III over seeds (and arms): runs ``parauni rl CONFIG`` once per seed and arm, then tables mean ± std.
 
     python benchmarks/rl_seeds.py configs/toy_grpo_geneval.yaml --seeds 0 1 2 --jobs 2 --out runs/rl_geneval
     python benchmarks/rl_seeds.py configs/toy_grpo.yaml --seeds 0 1 2 3 4 --jobs 2 --out runs/rl_ldam \\
@@ -6,7 +6,7 @@
     python benchmarks/rl_seeds.py configs/toy_grpo_redness.yaml --seeds 0 1 2 --jobs 1 --threads 2 \\
         --out runs/rl_redness --no-geneval
 
-Every run is its own ``parauni grpo`` process (``OMP_NUM_THREADS`` = ``--threads``; ``--jobs`` at a time; give each
+Every run is its own ``parauni rl`` process (``OMP_NUM_THREADS`` = ``--threads``; ``--jobs`` at a time; give each
 job its own cores: 2 jobs of 1 thread on 2 cores) writing ``<out>/<arm>/seed<k>/``; finished runs are skipped and
 interrupted ones resume (``--resume auto``). Arms share seeds, so with a fixed ``train.seed`` they see the same
 prompts and initial noise: their differences are paired. The toy GenEval of the starting model is computed once
@@ -136,7 +136,7 @@ def main() -> None:
             if (folder / "run.done").is_file():
                 continue
             folder.mkdir(parents=True, exist_ok=True)
-            cmd = [*exe, "grpo", args.config, *common, *extra, f"train.seed={seed}", f"train.output_dir={folder}",
+            cmd = [*exe, "rl", args.config, *common, *extra, f"train.seed={seed}", f"train.output_dir={folder}",
                    "--resume", "auto", "--no-progress"]
             jobs.append((cmd, folder / "run.log", folder / "run.done"))
     baseline = out / "baseline" / "summary.json"
