@@ -206,10 +206,10 @@ def test_an_epoch_trains_lora_only_on_policy_with_ratio_one(tmp_path):
             torch.testing.assert_close(p, base[n], rtol=0, atol=0)
     assert any((tr.params[n] - start[n]).abs().max() > 0 for n in start)
     for n in start:  # the old weights stay during the update, then follow min(0.3, 0.001 * steps) = 0.001
-        torch.testing.assert_close(tr.algo.old[n], start[n], rtol=0, atol=0)
+        torch.testing.assert_close(tr.algo.old.weights[n], start[n], rtol=0, atol=0)
     tr.algo.after_epoch()
     for n, p in tr.params.items():
-        torch.testing.assert_close(tr.algo.old[n], 0.001 * start[n] + 0.999 * p.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(tr.algo.old.weights[n], 0.001 * start[n] + 0.999 * p.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_old_surrogates_share_the_points_and_noise_and_predate_the_steps(tmp_path):
@@ -252,8 +252,7 @@ def test_off_policy_rolls_out_from_the_old_policy(tmp_path):
     tr.algo.cfg = dataclasses.replace(tr.algo.cfg, off_policy=False)
     x_now = tr.rollout(1).x_0
     assert (x_old - x_now).abs().max() > 1e-4
-    tr.algo.old = {n: p.detach().clone() for n, p in tr.params.items()}
-    tr.algo._old_stale = True
+    tr.algo.old.load({"old": {n: p.detach().clone() for n, p in tr.params.items()}})
     tr.algo.cfg = dataclasses.replace(tr.algo.cfg, off_policy=True)
     torch.testing.assert_close(tr.rollout(1).x_0, x_now, rtol=1e-5, atol=1e-5)
 

@@ -176,7 +176,7 @@ def test_nft_rollout_stores_clean_latents_and_conditions(tmp_path):
     assert roll.x_0.shape == (8, c.in_channels, c.sample_size, c.sample_size) and len(roll.images) == 8
     assert roll.group.tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and roll.cond.shape[0] == 8
     # the old policy equals the current one at the start: its rollout is the trainer's merged model's ODE path
-    torch.testing.assert_close(tr.algo.old["transformer." + next(iter(n for n in dict(
+    torch.testing.assert_close(tr.algo.old.weights["transformer." + next(iter(n for n in dict(
         tr.raw_transformer.named_parameters()) if "lora_B" in n))], next(p for n, p in tr.params.items()
                                                                         if "lora_B" in n))
 
@@ -194,10 +194,10 @@ def test_nft_update_trains_lora_only_and_the_old_policy_follows_its_schedule(tmp
             torch.testing.assert_close(p, base[n], rtol=0, atol=0)
     assert any((tr.params[n] - start[n]).abs().max() > 0 for n in start)
     for n in start:  # the old weights do not move during the update
-        torch.testing.assert_close(tr.algo.old[n], start[n], rtol=0, atol=0)
+        torch.testing.assert_close(tr.algo.old.weights[n], start[n], rtol=0, atol=0)
     tr.algo.after_epoch()  # decay type 1 after 1 step: old = 0.001 old + 0.999 current
     for n, p in tr.params.items():
-        torch.testing.assert_close(tr.algo.old[n], 0.001 * start[n] + 0.999 * p.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(tr.algo.old.weights[n], 0.001 * start[n] + 0.999 * p.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_ldam_noise_enters_the_stored_conditions(tmp_path):

@@ -110,7 +110,7 @@ def test_nft_loss_is_a_mean_over_samples_with_a_short_last_micro_batch(tmp_path)
         for n, p in tr.params.items():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        tr.algo.old = {n: p.detach().clone() for n, p in tr.params.items()}
+        tr.algo.old.load({"old": {n: p.detach().clone() for n, p in tr.params.items()}})
     roll = tr.rollout(0)
     adv, valid, _ = tr.advantages(roll)
     o = tr.cfg.optim

@@ -46,6 +46,7 @@ from .lora import merged_transformer
 from .nft import noised
 from .objective import split_evenly
 from .ode import SOLVERS, ode_sample
+from .old_policy import OldPolicy
 from .rollout import cfg_velocity
 
 WEIGHTINGS = ("uniform", "t", "t**2", "huber", "ghuber")  # :240-251 ("Uniform" there)
@@ -234,34 +235,25 @@ class AdvantageWeightedMatching:
                               "copy of the LIM); use model.train_lim=false")
         self.tr = trainer
         self.cfg: AWMConfig = getattr(trainer.cfg, self.section)
-        self.old = {n: p.detach().clone() for n, p in trainer.params.items()}  # the reference's "ema" adapter
-        self._old_model, self._old_stale, self._rollout_model = None, True, None
+        self.old = OldPolicy(trainer)  # the reference's "ema" adapter
+        self._rollout_model = None
 
     # -- the old policy --------------------------------------------------------------------------------------
     def old_model(self):
         """A plain transformer with the old weights merged (rebuilt only after :meth:`after_epoch` moved them)."""
-        if self._old_stale or self._old_model is None:
-            with self.tr.swapped_weights(self.old):
-                self._old_model = merged_transformer(self.tr.raw_transformer, into=self._old_model)
-            self._old_stale = False
-        return self._old_model
+        return self.old.model()
 
     @torch.no_grad()
     def after_epoch(self) -> None:
         """``old = d old + (1 - d) current`` with ``d = old_decay(optimizer steps)`` (:1409-1419)."""
-        d = old_decay(self.tr.opt_step, self.cfg.old_decay, self.cfg.old_decay_type)
-        for n, p in self.tr.params.items():
-            self.old[n].mul_(d).add_(p.detach(), alpha=1 - d)
-        self._old_stale = True
+        self.old.soft_update(old_decay(self.tr.opt_step, self.cfg.old_decay, self.cfg.old_decay_type))
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """The old weights, ``old.safetensors`` in each checkpoint (exact resume)."""
-        return {"old": {n: v.float().cpu().contiguous() for n, v in self.old.items()}}
+        return self.old.state_tensors()
 
     def load_state_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-        for n, v in tensors["old"].items():
-            self.old[n] = v.to(self.tr.params[n].device, self.tr.params[n].dtype)
-        self._old_stale = True
+        self.old.load(tensors)
 
     def progress_numbers(self, row: dict) -> dict[str, str]:
         return {"clip": f"{row['clip_frac']:.2f}", "old_kl": f"{row['diag/old_kl']:.1e}"}

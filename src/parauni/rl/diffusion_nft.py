@@ -43,10 +43,10 @@ from ..errors import ConfigError
 from ..train.schema import setting
 from ..utils.images import signed_to_uint8
 from .algorithm import Algorithm
-from .lora import merged_transformer
 from .nft import ADV_MODES, DECAY_TYPES, nft_loss, noised, old_policy_decay, reward_weight
 from .objective import split_evenly
 from .ode import SOLVERS, ode_sample
+from .old_policy import OldPolicy
 from .rollout import cfg_velocity
 
 
@@ -116,37 +116,25 @@ class DiffusionNFT(Algorithm):
     def __init__(self, trainer):
         super().__init__(trainer)
         # the old policy's weights, one per trainable tensor (the reference's "old" adapter), equal at the start
-        self.old = {n: p.detach().clone() for n, p in trainer.params.items()}
-        self._old_model = None  # a plain transformer with the old LoRA merged, refreshed when ``old`` changes
-        self._old_stale = True
+        self.old = OldPolicy(trainer)
 
     # -- the old policy --------------------------------------------------------------------------------------
     def old_model(self):
         """The plain transformer with the old weights merged (rebuilt only after :meth:`after_epoch` moved them)."""
-        if self._old_stale or self._old_model is None:
-            tr = self.tr
-            with tr.swapped_weights(self.old):
-                self._old_model = merged_transformer(tr.raw_transformer, into=self._old_model)
-            self._old_stale = False
-        return self._old_model
+        return self.old.model()
 
     @torch.no_grad()
     def after_epoch(self) -> None:
         """``old = d * old + (1 - d) * current`` with ``d = old_policy_decay(optimizer steps, nft.decay_type)``
         (:1035-1039)."""
-        d = old_policy_decay(self.tr.opt_step, self.tr.cfg.nft.decay_type)
-        for n, p in self.tr.params.items():
-            self.old[n].mul_(d).add_(p.detach(), alpha=1 - d)
-        self._old_stale = True
+        self.old.soft_update(old_policy_decay(self.tr.opt_step, self.tr.cfg.nft.decay_type))
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """The old weights, written to ``old.safetensors`` in each checkpoint (exact resume)."""
-        return {"old": {n: v.float().cpu().contiguous() for n, v in self.old.items()}}
+        return self.old.state_tensors()
 
     def load_state_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-        for n, v in tensors["old"].items():
-            self.old[n] = v.to(self.tr.params[n].device, self.tr.params[n].dtype)
-        self._old_stale = True
+        self.old.load(tensors)
 
     def progress_numbers(self, row: dict) -> dict[str, str]:
         """The old policy's deviation from the current one."""
