@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ..errors import ConfigError
 from ..pipelines.loading import build_model
 from ..rewards.base import WeightedReward
 from ..train.config import save_config
+from ..train.distributed import DEEPSPEED
 from ..train.optim import retune, schedule_change
 from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
@@ -73,6 +75,11 @@ class RLTrainer(Recipe):
         # stage III accumulates its gradients itself: the Accelerator's accumulation stays 1, whatever a launcher
         # sets (ACCELERATE_GRADIENT_ACCUMULATION_STEPS would divide every loss)
         self._setup_accelerator(grad_accum=1, timeout_minutes=cfg.train.dist_timeout_minutes)
+        if self.acc.distributed_type == DEEPSPEED or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            # its update accumulates a variable number of backward passes per optimizer step and clips, steps,
+            # schedules and averages (EMA) itself, where DeepSpeed's engine owns backward and step
+            raise ConfigError("stage III does not run under DeepSpeed yet: launch it with DDP "
+                              "(accelerate launch --config_file configs/accelerate/ddp.yaml ...)")
         if cfg.prompts.per_epoch % self.acc.num_processes:
             raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
                               f"processes ({self.acc.num_processes}): each process rolls out the same number of "
@@ -140,10 +147,13 @@ class RLTrainer(Recipe):
     distance_from = _delegate("policy", "distance_from", "||theta - before|| over the trainable weights")
     swapped_weights = _delegate("policy", "swapped_weights", "context manager: the trainable weights replaced")
     lr_at = _delegate("policy", "lr_at", "the learning rate of an optimizer step")
-    generator = _delegate("data", "generator", "the torch generator of a named random stream of an epoch")
+    generator = _delegate("data", "generator", "the torch generator of a named random stream of an epoch (shared)")
+    sample_streams = _delegate("data", "sample_streams", "one generator per sample of a named stream of an epoch")
+    update_plan = _delegate("data", "update_plan", "an update's optimizer steps and this process's share of each")
+    mean_over_processes = _delegate("data", "mean_over_processes", "per-sample statistics averaged over processes")
     rollout_inputs = _delegate("data", "rollout_inputs", "this process's prompts and conditions of an epoch")
     update_conditions = _delegate("data", "update_conditions", "(cond, uncond) of a micro-batch in an update")
-    train_indices = _delegate("data", "train_indices", "this process's samples for an update, shuffled")
+    train_indices = _delegate("data", "train_indices", "this process's samples of an update, in its order")
     advantages = _delegate("data", "advantages", "advantages, valid samples and reward statistics of a rollout")
 
     @property
