@@ -32,7 +32,6 @@ optimizer step at its one step an epoch (``optim.steps_per_epoch: 1``, dgx:52-53
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -345,10 +344,9 @@ class AdvantageWeightedMatching:
             for i, mb in enumerate(step.micro):
                 t, eps = t_all[:, mb].to(dev), noise[:, mb].to(dev)
                 a, w = adv[mb].to(dev), weight[mb].to(dev)
-                if step.pad:  # a sync-only pass: weight 0, finite inputs
+                if step.padding[i]:  # a sync-only pass: weight 0, finite inputs
                     a, w = torch.zeros_like(a), torch.zeros_like(w)
-                ctx = tr.acc.no_sync(tr.transformer) if i < len(step.micro) - 1 else nullcontext()
-                with ctx, tr.acc.autocast():
+                with tr.micro_step(sync=i == len(step.micro) - 1), tr.acc.autocast():
                     v = self._velocity(tr.transformer, roll, mb, t, eps)
                     v_ref = v_old = None
                     with torch.no_grad():
@@ -359,8 +357,8 @@ class AdvantageWeightedMatching:
                             v_old = self._velocity(old_model, roll, mb, t, eps)
                     loss, terms = awm_sample_loss(v, old_lp.get((s_i, i)), v_ref, v_old, roll.x_0[mb].to(dev).float(),
                                                   eps, t, a, c, o.clip_range, o.adv_clip, o.kl_beta)
-                    tr.acc.backward((w * loss).sum() * step.weight)
-                if not step.pad:
+                    tr.acc.backward((w * loss).sum() * step.weight_of(i))
+                if not step.padding[i]:
                     stats["loss"].append(loss.detach().float().cpu())
                     stats["policy_loss"].append(terms["policy"].float().cpu())
                     stats["kl"].append(terms["kl"].float().cpu())

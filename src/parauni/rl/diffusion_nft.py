@@ -32,7 +32,6 @@ Departures, each for a stated reason:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,14 +199,13 @@ class DiffusionNFT(Algorithm):
                 x_0 = roll.x_0[mb].to(dev).float()
                 cond, _ = tr.update_conditions(roll, mb)
                 r, w = r_all[mb].to(dev), weight_all[mb].to(dev)
-                if step.pad:  # a sync-only pass: weight 0, finite inputs
+                if step.padding[i]:  # a sync-only pass: weight 0, finite inputs
                     r, w = torch.zeros_like(r), torch.zeros_like(w)
                 for k in range(k_points):
                     t = grid[points[mb, k]].to(dev)  # (b,)
                     x_t = noised(x_0, noise[mb, k].to(dev), t)
                     last = i == len(step.micro) - 1 and k == k_points - 1
-                    ctx = tr.acc.no_sync(tr.transformer) if not last else nullcontext()
-                    with ctx, tr.acc.autocast():
+                    with tr.micro_step(sync=last), tr.acc.autocast():
                         with torch.no_grad():
                             v_old = cfg_velocity(old_model, x_t, t, cond.detach(), None, 1.0)
                         v = cfg_velocity(tr.transformer, x_t, t, cond, None, 1.0)
@@ -219,8 +217,8 @@ class DiffusionNFT(Algorithm):
                                                weight=w)
                         # nft_loss is a mean over the micro-batch: back to a sum, each sample weighted by the plan
                         # (a mean over the step's samples x training points, whatever the micro-batches)
-                        tr.acc.backward(loss * (len(mb) * step.weight / k_points))
-                    if not step.pad:
+                        tr.acc.backward(loss * (len(mb) * step.weight_of(i) / k_points))
+                    if not step.padding[i]:
                         stats["policy_loss"].append(terms["policy"].cpu())
                         stats["kl"].append(terms["kl"].cpu())
                         stats["old_deviate"].append(terms["old_deviate"].cpu())

@@ -64,10 +64,15 @@ class UpdateStep:
     """One optimizer step of an update on this process."""
 
     micro: list[torch.Tensor]  # this process's micro-batches of the step (local sample indices)
+    padding: list[bool]  # per micro-batch: a pass at weight 0 (its statistics are not recorded) that only keeps
+    # the processes' collectives in step: a process with none of the step's samples still joins the gradient
+    # sync, and under DeepSpeed ZeRO every process runs as many backward passes as the busiest one
     total: int  # the step's samples over every process
     weight: float  # each sample's loss weight: processes / total (the gradient sync averages over processes)
-    pad: bool  # this process holds none of the step's samples: ``micro`` is one sample at weight 0, so that the
-    # gradient sync still runs; its statistics are not recorded
+
+    def weight_of(self, i: int) -> float:
+        """The per-sample loss weight of micro-batch ``i``: 0 for padding."""
+        return 0.0 if self.padding[i] else self.weight
 
 
 @dataclass
@@ -93,6 +98,7 @@ class EpochData:
         self.cfg, self.acc, self.pipe = cfg, acc, pipe
         self.prompt_source, self.reward, self.ldam = prompt_source, reward, ldam
         self.drops_failed_samples = drops_failed_samples
+        self.lockstep = False  # every process runs as many backward passes a step (DeepSpeed ZeRO)
         self.num_layers = len(pipe.conditioner.layer_indices)
         with torch.no_grad():
             self.uncond_states = pipe.layer_states([None])  # (L, 1, N, D)
@@ -168,7 +174,9 @@ class EpochData:
         optim.train_batch`` samples). Each process trains its own samples of a set, in micro-batches of
         ``optim.train_batch``, each sample's loss weighted ``processes / set size``: with the gradient sync's
         average over processes, every step's gradient is the mean over its set, whatever the process count.
-        A process with none of a set's samples runs one sample at weight 0 (the sync needs every process)."""
+        A process with none of a set's samples runs one sample at weight 0 (the sync needs every process); with
+        ``lockstep`` (DeepSpeed ZeRO, whose every backward pass communicates) every process runs as many
+        micro-batches a step as the busiest one."""
         keep = valid & (adv != 0) if drop_zero else (valid.clone() if self.drops_failed_samples
                                                       else torch.ones_like(valid))
         gidx = self.global_index()
@@ -190,17 +198,23 @@ class EpochData:
         for size in split_evenly(len(order), n_steps) if len(order) else []:
             mine = local[order[pos:pos + size]]
             pos += size
-            mine = mine[mine >= 0]
-            if len(mine):
-                plan.append(UpdateStep(list(mine.split(o.train_batch)), size, world / size, False))
-            else:
-                plan.append(UpdateStep([torch.zeros(1, dtype=torch.long)], size, 0.0, True))
+            micro = list(mine[mine >= 0].split(o.train_batch))
+            plan.append(UpdateStep(micro, [False] * len(micro), size, world / size))
+        counts = torch.tensor([len(step.micro) for step in plan], dtype=torch.long)
+        if world > 1 and len(plan):  # padding: at least one pass a step, as many as the busiest process under ZeRO
+            most = self.acc.gather(counts.reshape(1, -1).to(dev)).cpu().amax(0) if self.lockstep else counts.clamp(1)
+            for step, n in zip(plan, most.tolist(), strict=True):
+                extra = max(1, n) - len(step.micro)
+                step.micro += [torch.zeros(1, dtype=torch.long)] * extra
+                step.padding += [True] * extra
         return plan
 
     def train_indices(self, adv: torch.Tensor, valid: torch.Tensor, epoch: int, drop_zero: bool) -> torch.Tensor:
         """This process's samples of the update in its order (:meth:`update_plan`, padding left out)."""
-        steps = [s for s in self.update_plan(adv, valid, epoch, drop_zero) if not s.pad]
-        return torch.cat([mb for s in steps for mb in s.micro]) if steps else torch.zeros(0, dtype=torch.long)
+        mine = [mb for s in self.update_plan(adv, valid, epoch, drop_zero) for mb, pad in zip(s.micro, s.padding,
+                                                                                                  strict=True)
+                if not pad]
+        return torch.cat(mine) if mine else torch.zeros(0, dtype=torch.long)
 
     def mean_over_processes(self, values: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """The mean of each statistic's per-sample values over every process (NaN where none has a value)."""

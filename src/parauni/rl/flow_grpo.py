@@ -8,8 +8,6 @@ checkpoints, evaluation) is :class:`parauni.rl.trainer.RLTrainer`; the maths are
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from ..utils.images import signed_to_uint8
@@ -115,13 +113,13 @@ class FlowGRPO(Algorithm):
         before = tr.snapshot()
         for step in plan:
             for i, mb in enumerate(step.micro):
-                A = adv[mb].to(tr.acc.device) if not step.pad else torch.zeros(len(mb), device=tr.acc.device)
+                A = adv[mb].to(tr.acc.device) if not step.padding[i] else torch.zeros(len(mb), device=tr.acc.device)
                 for k in range(n_train):
                     last = i == len(step.micro) - 1 and k == n_train - 1  # gradients sync on the last backward
-                    stats = self._transition_backward(roll, mb, steps_all[mb, k], A, step.weight / n_train,
+                    stats = self._transition_backward(roll, mb, steps_all[mb, k], A, step.weight_of(i) / n_train,
                                                       sync=last)
                     for key, value in stats.items():
-                        if not step.pad:
+                        if not step.padding[i]:
                             acc_stats[key].append(value)
             grad_norms.append(float(tr.optimizer_step()))
         mean = tr.mean_over_processes({**acc_stats, "ratio_dev": [(r - 1).abs() for r in acc_stats["ratio"]]})
@@ -147,8 +145,7 @@ class FlowGRPO(Algorithm):
         cond, uncond = tr.update_conditions(roll, mb)
         x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
         s_j, s_next = roll.sigmas[j].to(dev), roll.sigmas[j + 1].to(dev)  # (b,)
-        ctx = tr.acc.no_sync(tr.transformer) if not sync else nullcontext()
-        with ctx, tr.acc.autocast():
+        with tr.micro_step(sync), tr.acc.autocast():
             v = cfg_velocity(tr.transformer, x_j, s_j, cond, uncond, s.guidance_scale)
             new = sde_step(x_j.float(), v, s_j, s_next, s.noise_level, prev_sample=x_next)
             old_lp = roll.log_probs[mb, j].to(dev)
