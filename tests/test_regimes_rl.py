@@ -1,7 +1,7 @@
 """Stage III (``parauni rl``: Flow-GRPO, DiffusionNFT and AWM) in the training regimes on CPU, each compared with
 the one-process float32 run: bf16 autocast, a launcher's gradient accumulation, 2-process DDP (launched as a user
 launches it: ``accelerate launch --num_processes 2 --config_file configs/accelerate/ddp.yaml -m parauni rl ...``),
-and a DeepSpeed launch, refused.
+DeepSpeed ZeRO-2 (the same way, with exact resume) and a ZeRO-3 launch, refused.
 
 Every run: the tiny model, 2 epochs of 4 prompts x 4 samples, 6 sampling steps, the redness reward, micro-batches
 of 4 samples and 2 optimizer steps an epoch; the same seed. Each algorithm's config is configs/toy_grpo.yaml without
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from functools import cache
@@ -39,9 +40,6 @@ LAST = "checkpoint-000002"
 
 needs_deepspeed = pytest.mark.skipif(find_spec("deepspeed") is None,
                                      reason="DeepSpeed is not installed: pip install 'parauni[deepspeed]'")
-NO_DEEPSPEED = ("stage III refuses a DeepSpeed launch (rl/trainer.py): its update accumulates a variable number "
-                "of backward passes per optimizer step and clips, steps, schedules and averages (EMA) itself, "
-                "while DeepSpeed's engine owns backward and step; not wired yet")
 
 
 @cache
@@ -104,7 +102,8 @@ def stat_diffs(run: Path, ref: Path) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """``reference(algorithm)``: the one-process float32 run of an algorithm (run once per module); epoch 2 moves
-    the LoRA weights by far more than the tolerances below."""
+    the LoRA weights by more than 5 times the weights' tolerance of the regimes that should agree (1e-3; measured:
+    Flow-GRPO 4.7e-2, DiffusionNFT 1.1e-2 and AWM 9.6e-3 at their reference learning rates)."""
     base = tmp_path_factory.mktemp("rl_regimes")
     outs: dict[str, Path] = {}
 
@@ -113,7 +112,7 @@ def reference(tmp_path_factory):
             out = base / f"{algorithm}_one_fp32"
             launch(out, algorithm)
             first = load_file(str(out / "checkpoint-000001" / "trainable.safetensors"))
-            assert relative(lora(out), first) > 0.02
+            assert relative(lora(out), first) > 5e-3
             assert all(r["diag/trained_samples"] == 16 and r["diag/optimizer_steps"] == 2 for r in rows(out))
             outs[algorithm] = out
         return outs[algorithm]
@@ -151,7 +150,7 @@ def test_two_process_ddp_matches_one_process(algorithm, reference, tmp_path, fre
     * the rewards of epoch 1 (the same weights, the same latents): 1e-5 relative;
     * every statistic of both epochs and the gradient norm: 1e-3 relative (the epoch-2 rollout uses weights that
       already carry round-off, amplified by AdamW's first step, m / sqrt(v), where a gradient element is near 0);
-    * the epoch-2 LoRA weights: 1e-3 relative L2, while epoch 2 alone moves them by more than 2e-2.
+    * the epoch-2 LoRA weights: 1e-3 relative L2, while epoch 2 alone moves them by 1e-2 or more.
 
     A per-process seed (other latents), a sum instead of a mean over processes (a gradient twice as large) or
     another sample set per step each miss these bounds by orders of magnitude."""
@@ -170,28 +169,73 @@ def test_two_process_ddp_matches_one_process(algorithm, reference, tmp_path, fre
     assert weights <= 1e-3
 
 
-@needs_deepspeed
-@pytest.mark.slow
-@pytest.mark.parametrize("launch_config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_deepspeed_launch_is_refused_in_one_line(launch_config, tmp_path, free_port):
-    """A DeepSpeed launch of stage III stops before any training with one line naming the alternatives, instead of
-    training as plain DDP without the engine."""
-    out = tmp_path / "zero"
-    with pytest.raises(AssertionError, match="stage III does not run under DeepSpeed"):
-        launch(out, "flow_grpo", launch_config, port=free_port())
-    assert not (out / "metrics.jsonl").is_file()
+@pytest.fixture(scope="module")
+def zero2(tmp_path_factory):
+    """``zero2(algorithm)``: the uninterrupted 2-epoch DeepSpeed ZeRO-2 run of an algorithm (run once per module)."""
+    base = tmp_path_factory.mktemp("rl_zero2")
+    outs: dict[str, Path] = {}
+
+    def get(algorithm: str) -> Path:
+        if algorithm not in outs:
+            outs[algorithm] = base / algorithm
+            launch(outs[algorithm], algorithm, "deepspeed_zero2.yaml", port=_port())
+        return outs[algorithm]
+
+    return get
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @needs_deepspeed
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=NO_DEEPSPEED)
 @pytest.mark.parametrize("algorithm", ALGOS)
-def test_deepspeed_zero2_runs_and_matches_one_process(algorithm, reference, tmp_path, free_port):
-    out = tmp_path / "zero2"
-    launch(out, algorithm, "deepspeed_zero2.yaml", port=free_port())
+def test_deepspeed_zero2_matches_one_process(algorithm, reference, zero2):
+    """``accelerate launch --num_processes 2 --config_file configs/accelerate/deepspeed_zero2.yaml -m parauni rl``:
+    DeepSpeed's engine (its checkpoint is written) steps once an optimizer step, at the accumulation boundary
+    that the step's last backward pass sets, with the clipping of ``optim.max_grad_norm`` and the scheduled
+    learning rate. The same bounds as 2-process DDP and for the same reasons (measured for Flow-GRPO: rewards
+    equal in epoch 1 and 1e-7 apart in epoch 2, gradient norms 3e-7, loss 1.4e-4, LoRA weights 2.2e-6)."""
+    out, ref = zero2(algorithm), reference(algorithm)
     assert (out / LAST / "pytorch_model").is_dir(), "no DeepSpeed engine checkpoint: DeepSpeed did not run"
-    diffs = stat_diffs(out, reference(algorithm))
-    assert max(diffs["reward/total"]) <= 1e-5 and max(diffs["grad_norm"]) <= 1e-3, diffs
+    diffs = stat_diffs(out, ref)
+    weights = relative(lora(out), lora(ref))
+    print(f"\n{algorithm} zero2 vs one process: " + ", ".join(f"{k} {v}" for k, v in diffs.items())
+          + f", lora {weights:.2g}")
+    assert [r["diag/optimizer_steps"] for r in rows(out)] == [2, 2]
+    assert diffs["reward/total"][0] <= 1e-5, diffs
+    assert all(max(v) <= 1e-3 for v in diffs.values()), diffs
+    assert weights <= 1e-3
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_deepspeed_zero2_resumes_exactly(algorithm, zero2, tmp_path):
+    """1 epoch under ZeRO-2, then ``--resume`` for the second from its checkpoint (the engine's optimizer states,
+    the trainable weights, their EMA, the algorithm's state): bit-identical to the uninterrupted run."""
+    out = tmp_path / "resumed"
+    launch(out, algorithm, "deepspeed_zero2.yaml", "no", "train.epochs=1", port=_port())
+    launch(out, algorithm, "deepspeed_zero2.yaml", "no", "--resume", port=_port())
+    assert_identical(out, zero2(algorithm))
+    for name in ("ema", *(["old"] if (zero2(algorithm) / LAST / "old.safetensors").is_file() else [])):
+        a = load_file(str(out / LAST / f"{name}.safetensors"))
+        b = load_file(str(zero2(algorithm) / LAST / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+
+
+@needs_deepspeed
+@pytest.mark.slow
+def test_deepspeed_zero3_launch_is_refused_in_one_line(tmp_path):
+    """ZeRO-3 partitions every weight, which the rollouts, the EMA and the old policies read whole: refused before
+    any training, in one line naming ZeRO-2 and DDP, instead of training as something else."""
+    out = tmp_path / "zero3"
+    with pytest.raises(AssertionError, match="stage III runs under DeepSpeed ZeRO-2, not ZeRO-3"):
+        launch(out, "flow_grpo", "deepspeed_zero3.yaml", port=_port())
+    assert not (out / "metrics.jsonl").is_file()
 
 
 @pytest.mark.slow
@@ -199,15 +243,17 @@ def test_deepspeed_zero2_runs_and_matches_one_process(algorithm, reference, tmp_
 def test_bf16_matches_float32(algorithm, reference, tmp_path):
     """bf16 autocast (one process) against float32, the same noise. Bounds, measured and explained:
 
-    * the first update's gradient norm within 5e-2 relative (measured 4e-3 Flow-GRPO, 7e-3 DiffusionNFT): bf16
-      matmuls round to 8 mantissa bits (2^-9 = 2e-3 relative per operation) and the norm sums over every
-      trained weight, so it keeps that order;
-    * the epoch-2 LoRA weights within 5e-2 relative L2 (measured 1.8e-2 and 7e-3, while epoch 2 alone moves them
-      by 4.7e-2): AdamW's first steps move each weight by about lr x sign(gradient), and a gradient element near
+    * the first update's gradient norm within 5e-2 relative for Flow-GRPO (measured 4.6e-3), 1e-1 for DiffusionNFT
+      and 1.5e-1 for AWM (measured 4.5e-2 and 8.8e-2): bf16 matmuls round to 8 mantissa bits (2^-9 = 2e-3
+      relative per operation); the two flow-matching objectives' gradients are sums over samples weighted by
+      advantages of mean zero in each group, so most of each sample's gradient cancels and the rounding of the
+      parts is a larger share of what remains;
+    * the epoch-2 LoRA weights within 5e-2 relative L2 (measured 5.7e-3 for AWM; epoch 2 alone moves them by
+      1e-2 to 5e-2): AdamW's first steps move each weight by about lr x sign(gradient), and a gradient element near
       zero takes bf16's rounding as its sign; a wrong scale or a wrong sample set moves them by the movement
       itself.
-    * the epoch-1 reward within 2e-2: the rollout of epoch 1 uses the starting weights (today in float32, see
-      test_bf16_first_update_is_on_policy; in bf16 its images move by bf16's rounding only).
+    * the epoch-1 reward within 2e-2: the rollout of epoch 1 uses the starting weights, under the update's
+      autocast (see test_bf16_first_update_is_on_policy): its images move by bf16's rounding only.
 
     Flow-GRPO's loss, ratio deviation and KL are differences of nearly equal log-probabilities (1e-6 here):
     bf16 changes them by 100% and they are not compared."""
@@ -215,7 +261,8 @@ def test_bf16_matches_float32(algorithm, reference, tmp_path):
     launch(out, algorithm, None, "bf16")
     diffs = stat_diffs(out, reference(algorithm))
     print(f"\nbf16 vs float32: {diffs}")
-    assert diffs["reward/total"][0] <= 2e-2 and diffs["grad_norm"][0] <= 5e-2, diffs
+    bound = {"flow_grpo": 5e-2, "diffusion_nft": 1e-1, "awm": 1.5e-1}[algorithm]
+    assert diffs["reward/total"][0] <= 2e-2 and diffs["grad_norm"][0] <= bound, diffs
     assert relative(lora(out), lora(reference(algorithm))) <= 5e-2
 
 

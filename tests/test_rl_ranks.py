@@ -130,3 +130,26 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, fr
         for name, e in expect.items():
             torch.testing.assert_close(rank["grads"][name], e, rtol=1e-4, atol=1e-4 * float(e.abs().max()), msg=name)
     assert np.isfinite(ranks[0]["loss"])
+
+
+def test_sample_streams_follow_the_global_index_and_never_share_a_seed():
+    """Each process holds prompts ``rank, rank + N, ...``: the global indices of all processes together are every
+    sample once, whatever N. Per-sample seeds (stream, epoch, global index) never meet each other nor a shared
+    stream's seed (stream, epoch)."""
+    from types import SimpleNamespace
+
+    from parauni.rl.epoch import _PER_SAMPLE, _SHARED, EpochData
+
+    cfg = SimpleNamespace(train=SimpleNamespace(seed=3), prompts=SimpleNamespace(per_epoch=8),
+                          sampling=SimpleNamespace(group_size=4))
+    for world in (1, 2, 4):
+        parts = [EpochData.global_index(SimpleNamespace(cfg=cfg, acc=SimpleNamespace(num_processes=world,
+                                                                                      process_index=r)))
+                 for r in range(world)]
+        assert sorted(torch.cat(parts).tolist()) == list(range(32))
+        assert parts[0][:4].tolist() == [0, 1, 2, 3] and (world == 1 or parts[1][:4].tolist() == [4, 5, 6, 7])
+    data = SimpleNamespace(cfg=cfg)
+    streams = ("rollout", "ldam", "sde_window", "train_order", "transitions", "nft_noise", "awm_noise")
+    seeds = [EpochData._seed(data, s, e, _PER_SAMPLE, i) for s in streams for e in range(6) for i in range(32)]
+    seeds += [EpochData._seed(data, s, e, _SHARED, 0) for s in streams for e in range(6)]
+    assert len(set(seeds)) == len(seeds)

@@ -222,7 +222,9 @@ class DiffusionNFT(Algorithm):
                         stats["policy_loss"].append(terms["policy"].cpu())
                         stats["kl"].append(terms["kl"].cpu())
                         stats["old_deviate"].append(terms["old_deviate"].cpu())
-                        stats["loss"].append(loss.detach().reshape(1).cpu())
+                        # the micro-batch's mean once per sample: the epoch's mean is over samples, whatever
+                        # the micro-batches (and the processes)
+                        stats["loss"].append(loss.detach().reshape(1).cpu().repeat(len(mb)))
             grad_norms.append(float(tr.optimizer_step()))
         mean = tr.mean_over_processes({**stats, "r": [r_all[valid]]})
         return {"loss": mean["loss"], "policy_loss": mean["policy_loss"], "kl": mean["kl"],
