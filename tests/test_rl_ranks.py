@@ -90,8 +90,8 @@ def _grads_of_one_step(tr, roll, adv, valid) -> dict[str, torch.Tensor]:
     return grads
 
 
-@pytest.mark.parametrize("algorithm", ["flow_grpo", *(pytest.param(a, marks=pytest.mark.slow)
-                                                        for a in ("diffusion_nft", "awm"))])
+@pytest.mark.slow  # the default run's 2-process case: tests/test_regimes_rl.py (DDP, 2 epochs, Flow-GRPO)
+@pytest.mark.parametrize("algorithm", ["flow_grpo", "diffusion_nft", "awm"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, free_port, algorithm):
     """Both ranks' rollouts, put in the global order (prompt-major: rank r holds prompts r, r + 2, ...), equal the
     one process's own rollout: its latents, clean samples and log-probabilities within float32 round-off of a
