@@ -229,12 +229,16 @@ def test_deepspeed_zero2_resumes_exactly(algorithm, zero2, tmp_path):
 
 @needs_deepspeed
 @pytest.mark.slow
-def test_deepspeed_zero3_launch_is_refused_in_one_line(tmp_path):
-    """ZeRO-3 partitions every weight, which the rollouts, the EMA and the old policies read whole: refused before
-    any training, in one line naming ZeRO-2 and DDP, instead of training as something else."""
-    out = tmp_path / "zero3"
-    with pytest.raises(AssertionError, match="stage III runs under DeepSpeed ZeRO-2, not ZeRO-3"):
-        launch(out, "flow_grpo", "deepspeed_zero3.yaml", port=_port())
+@pytest.mark.parametrize(("launch_config", "precision", "message"), [
+    ("deepspeed_zero3.yaml", "no", "stage III runs under DeepSpeed ZeRO-2, not ZeRO-3"),
+    ("deepspeed_zero2.yaml", "bf16", "stage III under DeepSpeed runs in float32")])
+def test_deepspeed_launch_outside_zero2_float32_is_refused_in_one_line(launch_config, precision, message, tmp_path):
+    """ZeRO-3 partitions every weight, which the rollouts, the EMA and the old policies read whole; DeepSpeed's
+    bf16 casts the weights instead of autocast. Each is refused before any training, in one line naming the
+    alternative, instead of training as something else."""
+    out = tmp_path / "refused"
+    with pytest.raises(AssertionError, match=message):
+        launch(out, "flow_grpo", launch_config, precision, port=_port())
     assert not (out / "metrics.jsonl").is_file()
 
 
