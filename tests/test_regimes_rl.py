@@ -1,28 +1,32 @@
-"""Stage III (``parauni grpo``, Flow-GRPO and DiffusionNFT) in the training regimes on CPU, each compared with the
-one-process float32 run: bf16 autocast, a launcher's gradient accumulation, 2-process DDP and DeepSpeed ZeRO-2
-(launched as a user launches them: ``accelerate launch --num_processes 2 --config_file configs/accelerate/<x>.yaml
--m parauni grpo ...``).
+"""Stage III (``parauni rl``: Flow-GRPO, DiffusionNFT and AWM) in the training regimes on CPU, each compared with
+the one-process float32 run: bf16 autocast, a launcher's gradient accumulation, 2-process DDP (launched as a user
+launches it: ``accelerate launch --num_processes 2 --config_file configs/accelerate/ddp.yaml -m parauni rl ...``),
+DeepSpeed ZeRO-2 (the same way, with exact resume) and a ZeRO-3 launch, refused.
 
 Every run: the tiny model, 2 epochs of 4 prompts x 4 samples, 6 sampling steps, the redness reward, micro-batches
-of 4 samples and 2 optimizer steps an epoch; the same seed. Compared: each epoch's statistics (reward, loss,
-gradient norm, clip fraction, ratio deviation, KL) and the LoRA weights of the epoch-2 checkpoint.
-
-The regimes stage III fails today are tests marked ``xfail(strict=True)`` whose reason names the cause; each
-turns into a failure (XPASS) as soon as the cause is fixed, so the mark has to go with the fix.
+of 4 samples and 2 optimizer steps an epoch; the same seed. Each algorithm's config is configs/toy_grpo.yaml without
+the keys it does not use (its ``unused``) or sets by its own defaults. Compared: each epoch's statistics (reward,
+loss, gradient norm, clip fraction, ratio deviation, KL; all of them means over every process) and the LoRA weights
+of the epoch-2 checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
+
+from parauni.rl.algorithm import algorithm_class
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "toy_grpo.yaml"
@@ -30,37 +34,37 @@ ACCELERATE = ROOT / "configs" / "accelerate"
 RUN = ["model.source=tiny", "train.epochs=2", "prompts.per_epoch=4", "sampling.group_size=4", "sampling.steps=6",
        "optim.train_batch=4", "optim.steps_per_epoch=2", "rewards.weights={redness: 1.0}", "ldam.enabled=false",
        "train.eval_before=false", "train.eval_geneval=false", "train.save_every=1", "train.logger=none"]
-ALGORITHMS = {"flow_grpo": [],
-              "diffusion_nft": ["algorithm=diffusion_nft", "optim.kl_beta=1e-4", "sampling.guidance_scale=1.0"]}
+ALGOS = ["flow_grpo", "diffusion_nft", "awm"]
 STATS = ["reward/total", "loss", "grad_norm", "clip_frac", "ratio_dev", "kl"]
 LAST = "checkpoint-000002"
 
 needs_deepspeed = pytest.mark.skipif(find_spec("deepspeed") is None,
                                      reason="DeepSpeed is not installed: pip install 'parauni[deepspeed]'")
-PER_RANK_NOISE = ("each process seeds its rollout and training noise with its rank (rl/epoch.py:36-41: "
-                  "SeedSequence([seed, stream, epoch, rank])), so 2 processes sample other latents than 1 process "
-                  "at the same global batch; matching needs noise seeded by the sample's global index")
-NO_DEEPSPEED = ("stage III never sets DeepSpeed up (rl/grpo.py:75 builds the Accelerator without "
-                "parauni.train.distributed.deepspeed_setup / configure_deepspeed): on CPU processes a DeepSpeed "
-                "launch trains as plain DDP (no engine, no engine checkpoint); on GPUs Accelerate's "
-                "_prepare_deepspeed would refuse it for want of train_micro_batch_size_per_gpu (not run here)")
-LAUNCHER_ACCUM = ("stage III does not pin Accelerate's gradient accumulation (rl/grpo.py:75 calls "
-                  "_setup_accelerator() without grad_accum, train/recipe.py:98-105), so the launcher's "
-                  "ACCELERATE_GRADIENT_ACCUMULATION_STEPS=2 (what `accelerate launch --gradient_accumulation_steps 2` "
-                  "sets under DeepSpeed) makes Accelerator.backward divide every loss by 2: the gradient norm halves")
-ROLLOUT_PRECISION = ("with sampling.merge_lora=true the rollout samples with a merged copy that autocast never "
-                     "wraps (rl/lora.py:113-123, rl/flow_grpo.py:46-52) while the update runs under bf16 autocast "
-                     "(rl/flow_grpo.py:143): the stored log-probabilities are float32, the new ones bf16, and the "
-                     "first on-policy update already has a ratio far from 1")
+
+
+@cache
+def algorithm_config(algorithm: str, folder: Path) -> Path:
+    """configs/toy_grpo.yaml for ``algorithm``: ``algorithm:`` set, without the shared keys it never reads
+    (``unused``: refused when set) or whose default is its own (``defaults``: the reference's)."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cls = algorithm_class(algorithm)
+    for key in (*getattr(cls, "unused", ()), *getattr(cls, "defaults", {})) if algorithm != "flow_grpo" else ():
+        section, _, leaf = key.partition(".")
+        cfg.get(section, {}).pop(leaf, None)
+    cfg["algorithm"] = algorithm
+    path = folder / f"{algorithm}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def launch(out: Path, algorithm: str, launch_config: str | None = None, precision: str = "no", *extra: str,
-           port: int = 0, env_extra: dict[str, str] | None = None) -> None:
-    """``parauni grpo`` of RUN into ``out``: one process, or ``accelerate launch --num_processes 2`` with
+           port: int = 0, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``parauni rl`` of RUN into ``out``: one process, or ``accelerate launch --num_processes 2`` with
     ``launch_config`` (a file under configs/accelerate)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "FSDP_"))}
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **(env_extra or {}))
-    grpo = ["-m", "parauni", "grpo", str(CONFIG), *RUN, *ALGORITHMS[algorithm], f"train.output_dir={out}",
+    config = algorithm_config(algorithm, out.parent)
+    grpo = ["-m", "parauni", "rl", str(config), *RUN, f"train.output_dir={out}",
             f"train.mixed_precision='{precision}'", *extra, "--no-progress"]
     if launch_config is None:
         cmd = [sys.executable, *grpo]
@@ -69,6 +73,7 @@ def launch(out: Path, algorithm: str, launch_config: str | None = None, precisio
                precision, "--main_process_port", str(port), "--config_file", str(ACCELERATE / launch_config), *grpo]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    return proc
 
 
 def rows(out: Path) -> list[dict]:
@@ -95,17 +100,24 @@ def stat_diffs(run: Path, ref: Path) -> dict[str, list[float]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, Path]:
-    """The one-process float32 run of each algorithm; epoch 2 moves the LoRA weights by far more than the
-    tolerances below."""
+def reference(tmp_path_factory):
+    """``reference(algorithm)``: the one-process float32 run of an algorithm (run once per module); epoch 2 moves
+    the LoRA weights by more than 5 times the weights' tolerance of the regimes that should agree (1e-3; measured:
+    Flow-GRPO 4.7e-2, DiffusionNFT 1.1e-2 and AWM 9.6e-3 at their reference learning rates)."""
     base = tmp_path_factory.mktemp("rl_regimes")
-    outs = {}
-    for algorithm in ALGORITHMS:
-        out = outs[algorithm] = base / f"{algorithm}_one_fp32"
-        launch(out, algorithm)
-        assert relative(lora(out), load_file(str(out / "checkpoint-000001" / "trainable.safetensors"))) > 0.02
-        assert all(r["diag/trained_samples"] == 16 and r["diag/optimizer_steps"] == 2 for r in rows(out))
-    return outs
+    outs: dict[str, Path] = {}
+
+    def get(algorithm: str) -> Path:
+        if algorithm not in outs:
+            out = base / f"{algorithm}_one_fp32"
+            launch(out, algorithm)
+            first = load_file(str(out / "checkpoint-000001" / "trainable.safetensors"))
+            assert relative(lora(out), first) > 5e-3
+            assert all(r["diag/trained_samples"] == 16 and r["diag/optimizer_steps"] == 2 for r in rows(out))
+            outs[algorithm] = out
+        return outs[algorithm]
+
+    return get
 
 
 def assert_identical(run: Path, ref: Path) -> None:
@@ -116,11 +128,7 @@ def assert_identical(run: Path, ref: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-ALGOS = list(ALGORITHMS)
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=LAUNCHER_ACCUM)
 @pytest.mark.parametrize("algorithm", ALGOS)
 def test_launcher_gradient_accumulation_changes_nothing(algorithm, reference, tmp_path):
     """A launcher's gradient accumulation (the variable Accelerate reads) must leave stage III unchanged: its
@@ -128,33 +136,110 @@ def test_launcher_gradient_accumulation_changes_nothing(algorithm, reference, tm
     bit-identical."""
     out = tmp_path / "accum2"
     launch(out, algorithm, env_extra={"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"})
-    assert_identical(out, reference[algorithm])
+    assert_identical(out, reference(algorithm))
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=PER_RANK_NOISE)
-@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("algorithm", ["flow_grpo", *(pytest.param(a, marks=pytest.mark.slow) for a in ALGOS[1:])])
 def test_two_process_ddp_matches_one_process(algorithm, reference, tmp_path, free_port):
-    """2-process DDP at the same global batch (2 prompts x 4 samples a process): the rewards of the same
-    samples, then float32 round-off (all-reduced gradients) in the statistics and the weights."""
+    """2-process DDP at the same global batch (2 prompts x 4 samples a process) against one process, 2 epochs of 2
+    optimizer steps. Every sample draws its noise from its own streams (keyed by its global index) and the
+    optimizer steps train the same global sample sets, so the only difference is float32 round-off: a batch of 8
+    rows instead of 16 in the transformer's matmuls, DDP's all-reduce (another summation order) and the mean over
+    processes of the statistics. Bounds, with what was measured:
+
+    * the rewards of epoch 1 (the same weights, the same latents): 1e-5 relative;
+    * every statistic of both epochs and the gradient norm: 1e-3 relative (the epoch-2 rollout uses weights that
+      already carry round-off, amplified by AdamW's first step, m / sqrt(v), where a gradient element is near 0);
+    * the epoch-2 LoRA weights: 1e-3 relative L2, while epoch 2 alone moves them by 1e-2 or more.
+
+    A per-process seed (other latents), a sum instead of a mean over processes (a gradient twice as large) or
+    another sample set per step each miss these bounds by orders of magnitude."""
     out = tmp_path / "ddp"
     launch(out, algorithm, "ddp.yaml", port=free_port())
-    diffs = stat_diffs(out, reference[algorithm])
-    print(f"\nddp vs one process: {diffs}")
-    assert max(diffs["reward/total"]) <= 1e-5 and max(diffs["grad_norm"]) <= 1e-3, diffs
-    assert relative(lora(out), lora(reference[algorithm])) <= 1e-3
+    ref = reference(algorithm)
+    diffs = stat_diffs(out, ref)
+    weights = relative(lora(out), lora(ref))
+    print(f"\n{algorithm} ddp vs one process: " + ", ".join(f"{k} {v}" for k, v in diffs.items())
+          + f", lora {weights:.2g}")
+    got, want = rows(out), rows(ref)
+    assert [(r["diag/trained_samples"], r["diag/optimizer_steps"]) for r in got] == \
+        [(r["diag/trained_samples"], r["diag/optimizer_steps"]) for r in want]
+    assert diffs["reward/total"][0] <= 1e-5, diffs
+    assert all(max(v) <= 1e-3 for v in diffs.values()), diffs
+    assert weights <= 1e-3
+
+
+@pytest.fixture(scope="module")
+def zero2(tmp_path_factory):
+    """``zero2(algorithm)``: the uninterrupted 2-epoch DeepSpeed ZeRO-2 run of an algorithm (run once per module)."""
+    base = tmp_path_factory.mktemp("rl_zero2")
+    outs: dict[str, Path] = {}
+
+    def get(algorithm: str) -> Path:
+        if algorithm not in outs:
+            outs[algorithm] = base / algorithm
+            launch(outs[algorithm], algorithm, "deepspeed_zero2.yaml", port=_port())
+        return outs[algorithm]
+
+    return get
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @needs_deepspeed
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=NO_DEEPSPEED)
 @pytest.mark.parametrize("algorithm", ALGOS)
-def test_deepspeed_zero2_runs_and_matches_one_process(algorithm, reference, tmp_path, free_port):
-    out = tmp_path / "zero2"
-    launch(out, algorithm, "deepspeed_zero2.yaml", port=free_port())
+def test_deepspeed_zero2_matches_one_process(algorithm, reference, zero2):
+    """``accelerate launch --num_processes 2 --config_file configs/accelerate/deepspeed_zero2.yaml -m parauni rl``:
+    DeepSpeed's engine (its checkpoint is written) steps once an optimizer step, at the accumulation boundary
+    that the step's last backward pass sets, with the clipping of ``optim.max_grad_norm`` and the scheduled
+    learning rate. The same bounds as 2-process DDP and for the same reasons (measured for Flow-GRPO: rewards
+    equal in epoch 1 and 1e-7 apart in epoch 2, gradient norms 3e-7, loss 1.4e-4, LoRA weights 2.2e-6)."""
+    out, ref = zero2(algorithm), reference(algorithm)
     assert (out / LAST / "pytorch_model").is_dir(), "no DeepSpeed engine checkpoint: DeepSpeed did not run"
-    diffs = stat_diffs(out, reference[algorithm])
-    assert max(diffs["reward/total"]) <= 1e-5 and max(diffs["grad_norm"]) <= 1e-3, diffs
+    diffs = stat_diffs(out, ref)
+    weights = relative(lora(out), lora(ref))
+    print(f"\n{algorithm} zero2 vs one process: " + ", ".join(f"{k} {v}" for k, v in diffs.items())
+          + f", lora {weights:.2g}")
+    assert [r["diag/optimizer_steps"] for r in rows(out)] == [2, 2]
+    assert diffs["reward/total"][0] <= 1e-5, diffs
+    assert all(max(v) <= 1e-3 for v in diffs.values()), diffs
+    assert weights <= 1e-3
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_deepspeed_zero2_resumes_exactly(algorithm, zero2, tmp_path):
+    """1 epoch under ZeRO-2, then ``--resume`` for the second from its checkpoint (the engine's optimizer states,
+    the trainable weights, their EMA, the algorithm's state): bit-identical to the uninterrupted run."""
+    out = tmp_path / "resumed"
+    launch(out, algorithm, "deepspeed_zero2.yaml", "no", "train.epochs=1", port=_port())
+    launch(out, algorithm, "deepspeed_zero2.yaml", "no", "--resume", port=_port())
+    assert_identical(out, zero2(algorithm))
+    for name in ("ema", *(["old"] if (zero2(algorithm) / LAST / "old.safetensors").is_file() else [])):
+        a = load_file(str(out / LAST / f"{name}.safetensors"))
+        b = load_file(str(zero2(algorithm) / LAST / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize(("launch_config", "precision", "message"), [
+    ("deepspeed_zero3.yaml", "no", "stage III runs under DeepSpeed ZeRO-2, not ZeRO-3"),
+    ("deepspeed_zero2.yaml", "bf16", "stage III under DeepSpeed runs in float32")])
+def test_deepspeed_launch_outside_zero2_float32_is_refused_in_one_line(launch_config, precision, message, tmp_path):
+    """ZeRO-3 partitions every weight, which the rollouts, the EMA and the old policies read whole; DeepSpeed's
+    bf16 casts the weights instead of autocast. Each is refused before any training, in one line naming the
+    alternative, instead of training as something else."""
+    out = tmp_path / "refused"
+    with pytest.raises(AssertionError, match=message):
+        launch(out, "flow_grpo", launch_config, precision, port=_port())
+    assert not (out / "metrics.jsonl").is_file()
 
 
 @pytest.mark.slow
@@ -162,29 +247,32 @@ def test_deepspeed_zero2_runs_and_matches_one_process(algorithm, reference, tmp_
 def test_bf16_matches_float32(algorithm, reference, tmp_path):
     """bf16 autocast (one process) against float32, the same noise. Bounds, measured and explained:
 
-    * the first update's gradient norm within 5e-2 relative (measured 4e-3 Flow-GRPO, 7e-3 DiffusionNFT): bf16
-      matmuls round to 8 mantissa bits (2^-9 = 2e-3 relative per operation) and the norm sums over every
-      trained weight, so it keeps that order;
-    * the epoch-2 LoRA weights within 5e-2 relative L2 (measured 1.8e-2 and 7e-3, while epoch 2 alone moves them
-      by 4.7e-2): AdamW's first steps move each weight by about lr x sign(gradient), and a gradient element near
+    * the first update's gradient norm within 5e-2 relative for Flow-GRPO (measured 4.6e-3), 1e-1 for DiffusionNFT
+      and 1.5e-1 for AWM (measured 4.5e-2 and 8.8e-2): bf16 matmuls round to 8 mantissa bits (2^-9 = 2e-3
+      relative per operation); the two flow-matching objectives' gradients are sums over samples weighted by
+      advantages of mean zero in each group, so most of each sample's gradient cancels and the rounding of the
+      parts is a larger share of what remains;
+    * the epoch-2 LoRA weights within 5e-2 relative L2 (measured 5.7e-3 for AWM; epoch 2 alone moves them by
+      1e-2 to 5e-2): AdamW's first steps move each weight by about lr x sign(gradient), and a gradient element near
       zero takes bf16's rounding as its sign; a wrong scale or a wrong sample set moves them by the movement
       itself.
-    * the epoch-1 reward within 2e-2: the rollout of epoch 1 uses the starting weights (today in float32, see
-      test_bf16_first_update_is_on_policy; in bf16 its images move by bf16's rounding only).
+    * the epoch-1 reward within 2e-2: the rollout of epoch 1 uses the starting weights, under the update's
+      autocast (see test_bf16_first_update_is_on_policy): its images move by bf16's rounding only.
 
     Flow-GRPO's loss, ratio deviation and KL are differences of nearly equal log-probabilities (1e-6 here):
     bf16 changes them by 100% and they are not compared."""
     out = tmp_path / "bf16"
     launch(out, algorithm, None, "bf16")
-    diffs = stat_diffs(out, reference[algorithm])
+    diffs = stat_diffs(out, reference(algorithm))
     print(f"\nbf16 vs float32: {diffs}")
-    assert diffs["reward/total"][0] <= 2e-2 and diffs["grad_norm"][0] <= 5e-2, diffs
-    assert relative(lora(out), lora(reference[algorithm])) <= 5e-2
+    bound = {"flow_grpo": 5e-2, "diffusion_nft": 1e-1, "awm": 1.5e-1}[algorithm]
+    assert diffs["reward/total"][0] <= 2e-2 and diffs["grad_norm"][0] <= bound, diffs
+    assert relative(lora(out), lora(reference(algorithm))) <= 5e-2
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("merge_lora", [
-    pytest.param("true", marks=pytest.mark.xfail(strict=True, reason=ROLLOUT_PRECISION)), "false"])
+    "true", "false"])
 def test_bf16_first_update_is_on_policy(merge_lora, tmp_path):
     """Flow-GRPO with one optimizer step an epoch: every micro-batch is on-policy, so the ratio is 1 and nothing
     is clipped, in bf16 as in float32 (a ratio deviation below 1e-6, where a clip range of 1e-4 clips none)."""

@@ -133,7 +133,7 @@ class RewardWeightedMatching(Algorithm):
         tr = self.tr
         inp = tr.rollout_inputs(epoch)
         c = tr.pipe.transformer.config
-        x = torch.randn((len(inp.prompts), c.in_channels, c.sample_size, c.sample_size), generator=inp.generator)
+        x = inp.streams.randn((c.in_channels, c.sample_size, c.sample_size))  # each sample's own stream
         x_0 = ode_sample(lambda z, s: cfg_velocity(tr.transformer, z, s, inp.cond, inp.uncond, 1.0), x,
                          tr.sigmas.tolist(), "euler")
         images = signed_to_uint8(tr.pipe.decode(x_0))
@@ -143,9 +143,9 @@ class RewardWeightedMatching(Algorithm):
     def update(self, roll, adv, valid, epoch):
         tr = self.tr
         idx = tr.train_indices(adv, valid, epoch, drop_zero=False)
-        gen = tr.generator("transitions", epoch)
-        t = torch.rand(len(idx), generator=gen) * 0.9 + 0.05
-        eps = torch.randn(roll.x_0[idx].shape, generator=gen)
+        streams = tr.sample_streams("transitions", epoch)
+        t = streams.rand((), idx) * 0.9 + 0.05
+        eps = streams.randn(roll.x_0.shape[1:], idx)
         x_0 = roll.x_0[idx]
         cond, _ = tr.update_conditions(roll, idx)
         v = cfg_velocity(tr.transformer, noised(x_0, eps, t), t, cond, None, 1.0)

@@ -38,17 +38,15 @@ def test_nft_gradient_matches_a_per_sample_per_point_recomputation(tmp_path):
     grid = torch.tensor(sig[:-1])  # the training σ values: every grid point but the final 0
     k = int(len(grid) * o.timestep_fraction)
     assert k == 2
-    idx = tr.train_indices(adv, valid, 0, drop_zero=False)
-    gen = tr.generator("transitions", 0)
-    points = torch.stack([torch.randperm(len(grid), generator=gen)[:k] for _ in range(b)])  # (B, K)
-    noise_gen = tr.generator("nft_noise", 0)
-    micro = [idx[a:a + 3] for a in range(0, b, 3)]
+    # each sample's own streams: its shuffled grid order (first K), then K noise draws
+    points = torch.stack([torch.randperm(len(grid), generator=g)[:k]
+                          for g in tr.sample_streams("transitions", 0).generators])  # (B, K)
+    gens = tr.sample_streams("nft_noise", 0).generators
     noise = {}
-    for mb in micro:
+    for s in range(b):
+        eps = torch.randn((k, *roll.x_0.shape[1:]), generator=gens[s])
         for j in range(k):
-            eps = torch.randn((len(mb), *roll.x_0.shape[1:]), generator=noise_gen)
-            for row, s in enumerate(mb.tolist()):
-                noise[s, j] = eps[row:row + 1]
+            noise[s, j] = eps[j:j + 1]
     r = reward_weight(adv.float(), o.adv_clip, "all")
     grads = []
     with tr.swapped_weights(old):  # the old policy: the old LoRA on the same base weights

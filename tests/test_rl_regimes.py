@@ -114,20 +114,19 @@ def test_nft_loss_is_a_mean_over_samples_with_a_short_last_micro_batch(tmp_path)
     roll = tr.rollout(0)
     adv, valid, _ = tr.advantages(roll)
     o = tr.cfg.optim
-    # the update's draws, in its order: the samples, the training points (K = 1), one noise draw per micro-batch
+    # the update's draws: the samples, each sample's training point (K = 1) and noise from its own streams
     idx = tr.train_indices(adv, valid, 0, drop_zero=False)
     grid = roll.sigmas[:-1].float()
-    points = training_points(len(roll.prompts), len(grid), o.timestep_fraction, tr.generator("transitions", 0))
-    noise_gen = tr.generator("nft_noise", 0)
-    noise = torch.cat([torch.randn((len(idx[a:a + 3]), *roll.x_0.shape[1:]), generator=noise_gen)
-                       for a in range(0, len(idx), 3)])
+    points = torch.cat([training_points(1, len(grid), o.timestep_fraction, g)
+                        for g in tr.sample_streams("transitions", 0).generators])
+    noise = tr.sample_streams("nft_noise", 0).randn((1, *roll.x_0.shape[1:]))[:, 0]  # (B, c, h, w)
     r = reward_weight(adv.float(), o.adv_clip, tr.cfg.nft.adv_mode)
     old = tr.algo.old_model()
     grads = []
-    for pos, s in enumerate(idx.tolist()):
+    for s in idx.tolist():
         x_0 = roll.x_0[s:s + 1].float()
         t = grid[points[s:s + 1, 0]]
-        x_t = noised(x_0, noise[pos:pos + 1], t)
+        x_t = noised(x_0, noise[s:s + 1], t)
         cond = roll.cond[s:s + 1]
         with torch.no_grad():
             v_old = cfg_velocity(old, x_t, t, cond, None, 1.0)

@@ -32,7 +32,6 @@ optimizer step at its one step an epoch (``optim.steps_per_epoch: 1``, dgx:52-53
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +43,6 @@ from ..train.schema import setting
 from ..utils.images import signed_to_uint8
 from .lora import merged_transformer
 from .nft import noised
-from .objective import split_evenly
 from .ode import SOLVERS, ode_sample
 from .old_policy import OldPolicy
 from .rollout import cfg_velocity
@@ -280,7 +278,7 @@ class AdvantageWeightedMatching:
         cfg_t = pipe.transformer.config
         b = len(inp.prompts)
         model = self.rollout_model()
-        x = torch.randn((b, cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size), generator=inp.generator).to(dev)
+        x = inp.streams.randn((cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size)).to(dev)  # (B, c, h, w)
         outs = []
         for a in range(0, b, s.rollout_batch):
             sl = slice(a, a + s.rollout_batch)
@@ -309,39 +307,38 @@ class AdvantageWeightedMatching:
         """AWM's update over every sample of the rollout (see the module docstring)."""
         tr, c = self.tr, self.cfg
         o, dev = tr.cfg.optim, tr.acc.device
-        idx = tr.train_indices(adv, valid, epoch, drop_zero=False)
+        plan = tr.update_plan(adv, valid, epoch, drop_zero=False)
         grid = roll.sigmas[:-1].to(torch.float32)
-        points = training_indices(len(roll.prompts), len(grid), o.timestep_fraction, c.train_timesteps, c.time_type,
-                                  tr.generator("transitions", epoch))  # (B, K)
+        # each sample's training points and noise from its own streams (the same whichever process holds it)
+        points = torch.cat([training_indices(1, len(grid), o.timestep_fraction, c.train_timesteps, c.time_type, g)
+                            for g in tr.sample_streams("transitions", epoch).generators])  # (B, K)
         t_all = grid[points].T.contiguous()  # (K, B)
-        noise = torch.randn((points.shape[1], *roll.x_0.shape), generator=tr.generator("awm_noise", epoch))
+        noise = tr.sample_streams("awm_noise", epoch).randn((points.shape[1], *roll.x_0.shape[1:])).transpose(0, 1)
         weight = valid.to(torch.float32)
-        micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
-        chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
         before = tr.snapshot()
         old_model = self.old_model()  # built before any forward: it swaps the trainable weights in place
         # the old surrogates of every micro-batch after the first optimizer step, before any step (:1227-1240)
-        old_lp, first = {}, 0 if c.off_policy or not chunks else chunks[0]
+        old_lp = {}
         with torch.no_grad(), tr.acc.autocast():
             model = old_model if c.off_policy else tr.transformer
-            for j in range(first, len(micro)):
-                mb = micro[j]
+            for s_i, step in enumerate(plan):
+                if s_i == 0 and not c.off_policy:
+                    continue
+                for i, mb in enumerate(step.micro):
+                    t, eps = t_all[:, mb].to(dev), noise[:, mb].to(dev)
+                    v = self._velocity(model, roll, mb, t, eps)
+                    x_0 = roll.x_0[mb].to(dev).float().repeat(len(t), 1, 1, 1)
+                    old_lp[s_i, i] = awm_log_prob(v.flatten(0, 1), eps.flatten(0, 1), x_0, t.reshape(-1),
+                                                  c.weighting, c.ghuber_power).reshape(t.shape)
+        stats = {k: [] for k in ("loss", "policy_loss", "kl", "old_kl", "ratio")}
+        grad_norms = []
+        for s_i, step in enumerate(plan):
+            for i, mb in enumerate(step.micro):
                 t, eps = t_all[:, mb].to(dev), noise[:, mb].to(dev)
-                v = self._velocity(model, roll, mb, t, eps)
-                x_0 = roll.x_0[mb].to(dev).float().repeat(len(t), 1, 1, 1)
-                old_lp[j] = awm_log_prob(v.flatten(0, 1), eps.flatten(0, 1), x_0, t.reshape(-1), c.weighting,
-                                         c.ghuber_power).reshape(t.shape)
-        stats = {k: [] for k in ("loss", "policy_loss", "kl", "old_kl", "ratio", "grad_norm")}
-        pos = 0
-        for size in chunks:
-            group = list(range(pos, pos + size))
-            pos += size
-            n_samples = sum(len(micro[j]) for j in group)
-            for i, j in enumerate(group):
-                mb = micro[j]
-                t, eps = t_all[:, mb].to(dev), noise[:, mb].to(dev)
-                ctx = tr.acc.no_sync(tr.transformer) if i < len(group) - 1 else nullcontext()
-                with ctx, tr.acc.autocast():
+                a, w = adv[mb].to(dev), weight[mb].to(dev)
+                if step.padding[i]:  # a sync-only pass: weight 0, finite inputs
+                    a, w = torch.zeros_like(a), torch.zeros_like(w)
+                with tr.micro_step(sync=i == len(step.micro) - 1), tr.acc.autocast():
                     v = self._velocity(tr.transformer, roll, mb, t, eps)
                     v_ref = v_old = None
                     with torch.no_grad():
@@ -350,21 +347,22 @@ class AdvantageWeightedMatching:
                                 v_ref = self._velocity(reference, roll, mb, t, eps)
                         if c.old_kl_beta > 0:  # the old policy (:1276-1280)
                             v_old = self._velocity(old_model, roll, mb, t, eps)
-                    loss, terms = awm_sample_loss(v, old_lp.get(j), v_ref, v_old, roll.x_0[mb].to(dev).float(), eps,
-                                                  t, adv[mb].to(dev), c, o.clip_range, o.adv_clip, o.kl_beta)
-                    tr.acc.backward((weight[mb].to(dev) * loss).sum() / n_samples)
-                stats["loss"].append(loss.detach().float().cpu())
-                stats["policy_loss"].append(terms["policy"].float().cpu())
-                stats["kl"].append(terms["kl"].float().cpu())
-                stats["old_kl"].append(terms["old_kl"].float().cpu())
-                stats["ratio"].append(terms["ratio"].double().flatten().cpu())
-            stats["grad_norm"].append(tr.optimizer_step())
-        cat = {k: torch.cat(v) if v else torch.full((1,), float("nan")) for k, v in stats.items()}
-        dev_r = (cat["ratio"] - 1).abs()
-        return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
-                "kl": float(cat["kl"].mean()), "grad_norm": float(cat["grad_norm"].float().mean()),
-                "clip_frac": float((dev_r > o.clip_range).double().mean()), "ratio_dev": float(dev_r.mean()),
-                "diag/old_kl": float(cat["old_kl"].mean()),
+                    loss, terms = awm_sample_loss(v, old_lp.get((s_i, i)), v_ref, v_old, roll.x_0[mb].to(dev).float(),
+                                                  eps, t, a, c, o.clip_range, o.adv_clip, o.kl_beta)
+                    tr.acc.backward((w * loss).sum() * step.weight_of(i))
+                if not step.padding[i]:
+                    stats["loss"].append(loss.detach().float().cpu())
+                    stats["policy_loss"].append(terms["policy"].float().cpu())
+                    stats["kl"].append(terms["kl"].float().cpu())
+                    stats["old_kl"].append(terms["old_kl"].float().cpu())
+                    stats["ratio"].append(terms["ratio"].double().flatten().cpu())
+            grad_norms.append(float(tr.optimizer_step()))
+        dev_r = [(r - 1).abs() for r in stats["ratio"]]
+        mean = tr.mean_over_processes({**stats, "ratio_dev": dev_r,
+                                       "clipped": [(d > o.clip_range).double() for d in dev_r]})
+        return {"loss": mean["loss"], "policy_loss": mean["policy_loss"], "kl": mean["kl"],
+                "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+                "clip_frac": mean["clipped"], "ratio_dev": mean["ratio_dev"], "diag/old_kl": mean["old_kl"],
                 "diag/old_decay": old_decay(tr.opt_step, c.old_decay, c.old_decay_type),
-                "diag/update_norm": tr.distance_from(before), "diag/trained_samples": int(valid[idx].sum()),
-                "diag/optimizer_steps": len(chunks)}
+                "diag/update_norm": tr.distance_from(before),
+                "diag/trained_samples": int(sum(s.total for s in plan)), "diag/optimizer_steps": len(plan)}

@@ -32,7 +32,6 @@ Departures, each for a stated reason:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +43,6 @@ from ..train.schema import setting
 from ..utils.images import signed_to_uint8
 from .algorithm import Algorithm
 from .nft import ADV_MODES, DECAY_TYPES, nft_loss, noised, old_policy_decay, reward_weight
-from .objective import split_evenly
 from .ode import SOLVERS, ode_sample
 from .old_policy import OldPolicy
 from .rollout import cfg_velocity
@@ -150,7 +148,7 @@ class DiffusionNFT(Algorithm):
         cfg_t = pipe.transformer.config
         b = len(inp.prompts)
         model = self.old_model()
-        x = torch.randn((b, cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size), generator=inp.generator).to(dev)
+        x = inp.streams.randn((cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size)).to(dev)  # (B, c, h, w)
         outs = []
         for a in range(0, b, s.rollout_batch):
             sl = slice(a, a + s.rollout_batch)
@@ -171,35 +169,31 @@ class DiffusionNFT(Algorithm):
         tr = self.tr
         o, n = tr.cfg.optim, tr.cfg.nft
         dev = tr.acc.device
-        idx = tr.train_indices(adv, valid, epoch, drop_zero=False)
-        gen = tr.generator("transitions", epoch)
+        plan = tr.update_plan(adv, valid, epoch, drop_zero=False)
         grid = roll.sigmas[:-1].to(torch.float32)  # training σ values (the final 0 is never trained)
-        points = training_points(len(roll.prompts), len(grid), o.timestep_fraction, gen)  # (B, K)
-        noise_gen = tr.generator("nft_noise", epoch)
+        # each sample's training points and fresh noise from its own streams: (B, K) and (B, K, c, h, w)
+        points = torch.cat([training_points(1, len(grid), o.timestep_fraction, g)
+                            for g in tr.sample_streams("transitions", epoch).generators])
+        k_points = points.shape[1]
+        noise = tr.sample_streams("nft_noise", epoch).randn((k_points, *roll.x_0.shape[1:]))
         r_all = reward_weight(adv.to(torch.float32), o.adv_clip, n.adv_mode)
         weight_all = valid.to(torch.float32)
-        micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
-        chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
-        stats = {"policy_loss": [], "kl": [], "loss": [], "old_deviate": [], "grad_norm": []}
+        stats = {"policy_loss": [], "kl": [], "loss": [], "old_deviate": []}
+        grad_norms = []
         old_model = self.old_model()
         before = tr.snapshot()
-        k_points = points.shape[1]
-        pos = 0
-        for size in chunks:
-            group = micro[pos:pos + size]
-            pos += size
-            n_samples = sum(len(mb) for mb in group)  # the loss is a mean over samples x training points
-            for i, mb in enumerate(group):
+        for step in plan:
+            for i, mb in enumerate(step.micro):
                 x_0 = roll.x_0[mb].to(dev).float()
                 cond, _ = tr.update_conditions(roll, mb)
                 r, w = r_all[mb].to(dev), weight_all[mb].to(dev)
+                if step.padding[i]:  # a sync-only pass: weight 0, finite inputs
+                    r, w = torch.zeros_like(r), torch.zeros_like(w)
                 for k in range(k_points):
                     t = grid[points[mb, k]].to(dev)  # (b,)
-                    eps = torch.randn(x_0.shape, generator=noise_gen).to(dev)
-                    x_t = noised(x_0, eps, t)
-                    last = i == len(group) - 1 and k == k_points - 1
-                    ctx = tr.acc.no_sync(tr.transformer) if not last else nullcontext()
-                    with ctx, tr.acc.autocast():
+                    x_t = noised(x_0, noise[mb, k].to(dev), t)
+                    last = i == len(step.micro) - 1 and k == k_points - 1
+                    with tr.micro_step(sync=last), tr.acc.autocast():
                         with torch.no_grad():
                             v_old = cfg_velocity(old_model, x_t, t, cond.detach(), None, 1.0)
                         v = cfg_velocity(tr.transformer, x_t, t, cond, None, 1.0)
@@ -209,20 +203,21 @@ class DiffusionNFT(Algorithm):
                                 v_ref = cfg_velocity(reference, x_t, t, cond.detach(), None, 1.0)
                         loss, terms = nft_loss(v, v_old, v_ref, x_t, x_0, t, r, n.beta, o.adv_clip, o.kl_beta,
                                                weight=w)
-                        # nft_loss is a mean over the micro-batch: weigh it by its samples, so a short last
-                        # micro-batch does not weigh its samples more (the reference's equal micro-batches give
-                        # the same mean)
-                        tr.acc.backward(loss * (len(mb) / (n_samples * k_points)))
-                    stats["policy_loss"].append(terms["policy"].cpu())
-                    stats["kl"].append(terms["kl"].cpu())
-                    stats["old_deviate"].append(terms["old_deviate"].cpu())
-                    stats["loss"].append(loss.detach().reshape(1).cpu())
-            stats["grad_norm"].append(tr.optimizer_step())
-        cat = {k: torch.cat(v).float() if v else torch.full((1,), float("nan")) for k, v in stats.items()}
-        return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
-                "kl": float(cat["kl"].mean()), "grad_norm": float(cat["grad_norm"].mean()),
-                "diag/old_deviate": float(cat["old_deviate"].mean()), "diag/r_mean": float(r_all[valid].mean())
-                if bool(valid.any()) else float("nan"),
+                        # nft_loss is a mean over the micro-batch: back to a sum, each sample weighted by the plan
+                        # (a mean over the step's samples x training points, whatever the micro-batches)
+                        tr.acc.backward(loss * (len(mb) * step.weight_of(i) / k_points))
+                    if not step.padding[i]:
+                        stats["policy_loss"].append(terms["policy"].cpu())
+                        stats["kl"].append(terms["kl"].cpu())
+                        stats["old_deviate"].append(terms["old_deviate"].cpu())
+                        # the micro-batch's mean once per sample: the epoch's mean is over samples, whatever
+                        # the micro-batches (and the processes)
+                        stats["loss"].append(loss.detach().reshape(1).cpu().repeat(len(mb)))
+            grad_norms.append(float(tr.optimizer_step()))
+        mean = tr.mean_over_processes({**stats, "r": [r_all[valid]]})
+        return {"loss": mean["loss"], "policy_loss": mean["policy_loss"], "kl": mean["kl"],
+                "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+                "diag/old_deviate": mean["old_deviate"], "diag/r_mean": mean["r"],
                 "diag/old_decay": old_policy_decay(tr.opt_step, n.decay_type),
-                "diag/update_norm": tr.distance_from(before), "diag/trained_samples": int(valid[idx].sum()),
-                "diag/optimizer_steps": len(chunks)}
+                "diag/update_norm": tr.distance_from(before),
+                "diag/trained_samples": int(sum(s.total for s in plan)), "diag/optimizer_steps": len(plan)}

@@ -8,14 +8,12 @@ checkpoints, evaluation) is :class:`parauni.rl.trainer.RLTrainer`; the maths are
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from ..utils.images import signed_to_uint8
 from .algorithm import Algorithm
 from .lora import merged_transformer
-from .objective import clipped_policy_loss, kl_to_reference, ratio_stats, split_evenly
+from .objective import clipped_policy_loss, kl_to_reference, ratio_stats
 from .rollout import Rollout, cfg_velocity, trained_transitions
 from .sde import sde_step
 
@@ -63,14 +61,14 @@ class FlowGRPO(Algorithm):
         ``scripts/train_sd3.py:555, 637, 873``), so an on-policy update starts at ratio 1."""
         tr, s = self.tr, self.tr.cfg.sampling
         inp = tr.rollout_inputs(epoch)
-        pipe, dev, gen = tr.pipe, tr.acc.device, inp.generator
+        pipe, dev, streams = tr.pipe, tr.acc.device, inp.streams
         cond, uncond = inp.cond, inp.uncond
         shape = pipe.transformer.config.in_channels, pipe.transformer.config.sample_size
         b, steps = len(inp.prompts), s.steps
         trainable = self.sde_transitions(epoch)
         sde = set(trainable) | ({steps - 1} if s.sde_window is None else set())  # the full SDE: the last step too
         model = self.rollout_model()
-        x = torch.randn((b, shape[0], shape[1], shape[1]), generator=gen).to(dev)
+        x = streams.randn((shape[0], shape[1], shape[1])).to(dev)  # each sample's own stream
         path, logps = [x], []
         sig = tr.sigmas.tolist()
         with tr.acc.autocast():
@@ -79,7 +77,7 @@ class FlowGRPO(Algorithm):
                 for a in range(0, b, s.rollout_batch):
                     sl = slice(a, a + s.rollout_batch)
                     v = cfg_velocity(model, path[-1][sl], sig[j], cond[sl], uncond, s.guidance_scale)
-                    eps = torch.randn(path[-1][sl].shape, generator=gen).to(dev)
+                    eps = streams.randn(path[-1].shape[1:], range(b)[sl]).to(dev)
                     level = s.noise_level if j in sde else 0.0
                     out = sde_step(path[-1][sl].float(), v, sig[j], sig[j + 1], level, noise=eps)
                     xs.append(out.prev_sample)
@@ -103,65 +101,64 @@ class FlowGRPO(Algorithm):
         After each optimizer step the EMA follows :func:`objective.ema_decay` every ``optim.ema_every`` steps.
         """
         tr, o = self.tr, self.tr.cfg.optim
-        idx = tr.train_indices(adv, valid, epoch, drop_zero=o.drop_zero_adv)
-        gen = tr.generator("transitions", epoch)
-        trainable = roll.trainable
+        plan = tr.update_plan(adv, valid, epoch, drop_zero=o.drop_zero_adv)
+        trainable = torch.tensor(roll.trainable)
         n_train = trained_transitions(len(trainable), o.timestep_fraction)
-        sig = roll.sigmas.tolist()
-        micro = [idx[a:a + o.train_batch] for a in range(0, len(idx), o.train_batch)]
-        chunks = split_evenly(len(micro), o.steps_per_epoch or len(micro)) if micro else []
-        acc_stats = {"policy_loss": [], "kl": [], "loss": [], "ratio": [], "clipped": [], "approx_kl": [],
-                     "grad_norm": []}
+        # each sample its own transitions (the reference shuffles them per sample, train_sd3.py:778-790), from its
+        # own stream: (B, n_train) indices into the rollout's steps
+        chosen = tr.sample_streams("transitions", epoch).randperm(len(trainable))[:, :n_train].sort(dim=1).values
+        steps_all = trainable[chosen]
+        acc_stats = {"policy_loss": [], "kl": [], "loss": [], "ratio": [], "clipped": [], "approx_kl": []}
+        grad_norms = []
         before = tr.snapshot()
-        pos = 0
-        for size in chunks:
-            group = micro[pos:pos + size]
-            pos += size
-            n_samples = sum(len(mb) for mb in group)
-            for i, mb in enumerate(group):
-                chosen = torch.randperm(len(trainable), generator=gen)[:n_train].sort().values.tolist()
-                steps_j = [trainable[c] for c in chosen]
-                A = adv[mb].to(tr.acc.device)
-                for k, j in enumerate(steps_j):
-                    last = i == len(group) - 1 and k == len(steps_j) - 1  # gradients sync on the last backward
-                    stats = self._transition_backward(roll, mb, j, A, sig, n_samples * len(steps_j), sync=last)
+        for step in plan:
+            for i, mb in enumerate(step.micro):
+                A = adv[mb].to(tr.acc.device) if not step.padding[i] else torch.zeros(len(mb), device=tr.acc.device)
+                for k in range(n_train):
+                    last = i == len(step.micro) - 1 and k == n_train - 1  # gradients sync on the last backward
+                    stats = self._transition_backward(roll, mb, steps_all[mb, k], A, step.weight_of(i) / n_train,
+                                                      sync=last)
                     for key, value in stats.items():
-                        acc_stats[key].append(value)
-            acc_stats["grad_norm"].append(tr.optimizer_step())
-        cat = {k: torch.cat(v).float() if v else torch.full((1,), float("nan")) for k, v in acc_stats.items()}
-        return {"loss": float(cat["loss"].mean()), "policy_loss": float(cat["policy_loss"].mean()),
-                "kl": float(cat["kl"].mean()), "grad_norm": float(cat["grad_norm"].mean()),
-                "clip_frac": float(cat["clipped"].mean()), "ratio_dev": float((cat["ratio"] - 1).abs().mean()),
-                "diag/approx_kl": float(cat["approx_kl"].mean()), "diag/ratio_mean": float(cat["ratio"].mean()),
-                "diag/ratio_min": float(cat["ratio"].min()), "diag/ratio_max": float(cat["ratio"].max()),
-                "diag/update_norm": tr.distance_from(before), "diag/trained_samples": len(idx),
-                "diag/optimizer_steps": len(chunks)}
+                        if not step.padding[i]:
+                            acc_stats[key].append(value)
+            grad_norms.append(float(tr.optimizer_step()))
+        mean = tr.mean_over_processes({**acc_stats, "ratio_dev": [(r - 1).abs() for r in acc_stats["ratio"]]})
+        ratios = torch.cat(acc_stats["ratio"]).float() if acc_stats["ratio"] else torch.zeros(0)
+        lo = tr.data.extreme_over_processes(float(ratios.min()) if len(ratios) else float("inf"), largest=False)
+        hi = tr.data.extreme_over_processes(float(ratios.max()) if len(ratios) else float("-inf"), largest=True)
+        return {"loss": mean["loss"], "policy_loss": mean["policy_loss"], "kl": mean["kl"],
+                "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
+                "clip_frac": mean["clipped"], "ratio_dev": mean["ratio_dev"], "diag/approx_kl": mean["approx_kl"],
+                "diag/ratio_mean": mean["ratio"], "diag/ratio_min": lo, "diag/ratio_max": hi,
+                "diag/update_norm": tr.distance_from(before),
+                "diag/trained_samples": sum(s.total for s in plan), "diag/optimizer_steps": len(plan)}
 
-    def _transition_backward(self, roll: Rollout, mb, j: int, A: torch.Tensor, sig: list[float], denom: int,
+    def _transition_backward(self, roll: Rollout, mb, j: torch.Tensor, A: torch.Tensor, weight: float,
                              sync: bool) -> dict[str, torch.Tensor]:
-        """The loss of transition ``j`` for the samples ``mb`` (advantages ``A``), divided by ``denom`` (the
-        samples x transitions of the accumulation), backpropagated, gradients synced across processes only with
-        ``sync``; returns the per-sample statistics (policy loss, KL, loss and :func:`ratio_stats`)."""
+        """The loss of each sample of ``mb`` at its transition ``j`` ``(b,)`` (advantages ``A``), summed with
+        ``weight`` per sample (:meth:`EpochData.update_plan`'s, over the transitions trained), backpropagated,
+        gradients synced across processes only with ``sync``; returns the per-sample statistics (policy loss, KL,
+        loss and :func:`ratio_stats`)."""
         tr = self.tr
         o, s = tr.cfg.optim, tr.cfg.sampling
         dev = tr.acc.device
         cond, uncond = tr.update_conditions(roll, mb)
         x_j, x_next = roll.latents[mb, j].to(dev), roll.latents[mb, j + 1].to(dev)
-        ctx = tr.acc.no_sync(tr.transformer) if not sync else nullcontext()
-        with ctx, tr.acc.autocast():
-            v = cfg_velocity(tr.transformer, x_j, sig[j], cond, uncond, s.guidance_scale)
-            new = sde_step(x_j.float(), v, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+        s_j, s_next = roll.sigmas[j].to(dev), roll.sigmas[j + 1].to(dev)  # (b,)
+        with tr.micro_step(sync), tr.acc.autocast():
+            v = cfg_velocity(tr.transformer, x_j, s_j, cond, uncond, s.guidance_scale)
+            new = sde_step(x_j.float(), v, s_j, s_next, s.noise_level, prev_sample=x_next)
             old_lp = roll.log_probs[mb, j].to(dev)
             ratio = torch.exp(new.log_prob - old_lp)
             policy = clipped_policy_loss(A, ratio, o.clip_range)  # (b,)
             if o.kl_beta > 0:  # the reference: the LoRA adapter off (a full fine-tune: the starting transformer)
                 with torch.no_grad(), tr.reference() as reference:
-                    v_ref = cfg_velocity(reference, x_j, sig[j], cond.detach(), uncond.detach(), s.guidance_scale)
-                ref = sde_step(x_j.float(), v_ref, sig[j], sig[j + 1], s.noise_level, prev_sample=x_next)
+                    v_ref = cfg_velocity(reference, x_j, s_j, cond.detach(), uncond.detach(), s.guidance_scale)
+                ref = sde_step(x_j.float(), v_ref, s_j, s_next, s.noise_level, prev_sample=x_next)
                 kl = kl_to_reference(new.mean, ref.mean, new.std_dev_t, new.std_dev_t_dt, o.kl_form)
             else:  # no KL term: skip the reference forward
                 kl = torch.zeros_like(policy)
-            loss = (policy + o.kl_beta * kl).sum() / denom
+            loss = (policy + o.kl_beta * kl).sum() * weight
             tr.acc.backward(loss)
         r = ratio_stats(new.log_prob, old_lp, o.clip_range)
         return {**{key: r[key].cpu() for key in ("ratio", "clipped", "approx_kl")},

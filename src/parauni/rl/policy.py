@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..train.distributed import DEEPSPEED, configure_deepspeed, scalar
 from ..train.optim import decay_groups, warmup_cosine
 from .config import steps_per_epoch
 from .lora import adapters_off, lora_delta_norm, make_trainable
@@ -52,7 +53,12 @@ class Policy:
         self.ema = {n: p.detach().clone() for n, p in self.params.items()}
         opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas),
                                 eps=o.eps)
+        self.deepspeed = acc.distributed_type == DEEPSPEED
+        if self.deepspeed:  # the engine steps (and clips) inside the last backward pass of each optimizer step
+            configure_deepspeed(acc, micro_batch=o.train_batch, grad_accum=1,
+                                global_batch=o.train_batch * acc.num_processes, max_grad_norm=o.max_grad_norm)
         self.transformer, self.opt = acc.prepare(tr, opt)
+        self.set_lr()
         acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         acc.register_load_state_pre_hook(lambda models, inp: models.clear())
 
@@ -93,6 +99,31 @@ class Policy:
         o = self.cfg.optim
         return o.lr * warmup_cosine(o.warmup_steps, self.planned_steps(), o.min_lr_ratio)(step)
 
+    def set_lr(self) -> None:
+        """The optimizer's learning rate for the next step, :meth:`lr_at` of :attr:`step` (set ahead: under
+        DeepSpeed the engine steps inside the last backward pass)."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+
+    @contextmanager
+    def micro_step(self, sync: bool) -> Iterator[None]:
+        """A micro-batch's forward and backward passes inside the block; gradients are synced across processes
+        (and under DeepSpeed the engine clips and steps) only with ``sync``, the last pass of an optimizer step.
+        DDP: ``no_sync`` around the others; DeepSpeed: Accelerate's ``sync_gradients``, which its engine wrapper
+        turns into ``set_gradient_accumulation_boundary`` (``gradient_accumulation_steps: 1`` in its config, so a
+        step accumulates as many passes as the update runs)."""
+        if self.deepspeed:
+            self.acc.gradient_state._set_sync_gradients(sync)
+            try:
+                yield
+            finally:
+                self.acc.gradient_state._set_sync_gradients(True)
+        elif sync:
+            yield
+        else:
+            with self.acc.no_sync(self.transformer):
+                yield
+
     def optimizer_step(self) -> torch.Tensor:
         """Clip the accumulated gradients (``optim.max_grad_norm``), step AdamW at :meth:`lr_at` this step, then
         the EMA when due (:func:`objective.ema_decay` every ``optim.ema_every`` steps); returns the gradient norm
@@ -104,12 +135,15 @@ class Policy:
             for n, p in self.params.items():
                 if n.startswith("conditioner.") and p.grad is not None:
                     p.grad = self.acc.reduce(p.grad, reduction="mean")
-        norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        if self.deepspeed:  # the engine has clipped and stepped at the step's last backward pass
+            norm = scalar(self.acc.deepspeed_engine_wrapped.engine.get_global_grad_norm())
+        else:
+            norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
+            self.set_lr()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
         self.step += 1
+        self.set_lr()
         # both references count this step in: their global_step is incremented before ema.step(global_step)
         # (flow_grpo scripts/train_sd3.py:952-955; DiffusionNFT scripts/train_nft_sd3.py:1021, 1029), so the first
         # update's decay is min(2 / 11, ema_decay)

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..pipelines.loading import build_model
 from ..rewards.base import WeightedReward
 from ..train.config import save_config
+from ..train.distributed import DEEPSPEED, deepspeed_setup, release_deepspeed
 from ..train.optim import retune, schedule_change
 from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
@@ -74,6 +75,9 @@ class RLTrainer(Recipe):
         # stage III accumulates its gradients itself: the Accelerator's accumulation stays 1, whatever a launcher
         # sets (ACCELERATE_GRADIENT_ACCUMULATION_STEPS would divide every loss)
         self._setup_accelerator(grad_accum=1, timeout_minutes=cfg.train.dist_timeout_minutes)
+        deepspeed_setup(self.acc)  # a DeepSpeed launch runs DeepSpeed on CPU processes too
+        if self.acc.distributed_type == DEEPSPEED:
+            self._check_deepspeed()
         if cfg.prompts.per_epoch % self.acc.num_processes:
             raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
                               f"processes ({self.acc.num_processes}): each process rolls out the same number of "
@@ -83,6 +87,22 @@ class RLTrainer(Recipe):
                                                      evaluate))
 
     # -- setup ------------------------------------------------------------------------------------------------
+    def _check_deepspeed(self) -> None:
+        """What stage III runs under DeepSpeed: ZeRO-2 (the authors' engine) in float32, the LoRA (or a full
+        fine-tune) trained; the rest is refused in one line naming the alternative."""
+        stage = self.acc.state.deepspeed_plugin.zero_stage
+        if stage not in (0, 1, 2):
+            raise ConfigError(f"stage III runs under DeepSpeed ZeRO-2, not ZeRO-{stage} (its rollouts, EMA and old "
+                              "policies need whole weights): launch with configs/accelerate/deepspeed_zero2.yaml or "
+                              "configs/accelerate/ddp.yaml")
+        if self.cfg.model.train_lim:
+            raise ConfigError("model.train_lim=true is not supported under DeepSpeed (the LIM is outside the engine):"
+                              " launch with configs/accelerate/ddp.yaml or set model.train_lim=false")
+        if self.acc.state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get("enabled") in (True, "true") or \
+                self.acc.state.deepspeed_plugin.deepspeed_config.get("fp16", {}).get("enabled") in (True, "true"):
+            raise ConfigError("stage III under DeepSpeed runs in float32 (DeepSpeed's bf16 casts the weights, not "
+                              "autocast): pass --mixed_precision no, or launch with configs/accelerate/ddp.yaml")
+
     def _setup(self, resume, rewards, pipeline, allow_config_change: bool, prompts, evaluate) -> None:
         """The rest of ``__init__``, run while the output folder's lock is held."""
         cfg, t, m = self.cfg, self.cfg.train, self.cfg.model
@@ -101,6 +121,7 @@ class RLTrainer(Recipe):
         self.ldam = build_ldam(cfg.ldam, self.reward_names, self.num_layers, t.seed)  # None when off
         self.data = EpochData(cfg, self.acc, self.pipe, self.prompt_source, self.reward, self.ldam,
                               getattr(algo, "drops_failed_samples", True))
+        self.data.lockstep = self.policy.deepspeed  # ZeRO communicates at every backward pass
         self.epoch = 0
         self._setup_sampling()
         self.algo = algo(self)
@@ -140,11 +161,15 @@ class RLTrainer(Recipe):
     snapshot = _delegate("policy", "snapshot", "a copy of the trainable weights")
     distance_from = _delegate("policy", "distance_from", "||theta - before|| over the trainable weights")
     swapped_weights = _delegate("policy", "swapped_weights", "context manager: the trainable weights replaced")
+    micro_step = _delegate("policy", "micro_step", "context manager: a micro-batch's passes, synced only at the last")
     lr_at = _delegate("policy", "lr_at", "the learning rate of an optimizer step")
-    generator = _delegate("data", "generator", "the torch generator of a named random stream of an epoch")
+    generator = _delegate("data", "generator", "the torch generator of a named random stream of an epoch (shared)")
+    sample_streams = _delegate("data", "sample_streams", "one generator per sample of a named stream of an epoch")
+    update_plan = _delegate("data", "update_plan", "an update's optimizer steps and this process's share of each")
+    mean_over_processes = _delegate("data", "mean_over_processes", "per-sample statistics averaged over processes")
     rollout_inputs = _delegate("data", "rollout_inputs", "this process's prompts and conditions of an epoch")
     update_conditions = _delegate("data", "update_conditions", "(cond, uncond) of a micro-batch in an update")
-    train_indices = _delegate("data", "train_indices", "this process's samples for an update, shuffled")
+    train_indices = _delegate("data", "train_indices", "this process's samples of an update, in its order")
     advantages = _delegate("data", "advantages", "advantages, valid samples and reward statistics of a rollout")
 
     @property
@@ -155,6 +180,7 @@ class RLTrainer(Recipe):
     @opt_step.setter
     def opt_step(self, value: int) -> None:
         self.policy.step = int(value)
+        self.policy.set_lr()
 
     def planned_steps(self) -> int:
         """Optimizer steps of the whole run as planned (known before the policy is built)."""
@@ -229,6 +255,7 @@ class RLTrainer(Recipe):
         self.opt_step = int(state.get("optimizer_steps", 0))
         if self.config_changes:  # --allow-config-change: the optimizer takes this config's settings
             retune(self.opt, self.cfg.optim, self.cfg.optim.lr, eps=self.cfg.optim.eps)
+            self.policy.set_lr()
         logger.info("resumed from %s at epoch %d", ckpt, self.epoch)
 
     # -- evaluation -----------------------------------------------------------------------------------------
@@ -300,6 +327,7 @@ class RLTrainer(Recipe):
             bar.close()
             metrics.close()
             ldam_log.close()
+        release_deepspeed(self.acc)  # before the process group can go
         if t.logger != "none":
             self.acc.end_training()
         result.update(epochs=self.epoch, seconds=time.perf_counter() - t0)
