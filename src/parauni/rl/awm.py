@@ -34,18 +34,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..checks import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY, boolean, choice
 from ..errors import ConfigError
 from ..train.schema import setting
-from ..utils.images import signed_to_uint8
 from .lora import merged_transformer
 from .nft import noised
-from .ode import SOLVERS, ode_sample
+from .ode import SOLVERS
 from .old_policy import OldPolicy
-from .rollout import cfg_velocity
+from .rollout import CleanRollout, cfg_velocity, clean_rollout
 
 WEIGHTINGS = ("uniform", "t", "t**2", "huber", "ghuber")  # :240-251 ("Uniform" there)
 TIME_TYPES = ("discrete_wo_init", "discrete", "discrete_with_init")  # :1172-1205
@@ -192,21 +190,6 @@ def old_decay(step: int, decay: float, kind: str = "linear") -> float:
 # -- the algorithm ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class AWMRollout:
-    """One epoch's samples on this process for AWM; ``B`` images."""
-
-    prompts: list[str]
-    metadata: list[dict | None]
-    group: torch.Tensor  # (B,) global prompt index
-    states: torch.Tensor | None  # (L, B, N, D) query states (None: the LIM does not train)
-    layer_noise: torch.Tensor | None  # (L, B, N, D) LDAM noise used for these samples, or None
-    cond: torch.Tensor  # (B, N, C) the condition used (after LDAM noise)
-    x_0: torch.Tensor  # (B, c, h, w) the clean latents
-    sigmas: torch.Tensor  # (T + 1,) the rollout's grid; training points are indices into sigmas[:-1]
-    images: list[np.ndarray]
-
-
 class AdvantageWeightedMatching:
     """``algorithm: awm``: ODE rollouts that keep clean latents; clipped-ratio updates of the flow-matching
     surrogate with KL terms to the reference and to a soft-updated old policy."""
@@ -269,31 +252,12 @@ class AdvantageWeightedMatching:
         self._rollout_model = merged_transformer(tr.raw_transformer, into=self._rollout_model)
         return self._rollout_model
 
-    @torch.no_grad()
-    def rollout(self, epoch: int) -> AWMRollout:
+    def rollout(self, epoch: int) -> CleanRollout:
         """This process's prompts of ``epoch`` and their ``G`` clean samples each."""
-        tr, s = self.tr, self.tr.cfg.sampling
-        inp = tr.rollout_inputs(epoch)
-        pipe, dev = tr.pipe, tr.acc.device
-        cfg_t = pipe.transformer.config
-        b = len(inp.prompts)
-        model = self.rollout_model()
-        x = inp.streams.randn((cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size)).to(dev)  # (B, c, h, w)
-        outs = []
-        for a in range(0, b, s.rollout_batch):
-            sl = slice(a, a + s.rollout_batch)
-
-            def velocity(z, sigma, cond=inp.cond[sl]):
-                return cfg_velocity(model, z, sigma, cond, inp.uncond, s.guidance_scale)
-
-            with tr.acc.autocast():  # the update's precision
-                outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), self.cfg.solver).float())
-        x_0 = torch.cat(outs)
-        images = signed_to_uint8(pipe.decode(x_0.to(pipe.transformer.dtype)))
-        return AWMRollout(inp.prompts, inp.metadata, inp.group, None, inp.noise, inp.cond, x_0, tr.sigmas, images)
+        return clean_rollout(self.tr, self.tr.rollout_inputs(epoch), self.rollout_model(), self.cfg.solver)
 
     # -- update ---------------------------------------------------------------------------------------------
-    def _velocity(self, model, roll: AWMRollout, mb, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def _velocity(self, model, roll: CleanRollout, mb, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``model``'s conditional velocities ``(K, b, ...)`` at the points ``t`` ``(K, b)`` with noise ``eps``
         ``(K, b, ...)`` of the samples ``mb``: one forward of ``K b`` rows, point-major as the reference (:1212)."""
         dev = self.tr.acc.device
@@ -303,7 +267,7 @@ class AdvantageWeightedMatching:
         cond = roll.cond[mb].to(dev).repeat(k, 1, 1)
         return cfg_velocity(model, x_t, t.reshape(-1), cond, None, 1.0).reshape(*t.shape, *x_0.shape[1:])
 
-    def update(self, roll: AWMRollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
+    def update(self, roll: CleanRollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
         """AWM's update over every sample of the rollout (see the module docstring)."""
         tr, c = self.tr, self.cfg
         o, dev = tr.cfg.optim, tr.acc.device

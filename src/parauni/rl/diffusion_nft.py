@@ -34,18 +34,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..checks import POSITIVE, Check, choice
 from ..errors import ConfigError
 from ..train.schema import setting
-from ..utils.images import signed_to_uint8
 from .algorithm import Algorithm
 from .nft import ADV_MODES, DECAY_TYPES, nft_loss, noised, old_policy_decay, reward_weight
-from .ode import SOLVERS, ode_sample
+from .ode import SOLVERS
 from .old_policy import OldPolicy
-from .rollout import cfg_velocity
+from .rollout import CleanRollout, cfg_velocity, clean_rollout
 
 
 @dataclass
@@ -63,21 +61,6 @@ class NFTConfig:
                                        lambda v: isinstance(v, int) and not isinstance(v, bool) and v in DECAY_TYPES))
     # the rollout's deterministic solver: dpm2 (DPM-Solver++(2M)) or euler
     solver: str = setting("dpm2", choice(*SOLVERS))
-
-
-@dataclass
-class NFTRollout:
-    """One epoch's samples on this process for DiffusionNFT; ``B`` images."""
-
-    prompts: list[str]
-    metadata: list[dict | None]
-    group: torch.Tensor  # (B,) global prompt index
-    states: torch.Tensor | None  # (L, B, N, D) query states (kept when the LIM trains; NFT refuses that for now)
-    layer_noise: torch.Tensor | None  # (L, B, N, D) LDAM noise used for these samples, or None
-    cond: torch.Tensor  # (B, N, C) the condition used (after LDAM noise)
-    x_0: torch.Tensor  # (B, c, h, w) the clean latents
-    sigmas: torch.Tensor  # (T + 1,) the rollout's grid; training points are sigmas[:-1]
-    images: list[np.ndarray]
 
 
 def training_points(n_samples: int, n_steps: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -139,32 +122,12 @@ class DiffusionNFT(Algorithm):
         return {"old_dev": f"{row['diag/old_deviate']:.1e}"}
 
     # -- sampling --------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def rollout(self, epoch: int) -> NFTRollout:
+    def rollout(self, epoch: int) -> CleanRollout:
         """This process's prompts of ``epoch`` and their ``G`` clean samples each, from the old policy."""
-        tr, s = self.tr, self.tr.cfg.sampling
-        inp = tr.rollout_inputs(epoch)
-        pipe, dev = tr.pipe, tr.acc.device
-        cfg_t = pipe.transformer.config
-        b = len(inp.prompts)
-        model = self.old_model()
-        x = inp.streams.randn((cfg_t.in_channels, cfg_t.sample_size, cfg_t.sample_size)).to(dev)  # (B, c, h, w)
-        outs = []
-        for a in range(0, b, s.rollout_batch):
-            sl = slice(a, a + s.rollout_batch)
-            cond = inp.cond[sl]
-
-            def velocity(z, sigma, cond=cond):
-                return cfg_velocity(model, z, sigma, cond, inp.uncond, s.guidance_scale)
-
-            with tr.acc.autocast():  # the update's precision (its v_old runs there too)
-                outs.append(ode_sample(velocity, x[sl], tr.sigmas.tolist(), tr.cfg.nft.solver).float())
-        x_0 = torch.cat(outs)
-        images = signed_to_uint8(pipe.decode(x_0.to(pipe.transformer.dtype)))
-        return NFTRollout(inp.prompts, inp.metadata, inp.group, None, inp.noise, inp.cond, x_0, tr.sigmas, images)
+        return clean_rollout(self.tr, self.tr.rollout_inputs(epoch), self.old_model(), self.tr.cfg.nft.solver)
 
     # -- update ---------------------------------------------------------------------------------------------
-    def update(self, roll: NFTRollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
+    def update(self, roll: CleanRollout, adv: torch.Tensor, valid: torch.Tensor, epoch: int) -> dict:
         """DiffusionNFT's update over every sample of the rollout (see the module docstring)."""
         tr = self.tr
         o, n = tr.cfg.optim, tr.cfg.nft
