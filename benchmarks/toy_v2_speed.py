@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -26,10 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "configs"
 
 
+LAST: dict[str, float] = {}  # the last command's wall and CPU seconds
+
+
 def parauni(*args: str) -> None:
+    """Run a ``parauni`` command; its wall and CPU seconds (all its threads) go to :data:`LAST`."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    c0, w0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run([sys.executable, "-m", "parauni", *args], check=True, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST.update(wall=time.perf_counter() - w0, cpu=c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
 
 
 def per_step(points: list[tuple[int, float]]) -> float:
@@ -66,7 +74,11 @@ def main() -> int:
     want = set(args.only or ["vlm", "prior", "rewards", "stage1", "stage2", "rl", "eval"])
 
     def save(name: str, **v) -> None:
-        res[name] = {**v, "load": os.getloadavg()[0]}
+        # CPU seconds per step: the wall seconds per step times the command's CPU / wall ratio (its setup and
+        # evaluation left out as the wall time per step leaves them out); on an idle 2-core machine a step takes
+        # between half of that (2 threads, fully parallel) and all of it
+        v["cpu_per_step"] = v["s_per_step"] * LAST["cpu"] / LAST["wall"]
+        res[name] = {**v, "cmd_wall_s": LAST["wall"], "cmd_cpu_s": LAST["cpu"], "load": os.getloadavg()[0]}
         res_path.write_text(json.dumps(res, indent=2) + "\n")
         print(name, res[name], flush=True)
 
@@ -99,6 +111,7 @@ def main() -> int:
         render = pts[0][1] / (args.pool + 1024)  # the pool and the 1024 held-out pairs, before step 0
         save("rewards", s_per_step=per_step(pts), measured=n, full_steps=cfg.train.steps,
              extra_s=render * (cfg.data.pool + 1024), extra="rendering the pool")
+        res["rewards"]["extra_cpu_s"] = res["rewards"]["extra_s"] * LAST["cpu"] / LAST["wall"]
     models = [f"model.vlm={out / 'vlm'}", f"model.transformer={out / 'prior'}"]
     common = [f"train.steps={n}", "train.eval_geneval=false", "train.log_every=1", f"train.save_every={n}",
               "train.logger=none", "optim.warmup_steps=1", "--no-progress"]
@@ -112,13 +125,15 @@ def main() -> int:
             parauni("train", str(CFG / name), *models, *init, f"train.output_dir={run}", *common)
             save(f"{stage}_{variant}", s_per_step=metrics_per_step(run / "metrics.jsonl"), measured=n,
                  full_steps=load_config(CFG / name).train.steps, config=name)
+            if stage == "stage2" and variant == "all":  # the stage-III base (final/ is written by the evaluation)
+                parauni("export", str(run / f"checkpoint-{n:07d}"), "--out", str(run / "final"))
     if "rl" in want:
         for algo in ("nft", "awm", "grpo"):
             name = f"toy_{algo}_geneval_v2.yaml"
             run = out / f"rl_{algo}"
             parauni("rl", str(CFG / name), f"model.source={out / 'stage2_all' / 'final'}",
                     f"train.epochs={args.epochs}", "train.eval_geneval=false", f"train.save_every={args.epochs}",
-                    "train.logger=none", f"train.output_dir={run}", "--no-progress")
+                    "train.logger=none", "train.max_idle_epochs=0", f"train.output_dir={run}", "--no-progress")
             rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
             secs = [r["seconds"] for r in rows if "seconds" in r][1:]  # the first epoch warms up
             save(f"rl_{algo}", s_per_step=sum(secs) / len(secs), measured=len(secs), unit="epoch",
@@ -133,20 +148,20 @@ def main() -> int:
                         mode="overwrite")
         secs = time.perf_counter() - t0
         images = sum(s["splits"][k]["total_images"] for k in s["splits"]) if "splits" in s else s["total_images"]
-        save("eval_v2", s_per_image=secs / images, measured=images, full_images=600)
+        LAST.update(wall=secs, cpu=secs)
+        save("eval_v2", s_per_step=secs / images, measured=images, full_steps=600, unit="image")
     print_table(res)
     return 0
 
 
 def print_table(res: dict) -> None:
-    print("| step | measured | s per step | full length | estimated full time (min) | load |")
+    print("| step | measured | wall s per step (load) | CPU s per step | full length | estimated full time, min "
+          "(CPU) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, v in res.items():
-        if "s_per_step" not in v:
-            continue
-        full = v["full_steps"] * v["s_per_step"] + v.get("extra_s", 0)
-        print(f"| {name} | {v['measured']} {v.get('unit', 'step')}s | {v['s_per_step']:.2f} | {v['full_steps']} | "
-              f"{full / 60:.1f} | {v['load']:.1f} |")
+        full = v["full_steps"] * v["cpu_per_step"] + v.get("extra_cpu_s", 0)
+        print(f"| {name} | {v['measured']} {v.get('unit', 'step')}s | {v['s_per_step']:.2f} ({v['load']:.1f}) | "
+              f"{v['cpu_per_step']:.2f} | {v['full_steps']} | {full / 60:.1f} |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from ..utils.atomic import atomic_folder
 RESUME_DIR = "resume"
 # settings that may differ between sittings; any other difference is refused
 FREE_KEYS = frozenset({"resume", "stop_after", "checkpoint_every", "threads", "workers", "command", "progress",
-                       "eval_every", "log_every", "device", "out", "out_dir"})
+                       "eval_every", "log_every", "device", "out", "out_dir", "eval_examples", "mid_eval_examples",
+                       "eval_images", "eval_steps", "fp16"})
 # flag (argparse dest) -> config key, shared by the three commands
 RESUME_FLAGS: dict[str, str] = {"resume": "train.resume", "checkpoint_every": "train.checkpoint_every",
                                 "stop_after": "train.stop_after"}

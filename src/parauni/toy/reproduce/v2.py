@@ -40,8 +40,10 @@ V2_SCALES: dict[str, dict] = {
                  stage=["train.steps=2", "optim.warmup_steps=1", "train.save_every=1", "train.eval_limit=1",
                         "train.eval_steps=4"],
                  rl=["train.epochs=1", "prompts.per_epoch=2", "sampling.group_size=4", "sampling.steps=4",
-                     "train.eval_steps=4", "optim.train_batch=4", "train.eval_limit=1", "train.save_every=1"],
-                 eval_images=1, recon_images=2, probe=["--n", "40"], recon=["--steps", "4"]),
+                     "train.eval_steps=4", "optim.train_batch=4", "train.eval_limit=1", "train.save_every=1",
+                     "train.eval_guidance_scales=[1.0]", "optim.steps_per_epoch=1"],
+                 eval_images=1, recon_images=2, probe=["--n", "40"], recon=["--steps", "4"],
+                 grpo=["sampling.sde_window_range=[0, 3]"]),
 }
 
 
@@ -94,7 +96,8 @@ def plan_v2(out: Path, seeds: Sequence[int], scale: str = "quick") -> list[Job]:
             jobs.append(Job(f"seed{seed}-{algo}",
                             _parauni("rl", str(config_file(f"toy_{algo}_geneval_v2.yaml")),
                                      f"model.source={final['all']}", f"train.seed={seed}",
-                                     f"train.output_dir={run}", *sc["rl"], "--resume", "auto", "--no-progress"),
+                                     f"train.output_dir={run}", *sc["rl"], *sc.get(algo, []), "--resume", "auto",
+                                     "--no-progress"),
                             run / "eval" / "geneval" / "summary.json", [stage2[0]]))
     return jobs
 
