@@ -14,6 +14,7 @@ Writes ``<out>/speed.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -139,16 +140,16 @@ def main() -> int:
             save(f"rl_{algo}", s_per_step=sum(secs) / len(secs), measured=len(secs), unit="epoch",
                  full_steps=load_grpo_config(CFG / name).train.epochs, config=name)
     if "eval" in want:
-        from parauni.pipelines.loading import load_pipeline
+        importlib.import_module("parauni.toy.tokenizer")  # the v2 pipeline's tokenizer class, for from_pretrained
         from parauni.toy.evaluation import toy_geneval
 
-        pipe = load_pipeline(str(out / "stage2_all" / "final"))
         t0 = time.perf_counter()
-        s = toy_geneval(pipe, out / "eval", images_per_prompt=1, steps=20, limit=args.eval_prompts, world="v2",
+        s = toy_geneval(str(out / "stage2_all" / "final"), out / "eval", images_per_prompt=1, steps=20,
+                        limit=args.eval_prompts, world="v2",
                         mode="overwrite")
         secs = time.perf_counter() - t0
         images = sum(s["splits"][k]["total_images"] for k in s["splits"]) if "splits" in s else s["total_images"]
-        LAST.update(wall=secs, cpu=secs)
+        LAST.update(wall=secs, cpu=secs)  # in this process: its wall time (under load, more than its CPU time)
         save("eval_v2", s_per_step=secs / images, measured=images, full_steps=600, unit="image")
     print_table(res)
     return 0
