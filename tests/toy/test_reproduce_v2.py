@@ -51,7 +51,7 @@ def test_v2_configs_train_on_v2_and_evaluate_seen_and_heldout():
         assert yaml.safe_load(shipped_config(name).read_text())["data"]["world"] == "v2", name
 
 
-@pytest.mark.slow  # every v2 step, the 12-layer VLM included: about 10 minutes on a shared 2-core CPU
+@pytest.mark.slow  # every v2 step, the 12-layer VLM and its probe included: over 10 minutes on a shared 2-core CPU
 def test_reproduce_v2_smoke(tmp_path):
     """Every v2 step at the 'test' scale: pre-training, the probe, stages I/II, reconstruction, three RL runs."""
     res = reproduce(tmp_path, seeds=[0], scale="test", world="v2")
