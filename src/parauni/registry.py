@@ -152,7 +152,10 @@ DATASETS = Registry("data kind", "data.kind")
 PROMPT_SOURCES = Registry("prompt source", "prompts.kind")
 # name -> fn(pipe, out, images_per_prompt, steps, guidance, ...) -> summary dict: end-of-run evaluations; the
 # default one is what train.eval_geneval runs
-EVALUATORS = Registry("evaluator", "train.eval_geneval")
+EVALUATORS = Registry("evaluator", "train.evaluator")
+# data.kind / prompts.kind name -> the EVALUATORS name that evaluates runs trained on it, when train.evaluator names
+# none (e.g. a world's own benchmark for the runs trained on that world)
+EVALUATOR_OF_KIND = Registry("evaluator of a data or prompt kind", "data.kind")
 # name -> Family: evaluation defaults of a family of models (--scorer NAME scores with the family's own scorer)
 FAMILIES = Registry("model family")
 # name -> Generator: benchmark generators that are not pipelines

@@ -109,7 +109,8 @@ def test_shipped_yamls_hold_the_shipped_recipes():
     shipped = Path(train_vlm.__file__).parents[1] / "configs"
     # test_train skips them (by their prefix)
     assert sorted(p.name for p in shipped.glob("toy_*.yaml") if p.name.startswith(("toy_pretrain_", "toy_train_"))) \
-        == ["toy_pretrain_prior.yaml", "toy_pretrain_vlm.yaml", "toy_pretrain_vlm_v2.yaml", "toy_train_rewards.yaml"]
+        == ["toy_pretrain_prior.yaml", "toy_pretrain_prior_v2.yaml", "toy_pretrain_vlm.yaml",
+            "toy_pretrain_vlm_v2.yaml", "toy_train_rewards.yaml", "toy_train_rewards_v2.yaml"]
     vlm = json.loads((WEIGHTS / "vlm" / "train_config.json").read_text())
     cfg = flat(load_pretrain_vlm_config("toy_pretrain_vlm.yaml"), VLM_FLAGS)
     for key in ("steps", "batch_size", "lr", "seed", "warmup", "turns", "eval_examples", "eval_every", "threads",

@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
 GENEVAL_DIR = Path("eval") / "geneval"
+# what `parauni toy probe-layers --out RUN` writes (parauni.analysis.probe; spelled here: the report imports no torch)
+PROBE_JSON, PROBE_PNG = "layer_probe.json", "layer_probe.png"
 RECONSTRUCT_SUMMARY = Path("eval") / "reconstruct" / "summary.json"
 WISE_SUMMARY = Path("eval") / "wise" / "summary.json"
 DPG_SUMMARY = Path("eval") / "dpg" / "dpg_summary.json"
@@ -35,10 +37,12 @@ class Run:
     wise: dict | None = None
     dpg: dict | None = None
     provenance: dict[str, dict] = field(default_factory=dict)  # benchmark folder name -> provenance.json
+    probe: dict | None = None  # layer_probe.json (parauni toy probe-layers --out RUN)
+    probe_png: Path | None = None
 
     def empty(self) -> bool:
         return not (self.configs or self.geneval or self.reconstruct or self.samples or self.metrics
-                    or self.curves or self.ldam or self.wise or self.dpg)
+                    or self.curves or self.ldam or self.wise or self.dpg or self.probe)
 
 
 def read_records(path: Path) -> list[dict]:
@@ -95,6 +99,9 @@ def load_run(path: str | Path, samples_per_task: int = 4, name: str | None = Non
         run.wise = json.loads((path / WISE_SUMMARY).read_text())
     if (path / DPG_SUMMARY).is_file():
         run.dpg = json.loads((path / DPG_SUMMARY).read_text())
+    if (path / PROBE_JSON).is_file():
+        run.probe = json.loads((path / PROBE_JSON).read_text())
+        run.probe_png = path / PROBE_PNG if (path / PROBE_PNG).is_file() else None
     for bench in ("geneval", "dpg", "wise"):
         record = path / "eval" / bench / "provenance.json"
         if record.is_file():
@@ -106,6 +113,6 @@ def load_run(path: str | Path, samples_per_task: int = 4, name: str | None = Non
         raise UsageError(f"run folder {str(path)!r} holds nothing to report: expected any of "
                          f"{', '.join(CONFIG_FILES)}, {GENEVAL_DIR}/summary.json, a GenEval layout under "
                          f"{GENEVAL_DIR}/, {RECONSTRUCT_SUMMARY}, {WISE_SUMMARY}, {DPG_SUMMARY}, metrics.jsonl, "
-                         "curves/*.png, ldam.jsonl")
+                         f"curves/*.png, ldam.jsonl, {PROBE_JSON}")
     return run
 

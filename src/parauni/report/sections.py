@@ -145,7 +145,7 @@ def curves_section(page: Page, runs: list[Run]) -> None:
 def run_sections(page: Page, run: Run) -> None:
     page.heading(run.name, 2)
     page.para(str(run.path), cls="path")
-    for section in (_geneval, _samples, _reconstruct, _wise, _dpg, _ldam, _configs):
+    for section in (_geneval, _samples, _reconstruct, _wise, _dpg, _ldam, _probe, _configs):
         section(page, run)
 
 
@@ -228,6 +228,23 @@ def _ldam(page: Page, run: Run) -> None:
         page.table(keys, [[d.get(k) for k in keys] for d in active])
         page.para("One row per active decision of ldam.jsonl, as logged: the epoch, the reward it acted on, "
                   "its g_s, r_s and gamma, and the VLM layers it targeted.", cls="note")
+
+
+def _probe(page: Page, run: Run) -> None:
+    if not run.probe:
+        return
+    p, attrs = run.probe, run.probe.get("attributes", {})
+    page.heading("Layer probe", 3)
+    rows = [[layer, *[f"{fmt(v['accuracy'][layer])} ({fmt(v['shuffled'][layer])})" for v in attrs.values()]]
+            for layer in range(p.get("layers", 0))]
+    rows.append(["chance", *[v.get("chance") for v in attrs.values()]])
+    page.table(["layer", *attrs], rows)
+    if run.probe_png is not None:
+        page.image(run.probe_png.read_bytes(), f"{run.name}_layer_probe", "layer probe heat map")
+    counts = ", ".join(f"{a} {v['n_train']}/{v['n_test']}" for a, v in attrs.items())
+    page.para(f"Test accuracy of a linear (logistic) probe of each decoder layer's query states (mean over the "
+              f"queries) of {p.get('model')}, in parentheses the same probe fitted on shuffled labels (the floor); "
+              f"chance: the majority class of the test prompts; prompts train/test: {counts}.", cls="note")
 
 
 def _configs(page: Page, run: Run) -> None:

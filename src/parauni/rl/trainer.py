@@ -111,6 +111,8 @@ class RLTrainer(Recipe):
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
         self.prompt_source = prompts or prompt_source(cfg.prompts, t.seed)
         self._evaluate = evaluate
+        if t.eval_geneval and evaluate is None:
+            self._chosen_evaluator()  # an unknown train.evaluator fails now, before any training
         self.reward = rewards or WeightedReward(dict(cfg.rewards.weights), options=dict(cfg.rewards.options))
         self.reward_names = list(cfg.rewards.weights)
         self.pipe = pipeline or build_model(m, t.seed)

@@ -92,6 +92,11 @@ class VLMTrainConfig:
     threads: int | None = setting(2, optional(POSITIVE_INT))  # torch CPU threads
     fp16: bool = setting(False, boolean())  # save the weights in float16 (as shipped)
     device: str = setting("cpu", nonempty_str())
+    # resumable runs (parauni.toy.resume): steps between checkpoints in <out>/resume (0: none), steps in this
+    # sitting (0: to the end), continue from the checkpoint
+    checkpoint_every: int = setting(0, NON_NEGATIVE_INT)
+    stop_after: int = setting(0, NON_NEGATIVE_INT)
+    resume: bool = setting(False, boolean())
 
 
 @dataclass
@@ -164,6 +169,11 @@ class PriorTrainConfig:
     seed: int = setting(0, SEED)
     threads: int | None = setting(2, optional(POSITIVE_INT))
     log_every: int = setting(50, POSITIVE_INT)
+    # resumable runs (parauni.toy.resume): steps between checkpoints in <out>/resume (0: none), steps in this
+    # sitting (0: to the end), continue from the checkpoint
+    checkpoint_every: int = setting(0, NON_NEGATIVE_INT)
+    stop_after: int = setting(0, NON_NEGATIVE_INT)
+    resume: bool = setting(False, boolean())
 
 
 @dataclass
@@ -229,6 +239,11 @@ class RewardsTrainConfig:
     fp16: bool = setting(False, boolean())  # save the weights in float16 (as shipped)
     log_every: int = setting(50, POSITIVE_INT)
     threads: int | None = setting(None, optional(POSITIVE_INT))  # torch CPU threads (None: torch's own choice)
+    # resumable runs (parauni.toy.resume): steps between checkpoints in <out>/resume (0: none), steps in this
+    # sitting (0: to the end), continue from the checkpoint
+    checkpoint_every: int = setting(0, NON_NEGATIVE_INT)
+    stop_after: int = setting(0, NON_NEGATIVE_INT)
+    resume: bool = setting(False, boolean())
 
 
 @dataclass

@@ -9,7 +9,8 @@ configs that name none (``model.source``, ``data.kind``, ``prompts.kind``, ``rew
 
 The v2 world (:mod:`parauni.toy.worlds`) is chosen by name: ``data.kind: toy_v2`` (its training stream, without
 its held-out compositions), ``prompts.kind: toy_v2`` (its seen prompts); the evaluator ``toy_geneval_v2`` scores
-its seen and held-out prompts, summarised apart. The rewards read the world from each prompt's record.
+its seen and held-out prompts, summarised apart, and is what a run trained on ``toy_v2`` is evaluated with
+unless ``train.evaluator`` names another. The rewards read the world from each prompt's record.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def _embedder(path=None, device: str = "cpu"):
 def register() -> None:
     from ..registry import (
         DATASETS,
+        EVALUATOR_OF_KIND,
         EVALUATORS,
         FAMILIES,
         GENERATORS,
@@ -137,6 +139,8 @@ def register() -> None:
     EVALUATORS.register("toy_geneval", _evaluate, "toy GenEval of the final model", replace=True, default=True)
     EVALUATORS.register("toy_geneval_v2", partial(_evaluate, world="v2"), "toy GenEval of the final model on the "
                         "v2 world's seen and held-out prompts", replace=True)
+    # runs trained on the v2 world (data.kind / prompts.kind toy_v2) are evaluated on its seen and held-out prompts
+    EVALUATOR_OF_KIND.register("toy_v2", "toy_geneval_v2", "the v2 world's toy GenEval", replace=True)
     FAMILIES.register("toy", Family("toy", _is_toy_pipeline, geneval_metadata=_toy_metadata,
                                      metadata_match=_is_toy_metadata, geneval_scorer=_score_geneval,
                                      embedder="toy"),

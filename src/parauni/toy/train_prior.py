@@ -28,6 +28,7 @@ from parauni.models.presets import SANA_SCHEDULER
 from parauni.toy.config import PRIOR_FLAGS, add_config_options, config_from_args, flat, load_pretrain_prior_config
 from parauni.toy.data import ToyStream
 from parauni.toy.prior import UNCOND_PROMPT, ToyPrior, ToyTextEncoder
+from parauni.toy.resume import RESUME_FLAGS, Checkpointer, SittingOver, add_resume_options, rng_state, set_rng_state
 from parauni.toy.tokenizer import build_toy_tokenizer
 from parauni.train.config import save_config
 from parauni.train.optim import cosine, decay_groups
@@ -74,10 +75,11 @@ def build_prior(space: str = "latent", hidden: int = 128, layers: int = 4, patch
 class Budget:
     """Training progress in [0, 1] by steps and/or wall minutes, whichever runs out first."""
 
-    def __init__(self, steps: int | None, minutes: float | None) -> None:
+    def __init__(self, steps: int | None, minutes: float | None, step: int = 0, elapsed: float = 0.0) -> None:
         if not steps and not minutes:
             raise ConfigError("give a number of steps or minutes")
-        self.steps, self.seconds, self.start, self.step = steps, (minutes or 0) * 60, time.time(), 0
+        self.steps, self.seconds, self.step = steps, (minutes or 0) * 60, step
+        self.start = time.time() - elapsed  # a resumed run counts the wall time of its earlier sittings
 
     @property
     def progress(self) -> float:
@@ -91,10 +93,11 @@ class Budget:
         return min(1.0, (self.step + 1) / max(warmup, 1)) * cosine(self.progress)
 
 
-def batches(seed: int, batch_size: int, template_prob: float, world: str = "v1"
+def batches(seed: int, batch_size: int, template_prob: float, world: str = "v1", start: int = 0
             ) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless ``(images (B, 3, 32, 32) in [-1, 1], captions)`` from :class:`ToyStream` of ``world``."""
-    stream = iter(ToyStream(seed=seed, template_prob=template_prob, world=world))
+    """Endless ``(images (B, 3, 32, 32) in [-1, 1], captions)`` from :class:`ToyStream` of ``world``, from batch
+    ``start`` on."""
+    stream = iter(ToyStream(seed=seed, template_prob=template_prob, world=world, start=start * batch_size))
     while True:
         items = [next(stream) for _ in range(batch_size)]
         yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
@@ -133,11 +136,19 @@ class Logger:
         tqdm.write(line)
 
 
-def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger) -> None:
-    """Train the VAE on toy images (L1 + MSE), then set ``scaling_factor`` to 1 / latent std."""
+def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger, sitting: Checkpointer | None = None,
+                      loaded: tuple[dict, dict] | None = None) -> None:
+    """Train the VAE on toy images (L1 + MSE), then set ``scaling_factor`` to 1 / latent std. ``sitting``
+    checkpoints (phase ``ae``); ``loaded``: a phase-``ae`` checkpoint to continue from."""
     opt = make_optimizer(list(vae.parameters()), args.ae_lr, 0.0)
     budget = Budget(args.ae_steps, args.ae_minutes)
-    data = batches(args.seed + 1, args.batch_size, args.template_prob, args.world)
+    if loaded is not None:
+        tensors, state = loaded
+        vae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae.")})
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        budget = Budget(args.ae_steps, args.ae_minutes, state["step"], state["elapsed"])
+    data = batches(args.seed + 1, args.batch_size, args.template_prob, args.world, budget.step)
     bar = tqdm(desc="autoencoder", unit="it")
     vae.train()
     while budget.progress < 1:
@@ -155,6 +166,10 @@ def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger)
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         if budget.step % args.log_every == 0:
             log(f"ae step {budget.step} loss {loss.item():.5f} elapsed {time.time() - budget.start:.0f}s")
+        if sitting is not None:
+            sitting.after_step(budget.step, lambda: ({f"vae.{k}": v for k, v in vae.state_dict().items()}, {
+                "optimizer": opt.state_dict(), "rng": rng_state(), "elapsed": time.time() - budget.start}),
+                phase="ae", last=budget.progress >= 1)
     bar.close()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
@@ -165,16 +180,42 @@ def train_autoencoder(vae: AutoencoderDC, args: argparse.Namespace, log: Logger)
     log(f"ae done: {budget.step} steps, recon mse {mse:.5f}, latent std {z.std().item():.4f}")
 
 
-def train_diffusion(prior: ToyPrior, args: argparse.Namespace, log: Logger) -> None:
-    """Train transformer + text encoder by rectified flow; the EMA weights are copied in at the end."""
+def prior_tensors(prior: ToyPrior) -> dict[str, torch.Tensor]:
+    """Every weight of ``prior`` by ``<component>.<name>``."""
+    parts = {"transformer": prior.transformer, "text_encoder": prior.text_encoder, "vae": prior.vae}
+    return {f"{name}.{k}": v for name, m in parts.items() if m is not None for k, v in m.state_dict().items()}
+
+
+def load_prior_tensors(prior: ToyPrior, tensors: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`prior_tensors` returned (other keys are ignored)."""
+    parts = {"transformer": prior.transformer, "text_encoder": prior.text_encoder, "vae": prior.vae}
+    for name, m in parts.items():
+        if m is not None:
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+
+
+def train_diffusion(prior: ToyPrior, args: argparse.Namespace, log: Logger, sitting: Checkpointer | None = None,
+                    loaded: tuple[dict, dict] | None = None) -> None:
+    """Train transformer + text encoder by rectified flow; the EMA weights are copied in at the end. ``sitting``
+    checkpoints (phase ``diffusion``); ``loaded``: a phase-``diffusion`` checkpoint to continue from."""
     params = list(prior.transformer.parameters()) + list(prior.text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
     opt = make_optimizer(params, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    budget, data = Budget(args.steps, args.minutes), batches(args.seed, args.batch_size, args.template_prob, args.world)
+    budget, running = Budget(args.steps, args.minutes), 0.0
+    if loaded is not None:
+        tensors, state = loaded
+        for i, e in enumerate(ema):
+            e.copy_(tensors[f"ema.{i}"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        budget = Budget(args.steps, args.minutes, state["step"], state["elapsed"])
+        running = state["running"]
+    data = batches(args.seed, args.batch_size, args.template_prob, args.world, budget.step)
     prior.transformer.train()
     prior.text_encoder.train()
-    bar, running = tqdm(desc="prior", unit="it"), 0.0
+    bar = tqdm(desc="prior", unit="it", initial=budget.step)
     while budget.progress < 1:
         lr = args.lr * budget.lr_factor(args.warmup)
         for g in opt.param_groups:
@@ -196,6 +237,13 @@ def train_diffusion(prior: ToyPrior, args: argparse.Namespace, log: Logger) -> N
             rate = budget.step / (time.time() - budget.start)
             log(f"step {budget.step} loss {running:.5f} lr {lr:.2e} it/s {rate:.2f} "
                 f"elapsed {time.time() - budget.start:.0f}s")
+        if sitting is not None:
+            sitting.after_step(budget.step, lambda r=running: (
+                {**prior_tensors(prior), **{f"ema.{i}": e for i, e in enumerate(ema)}},
+                {"optimizer": opt.state_dict(), "generator": gen.get_state(), "rng": rng_state(), "running": r,
+                 "elapsed": time.time() - budget.start,
+                 "scaling_factor": float(prior.vae.config.scaling_factor) if prior.vae is not None else 1.0}),
+                phase="diffusion", last=budget.progress >= 1)
     bar.close()
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
@@ -241,6 +289,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--threads", type=int, help="default 2")
     p.add_argument("--log-every", type=int, help="default 50")
+    add_resume_options(p)
     add_config_options(p, "toy_pretrain_prior.yaml")
     p.set_defaults(func=run)
     return p
@@ -249,7 +298,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(cli: argparse.Namespace) -> int:
     """Train and save the prior to ``train.output_dir`` (``--out``), with ``config.yaml``; returns 0. The config
     is ``--config`` (or the defaults), then the flags given, then ``key=value`` overrides."""
-    cfg = config_from_args(cli, PRIOR_FLAGS, load_pretrain_prior_config)
+    cfg = config_from_args(cli, {**PRIOR_FLAGS, **RESUME_FLAGS}, load_pretrain_prior_config)
     args = argparse.Namespace(**flat(cfg, PRIOR_FLAGS))  # the flags' names, as the training functions read them
     world = cfg.data.world
     if args.threads:
@@ -257,7 +306,11 @@ def run(cli: argparse.Namespace) -> int:
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_log.txt").unlink(missing_ok=True)
+    t = cfg.train
+    sitting = Checkpointer(out, {**vars(args), "world": world}, t.checkpoint_every, t.stop_after, t.resume)
+    loaded = sitting.load()
+    if loaded is None:
+        (out / "train_log.txt").unlink(missing_ok=True)
     log = Logger(out / "train_log.txt")
     prog = Path(sys.argv[0]).name
     prog = "python -m parauni.toy.train_prior" if prog == "train_prior.py" else prog
@@ -272,10 +325,21 @@ def run(cli: argparse.Namespace) -> int:
                         args.seed, world=world)
     n = {k: sum(p.numel() for p in m.parameters()) for k, m in
          (("transformer", prior.transformer), ("text_encoder", prior.text_encoder), ("vae", prior.vae)) if m}
-    log(f"command: {config['command']}\nparameters: {n}")
-    if prior.vae is not None:
-        train_autoencoder(prior.vae, args, log)
-    train_diffusion(prior, args, log)
+    log(f"command: {config['command']}\nparameters: {n}" if loaded is None else
+        f"resumed at {loaded[1]['phase']} step {loaded[1]['step']}: {config['command']}")
+    try:
+        if loaded is not None and loaded[1]["phase"] == "diffusion":
+            load_prior_tensors(prior, loaded[0])
+            if prior.vae is not None:
+                prior.vae.eval().requires_grad_(False)
+                prior.vae.register_to_config(scaling_factor=loaded[1]["scaling_factor"])
+        elif prior.vae is not None:
+            train_autoencoder(prior.vae, args, log, sitting, loaded)
+            loaded = None
+        train_diffusion(prior, args, log, sitting, loaded)
+    except SittingOver as over:
+        log(f"sitting over after step {over.step}; continue with --resume")
+        return 0
     prior.extra = {"train_seconds": round(time.time() - start, 1), "parameters": n}
     prior.save_pretrained(out, fp16=args.fp16)
     log(f"saved to {out} after {time.time() - start:.0f}s")
@@ -285,6 +349,7 @@ def run(cli: argparse.Namespace) -> int:
         log("toy geneval: " + json.dumps({k: round(v, 3) for k, v in summary["tasks"].items()}) +
             f" overall {summary['overall']:.3f}")
     log(f"total wall time {time.time() - start:.0f}s")
+    sitting.finish()
     return 0
 
 

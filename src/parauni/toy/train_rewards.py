@@ -21,6 +21,7 @@ from ..train.config import save_config
 from ..train.optim import decay_groups, warmup_cosine
 from .config import ALIGNMENT_OUT, REWARDS_FLAGS, add_config_options, config_from_args, load_train_rewards_config
 from .data import HELDOUT_DOMAIN, TRAIN_DOMAIN, make_example, sample_rng
+from .resume import RESUME_FLAGS, Checkpointer, SittingOver, add_resume_options, rng_state, set_rng_state
 from .rewards.alignment import ToyCLIP, contrastive_loss, images_to_tensor, tokenize
 from .tokenizer import build_toy_tokenizer
 
@@ -59,8 +60,14 @@ def retrieval_accuracy(model: ToyCLIP, tokenizer, images: torch.Tensor, captions
 
 
 def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, pool: int = 40000,
-                    seed: int = 0, fp16: bool = False, log_every: int = 50, world: str = "v1") -> dict:
-    """Train ``ToyCLIP`` on a pool of toy pairs of ``world`` and save it (with its tokenizer and log) to ``out``."""
+                    seed: int = 0, fp16: bool = False, log_every: int = 50, world: str = "v1",
+                    checkpoint_every: int = 0, stop_after: int = 0, resume: bool = False) -> dict:
+    """Train ``ToyCLIP`` on a pool of toy pairs of ``world`` and save it (with its tokenizer and log) to ``out``.
+
+    ``checkpoint_every`` / ``stop_after`` / ``resume``: see :mod:`parauni.toy.resume` (a sitting that stops early
+    returns ``{"stopped_at": step}``)."""
+    sitting = Checkpointer(out, {k: v for k, v in locals().items() if k != "out"}, checkpoint_every, stop_after,
+                           resume)
     if batch_size > pool:
         raise ConfigError(f"--batch-size {batch_size} is larger than --pool {pool}; raise the pool or lower the batch")
     torch.manual_seed(seed)
@@ -76,8 +83,17 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
     gen = np.random.default_rng(seed)
     ids, mask = tokenize(tokenizer, captions, model.config.max_text_len)  # the pool, tokenised once
     caption_id = torch.tensor(np.unique(np.asarray(captions), return_inverse=True)[1])
-    log = open(out / "train_log.txt", "w")
-    bar = tqdm(range(steps), desc="toy alignment", unit="step", mininterval=5)
+    start, loaded = 0, sitting.load()
+    if loaded is not None:
+        tensors, state = loaded
+        model.load_state_dict(tensors)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.bit_generator.state = state["numpy"]
+        set_rng_state(state["rng"])
+        start = state["step"]
+    log = open(out / "train_log.txt", "a" if start else "w")
+    bar = tqdm(range(start, steps), desc="toy alignment", unit="step", mininterval=5)
     for step in bar:
         idx = torch.from_numpy(gen.choice(len(captions), batch_size, replace=False))
         x = images[idx]
@@ -98,6 +114,14 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
             log.write(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.3e} "
                       f"elapsed {time.time() - t0:.1f}s\n")
             log.flush()
+        try:
+            sitting.after_step(step + 1, lambda: (model.state_dict(), {
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "numpy": gen.bit_generator.state,
+                "rng": rng_state()}), last=step + 1 == steps)
+        except SittingOver as over:
+            log.write(f"# sitting over after step {over.step}; continue with --resume\n")
+            log.close()
+            return {"stopped_at": over.step}
     metrics = retrieval_accuracy(model, tokenizer, held_images, held_captions)
     metrics["wall_s"] = round(time.time() - t0, 1)
     log.write(f"held-out {json.dumps(metrics)}\n")
@@ -112,6 +136,7 @@ def train_alignment(out: str | Path, steps: int = 1500, batch_size: int = 128, l
     if world != "v1":
         config["world"] = world
     (out / "train_config.json").write_text(json.dumps({**config, "heldout": metrics}, indent=2))
+    sitting.finish()
     return metrics
 
 
@@ -127,6 +152,7 @@ def add_parser(sub) -> None:
     p.add_argument("--pool", type=int, help="rendered training pairs (default 40000)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--fp16", action="store_true", default=None, help="save weights in fp16 (as shipped)")
+    add_resume_options(p)
     add_config_options(p, "toy_train_rewards.yaml")
     p.set_defaults(func=run)
 
@@ -134,14 +160,17 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Train from ``--config`` (or the defaults), the flags given and ``key=value`` overrides; the config goes to
     ``config.yaml`` in the output folder. Returns the held-out metrics."""
-    cfg = config_from_args(args, REWARDS_FLAGS, load_train_rewards_config)
+    cfg = config_from_args(args, {**REWARDS_FLAGS, **RESUME_FLAGS}, load_train_rewards_config)
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     Path(t.output_dir).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(t.output_dir) / "config.yaml")
     m = train_alignment(t.output_dir, t.steps, t.batch_size, cfg.optim.lr, cfg.data.pool, t.seed, t.fp16,
-                        t.log_every, cfg.data.world)
+                        t.log_every, cfg.data.world, t.checkpoint_every, t.stop_after, t.resume)
+    if "stopped_at" in m:
+        print(f"stopped after step {m['stopped_at']}; checkpoint in {t.output_dir}/resume; continue with --resume")
+        return m
     print(f"held-out retrieval: image->text top-1 {m['i2t_top1']:.3f}, text->image top-1 {m['t2i_top1']:.3f}, "
           f"true caption beats another {m['pair_win']:.3f}; {m['wall_s']:.0f} s; saved to {t.output_dir}")
     return m

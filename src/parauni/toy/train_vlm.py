@@ -30,6 +30,7 @@ from parauni.toy.config import (
     load_pretrain_vlm_config,
 )
 from parauni.toy.data import TRAIN_DOMAIN, heldout_examples, make_example, qa_by_kind, sample_rng
+from parauni.toy.resume import RESUME_FLAGS, Checkpointer, SittingOver, add_resume_options, rng_state, set_rng_state
 from parauni.toy.tokenizer import build_toy_tokenizer
 from parauni.toy.vlm import DESCRIBE, IGNORE_INDEX, build_toy_vlm, encode_dialogues, format_accuracy, qa_accuracy
 from parauni.train.config import save_config
@@ -159,7 +160,8 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
                  mid_eval_examples: int = 40, workers: int = 0, threads: int | None = None, fp16: bool = False,
                  log_every: int = 25, vision: dict | None = None, text: dict | None = None,
                  command: str | None = None, progress: bool = True, device: str = "cpu", world: str = "v1",
-                 caption_lm: float = 0.0) -> dict:
+                 caption_lm: float = 0.0, checkpoint_every: int = 0, stop_after: int = 0,
+                 resume: bool = False) -> dict:
     """Pre-train a toy VLM from scratch and save it (model + tokenizer) to ``out_dir``.
 
     AdamW (betas 0.9/0.95, weight decay on >=2-D weights), linear warm-up + cosine decay, gradient
@@ -170,10 +172,15 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     ``world``: the toy world (v2: its own tokenizer, training data without its held-out compositions; the
     held-out accuracy on other seeds of the same distribution). ``caption_lm``: text-only caption rows per batch,
     as a share of ``batch_size``, trained with the next-token objective (see :class:`DialogueBatches`).
+    ``checkpoint_every`` / ``stop_after`` / ``resume``: see :mod:`parauni.toy.resume` (a sitting that stops early
+    returns ``{"stopped_at": step, "out_dir"}``).
     Returns ``{"accuracy": qa_accuracy(...), "wall_s", "train_s", "steps_per_s", "params", "out_dir"}``.
     """
+    sitting = Checkpointer(out_dir, {k: v for k, v in locals().items() if k != "command"}, checkpoint_every,
+                           stop_after, resume)
     config = {k: v for k, v in locals().items()
-              if k not in ("command", "progress") and (k, v) not in (("world", "v1"), ("caption_lm", 0.0))}
+              if k not in ("command", "progress", "sitting", "checkpoint_every", "stop_after", "resume")
+              and (k, v) not in (("world", "v1"), ("caption_lm", 0.0))}
     config["out_dir"] = str(out_dir)
     config["command"] = command or shlex.join([sys.executable, *sys.argv])
     out = Path(out_dir)
@@ -185,21 +192,35 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     model = build_toy_vlm(tokenizer, seed=seed, vision=vision, text=text).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(decay_groups(model.parameters(), weight_decay), lr=lr, betas=(0.9, 0.95))
+    start, smooth, loaded = 0, None, sitting.load()
+    if loaded is not None:
+        tensors, state = loaded
+        model.load_state_dict(tensors)
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start, smooth = state["step"], state["smooth"]
     data = DialogueBatches(tokenizer, seed, batch_size, turns, describe_prob, by_question, chunks, world=world,
-                           caption_lm=caption_lm)
+                           caption_lm=caption_lm, start=start)
     loader = iter(DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
                              persistent_workers=bool(workers)))
     mid_eval = heldout_examples(mid_eval_examples, seed=0, world=world) if eval_every else []
-    log = open(out / "train_log.txt", "w")  # written through the whole run, closed at its end
+    log = open(out / "train_log.txt", "a" if start else "w")  # written through the whole run, closed at its end
 
     def note(line: str) -> None:
         log.write(line + "\n")
         log.flush()
 
-    note(f"# toy VLM pre-training, {n_params} parameters; config {json.dumps(config)}")
-    train_s = _train_steps(model, opt, loader, note, t0, steps=steps, lr=lr, warmup=warmup, log_every=log_every,
-                           eval_every=eval_every, evaluate=lambda: qa_accuracy(model, tokenizer, mid_eval),
-                           mid_examples=mid_eval_examples, progress=progress)
+    note(f"# toy VLM pre-training, {n_params} parameters; config {json.dumps(config)}" if not start else
+         f"# resumed at step {start}")
+    try:
+        train_s = _train_steps(model, opt, loader, note, t0, steps=steps, lr=lr, warmup=warmup, log_every=log_every,
+                               eval_every=eval_every, evaluate=lambda: qa_accuracy(model, tokenizer, mid_eval),
+                               mid_examples=mid_eval_examples, progress=progress, start=start, smooth=smooth,
+                               sitting=sitting)
+    except SittingOver as over:
+        note(f"# sitting over after step {over.step}; continue with --resume")
+        log.close()
+        return {"stopped_at": over.step, "out_dir": str(out)}
     model.eval()
     result = qa_accuracy(model, tokenizer, heldout_examples(eval_examples, seed=0, world=world))
     note(f"final held-out accuracy on {eval_examples} scenes:\n{format_accuracy(result)}")
@@ -213,17 +234,20 @@ def pretrain_vlm(out_dir: str | Path, steps: int = 2100, batch_size: int = 32, l
     log.close()
     (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "heldout_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    sitting.finish()
     return {"accuracy": result, "wall_s": wall, "train_s": train_s, "steps_per_s": steps / train_s,
             "params": n_params, "out_dir": str(out)}
 
 
 def _train_steps(model, opt, loader, note, t0: float, *, steps: int, lr: float, warmup: int, log_every: int,
-                 eval_every: int, evaluate, mid_examples: int, progress: bool) -> float:
-    """The training loop of :func:`pretrain_vlm`: ``steps`` optimizer steps on the batches of ``loader``, a line to
-    ``note`` every ``log_every`` steps and, every ``eval_every`` steps before the last, ``evaluate()``'s held-out
-    accuracy (on ``mid_examples`` scenes). Returns the seconds it took."""
-    bar = tqdm(range(steps), desc="pretrain-vlm", disable=not progress, dynamic_ncols=True)
-    t_train, smooth = time.perf_counter(), None
+                 eval_every: int, evaluate, mid_examples: int, progress: bool, start: int = 0,
+                 smooth: float | None = None, sitting: Checkpointer | None = None) -> float:
+    """The training loop of :func:`pretrain_vlm`: optimizer steps ``start`` to ``steps - 1`` on the batches of
+    ``loader``, a line to ``note`` every ``log_every`` steps and, every ``eval_every`` steps before the last,
+    ``evaluate()``'s held-out accuracy (on ``mid_examples`` scenes); ``sitting`` checkpoints (and may end the
+    sitting with :class:`SittingOver`). Returns the seconds it took."""
+    bar = tqdm(range(start, steps), desc="pretrain-vlm", disable=not progress, dynamic_ncols=True)
+    t_train = time.perf_counter()
     for step in bar:
         batch = next(loader)
         current_lr = lr_at(step, steps, lr, warmup)
@@ -234,7 +258,7 @@ def _train_steps(model, opt, loader, note, t0: float, *, steps: int, lr: float, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         smooth = loss if smooth is None else 0.95 * smooth + 0.05 * loss
-        rate = (step + 1) / (time.perf_counter() - t_train)
+        rate = (step + 1 - start) / (time.perf_counter() - t_train)
         bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{current_lr:.2e}", its=f"{rate:.2f}")
         if (step + 1) % log_every == 0 or step == steps - 1:
             note(f"step {step + 1} loss {smooth:.4f} lr {current_lr:.3e} elapsed {time.perf_counter() - t0:.1f}s")
@@ -245,6 +269,9 @@ def _train_steps(model, opt, loader, note, t0: float, *, steps: int, lr: float, 
             kinds = " ".join(f"{k} {v:.3f}" for k, v in acc["per_kind"].items())
             note(f"eval step {step + 1} accuracy {acc['accuracy']:.4f} caption_exact {acc['caption_exact']:.4f} "
                  f"({mid_examples} scenes; {kinds})")
+        if sitting is not None:
+            sitting.after_step(step + 1, lambda s=smooth: (model.state_dict(), {
+                "optimizer": opt.state_dict(), "rng": rng_state(), "smooth": s}), last=step + 1 == steps)
     return time.perf_counter() - t_train
 
 
@@ -266,6 +293,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default 2)")
     p.add_argument("--fp16", action="store_true", default=None, help="save the weights in float16 (for shipping)")
     p.add_argument("--device", help="e.g. cuda (the data is drawn on the CPU by --workers; default cpu)")
+    add_resume_options(p)
     add_config_options(p, "toy_pretrain_vlm.yaml")
     p.set_defaults(func=run)
     return p
@@ -274,7 +302,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     """Run ``pretrain-vlm`` from parsed arguments (``--config``, the flags given, ``key=value`` overrides), save
     the config as ``config.yaml`` in the output folder and print the held-out accuracy table."""
-    cfg = config_from_args(args, VLM_FLAGS, load_pretrain_vlm_config)
+    cfg = config_from_args(args, {**VLM_FLAGS, **RESUME_FLAGS}, load_pretrain_vlm_config)
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     if t.output_dir is None:
         raise ConfigError("pretrain-vlm needs an output folder: --out DIR or train.output_dir=DIR")
@@ -285,7 +313,12 @@ def run(args: argparse.Namespace) -> dict:
                           describe_prob=d.describe_prob, by_question=d.by_question, chunks=d.chunks,
                           weight_decay=o.weight_decay, eval_every=t.eval_every, mid_eval_examples=t.mid_eval_examples,
                           workers=d.workers, threads=t.threads, fp16=t.fp16, log_every=t.log_every, vision=m.vision,
-                          text=m.text, device=t.device, world=d.world, caption_lm=d.caption_lm)
+                          text=m.text, device=t.device, world=d.world, caption_lm=d.caption_lm,
+                          checkpoint_every=t.checkpoint_every, stop_after=t.stop_after, resume=t.resume)
+    if "stopped_at" in result:
+        print(f"stopped after step {result['stopped_at']}; checkpoint in {result['out_dir']}/resume; continue with "
+              "--resume")
+        return result
     print(format_accuracy(result["accuracy"]))
     print(f"{result['params']} parameters; {result['steps_per_s']:.2f} steps/s; {result['wall_s']:.0f}s in all; "
           f"saved to {result['out_dir']}")

@@ -111,6 +111,9 @@ class RunConfig:
     mixed_precision: str = setting("auto", choice(*PRECISIONS))  # "auto": bf16 on GPU, fp32 on CPU
     logger: str = setting("tensorboard", choice(*LOGGERS))  # metrics.jsonl is always written
     eval_geneval: bool = setting(False, boolean())
+    # the evaluation of eval_geneval, a parauni.registry.EVALUATORS name; None: the one registered for the run's
+    # data.kind (stages I/II) or prompts.kind (stage III) in EVALUATOR_OF_KIND, else the default evaluator
+    evaluator: str | None = setting(None, optional(nonempty_str()))
     eval_images_per_prompt: int = setting(1, POSITIVE_INT)
     eval_steps: int = setting(20, POSITIVE_INT)  # sampling steps of the evaluation
     eval_limit: int | None = setting(None, optional(POSITIVE_INT))  # the first N prompts of each task (None: all)

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
-from ..registry import EVALUATORS
+from ..registry import EVALUATOR_OF_KIND, EVALUATORS
 from ..utils.checkpoints import (
     check_resume_config,
     checkpoint_number,
@@ -187,12 +187,26 @@ class Recipe:
         return JsonlLog(self.out / name, keep, self.acc.is_main_process, append)
 
     # -- evaluation -------------------------------------------------------------------------------------------
+    def _chosen_evaluator(self) -> Callable:
+        """``train.evaluator`` (an :data:`parauni.registry.EVALUATORS` name); when it is ``None``, the evaluator
+        registered for the run's ``data.kind`` (stages I/II) or ``prompts.kind`` (stage III) in
+        :data:`parauni.registry.EVALUATOR_OF_KIND`, else the default one. An unknown name is an error listing the
+        known ones."""
+        name = getattr(self.cfg.train, "evaluator", None)
+        if name is None:
+            for section in ("data", "prompts"):
+                kind = getattr(getattr(self.cfg, section, None), "kind", None)
+                if kind is not None and kind in EVALUATOR_OF_KIND:
+                    name = EVALUATOR_OF_KIND.get(kind)
+                    break
+        return EVALUATORS.get(name) if name is not None else EVALUATORS.get_default()
+
     def _evaluations(self, pipe, name: str, scales: list[float | None], title: str) -> dict[str, dict]:
         """The evaluation (``evaluate`` given to the recipe, else :data:`parauni.registry.EVALUATORS`' default, a
         GenEval-style one) of ``pipe`` with the run's ``train.eval_*`` settings at each guidance scale of ``scales``
         (``None``: the evaluation's own): the first into ``<out>/eval/<name>``, the others into
         ``<out>/eval/<name>_cfg<scale>``. Returns ``{folder: summary}``."""
-        evaluate = self._evaluate or EVALUATORS.get_default()
+        evaluate = self._evaluate or self._chosen_evaluator()
         t, out = self.cfg.train, {}
         for k, g in enumerate(scales):
             folder = name if k == 0 else f"{name}_cfg{g:g}"

@@ -93,6 +93,8 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
         self.step, self.samples_seen, self.config_changes = 0, 0, []
         self._claim_output_folder(resume, allow_config_change)
         self._ckpt = self._checked_checkpoint(resume, allow_config_change) if resume else None
+        if t.eval_geneval and self._evaluate is None:
+            self._chosen_evaluator()  # an unknown train.evaluator fails now, before any training
         # the data fails here, before any model is built, when it is empty or its caption key is wrong
         self.source = build_source(cfg.data, t.seed)
         self.pipe = build_model(cfg.model, t.seed)

@@ -17,6 +17,10 @@ What runs (every step is a ``parauni`` command in its own process, logged to ``<
 4. ``<out>/table.md`` and ``<out>/results.json``: mean ± std over seeds of every number, and
    ``<out>/curves/ldam_vs_none.png`` (reward curves with vs without LDAM, the mean over seeds, raw and EMA).
 
+``--world v2`` runs the v2 pipeline from scratch instead (the v2 VLM, prior and reward model, the probe, stages
+I/II of both variants, reconstruction, DiffusionNFT, AWM and Flow-GRPO; see :mod:`parauni.toy.reproduce.v2`), and
+its table gives toy GenEval on seen and held-out prompts.
+
 A step whose output exists is skipped, so an interrupted run continues where it stopped (a training step
 that was cut resumes from its last checkpoint); delete a step's folder to redo it.  ``--jobs N`` runs N
 steps at a time (each with ``cpus / N`` threads).  ``--scale quick`` shortens every run (see ``SCALES``);
@@ -36,6 +40,7 @@ from .jobs import SCALES, VARIANT_NAMES, VARIANTS, Job, config_file, plan, write
 from .plot import plot_ldam_overlay
 from .results import collect, edge_mean, fmt, format_results
 from .runner import execute
+from .v2 import V2_SCALES, collect_v2, format_v2, plan_v2, write_v2_recon_images
 
 # the package's parts: jobs (the job graph), runner (the processes), results (the tables), plot (the curves)
 __all__ = ["SCALES", "VARIANTS", "VARIANT_NAMES", "Job", "add_parser", "collect", "config_file", "edge_mean",
@@ -45,8 +50,10 @@ __all__ = ["SCALES", "VARIANTS", "VARIANT_NAMES", "Job", "add_parser", "collect"
 
 def reproduce(out: str | Path, seeds: Sequence[int] = (0, 1, 2), start: str = "stage1", scale: str = "quick",
               jobs: int = 1, device: str | None = None, grpo_epochs: int | None = None, dry_run: bool = False,
-              command: str | None = None) -> dict:
+              command: str | None = None, world: str = "v1") -> dict:
     out = Path(out)
+    if world == "v2":
+        return _reproduce_v2(out, seeds, scale, jobs, dry_run, command)
     todo = plan(out, seeds, start, scale, device, grpo_epochs)
     if not dry_run:
         write_recon_images(out / "recon_images", SCALES[scale]["recon_images"])
@@ -67,6 +74,26 @@ def reproduce(out: str | Path, seeds: Sequence[int] = (0, 1, 2), start: str = "s
     return res
 
 
+def _reproduce_v2(out: Path, seeds: Sequence[int], scale: str, jobs: int, dry_run: bool, command: str | None) -> dict:
+    """``--world v2``: every v2 step from scratch (:func:`plan_v2`), then the seen / held-out table."""
+    todo = plan_v2(out, seeds, scale)
+    if not dry_run:
+        write_v2_recon_images(out / "recon_images", V2_SCALES[scale]["recon_images"])
+    t0 = time.perf_counter()
+    times = execute(todo, out / "logs", jobs, dry_run)
+    if dry_run:
+        return {}
+    res = collect_v2(out, seeds)
+    res.update(scale=scale, jobs=jobs, step_seconds=times, wall_seconds=time.perf_counter() - t0, command=command)
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    table = format_v2(res, command)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    print(f"\n{out / 'table.md'}, {out / 'results.json'}; this call ran {len(times)} step(s) in "
+          f"{res['wall_seconds']:.0f}s")
+    return res
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="retrain the toy models over several seeds and tabulate mean ± std",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,12 +107,19 @@ def add_parser(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="steps run at a time (each gets cpus / jobs threads)")
     p.add_argument("--device", help="world pretraining of the VLM: e.g. cuda (training steps use the GPU by "
                                     "themselves when there is one)")
+    p.add_argument("--world", default="v1", choices=["v1", "v2"],
+                   help="v2: the v2 pipeline from scratch (its VLM, prior and reward model first; --from is not used)")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run")
     p.set_defaults(func=run)
 
 
 def run(args) -> dict:
-    command = (f"parauni toy reproduce --from {args.start} --scale {args.scale} --seeds "
-               + " ".join(map(str, args.seeds)) + (f" --grpo-epochs {args.grpo_epochs}" if args.grpo_epochs else ""))
+    world = getattr(args, "world", "v1")
+    if world == "v2":
+        command = f"parauni toy reproduce --world v2 --scale {args.scale} --seeds " + " ".join(map(str, args.seeds))
+    else:
+        command = (f"parauni toy reproduce --from {args.start} --scale {args.scale} --seeds "
+                   + " ".join(map(str, args.seeds))
+                   + (f" --grpo-epochs {args.grpo_epochs}" if args.grpo_epochs else ""))
     return reproduce(args.out, args.seeds, args.start, args.scale, args.jobs, args.device, args.grpo_epochs,
-                     args.dry_run, command)
+                     args.dry_run, command, world)
