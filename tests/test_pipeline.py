@@ -328,3 +328,20 @@ def test_every_pipeline_saves_and_loads_to_the_same_images(name, tmp_path):
     again.set_progress_bar_config(disable=True)
     after = again("a red circle above a blue square", generator=torch.Generator().manual_seed(1), **kw).images
     np.testing.assert_array_equal(before, after)
+
+
+def test_a_saved_toy_pipeline_loads_in_a_fresh_interpreter(tmp_path):
+    """``ParaUniPipeline.from_pretrained`` of a saved toy model in a process that imported nothing else: the toy
+    tokenizer's module (named in model_index.json, inside this package) is imported for diffusers, which would
+    otherwise refuse the folder."""
+    import subprocess
+    import sys
+
+    from parauni.pipelines.loading import load_pipeline
+
+    load_pipeline("toy-all-layers").save_pretrained(tmp_path / "m")
+    code = ("import sys; from parauni import ParaUniPipeline; "
+            "p = ParaUniPipeline.from_pretrained(sys.argv[1]); print(type(p.tokenizer).__name__)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ToyTokenizer"), proc.stderr[-2000:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
 from functools import cached_property
 from pathlib import Path
@@ -58,6 +60,21 @@ def _per_image(texts: list[str | None], n: int, name: str) -> list[str | None]:
     return texts
 
 
+
+def import_own_components(folder: Path) -> None:
+    """Import the modules of this package that a saved pipeline's ``model_index.json`` names (``parauni.*`` only:
+    our own code, installed with the package, never code from the folder), so that diffusers can load them."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return
+    try:
+        entries = json.loads(index.read_text()).values()
+    except (OSError, ValueError):
+        return  # diffusers reports an unreadable index itself
+    for entry in entries:
+        if isinstance(entry, list) and entry and isinstance(entry[0], str) and entry[0].startswith("parauni."):
+            importlib.import_module(entry[0])  # e.g. parauni.toy.tokenizer: a plugin's tokenizer class
+
 class ParaUniPipeline(DiffusionPipeline):
     """Inference with ParaUni. Components: ``vlm`` (frozen VLM), ``tokenizer``, ``conditioner``
     (queries + LIM), ``transformer`` (SANA), ``scheduler`` (flow DPM-Solver++) and ``vae``
@@ -79,7 +96,10 @@ class ParaUniPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' loader, then a strict check of every component against its files
         (:func:`parauni.pipelines.weights.check_component`): missing, unexpected or mis-shaped weights are an
-        error naming them, never a warning and random weights."""
+        error naming them, never a warning and random weights. Components whose class lives in this package (a
+        plugin's tokenizer, e.g. the toy world's) are imported first: diffusers imports only its own libraries and
+        transformers, and refuses a folder naming any other module."""
+        import_own_components(Path(str(pretrained_model_name_or_path)))
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = Path(str(pretrained_model_name_or_path))
         if not folder.is_dir():  # a hub id: the snapshot diffusers just used
