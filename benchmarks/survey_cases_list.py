@@ -196,6 +196,10 @@ def bad_arguments() -> list[Case]:
                                          "{d}/a b/acc.json"], check=exists("a b/acc.json", "a b/acc.md")))
     c.append(ok("detector_out_keeps_other_md", ["toy", "detector-accuracy", "--n", "8", "--out", "{d}/acc.json"],
                 setup=write("notes.md", "mine"), check=exists("notes.md", "acc.json")))
+    c.append(refuse("detector_out_md_would_hold_both", ["toy", "detector-accuracy", "--n", "4", "--out",
+                                                         "{d}/acc.md"], check=not_exists("acc.md")))
+    c.append(ok("detector_out_no_suffix", ["toy", "detector-accuracy", "--n", "4", "--out", "{d}/acc"],
+                check=exists("acc", "acc.md")))
     app = {"port0": ["--port", "0"], "port_big": ["--port", "70000"], "port_abc": ["--port", "abc"],
            "model_missing": ["--model", "{d}/nope"], "dtype_bogus": ["--dtype", "int8"], "host_bad": ["--host",
                                                                                                       "no such host!"],
@@ -277,7 +281,7 @@ from survey_cases_list2 import more_cases  # noqa: E402
 
 
 def all_cases() -> list[Case]:
-    return bad_arguments() + more_cases()
+    return more_cases() + bad_arguments()
 
 
 __all__ = ["AWM", "GE", "NFT", "RL", "TR", "Step", "last_step", "mount_tmpfs", "umount", "SIGINT", "SIGTERM",

@@ -264,7 +264,7 @@ def faults() -> list[Case]:
                   [Step(tr + [OUT], "stop", kill=(SIGTERM, "out/checkpoint-0000002")), Step(res[:-1])],
                   check=exists("out/checkpoint-*")))
     c.append(Case("train_sigkill_during_overwrite", [Step(tr + ["train.output_dir={d}/run", "--overwrite"], "stop",
-                                                          kill=(SIGKILL, "run/config.yaml"))], fixtures=("run",)))
+                                                          kill=(SIGKILL, "run.previous-*"))], fixtures=("run",)))
     rl = RL[:-2] + ["train.epochs=20", "train.save_every=1", "--no-progress", OUT]
     c.append(Case("rl_sigterm_after_ckpt_then_resume",
                   [Step(rl, "stop", kill=(SIGTERM, "out/checkpoint-000001")),
@@ -377,7 +377,7 @@ def faults() -> list[Case]:
 
 
 def more_cases() -> list[Case]:
-    return configs() + damaged() + faults()
+    return faults() + damaged() + configs()
 
 
 __all__ = ["Case", "Step", "truncate", "symlink"]

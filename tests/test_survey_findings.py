@@ -2,7 +2,8 @@
 
 * Ctrl-C or SIGTERM that arrives after a command has finished, while Python shuts down (a fast toy evaluation is
   done in a second), ended in a ``KeyboardInterrupt`` traceback from an atexit handler, or a silent exit -15,
-  after the command's own result. The console script ignores both once its command has returned."""
+  after the command's own result. The console script ignores both once its command has returned.
+* ``toy detector-accuracy --out r.md`` wrote its JSON to r.md and then its table over it."""
 
 from __future__ import annotations
 
@@ -36,3 +37,15 @@ def test_a_library_call_of_main_leaves_the_callers_signal_handlers_alone():
     before = signal.getsignal(signal.SIGINT)
     assert main(["eval", "geneval", "--score-only", "/nonexistent/x"]) == 2
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_detector_accuracy_out_md_is_refused_not_overwritten_by_its_table(tmp_path, capsys):
+    """``--out r.md`` wrote the JSON to r.md, then the table over it (its .md twin is the same file)."""
+    from parauni.cli import main
+
+    out = tmp_path / "acc.md"
+    assert main(["toy", "detector-accuracy", "--n", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "acc.json" in err and not out.exists(), err
+    assert main(["toy", "detector-accuracy", "--n", "2", "--world", "v1", "--out", str(tmp_path / "acc")]) == 0
+    assert (tmp_path / "acc").read_text().startswith("{") and (tmp_path / "acc.md").read_text().startswith("world")
