@@ -3,7 +3,8 @@
 * Ctrl-C or SIGTERM that arrives after a command has finished, while Python shuts down (a fast toy evaluation is
   done in a second), ended in a ``KeyboardInterrupt`` traceback from an atexit handler, or a silent exit -15,
   after the command's own result. The console script ignores both once its command has returned.
-* ``toy detector-accuracy --out r.md`` wrote its JSON to r.md and then its table over it."""
+* ``toy detector-accuracy --out r.md`` wrote its JSON to r.md and then its table over it.
+* ``report --out notes.html`` replaced the user's notes.md and notes_files/ (its twin's names)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def test_detector_accuracy_out_md_is_refused_not_overwritten_by_its_table(tmp_pa
     assert "acc.json" in err and not out.exists(), err
     assert main(["toy", "detector-accuracy", "--n", "2", "--world", "v1", "--out", str(tmp_path / "acc")]) == 0
     assert (tmp_path / "acc").read_text().startswith("{") and (tmp_path / "acc.md").read_text().startswith("world")
+
+
+def test_report_never_replaces_a_md_or_files_folder_that_is_not_its_own(tmp_path, capsys):
+    """``report --out run/config.html`` replaced the user's run/config.md (its Markdown twin's name), and an
+    existing config_files/ folder (its images' folder) was swapped out whole."""
+    from parauni.cli import main
+
+    (tmp_path / "notes.md").write_text("my notes")
+    (tmp_path / "shots_files").mkdir()
+    (tmp_path / "shots_files" / "a.png").write_bytes(b"mine")
+    for name, kept in (("notes.html", "notes.md"), ("shots.html", "shots_files")):
+        assert main(["report", str(tmp_path), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert kept in err and "another --out" in err, err
+        assert not (tmp_path / name).exists()
+    assert (tmp_path / "notes.md").read_text() == "my notes"
+    assert (tmp_path / "shots_files" / "a.png").read_bytes() == b"mine"
