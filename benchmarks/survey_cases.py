@@ -162,6 +162,14 @@ def image_size(glob: str, w: int, h: int) -> Callable[[Path], str | None]:
     return go
 
 
+def said(text: str) -> Callable[[Path], str | None]:
+    """The case's output (every step's) contains ``text``."""
+    def go(d: Path) -> str | None:
+        out = "".join(p.read_text(errors="replace") for p in d.parent.glob(f"{d.name}.*.log"))
+        return None if text in out else f"never said {text!r}"
+    return go
+
+
 def both(*checks: Callable[[Path], str | None]) -> Callable[[Path], str | None]:
     def go(d: Path) -> str | None:
         for c in checks:

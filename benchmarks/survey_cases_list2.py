@@ -22,6 +22,7 @@ from survey_cases import (
     ok,
     refuse,
     remove,
+    said,
     seq,
     symlink,
     truncate,
@@ -102,6 +103,16 @@ def configs() -> list[Case]:
                 fixtures=("run",), may_change=("run/*.jsonl", "run/*.yaml", "run/trainable.safetensors",
                                                "run/checkpoint-*/*", "run/logs/*/*"),
                 check=last_step("run/metrics.jsonl", 6)))
+    c.append(ok("train_resume_fewer_steps_says_so", TR[:2] + ["train.steps=2", "train.save_every=2",
+                                                              "train.batch_size=4", "train.eval_geneval=false",
+                                                              "train.output_dir={d}/run", "train.keep_last=2",
+                                                              "--resume", "--no-progress"],
+                fixtures=("run",), may_change=("run/*.jsonl", "run/logs/*/*"), check=said("nothing is left to train")))
+    c.append(ok("rl_resume_fewer_epochs_says_so", RL[:-2] + ["train.epochs=1", "train.save_every=1",
+                                                             "train.output_dir={d}/rlrun", "--resume", "--no-progress"],
+                fixtures=("rlrun",), may_change=("rlrun/*.jsonl", "rlrun/logs/*/*", "rlrun/final/*", "rlrun/final/*/*",
+                                                 "rlrun/curves/*"),
+                check=said("nothing is left to train")))
     c.append(ok("train_resume_finished_same", TR[:2] + ["train.steps=4", "train.save_every=2", "train.batch_size=4",
                                                         "train.eval_geneval=false", "train.output_dir={d}/run",
                                                         "train.keep_last=2", "--resume", "--no-progress"],
@@ -244,7 +255,7 @@ def damaged() -> list[Case]:
 
 def faults() -> list[Case]:
     c: list[Case] = []
-    tr = TR[:2] + ["train.steps=40", "train.save_every=2", "train.batch_size=4", "train.eval_geneval=false",
+    tr = TR[:2] + ["train.steps=400", "train.save_every=2", "train.batch_size=4", "train.eval_geneval=false",
                    "train.keep_last=2", "--no-progress"]
     res = TR[:2] + ["train.steps=6", "train.save_every=2", "train.batch_size=4", "train.eval_geneval=false",
                     "train.keep_last=2", "--no-progress", OUT, "--resume"]
@@ -311,11 +322,14 @@ def faults() -> list[Case]:
                                                  then_after="te/00000/samples/0000.png"),
                                             Step(["report", "{d}/te", "--out", "{d}/r.html"], "either")],
                   fixtures=("te",), may_change=("te/*", "te/*/*", "te/*/*/*")))
-    c.append(Case("two_toy_evals_same_out", [Step(TE + ["--out", "{d}/o"], "bg", background=True,
+    c.append(Case("two_toy_evals_same_out", [Step(TE[:4] + ["--limit", "4", "--steps", "20", "--images-per-prompt",
+                                                            "4", "--out", "{d}/o"], "bg", background=True,
                                                   then_after="o/provenance.json"),
                                              Step(TE[:-4] + ["--steps", "3", "--images-per-prompt", "1", "--out",
                                                              "{d}/o", "--overwrite"])]))
-    c.append(Case("geneval_and_toy_eval_same_out", [Step(GE + ["--out", "{d}/o"], "bg", background=True,
+    c.append(Case("geneval_and_toy_eval_same_out", [Step(GE[:4] + ["--limit", "4", "--steps", "20",
+                                                                    "--images-per-prompt", "4", "--out", "{d}/o"],
+                                                         "bg", background=True,
                                                          then_after="o/00000"),
                                                     Step(TE + ["--out", "{d}/o"], "either")]))
     c.append(Case("two_exports_same_out", [Step(["export", "{d}/run", "--out", "{d}/o"], "bg", background=True,

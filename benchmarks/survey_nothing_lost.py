@@ -149,6 +149,13 @@ def run_case(case: Case, work: Path, timeout: float) -> tuple[str, str]:
             _wait_for(proc, d, step.then_after, timeout)
             continue
         for st, pr, lg in running:
+            if st.background and st is not step:  # a writer beside the step under test: stopped when it is done
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+                if pr.poll() is None:
+                    pr.send_signal(signal.SIGINT)
             try:
                 rc = pr.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -157,9 +164,9 @@ def run_case(case: Case, work: Path, timeout: float) -> tuple[str, str]:
                 rc = None
             results.append(_classify_step(st, rc, lg.read_text(errors="replace"), d))
         running = []
+    after = _snapshot(d)  # before the teardown, which unmounts a case's file system
     if case.teardown:
         case.teardown(d)
-    after = _snapshot(d)
     have = set(after.values())
     lost = [p for p, h in before.items() if h not in have and not any(Path(p).match(g) for g in case.may_change)]
     if lost:

@@ -4,7 +4,8 @@
   done in a second), ended in a ``KeyboardInterrupt`` traceback from an atexit handler, or a silent exit -15,
   after the command's own result. The console script ignores both once its command has returned.
 * ``toy detector-accuracy --out r.md`` wrote its JSON to r.md and then its table over it.
-* ``report --out notes.html`` replaced the user's notes.md and notes_files/ (its twin's names)."""
+* ``report --out notes.html`` replaced the user's notes.md and notes_files/ (its twin's names).
+* ``--resume`` of a run already past ``train.steps`` / ``train.epochs`` trained nothing without a word."""
 
 from __future__ import annotations
 
@@ -67,3 +68,31 @@ def test_report_never_replaces_a_md_or_files_folder_that_is_not_its_own(tmp_path
         assert not (tmp_path / name).exists()
     assert (tmp_path / "notes.md").read_text() == "my notes"
     assert (tmp_path / "shots_files" / "a.png").read_bytes() == b"mine"
+
+
+def test_resuming_a_run_already_past_train_steps_says_nothing_is_left(tmp_path, caplog):
+    """``--resume train.steps=2`` of a run at step 3 trained nothing and exited 0 without a word."""
+    from parauni.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["model.source=tiny", "data.resolution=16", "train.batch_size=2", "train.logger=none",
+            "train.eval_geneval=false", "train.save_every=3", f"train.output_dir={run}"]
+    config = str(ROOT / "configs" / "toy_stage1.yaml")
+    assert main(["train", config, *tiny, "train.steps=3", "--no-progress"]) == 0
+    caplog.clear()
+    assert main(["train", config, *tiny, "train.steps=2", "--resume", "--no-progress"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("step 3" in m and "train.steps is 2" in m and "nothing is left to train" in m for m in said), said
+
+
+def test_resuming_an_rl_run_already_past_train_epochs_says_nothing_is_left(tmp_path, caplog):
+    from parauni.cli import main
+
+    small = [str(ROOT / "configs" / "toy_grpo.yaml"), "prompts.per_epoch=2", "sampling.group_size=2",
+             "sampling.steps=6", "optim.train_batch=2", "train.eval_geneval=false", "train.save_every=1",
+             "train.logger=none", f"train.output_dir={tmp_path / 'rl'}", "--no-progress"]
+    assert main(["rl", *small, "train.epochs=2"]) == 0
+    caplog.clear()
+    assert main(["rl", *small, "train.epochs=1", "--resume"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("epoch 2" in m and "train.epochs is 1" in m and "nothing is left" in m for m in said), said
