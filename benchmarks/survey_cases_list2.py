@@ -354,8 +354,8 @@ def faults() -> list[Case]:
                     "export": ["export", "{d}/run", "--out", "{d}/m/o"],
                     "report": ["report", "{d}/run", "--out", "{d}/m/r.html"],
                     "train": TR + ["train.output_dir={d}/m/o"],
-                    "toy_train_rewards": ["toy", "train-rewards", "--steps", "1", "--pool", "8", "--out",
-                                          "{d}/m/o"]}.items():
+                    "toy_train_rewards": ["toy", "train-rewards", "--steps", "1", "--pool", "8", "--batch-size", "4",
+                                          "--out", "{d}/m/o"]}.items():
         fx = ("run",) if k in ("export", "report") else ()
         setup = write("p.txt", "a red circle\n")
         if k in ("toy_eval", "detector", "dpg", "cache_latents", "analyze", "demo", "toy_train_rewards"):
@@ -364,11 +364,13 @@ def faults() -> list[Case]:
             c.append(refuse(f"diskfull_{k}", argv, fixtures=fx, setup=seq(setup, full), teardown=um,
                             check=not_exists("m/*.tmp*", "m/o.tmp*")))
     # environment variables and odd working folders
-    c.append(refuse("plugins_broken_target", TR + [OUT], check=not_exists("out/checkpoint-*")))
+    # a broken plugin does not stop the core (parauni.registry): one warning naming it, then the command runs
+    c.append(Case("plugins_broken_target", [Step(TR + [OUT], "either")], check=said("failed to register")))
     c[-1].steps[0].env = {"PARAUNI_PLUGINS": "no_such_pkg.mod:register"}
-    c.append(refuse("plugins_target_not_callable", TR + [OUT]))
+    c.append(Case("plugins_target_not_callable", [Step(TR + [OUT], "either")], check=said("failed to register")))
     c[-1].steps[0].env = {"PARAUNI_PLUGINS": "os:sep"}
-    c.append(refuse("plugins_target_raises", ["generate", "--model", "tiny", "--prompt", "a", "--out", "{d}/o"]))
+    c.append(Case("plugins_target_raises", [Step(["generate", "--model", "tiny", "--prompt", "a", "--out", "{d}/o"],
+                                                 "either")], check=said("failed to register")))
     c[-1].steps[0].env = {"PARAUNI_PLUGINS": "json:loads"}
     c.append(Case("omp_threads_zero", [Step(TR + [OUT], "either", env={"OMP_NUM_THREADS": "0"})]))
     c.append(Case("omp_threads_abc", [Step(["toy", "detector-accuracy", "--n", "4"], "either",
