@@ -5,7 +5,8 @@
   after the command's own result. The console script ignores both once its command has returned.
 * ``toy detector-accuracy --out r.md`` wrote its JSON to r.md and then its table over it.
 * ``report --out notes.html`` replaced the user's notes.md and notes_files/ (its twin's names).
-* ``--resume`` of a run already past ``train.steps`` / ``train.epochs`` trained nothing without a word."""
+* ``--resume`` of a run already past ``train.steps`` / ``train.epochs`` trained nothing without a word.
+* A ``metrics.jsonl`` of bytes that are not UTF-8 ended ``train --resume`` and ``report`` in a traceback."""
 
 from __future__ import annotations
 
@@ -96,3 +97,28 @@ def test_resuming_an_rl_run_already_past_train_epochs_says_nothing_is_left(tmp_p
     assert main(["rl", *small, "train.epochs=1", "--resume"]) == 0
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("epoch 2" in m and "train.epochs is 1" in m and "nothing is left" in m for m in said), said
+
+
+def test_a_binary_metrics_log_is_dropped_with_a_warning_or_named_not_a_traceback(tmp_path, caplog):
+    """A metrics.jsonl of bytes that are not UTF-8 ended ``train --resume`` and ``report`` in a
+    UnicodeDecodeError traceback."""
+    from parauni.cli.bad_input import bad_input_message
+    from parauni.errors import UsageError
+    from parauni.utils.checkpoints import truncate_jsonl
+    from parauni.utils.jsonl import read_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(b'{"step": 1, "loss": 0.5}\n\x00\xff\xfe garbage\n{"step": 2, "loss": 0.4}\n')
+    assert read_jsonl(log, skip_malformed=True) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    try:
+        read_jsonl(log)
+        raise AssertionError("a binary line was read")
+    except UsageError as err:
+        assert "metrics.jsonl" in str(err) and "line 2" in str(err) and "UTF-8" in str(err)
+    assert truncate_jsonl(log, lambda row: row["step"] <= 1) == 2
+    assert log.read_text() == '{"step": 1, "loss": 0.5}\n'
+    assert any("line 2" in r.getMessage() for r in caplog.records)
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError as err:
+        assert "not UTF-8" in bad_input_message(err)

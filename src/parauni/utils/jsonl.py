@@ -36,4 +36,13 @@ def read_jsonl(path: str | Path, skip_malformed: bool = False) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist or is not a file")
-    return parse_jsonl(path.read_text(), str(path), skip_malformed)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if not skip_malformed:
+            line = data[: err.start].count(b"\n") + 1
+            raise UsageError(f"{str(path)!r}, line {line}: not UTF-8 text (a damaged or binary file)") from None
+        # the lines that hold bytes that are not UTF-8 are malformed: skipped with the others, with a warning
+        text = data.decode("utf-8", errors="replace")
+    return parse_jsonl(text, str(path), skip_malformed)
