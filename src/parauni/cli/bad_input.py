@@ -23,8 +23,8 @@ def bad_input_message(err: BaseException) -> str | None:
     Bad input is the project's own errors (:mod:`parauni.errors`: ``UsageError``, ``ConfigError`` and their
     kinds), a missing file or folder, invalid YAML, a text file that is not UTF-8, running out of memory, and the
     environment: an ``OSError`` of the file system (:data:`ENVIRONMENT_ERRNOS`: read-only, full, no permission, a
-    file where a folder is expected ...), named by path and errno name. A ``ValueError`` or ``KeyError`` from anywhere else is a bug: an
-    input check raises one of the project's errors."""
+    file where a folder is expected ...), named by path and errno name. A ``ValueError`` or ``KeyError`` from
+    anywhere else is a bug: an input check raises one of the project's errors."""
     if isinstance(err, (UsageError, ConfigError)):
         return str(err)
     if isinstance(err, IsADirectoryError):
