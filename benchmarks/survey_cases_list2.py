@@ -220,8 +220,7 @@ def damaged() -> list[Case]:
           "metadata_garbage": write("te/00000/metadata.jsonl", "{"),
           "results_garbage": write("te/results.jsonl", "\x00")}
     for k, fn in te.items():
-        c.append(Case(f"toy_eval_resume_{k}", [Step(TE[:-2] + ["--images-per-prompt", "4", "--out", "{d}/te"],
-                                                    "either")],
+        c.append(Case(f"toy_eval_resume_{k}", [Step(TE + ["--out", "{d}/te"], "either")],
                       fixtures=("te",), setup=fn, may_change=("te/*.json*", "te/*/samples/*")))
     rl = {"grpo_state_list": write("rlrun/checkpoint-000002/grpo_state.json", "[]"),
           "grpo_state_missing": remove("rlrun/checkpoint-000002/grpo_state.json"),

@@ -6,7 +6,8 @@
 * ``toy detector-accuracy --out r.md`` wrote its JSON to r.md and then its table over it.
 * ``report --out notes.html`` replaced the user's notes.md and notes_files/ (its twin's names).
 * ``--resume`` of a run already past ``train.steps`` / ``train.epochs`` trained nothing without a word.
-* A ``metrics.jsonl`` of bytes that are not UTF-8 ended ``train --resume`` and ``report`` in a traceback."""
+* A ``metrics.jsonl`` of bytes that are not UTF-8 ended ``train --resume`` and ``report`` in a traceback, and so
+  did a row with a 5000-digit number and a ``provenance.json`` holding a list (``toy eval``)."""
 
 from __future__ import annotations
 
@@ -122,3 +123,23 @@ def test_a_binary_metrics_log_is_dropped_with_a_warning_or_named_not_a_traceback
         b"\xff".decode()
     except UnicodeDecodeError as err:
         assert "not UTF-8" in bad_input_message(err)
+
+
+def test_a_provenance_record_that_is_not_an_object_and_a_huge_number_are_named(tmp_path):
+    """``provenance.json`` holding ``[]`` ended ``toy eval`` in an AttributeError; a metrics row with a 5000-digit
+    number ended ``report`` in Python's integer-digits ValueError."""
+    import pytest
+
+    from parauni.errors import UsageError
+    from parauni.eval import provenance
+    from parauni.utils.jsonl import parse_jsonl
+
+    for text, what in (("[]", "holds a list"), ("\x00", "not valid JSON"), (b"\xff\xfe", "not valid JSON")):
+        path = tmp_path / "provenance.json"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(UsageError, match=what):
+            provenance.read(tmp_path)
+    huge = '{"step": 1}\n{"step": 2, "loss": ' + "1" * 5000 + "}\n"
+    with pytest.raises(UsageError, match="line 2: not valid JSON"):
+        parse_jsonl(huge, "metrics.jsonl")
+    assert parse_jsonl(huge, "metrics.jsonl", skip_malformed=True) == [{"step": 1}]

@@ -22,9 +22,11 @@ def parse_jsonl(text: str, source: str = "<text>", skip_malformed: bool = False)
             continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # not JSON, or a number too long for Python to read (over 4300 digits)
             if not skip_malformed:
-                raise UsageError(f"{source}, line {n}, column {err.colno}: not valid JSON ({err.msg})") from None
+                where = f", column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+                why = err.msg if isinstance(err, json.JSONDecodeError) else str(err).split(";")[0]
+                raise UsageError(f"{source}, line {n}{where}: not valid JSON ({why})") from None
             bad += 1
     if bad:
         logger.warning("%s: skipped %d malformed line(s)", source, bad)
