@@ -172,7 +172,10 @@ def run_case(case: Case, work: Path, timeout: float) -> tuple[str, str]:
     if lost:
         results.append(("LOSS", "gone or changed: " + ", ".join(sorted(lost)[:3])))
     if case.check and not any(c in ("HANG", "TRACEBACK") for c, _ in results):
-        why = case.check(d)
+        try:
+            why = case.check(d)
+        except Exception as err:  # noqa: BLE001 - a result the check cannot even read is a wrong result
+            why = f"check failed: {type(err).__name__}: {err}"
         if why:
             results.append(("SILENT", why))
     cls = min((c for c, _ in results), key=ORDER.index, default="OK")
@@ -204,6 +207,8 @@ def main() -> None:
     ap.add_argument("--table", default=str(ROOT / "benchmarks/results/survey_nothing_lost.md"))
     ap.add_argument("--rerun", default="", help="a table written before: run again its cases that were not OK, "
                     "those named with --also and the cases it lacks; the new table keeps its other rows")
+    ap.add_argument("--missing", action="store_true", help="with --rerun: only the cases the table lacks (a run "
+                    "cut short goes on)")
     ap.add_argument("--also", nargs="*", default=[], help="with --rerun: also the cases whose name contains one")
     ap.add_argument("--src", default="", help="run the parauni of this src/ folder (default: the repository's)")
     args = ap.parse_args()
@@ -220,11 +225,12 @@ def main() -> None:
             cells = [x.strip() for x in ln.split(" | ")]
             if ln.startswith("| ") and len(cells) >= 5 and cells[0] != "| case":
                 old[cells[0][2:]] = cells
-    todo = [c for c in cases if c.name not in old or not old[c.name][-1].startswith("OK")
-            or any(a in c.name for a in args.also)]
+    todo = [c for c in cases if c.name not in old or not args.missing and (
+            not old[c.name][-1].startswith("OK") or any(a in c.name for a in args.also))]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     rows: dict[str, tuple[str, ...]] = {}
+    counted: Counter = Counter()
     rerun = {c.name for c in todo}
     for case in cases:
         if case.name not in rerun:
@@ -232,6 +238,7 @@ def main() -> None:
             cls = cells[-1].split()[0]
             run_at = cells[-1].split("(", 1)[1].rstrip(" |)") if "(" in cells[-1] else "first run"
             rows[case.name] = (case.name, cells[1], cells[2], cells[3], cls, run_at)
+            counted[cls] += 1
     t0 = time.monotonic()
     for i, case in enumerate(todo, 1):
         t = time.monotonic()

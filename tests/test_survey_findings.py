@@ -7,7 +7,9 @@
 * ``report --out notes.html`` replaced the user's notes.md and notes_files/ (its twin's names).
 * ``--resume`` of a run already past ``train.steps`` / ``train.epochs`` trained nothing without a word.
 * A ``metrics.jsonl`` of bytes that are not UTF-8 ended ``train --resume`` and ``report`` in a traceback, and so
-  did a row with a 5000-digit number and a ``provenance.json`` holding a list (``toy eval``)."""
+  did a row with a 5000-digit number and a ``provenance.json`` holding a list (``toy eval``).
+* ``base: toy_stage1.yaml`` in a config outside the shipped folder was not found; a YAML file holding one
+  value ended in a traceback."""
 
 from __future__ import annotations
 
@@ -143,3 +145,25 @@ def test_a_provenance_record_that_is_not_an_object_and_a_huge_number_are_named(t
     with pytest.raises(UsageError, match="line 2: not valid JSON"):
         parse_jsonl(huge, "metrics.jsonl")
     assert parse_jsonl(huge, "metrics.jsonl", skip_malformed=True) == [{"step": 1}]
+
+
+def test_a_child_config_in_any_folder_may_name_a_shipped_base_and_a_scalar_file_is_one_line(tmp_path):
+    """``base: toy_stage1.yaml`` in a config of the user's own folder was "not found" (the troubleshooting page's
+    example reads that way); a YAML file holding one value (``42``) ended in OmegaConf's OSError traceback."""
+    import pytest
+
+    from parauni.errors import ConfigError
+    from parauni.train.config import load_config
+
+    child = tmp_path / "mine.yaml"
+    child.write_text("base: toy_stage1.yaml\ntrain: {steps: 7}\n")
+    cfg = load_config(child, [])
+    assert cfg.train.steps == 7 and cfg.train.save_every == 200  # the rest from the shipped toy_stage1.yaml
+    (tmp_path / "toy_stage1.yaml").write_text("base: toy_stage2.yaml\n")  # a file beside it wins
+    assert load_config(child, []).train.stage == "II"
+    child.write_text("base: no_such_config.yaml\n")
+    with pytest.raises(FileNotFoundError, match="neither a file beside it"):
+        load_config(child, [])
+    child.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(child, [])
