@@ -9,7 +9,8 @@
 * A ``metrics.jsonl`` of bytes that are not UTF-8 ended ``train --resume`` and ``report`` in a traceback, and so
   did a row with a 5000-digit number and a ``provenance.json`` holding a list (``toy eval``).
 * ``base: toy_stage1.yaml`` in a config outside the shipped folder was not found; a YAML file holding one
-  value ended in a traceback."""
+  value ended in a traceback.
+* A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them."""
 
 from __future__ import annotations
 
@@ -167,3 +168,27 @@ def test_a_child_config_in_any_folder_may_name_a_shipped_base_and_a_scalar_file_
     child.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_config(child, [])
+
+
+def test_a_fresh_run_into_a_folder_of_other_files_is_refused(tmp_path, capsys):
+    """``train.output_dir`` naming an exported pipeline or a folder of the user's files started a run among them
+    (its config.yaml, logs and weights beside model_index.json or thesis.tex); --overwrite does not move them."""
+    from parauni.cli import main
+
+    config = str(ROOT / "configs" / "toy_stage1.yaml")
+    tiny = ["model.source=tiny", "data.resolution=16", "train.batch_size=2", "train.logger=none",
+            "train.eval_geneval=false", "train.steps=1", "--no-progress"]
+    for name in ("model_index.json", "thesis.tex"):
+        out = tmp_path / name.split(".")[0]
+        out.mkdir()
+        (out / name).write_text("mine")
+        for flags in ((), ("--overwrite",)):
+            assert main(["train", config, *tiny, f"train.output_dir={out}", *flags]) == 2
+            err = capsys.readouterr().err
+            assert name in err and "not a run's" in err, err
+        assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == [name]
+    started = tmp_path / "started"  # a run killed before its first checkpoint: started afresh, as before
+    started.mkdir()
+    (started / "config.yaml").write_text("train: {steps: 1}\n")
+    (started / "metrics.jsonl").write_text("")
+    assert main(["train", config, *tiny, f"train.output_dir={started}"]) == 0
