@@ -34,6 +34,11 @@ SIGINT, SIGTERM, SIGKILL = signal.SIGINT, signal.SIGTERM, signal.SIGKILL
 OUT = "train.output_dir={d}/out"
 
 
+def _overrides(text: str) -> list[str]:
+    """Space-separated overrides; one whose value is a mapping (``{a: 1}``) is a single argument."""
+    return [text] if "{" in text else text.split()
+
+
 def configs() -> list[Case]:
     c: list[Case] = []
     tr_bad = {"steps0": "train.steps=0", "steps_neg": "train.steps=-5", "steps_abc": "train.steps=abc",
@@ -48,7 +53,7 @@ def configs() -> list[Case]:
                   "train.steps=2 train.steps=abc", "yaml_injection": "train.steps={a: 1}",
               "lora_rank_stage1": "model.lora_rank=4"}
     for k, ov in tr_bad.items():
-        c.append(refuse(f"train_{k}", TR + [OUT] + ov.split(), check=not_exists("out/checkpoint-*")))
+        c.append(refuse(f"train_{k}", TR + [OUT] + _overrides(ov), check=not_exists("out/checkpoint-*")))
     files = {"missing": None, "is_dir": "DIR", "list_top": "- a\n- b\n", "syntax": "train: {steps: 2\n",
              "tabs": "train:\n\tsteps: 2\n", "binary": b"\x00\xff\xfe garbage", "scalar": "42\n",
              "base_missing": "base: nope.yaml\n", "base_cycle": "base: b.yaml\n",
@@ -134,7 +139,7 @@ def configs() -> list[Case]:
               "init_text": "model.init={d}/t.safetensors", "source_missing_folder": "model.source={d}/nope",
               "timestep_frac0": "optim.timestep_fraction=0", "ldam_window0": "ldam.window=0"}
     for k, ov in rl_bad.items():
-        c.append(refuse(f"rl_{k}", RL + [OUT] + ov.split(), setup=seq(write("empty.txt", ""),
+        c.append(refuse(f"rl_{k}", RL + [OUT] + _overrides(ov), setup=seq(write("empty.txt", ""),
                                                                        write("t.safetensors", "not weights")),
                         check=not_exists("out/checkpoint-*")))
     other = {"awm_with_nft_beta": (AWM, "nft.beta=2.0"), "awm_with_noise": (AWM, "sampling.noise_level=0.5"),
