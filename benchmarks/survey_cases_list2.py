@@ -144,7 +144,7 @@ def configs() -> list[Case]:
                         check=not_exists("out/checkpoint-*")))
     other = {"awm_with_nft_beta": (AWM, "nft.beta=2.0"), "awm_with_noise": (AWM, "sampling.noise_level=0.5"),
              "awm_with_sde_window": (AWM, "sampling.sde_window=1"), "nft_with_awm_solver": (NFT, "awm.solver=dpm2"),
-             "nft_with_kl_form": (NFT, "optim.kl_form=reference"), "grpo_with_awm_weighting":
+             "nft_with_kl_form": (NFT, "optim.kl_form=transition"), "grpo_with_awm_weighting":
                  (RL, "awm.weighting=uniform"), "grpo_with_nft_decay": (RL, "nft.decay_type=1"),
              "nft_with_sde_window_range": (NFT, "sampling.sde_window_range=[0,2]"),
              "awm_with_nft_section_file": (["rl", "{d}/c.yaml"] + AWM[2:], None)}
