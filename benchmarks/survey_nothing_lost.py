@@ -22,7 +22,12 @@ Run from the repository root (about 15-25 minutes of one CPU core)::
         [--only SUBSTRING] [--work /tmp/parauni-survey] [--table benchmarks/results/survey_nothing_lost.md]
 
 The table (case, command, expected, outcome, class) and the counts are written to ``--table`` with the commit the
-survey ran at. The cases are listed in ``benchmarks/survey_cases_list.py`` (helpers in ``survey_cases.py``).
+survey ran at, after every case (a survey cut short leaves its rows). ``--src DIR`` runs another checkout's
+``src/`` (e.g. ``git archive`` of an older commit, for counts before a fix). ``--rerun TABLE`` runs again the
+cases that were not OK in TABLE, those named by ``--also``, and those TABLE lacks, and keeps TABLE's other rows
+(each row's class says where it ran); ``--rerun TABLE --missing`` only goes on with the cases TABLE lacks.
+The cases are listed in ``benchmarks/survey_cases_list.py`` and ``survey_cases_list2.py`` (helpers in
+``survey_cases.py``).
 """
 
 from __future__ import annotations
