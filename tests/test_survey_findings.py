@@ -10,7 +10,8 @@
   did a row with a 5000-digit number and a ``provenance.json`` holding a list (``toy eval``).
 * ``base: toy_stage1.yaml`` in a config outside the shipped folder was not found; a YAML file holding one
   value ended in a traceback.
-* A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them."""
+* A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them.
+* ``export --out`` inside a checkpoint folder put the pipeline where pruning deletes it."""
 
 from __future__ import annotations
 
@@ -192,3 +193,17 @@ def test_a_fresh_run_into_a_folder_of_other_files_is_refused(tmp_path, capsys):
     (started / "config.yaml").write_text("train: {steps: 1}\n")
     (started / "metrics.jsonl").write_text("")
     assert main(["train", config, *tiny, f"train.output_dir={started}"]) == 0
+
+
+def test_export_into_a_checkpoint_folder_is_refused(tmp_path, capsys):
+    """``export run/checkpoint-4 --out run/checkpoint-4/pipe`` wrote the pipeline where the run's pruning deletes
+    it with the checkpoint."""
+    from parauni.cli import main
+
+    ckpt = tmp_path / "run" / "checkpoint-0000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"step": 4}')
+    assert main(["export", str(ckpt), "--out", str(ckpt / "pipe")]) == 2
+    err = capsys.readouterr().err
+    assert "inside the checkpoint folder" in err and "keep_last" in err, err
+    assert not (ckpt / "pipe").exists()
