@@ -11,7 +11,8 @@
 * ``base: toy_stage1.yaml`` in a config outside the shipped folder was not found; a YAML file holding one
   value ended in a traceback.
 * A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them.
-* ``export --out`` inside a checkpoint folder put the pipeline where pruning deletes it."""
+* ``export --out`` inside a checkpoint folder put the pipeline where pruning deletes it.
+* ``eval geneval --metadata`` of a binary file ended in a traceback."""
 
 from __future__ import annotations
 
@@ -207,3 +208,16 @@ def test_export_into_a_checkpoint_folder_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "inside the checkpoint folder" in err and "keep_last" in err, err
     assert not (ckpt / "pipe").exists()
+
+
+def test_binary_geneval_metadata_is_one_line_naming_it(tmp_path):
+    """``eval geneval --metadata`` of a PNG renamed .jsonl ended in a UnicodeDecodeError traceback."""
+    import pytest
+
+    from parauni.errors import UsageError
+    from parauni.eval.geneval_schema import metadata_lines
+
+    path = tmp_path / "meta.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00garbage")
+    with pytest.raises(UsageError, match="meta.jsonl, line 1: not UTF-8"):
+        metadata_lines(path)
