@@ -12,7 +12,7 @@
   value ended in a traceback.
 * A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them.
 * ``export --out`` inside a checkpoint folder put the pipeline where pruning deletes it.
-* ``eval geneval --metadata`` of a binary file ended in a traceback."""
+* ``eval geneval --metadata`` of a binary file ended in a traceback, and so did ``toy eval --model FILE``."""
 
 from __future__ import annotations
 
@@ -221,3 +221,16 @@ def test_binary_geneval_metadata_is_one_line_naming_it(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00garbage")
     with pytest.raises(UsageError, match="meta.jsonl, line 1: not UTF-8"):
         metadata_lines(path)
+
+
+def test_a_model_that_is_a_file_is_one_line(tmp_path):
+    """``toy eval --model FILE`` ended in diffusers' ValueError traceback."""
+    import pytest
+
+    from parauni.errors import UsageError
+    from parauni.pipelines.loading import load_pipeline
+
+    path = tmp_path / "model.safetensors"
+    path.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a model"):
+        load_pipeline(str(path))
