@@ -156,7 +156,7 @@ def bad_arguments() -> list[Case]:
                         setup=seq(write("bad.json", "[{"), write("ints.json", "[1, 2, 3]"), write("e/.k", ""),
                                   write("w.json", '[{"prompt_id": 1, "Prompt": "a cat", "Category": "x"}]'))))
     c.append(refuse("wise_judge_fails", ["eval", "wise", "--model", "tiny", "--steps", "2", "--resolution", "16",
-                                         "--out", "{d}/o", "--prompts", "{d}/w.json", "--judge-command", "false"],
+                                         "--out", "{d}/o", "--prompts", "{d}/w.json", "--judge-command", "false {out}"],
                     setup=write("w.json", '[{"prompt_id": 1, "Prompt": "a cat", "Category": "cultural"}]'),
                     check=exists("o/1.png")))
     rec = {"images_missing": ["--images", "{d}/nope"], "images_empty": ["--images", "{d}/e"],
