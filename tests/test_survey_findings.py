@@ -12,7 +12,8 @@
   value ended in a traceback.
 * A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them.
 * ``export --out`` inside a checkpoint folder put the pipeline where pruning deletes it.
-* ``eval geneval --metadata`` of a binary file ended in a traceback, and so did ``toy eval --model FILE``."""
+* ``eval geneval --metadata`` of a binary file ended in a traceback, and so did ``toy eval --model FILE`` and
+  ``app --port 70000``."""
 
 from __future__ import annotations
 
@@ -234,3 +235,11 @@ def test_a_model_that_is_a_file_is_one_line(tmp_path):
     path.write_text("x")
     with pytest.raises(UsageError, match="is a file, not a model"):
         load_pipeline(str(path))
+
+
+def test_app_port_over_65535_is_one_line(capsys):
+    """``parauni app --port 70000`` ended in socket's OverflowError traceback."""
+    from parauni.cli import main
+
+    assert main(["app", "--model", "tiny", "--port", "70000"]) == 2
+    assert "at most 65535" in capsys.readouterr().err
