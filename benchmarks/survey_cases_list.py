@@ -223,7 +223,7 @@ def bad_arguments() -> list[Case]:
     an = {"prompts_missing": ["--prompts", "{d}/nope.txt"], "prompts_empty": ["--prompts", "{d}/empty.txt"],
           "prompts_binary": ["--prompts", "{d}/bin.txt"], "reward_bogus": ["--rewards", "bogus=1"],
           "reward_weight_abc": ["--rewards", "toy_alignment=abc"], "options_badjson": ["--reward-options", "{bad"],
-          "scale0": ["--scale", "0"], "scale_big": ["--scale", "1000"], "reward_no_eq": ["--rewards", "toy_quality"],
+          "scale0": ["--scale", "0"], "scale_big": ["--scale", "1000"],
           "options_unknown_reward": ["--reward-options", '{"nope": {}}'], "limit0": ["--limit", "0"],
           "plugin_reward_missing": ["--rewards", "no_pkg.mod:Factory=1"]}
     for k, extra in an.items():
@@ -231,6 +231,10 @@ def bad_arguments() -> list[Case]:
         argv += extra + ([] if "--prompts" in extra else ["--prompts", "{d}/p.txt"])
         c.append(refuse(f"analyze_{k}", argv, setup=seq(write("p.txt", "a red circle\n"), write("empty.txt", ""),
                                                         write("bin.txt", b"\xff\xfe\x00\x01" * 8))))
+    # a bare reward name is weight 1 (the default list is bare names)
+    c.append(ok("analyze_reward_no_eq", ["analyze", "layers", "--model", "toy-all-layers", "--out", "{d}/o", "--steps",
+                                         "2", "--rewards", "toy_quality", "--prompts", "{d}/p.txt", "--limit", "1"],
+                setup=write("p.txt", "a red circle\n"), check=exists("o/layer_response.json")))
     pre = {"vlm_steps0": ["pretrain-vlm", "--steps", "0"], "vlm_lr0": ["pretrain-vlm", "--lr", "0"],
            "vlm_bad_kv": ["pretrain-vlm", "train.nope=1"], "vlm_kv_no_eq": ["pretrain-vlm", "train.steps"],
            "vlm_config_missing": ["pretrain-vlm", "--config", "{d}/nope.yaml"],

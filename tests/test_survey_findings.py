@@ -13,7 +13,7 @@
 * A fresh ``train`` / ``rl`` into a folder of other files (an exported pipeline, the user's files) ran among them.
 * ``export --out`` inside a checkpoint folder put the pipeline where pruning deletes it.
 * ``eval geneval --metadata`` of a binary file ended in a traceback, and so did ``toy eval --model FILE`` and
-  ``app --port 70000``."""
+  ``app --port 70000`` and ``analyze layers --prompts`` of a binary file."""
 
 from __future__ import annotations
 
@@ -243,3 +243,15 @@ def test_app_port_over_65535_is_one_line(capsys):
 
     assert main(["app", "--model", "tiny", "--port", "70000"]) == 2
     assert "at most 65535" in capsys.readouterr().err
+
+
+def test_a_binary_prompt_file_of_analyze_is_one_line(tmp_path):
+    import pytest
+
+    from parauni.analysis import read_prompts
+    from parauni.errors import UsageError
+
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"\xff\xfe\x00\x01" * 8)
+    with pytest.raises(UsageError, match="p.txt' is not UTF-8 text"):
+        read_prompts(path)
