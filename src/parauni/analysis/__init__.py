@@ -73,7 +73,12 @@ def read_prompts(path: str | Path, limit: int | None = None) -> tuple[list[str],
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {str(path)!r} not found")
-    lines = [x.strip() for x in path.read_text().splitlines() if x.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"prompt file {str(path)!r} is not UTF-8 text (byte {err.start}): give a text file, one "
+                         "prompt a line, or a GenEval-format JSONL") from None
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
     if path.suffix == ".jsonl" or (lines and lines[0].startswith("{")):
         records = []
         for i, rec in enumerate(parse_jsonl("\n".join(lines), str(path))):

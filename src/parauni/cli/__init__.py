@@ -35,9 +35,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nparauni: {'terminated' if code == 143 else 'interrupted'} while starting; nothing was done: "
                   "rerun the command", file=sys.stderr)
             return code
-        return run(argv)
+        code = run(argv)
     finally:
         restore()
+    if argv is None:  # the console script: the command is done; Ctrl-C while Python shuts down has nothing to stop
+        _ignore_interrupts()
+    return code
+
+
+def _ignore_interrupts() -> None:
+    """Ignore SIGINT and SIGTERM from here on (the console script, once its command has returned), so that an
+    interruption while the interpreter exits (atexit handlers, thread joins) is not a ``KeyboardInterrupt``
+    traceback after the command's own result."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread
+            pass
 
 
 def __getattr__(name: str):

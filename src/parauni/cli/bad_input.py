@@ -21,10 +21,10 @@ def bad_input_message(err: BaseException) -> str | None:
     """The one-line message for an error caused by the input, or ``None`` for a bug (keeps its traceback).
 
     Bad input is the project's own errors (:mod:`parauni.errors`: ``UsageError``, ``ConfigError`` and their
-    kinds), a missing file or folder, invalid YAML, running out of memory, and the environment: an ``OSError``
-    of the file system (:data:`ENVIRONMENT_ERRNOS`: read-only, full, no permission, a file where a folder is
-    expected ...), named by path and errno name. A ``ValueError`` or ``KeyError`` from anywhere else is a bug: an
-    input check raises one of the project's errors."""
+    kinds), a missing file or folder, invalid YAML, a text file that is not UTF-8, running out of memory, and the
+    environment: an ``OSError`` of the file system (:data:`ENVIRONMENT_ERRNOS`: read-only, full, no permission, a
+    file where a folder is expected ...), named by path and errno name. A ``ValueError`` or ``KeyError`` from
+    anywhere else is a bug: an input check raises one of the project's errors."""
     if isinstance(err, (UsageError, ConfigError)):
         return str(err)
     if isinstance(err, IsADirectoryError):
@@ -51,6 +51,9 @@ def bad_input_message(err: BaseException) -> str | None:
     if isinstance(err, MemoryError) or is_out_of_memory(err):
         first = (str(err).strip().splitlines() or ["no more memory"])[0]
         return f"out of memory ({first}); {OOM_HINT}"
+    if isinstance(err, UnicodeDecodeError):  # a damaged or binary file where text is read
+        return (f"a file that should be text is not UTF-8 ({err.reason} at byte {err.start}): a damaged or binary "
+                "file; rerun with --debug to see which, then restore or remove it")
     yaml_error = sys.modules.get("yaml")
     if yaml_error is not None and isinstance(err, yaml_error.YAMLError):
         return f"invalid YAML: {' '.join(str(err).split())}"

@@ -178,13 +178,22 @@ def validate_records(records: Iterable[tuple[int, Any]], source: str, vocabulary
 
 def _json_lines(path: Path) -> list[tuple[int, Any]]:
     out = []
-    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    data = path.read_bytes()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UsageError(f"{path}, line {line}: not UTF-8 text (a binary or damaged file, not GenEval metadata)"
+                         ) from None
+    for n, text in enumerate(lines, 1):
         if not text.strip():
             continue
         try:
             out.append((n, json.loads(text)))
         except json.JSONDecodeError as err:
             raise UsageError(f"{path}, line {n}, column {err.colno}: not valid JSON ({err.msg})") from None
+        except ValueError as err:  # a number too long for Python to read
+            raise UsageError(f"{path}, line {n}: not valid JSON ({str(err).split(';')[0]})") from None
     return out
 
 

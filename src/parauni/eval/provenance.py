@@ -188,9 +188,13 @@ def read(folder: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as err:  # not JSON, a number too long, or not UTF-8 (a UnicodeDecodeError)
         raise UsageError(f"{path} is not valid JSON ({err}); delete it and pass --overwrite") from err
+    if not isinstance(record, dict):
+        raise UsageError(f"{path} is not a provenance record (a JSON object; it holds a {type(record).__name__}); "
+                         "delete it and pass --overwrite")
+    return record
 
 
 def write(folder: str | Path, record: dict) -> Path:

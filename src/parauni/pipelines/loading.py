@@ -79,6 +79,9 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | N
             raise UsageError(f"unknown model {model!r}: not a known name, a folder or a hub id 'owner/name'{hint} "
                              f"(known names: {', '.join(model_names())})")
         source = check_source(source, "pipeline")
+        if os.path.isfile(source):
+            raise UsageError(f"{source!r} is a file, not a model: give a saved ParaUniPipeline folder (written by "
+                             "ParaUniPipeline.save_pretrained or `parauni export`), a preset name or 'tiny'")
         if os.path.isdir(source) and not os.path.exists(os.path.join(source, "model_index.json")):
             raise FileNotFoundError(f"{source!r} is a folder but not a saved ParaUniPipeline (no model_index.json); "
                              "write one with ParaUniPipeline.save_pretrained(DIR) or `parauni export`")

@@ -55,10 +55,11 @@ def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out must be an .html file, got {str(out)!r}")
-    runs = _load_runs(run_dirs, samples_per_task)
-    out.parent.mkdir(parents=True, exist_ok=True)
     files_dir = out.with_name(out.stem + "_files")
     md_path = out.with_suffix(".md")
+    _refuse_foreign_twins(out, md_path, files_dir)
+    runs = _load_runs(run_dirs, samples_per_task)
+    out.parent.mkdir(parents=True, exist_ok=True)
     # built beside the previous report under temporary names and swapped in at the end: a report cut short
     # (an error, Ctrl-C) leaves the previous one whole
     for stale in (out, md_path):  # a killed report's temporary files
@@ -77,3 +78,15 @@ def build_report(run_dirs: list[str | Path], out: str | Path, samples_per_task: 
     if files_dir.is_dir() and not any(files_dir.iterdir()):  # a report without images needs no folder
         files_dir.rmdir()
     return out, md_path
+
+
+def _refuse_foreign_twins(out: Path, md_path: Path, files_dir: Path) -> None:
+    """A report replaces its own ``.md`` twin and ``_files/`` folder; where ``out`` is not there yet, a file or
+    folder of those names is someone else's (notes, a folder of images), not a previous report's: refused."""
+    if out.exists():
+        return
+    for other in (md_path, files_dir):
+        if other.exists() or other.is_symlink():
+            raise UsageError(f"--out {out}: the report also writes {other}, which exists and is not a previous "
+                             f"report's; choose another --out, or move {other.name} away")
+

@@ -259,6 +259,10 @@ class RLTrainer(Recipe):
             retune(self.opt, self.cfg.optim, self.cfg.optim.lr, eps=self.cfg.optim.eps)
             self.policy.set_lr()
         logger.info("resumed from %s at epoch %d", ckpt, self.epoch)
+        if self.epoch >= self.cfg.train.epochs:
+            logger.warning("%s is at epoch %d, and train.epochs is %d: nothing is left to train (the weights stay "
+                           "those of epoch %d); pass a larger train.epochs to continue", ckpt.name, self.epoch,
+                           self.cfg.train.epochs, self.epoch)
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def eval_scales(self) -> list[float]:

@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> None:
         raise UsageError(f"--n must be at least 1 and --size at least 16 (got --n {args.n}, --size {args.size})")
     if args.noise < 0 or args.blur < 0:
         raise UsageError(f"--noise and --blur must be >= 0 (got --noise {args.noise:g}, --blur {args.blur:g})")
+    if args.out and Path(args.out).suffix.lower() == ".md":
+        raise UsageError(f"--out {args.out}: the JSON result's file, whose table is written beside it as .md; "
+                         f"name it {Path(args.out).with_suffix('.json')}")
     result = detector_accuracy(args.world, args.n, args.seed, args.size, args.noise, args.blur)
     table = format_accuracy_table(result)
     print(table)

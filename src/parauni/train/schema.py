@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..checks import Check, boolean, integer, number, optional
 from ..errors import ConfigError, UnknownKeyError
-from ..utils.configs import resolve_config
+from ..utils.configs import resolve_config, shipped_config, shipped_config_names
 from ..utils.names import closest_name
 
 
@@ -218,6 +218,10 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
         raise _yaml_error(path, err) from None
     except (OmegaConfBaseException, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: {str(err).splitlines()[0]}") from None
+    except OSError as err:  # OmegaConf's refusal of a file that holds one value ("Invalid loaded object type: int")
+        if err.errno is not None:
+            raise
+        raise ConfigError(f"{path}: a config must be a mapping of sections ({err})") from None
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got a {type(raw).__name__}")
     data = OmegaConf.to_container(raw, resolve=False)
@@ -235,7 +239,17 @@ def _read(path: Path, seen: tuple[Path, ...] = (), root: type | None = None, mig
         return data
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base: expected the path of another YAML config, got {base!r}")
-    parent = _read(path.parent / base, (*seen, path.resolve()), root, migrate)
+    parent_path = path.parent / base
+    if not parent_path.exists() and not Path(base).is_absolute():
+        # a base beside the file first; else a shipped config of that name (`base: toy_grpo.yaml` works from a
+        # config in any folder, as `parauni rl toy_grpo.yaml` does)
+        try:
+            parent_path = shipped_config(base)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: base: {base!r} is neither a file beside it ({parent_path}) nor a shipped config; give its "
+                f"path relative to {path.name}'s folder, or one of: {', '.join(shipped_config_names())}") from None
+    parent = _read(parent_path, (*seen, path.resolve()), root, migrate)
     return _inherit(parent, data, root, merge)
 
 

@@ -184,6 +184,10 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
             self.sched.base_lrs = [o.lr for _ in self.sched.base_lrs]
             retune(self.opt, o, o.lr * factor(self.step), initial_lr=o.lr, eps=o.eps)
         logger.info("resumed from %s at step %d", ckpt, self.step)
+        if self.step >= self.cfg.train.steps:
+            logger.warning("%s is at step %d, and train.steps is %d: nothing is left to train (the weights stay "
+                           "those of step %d); pass a larger train.steps to continue", ckpt.name, self.step,
+                           self.cfg.train.steps, self.step)
 
     # -- the step ------------------------------------------------------------------------------------------
     def train_step(self) -> dict:

@@ -451,10 +451,13 @@ def truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> int:
     if not path.is_file():
         return 0
     kept, dropped, bad = [], 0, []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    # bytes that are not UTF-8 (a damaged file) make their line unreadable, as a torn line is: dropped, named
+    for n, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
+            if "\ufffd" in line:
+                raise ValueError("not UTF-8")
             row = json.loads(line)
             if isinstance(row, dict) and not keep(row):
                 dropped += 1

@@ -22,9 +22,11 @@ def parse_jsonl(text: str, source: str = "<text>", skip_malformed: bool = False)
             continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # not JSON, or a number too long for Python to read (over 4300 digits)
             if not skip_malformed:
-                raise UsageError(f"{source}, line {n}, column {err.colno}: not valid JSON ({err.msg})") from None
+                where = f", column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+                why = err.msg if isinstance(err, json.JSONDecodeError) else str(err).split(";")[0]
+                raise UsageError(f"{source}, line {n}{where}: not valid JSON ({why})") from None
             bad += 1
     if bad:
         logger.warning("%s: skipped %d malformed line(s)", source, bad)
@@ -36,4 +38,13 @@ def read_jsonl(path: str | Path, skip_malformed: bool = False) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist or is not a file")
-    return parse_jsonl(path.read_text(), str(path), skip_malformed)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if not skip_malformed:
+            line = data[: err.start].count(b"\n") + 1
+            raise UsageError(f"{str(path)!r}, line {line}: not UTF-8 text (a damaged or binary file)") from None
+        # the lines that hold bytes that are not UTF-8 are malformed: skipped with the others, with a warning
+        text = data.decode("utf-8", errors="replace")
+    return parse_jsonl(text, str(path), skip_malformed)

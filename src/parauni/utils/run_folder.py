@@ -37,6 +37,21 @@ def earlier_run(out: Path) -> list[str]:
     return sorted(found)
 
 
+# what runs write at the top of their folder (besides checkpoint-<n>, *.jsonl logs and temporary *.tmp files)
+RUN_NAMES = {"config.yaml", "logs", "eval", "final", "curves", "trainable.safetensors", "geneval_before"}
+
+
+def other_files(out: Path) -> list[str]:
+    """The names in ``out`` that no run writes (a user's files, an exported pipeline), sorted; hidden names are
+    not counted."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if not (
+        p.name.startswith(".") or p.name in RUN_NAMES or p.name.startswith("checkpoint-")
+        or p.name.endswith((".jsonl", ".tmp"))))
+
+
 def move_aside(out: Path) -> Path:
     """Move everything in ``out`` but its lock file into a new sibling folder ``<out>.previous-<time>`` and return
     it; ``out`` itself (held locked by the caller) stays."""
@@ -72,7 +87,13 @@ def claim_run_folder(out: Path, resume: bool | str, overwrite: bool, allow_confi
     found = earlier_run(out)
     if resume == "auto" and state_file is not None and not any((Path(out) / n / state_file).is_file() for n in found):
         resume = False  # nothing of this recipe's to resume: --resume auto starts afresh
-    if resume or not found:  # a resumed run continues the run the folder holds
+    if resume:  # a resumed run continues the run the folder holds
+        return None
+    if not found:
+        if foreign := other_files(out):  # a fresh run would write its config, logs and weights among them
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UsageError(f"{out} holds files that are not a run's ({shown}): a run writes its config.yaml, "
+                             "logs and weights into a folder of its own; give a new or empty train.output_dir")
         return None
     kinds = {RUN_KINDS[s] for n in found for s in STATE_FILES if (Path(out) / n / s).is_file()}
     what = " / ".join(sorted(kinds)) if kinds else what  # the run the folder holds, not the one starting

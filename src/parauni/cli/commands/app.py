@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...errors import UsageError
 from ..options import add_dtype_option
 
 
@@ -18,6 +19,8 @@ def add_parser(sub) -> None:
 
 
 def run(args):
+    if not 1 <= args.port <= 65535:  # before loading anything: a TCP port is 16 bits
+        raise UsageError(f"--port {args.port}: a TCP port is at most 65535; give one such as 7860")
     from ...app.ui import serve  # lazy: building the parser imports neither Gradio nor torch
 
     serve(args.model, host=args.host, port=args.port, device=args.device, dtype=getattr(args, "dtype", "auto"))

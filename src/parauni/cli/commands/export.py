@@ -14,6 +14,7 @@ from ...errors import UsageError
 from ...utils.atomic import atomic_folder
 from ...utils.checkpoints import checkpoint_number
 from ...utils.locks import lock_holder, refuse_if_written
+from ...utils.run_folder import STATE_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ def run(args: argparse.Namespace) -> None:
     if Path(args.checkpoint).resolve().is_relative_to(out.resolve()):
         raise UsageError(f"--out {args.out!r} holds the checkpoint {args.checkpoint!r} being exported; give another "
                          "folder (replacing it would delete the checkpoint)")
+    inside = next((p for p in out.resolve().parents if checkpoint_number(p) is not None
+                   and any((p / f).is_file() for f in STATE_FILES)), None)
+    if inside is not None:
+        raise UsageError(f"--out {args.out!r} lies inside the checkpoint folder {str(inside)!r}, which its run deletes "
+                         "when it prunes old checkpoints (train.keep_last); give a folder outside it")
     overwrite = getattr(args, "overwrite", False)
     problem = None if overwrite else _export_target_problem(out)
     if problem:
