@@ -15,7 +15,7 @@ from parauni.utils.configs import shipped_config
 def test_v2_plan_lists_every_step_with_its_v2_config(tmp_path):
     jobs = plan_v2(tmp_path, [0, 1], scale="full")
     names = [j.name for j in jobs]
-    assert names[:4] == ["world-vlm", "world-prior", "world-rewards", "world-probe"]
+    assert names[:5] == ["world-vlm", "world-prior", "world-rewards", "world-probe", "world-prior-eval"]
     for i, job in enumerate(jobs):  # every dependency comes earlier
         assert all(a in names[:i] for a in job.after), job.name
     by = {j.name: j for j in jobs}
@@ -33,6 +33,17 @@ def test_v2_plan_lists_every_step_with_its_v2_config(tmp_path):
     assert by["seed0-nft"].after == ["seed0-all-stage2"]
     assert f"model.source={tmp_path / 'seed0' / 'all' / 'stage2' / 'final'}" in by["seed0-grpo"].argv
     assert by["world-probe"].after == ["world-vlm"] and "--world" in by["world-probe"].argv
+    assert by["world-prior-eval"].argv[-2:] == ["--out", str(tmp_path / "world" / "prior_eval")]
+    # the LIM forms: the all-layer configs with the form set, on the same seed (paired)
+    for form in ("softmax", "prefuse"):
+        for stage in ("stage1", "stage2"):
+            job = by[f"seed1-{form}-{stage}"]
+            assert f"model.conditioner.fusion={form}" in job.argv and "train.seed=1" in job.argv
+            assert str(shipped_config(f"toy_{stage}_v2.yaml")) in job.argv
+    assert len([a for a in by["seed0-reconstruct"].argv if a == "--model"]) == 4
+    assert by["seed0-nft-last"].after == ["seed0-last-stage2"]
+    # the headline runs come first: both variants of every seed, then DiffusionNFT, then the rest
+    assert names.index("seed1-last-stage2") < names.index("seed0-nft") < names.index("seed0-softmax-stage1")
     # the pre-training steps continue from their checkpoint when one is there
     (tmp_path / "world" / "prior" / "resume").mkdir(parents=True)
     (tmp_path / "world" / "prior" / "resume" / "state.json").write_text("{}")
@@ -62,3 +73,37 @@ def test_reproduce_v2_smoke(tmp_path):
     assert (tmp_path / "world" / "vlm" / "layer_probe.png").is_file()
     assert (tmp_path / "seed0" / "reconstruct" / "summary.json").is_file()
     assert "held-out" in (tmp_path / "table.md").read_text()
+
+
+def _summary(seen: float, heldout: float, objects: float = 1.5) -> dict:
+    return {"overall": (seen + heldout) / 2, "splits": {
+        "seen": {"overall": seen, "objects_per_image": objects},
+        "heldout": {"overall": heldout, "objects_per_image": objects}}}
+
+
+def test_v2_table_gives_paired_intervals_over_seeds(tmp_path):
+    """The table's contrasts are the paired differences of the runs' own summaries, with their t-interval."""
+    import json
+
+    from parauni.toy.reproduce.v2 import collect_v2, format_v2
+
+    def put(path, obj):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    held = {"all": [0.50, 0.56, 0.53], "last": [0.45, 0.50, 0.49]}
+    for seed in range(3):
+        for variant, vals in held.items():
+            put(tmp_path / f"seed{seed}" / variant / "stage2" / "eval" / "geneval" / "summary.json",
+                _summary(0.6, vals[seed]))
+        put(tmp_path / f"seed{seed}" / "nft" / "eval" / "geneval_before" / "summary.json", _summary(0.6, 0.5))
+        put(tmp_path / f"seed{seed}" / "nft" / "eval" / "geneval" / "summary.json", _summary(0.7, 0.6 + 0.01 * seed))
+    put(tmp_path / "world" / "prior_eval" / "summary.json", _summary(0.55, 0.40))
+    res = collect_v2(tmp_path, [0, 1, 2])
+    table = format_v2(res)
+    # all - last on held-out: differences 0.05, 0.06, 0.04 -> mean 0.05, sd 0.01, t(2) = 4.303
+    half = 4.303 * 0.01 / 3 ** 0.5
+    assert f"| all − last | +0.000 [+0.000, +0.000] | +0.050 [{0.05 - half:+.3f}, {0.05 + half:+.3f}] |" in table
+    assert "| prior (own text encoder) | 0.550 | 0.400 |" in table
+    assert "| nft | 0.500 ± 0.000 | 0.610 ± 0.010 |" in table
+    assert "| all − softmax | – | – |" in table  # not run: no number, not a zero
