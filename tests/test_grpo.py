@@ -309,7 +309,7 @@ def test_learning_rate_warmup_and_cosine_match_torch_schedulers(tmp_path):
 def test_resume_refuses_more_epochs_under_a_decaying_learning_rate(tmp_path):
     """train.epochs may change on resume while the learning rate is constant; under a cosine decay the optimizer
     steps already taken would have had other rates, so it is refused."""
-    from parauni.utils.checkpoints import ResumeConfigError
+    from parauni.utils.resume_config import ResumeConfigError
 
     trainer(tmp_path, "train.epochs=2", "optim.min_lr_ratio=0.0").run(stop_after=1)
     with pytest.raises(ResumeConfigError, match="cosine learning-rate decay spans train.epochs"):
@@ -445,7 +445,7 @@ def _lines(path):
 def test_grpo_resume_refuses_changed_sampling_and_cuts_logs_back(tmp_path):
     """A run killed after epoch 3 (last checkpoint: epoch 2) resumes to the uninterrupted run's weights, metrics
     rows and LDAM decisions (no duplicate rows); a changed sampling / prompt setting is refused first."""
-    from parauni.utils.checkpoints import ResumeConfigError
+    from parauni.utils.resume_config import ResumeConfigError
 
     extra = ["train.epochs=4", "train.save_every=2", "ldam.patience=1", "ldam.window=2"]
     trainer(tmp_path, *extra, name="full").run()
@@ -471,7 +471,7 @@ def test_grpo_resume_refuses_changed_sampling_and_cuts_logs_back(tmp_path):
 def test_grpo_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):
     import logging
 
-    from parauni.utils.checkpoints import CorruptCheckpointError
+    from parauni.utils.checkpoint_files import CorruptCheckpointError
 
     trainer(tmp_path, "train.epochs=2").run()
     bad = tmp_path / "run" / "checkpoint-000002" / "ema.safetensors"

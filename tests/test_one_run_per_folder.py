@@ -18,6 +18,7 @@ from parauni.errors import UsageError
 from parauni.rl.config import load_grpo_config
 from parauni.rl.grpo import RLTrainer
 from parauni.train.trainer import STATE_FILE, checkpoints
+from parauni.utils import checkpoint_files as cf
 from parauni.utils import checkpoints as ck
 from parauni.utils.atomic import current_umask
 
@@ -144,11 +145,11 @@ def test_grpo_state_with_a_word_for_the_epoch_is_refused(tmp_path):
     folder = tmp_path / "checkpoint-000006"
     folder.mkdir()
     (folder / "grpo_state.json").write_text('{"epoch": "six"}')
-    problems = ck.checkpoint_problems(folder)
+    problems = cf.checkpoint_problems(folder)
     assert len(problems) == 1 and "grpo_state.json" in problems[0] and "'epoch' is \"six\"" in problems[0]
-    with pytest.raises(ck.CorruptCheckpointError, match="start afresh without --resume"):
-        ck.read_state(folder / "grpo_state.json")
-    with pytest.raises(ck.CorruptCheckpointError, match="'epoch'"):
+    with pytest.raises(cf.CorruptCheckpointError, match="start afresh without --resume"):
+        cf.read_state(folder / "grpo_state.json")
+    with pytest.raises(cf.CorruptCheckpointError, match="'epoch'"):
         ck.resume_path(tmp_path, True, "grpo_state.json")
 
 

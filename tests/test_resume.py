@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 from parauni.cli import main
 from parauni.train.config import load_config
 from parauni.train.trainer import STATE_FILE, Trainer, checkpoints
+from parauni.utils import checkpoint_files as cf
 from parauni.utils import checkpoints as ck
+from parauni.utils import resume_config as rc
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "toy_stage1.yaml")
@@ -67,7 +69,7 @@ def test_resume_refuses_a_changed_config_and_keeps_config_yaml(tmp_path, capsys)
     # nothing of the run was touched: its config, its log, its checkpoints
     assert (run / "config.yaml").read_bytes() == saved and (run / "metrics.jsonl").read_bytes() == metrics
     assert [p.name for p in checkpoints(run)] == ["checkpoint-0000002"]
-    assert not (run / ck.CONFIG_CHANGES_FILE).exists()
+    assert not (run / rc.CONFIG_CHANGES_FILE).exists()
 
 
 def test_all_layer_config_refuses_a_last_layer_checkpoint(tmp_path, capsys):
@@ -87,7 +89,7 @@ def test_allow_config_change_logs_changes_and_counts_samples(tmp_path):
     Trainer(cfg(run, "train.steps=4", "train.save_every=2"), progress=False).run(stop_after=2)
     assert cli(run, "train.steps=4", "train.save_every=2", "train.batch_size=16", "optim.lr=5e-4",
                resume="latest", allow=True) == 0
-    rows = [json.loads(x) for x in (run / ck.CONFIG_CHANGES_FILE).read_text().splitlines()]
+    rows = [json.loads(x) for x in (run / rc.CONFIG_CHANGES_FILE).read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["step"] == 2 and rows[0]["checkpoint"].endswith("checkpoint-0000002")
     assert {(c["key"], c["old"], c["new"]) for c in rows[0]["changes"]} == {("train.batch_size", 4, 16),
                                                                           ("optim.lr", 0.001, 0.0005)}
@@ -112,7 +114,7 @@ def test_safe_changes_resume_silently_and_exactly(tmp_path, capsys):
     assert steps_logged(cut) == [1, 2, 3] and [p.name for p in checkpoints(cut)] == ["checkpoint-0000002"]
     assert cli(cut, "train.steps=6", "train.save_every=3", "train.log_every=2", "train.keep_last=3",
                "train.stage=II", resume="latest") == 0
-    assert not (cut / ck.CONFIG_CHANGES_FILE).exists()
+    assert not (cut / rc.CONFIG_CHANGES_FILE).exists()
     assert steps_logged(cut) == [1, 2, 4, 6]  # row 3 of the interrupted run is gone (finding 2)
     assert [p.name for p in checkpoints(cut)] == ["checkpoint-0000002", "checkpoint-0000003", "checkpoint-0000006"]
     a, b = load_file(str(cut / "trainable.safetensors")), load_file(str(ref / "trainable.safetensors"))
@@ -160,7 +162,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(two_checkpoints, tm
     assert trainer.step == 2
     assert any(str(bad) in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records), caplog.text
     trainer.run()  # rewrites checkpoint 4, intact this time
-    assert ck.checkpoint_problems(run / "checkpoint-0000004") == []
+    assert cf.checkpoint_problems(run / "checkpoint-0000004") == []
 
 
 def test_named_corrupt_checkpoint_is_an_error_naming_the_older_one(two_checkpoints, capsys):
@@ -174,28 +176,28 @@ def test_named_corrupt_checkpoint_is_an_error_naming_the_older_one(two_checkpoin
     assert f"--resume {run / 'checkpoint-0000002'}" in err, err
     # the plain --resume falls back by itself and finishes the run
     assert cli(run, "train.steps=4", "train.save_every=2", resume="latest") == 0
-    assert ck.checkpoint_problems(run / "checkpoint-0000004") == []
+    assert cf.checkpoint_problems(run / "checkpoint-0000004") == []
 
 
 def test_checkpoint_problems_read_headers_and_archives(tmp_path):
     st = tmp_path / "w.safetensors"
     save_file({"a": torch.arange(10.0), "b": torch.ones(3, 4)}, str(st))
-    assert ck._safetensors_problem(st) is None
+    assert cf._safetensors_problem(st) is None
     data = st.read_bytes()
     for cut in (4, 12, len(data) - 1):
         st.write_bytes(data[:cut])
-        assert ck._safetensors_problem(st), cut
+        assert cf._safetensors_problem(st), cut
     st.write_bytes(data + b"\0")
-    assert f"need {len(data)} bytes but the file has {len(data) + 1}" in ck._safetensors_problem(st)
+    assert f"need {len(data)} bytes but the file has {len(data) + 1}" in cf._safetensors_problem(st)
     pt = tmp_path / "o.bin"
     torch.save({"x": torch.randn(100)}, pt)
-    assert ck._zip_problem(pt) is None
+    assert cf._zip_problem(pt) is None
     truncate(pt, 0.95)
-    assert "truncated" in ck._zip_problem(pt)
+    assert "truncated" in cf._zip_problem(pt)
     folder = tmp_path / "checkpoint-0000001"
     folder.mkdir()
     (folder / STATE_FILE).write_text('{"step": 1')
-    assert [p.split(": ")[0] for p in ck.checkpoint_problems(folder, required=("trainable.safetensors",))] == [
+    assert [p.split(": ")[0] for p in cf.checkpoint_problems(folder, required=("trainable.safetensors",))] == [
         str(folder / "trainable.safetensors"), str(folder / STATE_FILE)]
 
 

@@ -21,8 +21,8 @@ from parauni.rl.nft import noised
 from parauni.rl.ode import ode_sample
 from parauni.rl.rollout import cfg_velocity
 from parauni.train.schema import setting, to_yaml_dict
-from parauni.utils.checkpoints import flatten
 from parauni.utils.images import signed_to_uint8
+from parauni.utils.resume_config import flatten
 from test_grpo import trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ def add_run_arguments(p, config_example: str, override_example: str) -> None:
                    help="continue from the newest intact checkpoint of train.output_dir (a corrupt newer one is "
                         "skipped with a warning), or from the given checkpoint folder; '--resume auto' starts afresh "
                         "when there is none. The config must match the checkpoint's except for the keys listed in "
-                        "parauni.utils.checkpoints.RESUME_SAFE_KEYS (length, logging, saving, evaluation, threads)")
+                        "parauni.utils.resume_config.RESUME_SAFE_KEYS (length, logging, saving, evaluation, threads)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue even when the config differs from the checkpoint's in keys that "
                         "change the training (batch size, model, data, optimizer, sampling, ...); the differences are "

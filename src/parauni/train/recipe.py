@@ -5,7 +5,7 @@
 - ``_hold_output_folder`` and ``run``: one run per output folder, its lock held from construction to the end;
   ``_claim_output_folder``: a fresh start never mixes with another run's files there;
 - ``_checked_checkpoint``: the checkpoint ``--resume`` names, its files read back and its config compared with
-  this one (:func:`parauni.utils.checkpoints.check_resume_config`), before any model is built;
+  this one (:func:`parauni.utils.resume_config.check_resume_config`), before any model is built;
 - ``_start_output`` and :class:`JsonlLog`: the run folder's config and its logs, cut back to the checkpoint;
 - ``_evaluations``: the evaluation after (or before) training, into ``<out>/eval/<name>`` (one folder a guidance
   scale).
@@ -26,15 +26,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
 from ..registry import EVALUATOR_OF_KIND, EVALUATORS
-from ..utils.checkpoints import (
-    check_resume_config,
-    checkpoint_number,
-    complete_checkpoints,
-    read_state,
-    resume_path,
-    truncate_jsonl,
-)
+from ..utils.checkpoint_files import read_state
+from ..utils.checkpoints import checkpoint_number, complete_checkpoints, resume_path, truncate_jsonl
 from ..utils.locks import owned_lock, with_lock
+from ..utils.resume_config import check_resume_config
 from ..utils.run_folder import claim_run_folder
 from .config import resolve_precision, save_config
 from .schema import to_yaml_dict
@@ -149,7 +144,7 @@ class Recipe:
     def _checked_checkpoint(self, resume: bool | str, allow_config_change: bool = False) -> Path | None:
         """The checkpoint ``resume`` names (corrupt ones skipped or refused, see
         :func:`parauni.utils.checkpoints.resume_path`), its config compared with this one: only the keys of
-        :data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS` may differ without ``allow_config_change`` (the
+        :data:`parauni.utils.resume_config.RESUME_SAFE_KEYS` may differ without ``allow_config_change`` (the
         differences let through are kept in ``self.config_changes``)."""
         ckpt = resume_path(self.out, resume, self.STATE_FILE, required=self._required_files())
         if ckpt is None:  # --resume auto without a checkpoint: a fresh start

@@ -6,7 +6,7 @@ AdamW (weight decay on >= 2-D parameters only), linear warm-up then cosine decay
 ``data.uncond_prob`` of captions replaced by the unconditional prompt, rectified-flow loss. A checkpoint holds the
 trainable weights (``trainable.safetensors``), the optimizer, scheduler and RNG states; the data position is the
 step. ``--resume`` reaches the same weights as an uninterrupted run, or refuses a changed config (see
-:data:`parauni.utils.checkpoints.RESUME_SAFE_KEYS`) unless ``--allow-config-change``.
+:data:`parauni.utils.resume_config.RESUME_SAFE_KEYS`) unless ``--allow-config-change``.
 
 Speed: micro-batches come from DataLoader processes (:mod:`parauni.train.batches`) as uint8; the loss and gradient
 norm stay on the device, read (a non-finite loss stops the run) every ``train.log_every`` steps and before each
@@ -29,7 +29,8 @@ from ..errors import ConfigError, DivergedError
 from ..pipelines.loading import build_model
 from ..pipelines.weights import TRAINABLE_FILE
 from ..utils.atomic import current_umask, ordinary_permissions
-from ..utils.checkpoints import complete_checkpoints, read_state, write_checkpoint
+from ..utils.checkpoint_files import read_state
+from ..utils.checkpoints import complete_checkpoints, write_checkpoint
 from .batches import DeviceBatches
 from .config import Config, save_config, trainable_parts
 from .data import LatentSource, build_source
