@@ -217,6 +217,11 @@ class Policy:
         with self.gathered():
             return {n: whole(v.detach()).float().cpu().clone().contiguous() for n, v in tensors.items()}
 
+    def whole_shapes(self) -> dict[str, torch.Tensor]:
+        """name -> an empty (meta) tensor of each trainable tensor's whole shape, for checking a checkpoint's
+        tensors (a ZeRO-3 partitioned parameter's own shape is empty; its whole one is ``ds_shape``)."""
+        return {n: torch.empty(getattr(p, "ds_shape", p.shape), device="meta") for n, p in self.params.items()}
+
     def laid_out(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Whole tensors (names of :attr:`params`) laid out as :attr:`ema` is: shards of the trainable tensors'
         under FSDP2, whole elsewhere, on their device and dtype."""

@@ -100,13 +100,9 @@ class RLTrainer(Recipe):
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_deepspeed(self) -> None:
-        """What stage III runs under DeepSpeed: ZeRO-2 (the authors' engine) in float32, the LoRA (or a full
-        fine-tune) trained; the rest is refused in one line naming the alternative."""
-        stage = self.acc.state.deepspeed_plugin.zero_stage
-        if stage not in (0, 1, 2):
-            raise ConfigError(f"stage III runs under DeepSpeed ZeRO-2, not ZeRO-{stage} (its rollouts, EMA and old "
-                              "policies need whole weights): launch with configs/accelerate/deepspeed_zero2.yaml or "
-                              "configs/accelerate/ddp.yaml")
+        """What stage III runs under DeepSpeed: ZeRO-2 (the authors' engine) or ZeRO-3 (the policy gathers the
+        partitioned weights wherever it reads them whole) in float32, the LoRA (or a full fine-tune) trained; the
+        rest is refused in one line naming the alternative."""
         if self.cfg.model.train_lim:
             raise ConfigError("model.train_lim=true is not supported under DeepSpeed (the LIM is outside the engine):"
                               " launch with configs/accelerate/ddp.yaml or set model.train_lim=false")
@@ -260,9 +256,10 @@ class RLTrainer(Recipe):
         if ckpt is None:
             return
         self.acc.load_state(str(ckpt))
-        self.policy.load_weights(read_like(ckpt / "trainable.safetensors", self.params),
-                           read_like(ckpt / "ema.safetensors", self.params))
-        if extra := {name: read_like(ckpt / f"{name}.safetensors", self.params)
+        like = self.policy.whole_shapes()
+        self.policy.load_weights(read_like(ckpt / "trainable.safetensors", like),
+                                 read_like(ckpt / "ema.safetensors", like))
+        if extra := {name: read_like(ckpt / f"{name}.safetensors", like)
                      for name in self._algo_call("state_tensors", {})}:
             self.algo.load_state_tensors(extra)
         if self.ldam is not None and (ckpt / "ldam.pt").is_file():
