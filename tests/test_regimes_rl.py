@@ -36,7 +36,7 @@ RUN = ["model.source=tiny", "train.epochs=2", "prompts.per_epoch=4", "sampling.g
        "optim.train_batch=4", "optim.steps_per_epoch=2", "rewards.weights={redness: 1.0}", "ldam.enabled=false",
        "train.eval_before=false", "train.eval_geneval=false", "train.save_every=1", "train.logger=none"]
 ALGOS = ["flow_grpo", "diffusion_nft", "awm"]
-STATS = ["reward/total", "loss", "grad_norm", "clip_frac", "ratio_dev", "kl"]
+STATS = ["reward/total", "loss", "grad_norm", "clip_frac", "ratio_dev", "kl", "diag/lora_delta_norm"]
 LAST = "checkpoint-000002"
 
 needs_deepspeed = pytest.mark.skipif(find_spec("deepspeed") is None,

@@ -38,7 +38,7 @@ class OldPolicy:
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """The old weights as whole float32 CPU tensors: ``old.safetensors`` in each checkpoint (exact resume)."""
-        return {"old": self.tr.policy.whole(self.weights)}
+        return {"old": self.tr.policy.as_whole(self.weights)}
 
     def load(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         """Restore :meth:`state_tensors`."""

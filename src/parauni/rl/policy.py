@@ -209,9 +209,9 @@ class Policy:
 
     def weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
         """The trainable weights (or their EMA) as whole float32 CPU tensors, as a checkpoint stores them."""
-        return self.whole(self.ema if ema else self.params)
+        return self.as_whole(self.ema if ema else self.params)
 
-    def whole(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def as_whole(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors laid out as :attr:`params` or :attr:`ema` (names of :attr:`params`) as whole float32 CPU
         tensors."""
         with self.gathered():

@@ -347,9 +347,11 @@ class RLTrainer(Recipe):
             ldam_log.close()
         # final/'s model: merged by every process (gathering sharded weights is a collective), before the engine goes
         final = self.merged_pipeline() if self.epoch >= t.epochs and (main or self.policy.lockstep) else None
+        self.acc.wait_for_everyone()  # the last collective is done on every process
         release_deepspeed(self.acc)  # before the process group can go
-        if t.logger != "none":
-            self.acc.end_training()
+        # trackers finished and the process group destroyed now, as stage II does: left to the interpreter's exit,
+        # the gloo work FSDP2 and ZeRO hold aborted finished 2-process CPU runs now and then
+        self.acc.end_training()
         result.update(epochs=self.epoch, seconds=time.perf_counter() - t0)
         if final is not None and main:
             self._finish(result, final)
