@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import torch
 
 from ..train.distributed import DEEPSPEED, FSDP, configure_deepspeed, fsdp_wrap_present, scalar
-from ..train.sharded import gathered, shard_like, whole
 from ..train.optim import decay_groups, warmup_cosine
+from ..train.sharded import gathered, shard_like, whole
 from .config import steps_per_epoch
 from .lora import adapters_off, lora_delta_norm, make_trainable
 from .objective import ema_decay, ema_due
