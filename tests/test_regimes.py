@@ -48,6 +48,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from zero3_launch import zero3_launch_config
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "toy_stage1.yaml"
 ACCELERATE = ROOT / "configs" / "accelerate"
@@ -75,26 +77,6 @@ BF16 = {"autocast": {"loss_rtol": 1.5e-2, "norm_rtol": 2e-2, "weight_rel": 3e-2}
 
 needs_deepspeed = pytest.mark.skipif(find_spec("deepspeed") is None,
                                      reason="DeepSpeed is not installed: pip install 'parauni[deepspeed]'")
-
-ZERO3_DS_CONFIG = {  # configs/accelerate/deepspeed_zero3.yaml's settings as a DeepSpeed config file, plus
-    "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto", "bf16": {"enabled": "auto"},
-    # partition every parameter, however small (the default threshold, 1e5 elements, exempts all of them here)
-    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "offload_optimizer": {"device": "none"},
-                          "offload_param": {"device": "none"}},
-}
-
-
-def zero3_launch_config(folder: Path) -> Path:
-    """configs/accelerate/deepspeed_zero3.yaml with its deepspeed_config read from a file (ZERO3_DS_CONFIG)."""
-    ds = folder / "zero3.json"
-    ds.write_text(json.dumps(ZERO3_DS_CONFIG))
-    text = (ACCELERATE / "deepspeed_zero3.yaml").read_text()
-    head = text[:text.index("deepspeed_config:")]
-    out = folder / "zero3_partitioned.yaml"
-    out.write_text(head + f"deepspeed_config:\n  deepspeed_config_file: {ds}\n  zero3_init_flag: false\n")
-    return out
-
 
 def launch(out: Path, launch_config: str | Path | None, precision: str = "no", *extra: str, port: int = 0,
            resume: bool = False) -> None:

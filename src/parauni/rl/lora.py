@@ -10,6 +10,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 
 from ..errors import ConfigError
+from ..train.sharded import gathered, partitioned, whole
 
 
 @contextmanager
@@ -64,30 +65,35 @@ def make_trainable(transformer, model_cfg) -> None:
 
 def merged_state(transformer) -> dict[str, torch.Tensor]:
     """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
-    the adapter's own tensors left out: the keys of the plain (adapter-free) model."""
-    deltas = {}
-    for name, module in transformer.named_modules():
-        if isinstance(module, LoraLayer) and "default" in module.lora_A:
-            deltas[name] = module.get_delta_weight("default")
-    state = {}
-    for key, value in transformer.state_dict().items():
-        if "lora_" in key:
-            continue
-        key = key.replace(".base_layer.", ".")
-        owner = key.rsplit(".", 1)[0]
-        if key.endswith(".weight") and owner in deltas:
-            value = value + deltas[owner].to(value.dtype)
-        state[key] = value
+    the adapter's own tensors left out: the keys of the plain (adapter-free) model. Whole tensors whatever shards
+    the weights (FSDP2's ``DTensor`` shards are all-gathered, DeepSpeed ZeRO-3's partitions gathered): a
+    collective on a sharded transformer, which every process must call."""
+    zero3 = bool(partitioned(transformer.parameters()))
+    with gathered(transformer.parameters()):  # ZeRO-3: whole inside the block only, so the values are copied
+        deltas = {}
+        for name, module in transformer.named_modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                deltas[name] = module.get_delta_weight("default")
+        state = {}
+        for key, value in transformer.state_dict().items():
+            if "lora_" in key:
+                continue
+            key = key.replace(".base_layer.", ".")
+            owner = key.rsplit(".", 1)[0]
+            if key.endswith(".weight") and owner in deltas:
+                value = value + deltas[owner].to(value.dtype)
+            state[key] = whole(value).clone() if zero3 else whole(value)
     return state
 
 
 def lora_delta_norm(transformer) -> float:
-    """``sqrt(sum ||scale * B A||_F^2)`` over every LoRA layer: how far the adapter has moved the weights."""
+    """``sqrt(sum ||scale * B A||_F^2)`` over every LoRA layer: how far the adapter has moved the weights (a
+    collective on a sharded transformer, as :func:`merged_state`)."""
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), gathered(transformer.parameters()):
         for module in transformer.modules():
             if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                total += float(module.get_delta_weight("default").float().pow(2).sum())
+                total += float(whole(module.get_delta_weight("default").float().pow(2).sum()))
     return total ** 0.5
 
 

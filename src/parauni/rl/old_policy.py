@@ -14,7 +14,8 @@ class OldPolicy:
 
     def __init__(self, trainer):
         self.tr = trainer
-        self.weights = {n: p.detach().clone() for n, p in trainer.params.items()}
+        with trainer.policy.gathered():  # laid out as the EMA: FSDP2 shards, else whole
+            self.weights = {n: p.detach().clone() for n, p in trainer.params.items()}
         self._model = None  # a plain transformer with the old weights merged, rebuilt only when they moved
         self._stale = True
 
@@ -30,16 +31,16 @@ class OldPolicy:
     @torch.no_grad()
     def soft_update(self, decay: float) -> None:
         """``old = decay * old + (1 - decay) * current``."""
-        for n, p in self.tr.params.items():
-            self.weights[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
+        with self.tr.policy.gathered():
+            for n, p in self.tr.params.items():
+                self.weights[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
         self._stale = True
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The old weights as float32 CPU tensors: ``old.safetensors`` in each checkpoint (exact resume)."""
-        return {"old": {n: v.float().cpu().contiguous() for n, v in self.weights.items()}}
+        """The old weights as whole float32 CPU tensors: ``old.safetensors`` in each checkpoint (exact resume)."""
+        return {"old": self.tr.policy.as_whole(self.weights)}
 
     def load(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         """Restore :meth:`state_tensors`."""
-        for n, v in tensors["old"].items():
-            self.weights[n] = v.to(self.tr.params[n].device, self.tr.params[n].dtype)
+        self.weights = self.tr.policy.laid_out(tensors["old"])
         self._stale = True

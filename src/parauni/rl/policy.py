@@ -11,8 +11,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ..train.distributed import DEEPSPEED, configure_deepspeed, scalar
+from ..train.distributed import DEEPSPEED, FSDP, configure_deepspeed, fsdp_wrap_present, scalar
 from ..train.optim import decay_groups, warmup_cosine
+from ..train.sharded import gathered, shard_like, whole
 from .config import steps_per_epoch
 from .lora import adapters_off, lora_delta_norm, make_trainable
 from .objective import ema_decay, ema_due
@@ -31,7 +32,13 @@ class Policy:
     ``params``: name -> trainable tensor (``transformer.*``, ``conditioner.*``); ``ema``: their EMA; ``opt``:
     AdamW; ``transformer``: the Accelerate-prepared transformer; ``reference_model``: the frozen starting
     transformer of a full fine-tune (``None`` for a LoRA: its reference is the adapter off); ``step``: the optimizer
-    steps taken (the learning-rate schedule's and the EMA's clock)."""
+    steps taken (the learning-rate schedule's and the EMA's clock).
+
+    Sharded weights: under FSDP2 each trainable tensor is a ``DTensor`` shard, and so are its EMA, snapshots and
+    an old policy's copy (elementwise updates on the shards are the whole tensor's, shard by shard); under
+    DeepSpeed ZeRO-3 they are gathered (:meth:`gathered`) wherever they are read or written, and the EMA and
+    copies are whole. Whole values leave (:meth:`weights`) and enter (:meth:`load_weights`) only whole. Every
+    method here is then a collective: every process calls it."""
 
     def __init__(self, cfg, acc, pipe):
         """LoRA on ``pipe``'s transformer (and the LIM with ``model.train_lim``) as the trainable policy, its EMA
@@ -46,25 +53,43 @@ class Policy:
         tr.train()
         if m.train_lim:
             pipe.conditioner.lim.requires_grad_(True)
-        self.params = {f"transformer.{n}": p for n, p in tr.named_parameters() if p.requires_grad}
-        if m.train_lim:
-            self.params.update({f"conditioner.{n}": p for n, p in pipe.conditioner.named_parameters()
-                                if p.requires_grad})
-        self.ema = {n: p.detach().clone() for n, p in self.params.items()}
-        opt = torch.optim.AdamW(decay_groups(self.params.values(), o.weight_decay), lr=o.lr, betas=tuple(o.betas),
-                                eps=o.eps)
-        self.deepspeed = acc.distributed_type == DEEPSPEED
+        self.conditioner = pipe.conditioner
+        opt = torch.optim.AdamW(decay_groups(self._trainable(tr).values(), o.weight_decay), lr=o.lr,
+                                betas=tuple(o.betas), eps=o.eps)
+        self.deepspeed, self.fsdp = acc.distributed_type == DEEPSPEED, acc.distributed_type == FSDP
+        # every forward and backward pass communicates (FSDP2's all-gathers, ZeRO's reductions): every process
+        # runs as many as the busiest one
+        self.lockstep = self.deepspeed or self.fsdp
         if self.deepspeed:  # the engine steps (and clips) inside the last backward pass of each optimizer step
             configure_deepspeed(acc, micro_batch=o.train_batch, grad_accum=1,
                                 global_batch=o.train_batch * acc.num_processes, max_grad_norm=o.max_grad_norm)
+        if self.fsdp:
+            fsdp_wrap_present(acc, tr)
         self.transformer, self.opt = acc.prepare(tr, opt)
+        # FSDP2 replaces each parameter by a DTensor shard (and the optimizer's references with it): the
+        # trainable tensors are read from the prepared module
+        self.params = self._trainable(self.raw_transformer)
+        with self.gathered():
+            self.ema = {n: p.detach().clone() for n, p in self.params.items()}
         self.set_lr()
         acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         acc.register_load_state_pre_hook(lambda models, inp: models.clear())
 
+    def _trainable(self, transformer) -> dict[str, torch.Tensor]:
+        """name -> trainable tensor of ``transformer`` (and of the LIM with ``model.train_lim``)."""
+        params = {f"transformer.{n}": p for n, p in transformer.named_parameters() if p.requires_grad}
+        if self.cfg.model.train_lim:
+            params.update({f"conditioner.{n}": p for n, p in self.conditioner.named_parameters() if p.requires_grad})
+        return params
+
     @property
     def raw_transformer(self):
         return self.acc.unwrap_model(self.transformer)
+
+    def gathered(self, modify: bool = False):
+        """Context manager: under DeepSpeed ZeRO-3 the trainable tensors whole inside the block (with ``modify``,
+        written back to their partitions after it); elsewhere nothing (:func:`parauni.train.sharded.gathered`)."""
+        return gathered(self.params.values(), modify)
 
     @contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -85,8 +110,9 @@ class Policy:
         if self.reference_model is None:
             return "diag/lora_delta_norm", lora_delta_norm(raw)
         start = dict(self.reference_model.named_parameters())
-        with torch.no_grad():
-            total = sum(float((p.detach().float() - start[n].float()).pow(2).sum()) for n, p in raw.named_parameters())
+        with torch.no_grad(), gathered(raw.parameters()):
+            total = sum(float((whole(p.detach()).float() - start[n].float()).pow(2).sum())
+                        for n, p in raw.named_parameters())
         return "diag/weight_delta_norm", math.sqrt(total)
 
     def planned_steps(self) -> int:
@@ -138,7 +164,7 @@ class Policy:
         if self.deepspeed:  # the engine has clipped and stepped at the step's last backward pass
             norm = scalar(self.acc.deepspeed_engine_wrapped.engine.get_global_grad_norm())
         else:
-            norm = self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm)
+            norm = scalar(self.acc.clip_grad_norm_(list(self.params.values()), o.max_grad_norm))
             self.set_lr()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -149,42 +175,61 @@ class Policy:
         # update's decay is min(2 / 11, ema_decay)
         if ema_due(self.step, o.ema_every):
             keep = ema_decay(self.step, o.ema_decay, o.ema_warmup)
-            with torch.no_grad():
+            with torch.no_grad(), self.gathered():
                 for n, p in self.params.items():
                     self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
         return torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu()
 
     def snapshot(self) -> list[torch.Tensor]:
         """A copy of the trainable weights (for :meth:`distance_from`)."""
-        return [p.detach().clone() for p in self.params.values()]
+        with self.gathered():
+            return [p.detach().clone() for p in self.params.values()]
 
     def distance_from(self, before: list[torch.Tensor]) -> float:
         """``||theta - before||`` over every trainable weight: how far one update moved them."""
-        return sum(float((p.detach() - b).float().pow(2).sum())
-                   for p, b in zip(self.params.values(), before, strict=True)) ** 0.5
+        with self.gathered():
+            return sum(scalar((p.detach() - b).float().pow(2).sum())
+                       for p, b in zip(self.params.values(), before, strict=True)) ** 0.5
 
     @contextmanager
     def swapped_weights(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
-        """The trainable weights replaced by ``values`` (same names) inside the block, restored after it."""
-        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        """The trainable weights replaced by ``values`` (same names, laid out as :attr:`ema`) inside the block,
+        restored after it."""
+        with self.gathered():
+            backup = {n: p.detach().clone() for n, p in self.params.items()}
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.gathered(modify=True):
                 for n, p in self.params.items():
                     p.copy_(values[n])
             yield
         finally:
-            with torch.no_grad():
+            with torch.no_grad(), self.gathered(modify=True):
                 for n, p in self.params.items():
                     p.copy_(backup[n])
 
     def weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
-        """The trainable weights (or their EMA) as float32 CPU tensors, as a checkpoint stores them."""
-        src = self.ema if ema else {n: p.detach() for n, p in self.params.items()}
-        return {n: v.float().cpu().contiguous() for n, v in src.items()}
+        """The trainable weights (or their EMA) as whole float32 CPU tensors, as a checkpoint stores them."""
+        return self.as_whole(self.ema if ema else self.params)
+
+    def as_whole(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors laid out as :attr:`params` or :attr:`ema` (names of :attr:`params`) as whole float32 CPU
+        tensors."""
+        with self.gathered():
+            return {n: whole(v.detach()).float().cpu().clone().contiguous() for n, v in tensors.items()}
+
+    def whole_shapes(self) -> dict[str, torch.Tensor]:
+        """name -> an empty (meta) tensor of each trainable tensor's whole shape, for checking a checkpoint's
+        tensors (a ZeRO-3 partitioned parameter's own shape is empty; its whole one is ``ds_shape``)."""
+        return {n: torch.empty(getattr(p, "ds_shape", p.shape), device="meta") for n, p in self.params.items()}
+
+    def laid_out(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Whole tensors (names of :attr:`params`) laid out as :attr:`ema` is: shards of the trainable tensors'
+        under FSDP2, whole elsewhere, on their device and dtype."""
+        return {n: shard_like(self.params[n], v) for n, v in tensors.items()}
 
     def load_weights(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> None:
-        """The trainable weights and their EMA from a checkpoint's tensors (same names)."""
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(weights[n].to(p.dtype))
-                self.ema[n] = ema[n].to(p.device, p.dtype)
+        """The trainable weights and their EMA from a checkpoint's whole tensors (same names)."""
+        with torch.no_grad(), self.gathered(modify=True):
+            for n, v in self.laid_out(weights).items():
+                self.params[n].copy_(v)
+        self.ema = self.laid_out(ema)

@@ -25,7 +25,14 @@ from ..errors import ConfigError
 from ..pipelines.loading import build_model
 from ..rewards.base import WeightedReward
 from ..train.config import save_config
-from ..train.distributed import DEEPSPEED, deepspeed_setup, release_deepspeed
+from ..train.distributed import (
+    DEEPSPEED,
+    FSDP,
+    deepspeed_setup,
+    fsdp_on_cpu,
+    refuse_sharded_evaluation,
+    release_deepspeed,
+)
 from ..train.optim import retune, schedule_change
 from ..train.recipe import Recipe
 from ..utils.checkpoints import write_checkpoint
@@ -75,9 +82,14 @@ class RLTrainer(Recipe):
         # stage III accumulates its gradients itself: the Accelerator's accumulation stays 1, whatever a launcher
         # sets (ACCELERATE_GRADIENT_ACCUMULATION_STEPS would divide every loss)
         self._setup_accelerator(grad_accum=1, timeout_minutes=cfg.train.dist_timeout_minutes)
+        fsdp_on_cpu(self.acc)  # an FSDP launch runs FSDP2 on CPU processes too
         deepspeed_setup(self.acc)  # a DeepSpeed launch runs DeepSpeed on CPU processes too
+        refuse_sharded_evaluation(self.acc, cfg.train.eval_geneval)
         if self.acc.distributed_type == DEEPSPEED:
             self._check_deepspeed()
+        if self.acc.distributed_type == FSDP and cfg.model.train_lim:
+            raise ConfigError("model.train_lim=true is not supported under FSDP (the LIM is outside the sharded "
+                              "transformer): launch with configs/accelerate/ddp.yaml or set model.train_lim=false")
         if cfg.prompts.per_epoch % self.acc.num_processes:
             raise ConfigError(f"prompts.per_epoch ({cfg.prompts.per_epoch}) must be a multiple of the number of "
                               f"processes ({self.acc.num_processes}): each process rolls out the same number of "
@@ -88,13 +100,9 @@ class RLTrainer(Recipe):
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_deepspeed(self) -> None:
-        """What stage III runs under DeepSpeed: ZeRO-2 (the authors' engine) in float32, the LoRA (or a full
-        fine-tune) trained; the rest is refused in one line naming the alternative."""
-        stage = self.acc.state.deepspeed_plugin.zero_stage
-        if stage not in (0, 1, 2):
-            raise ConfigError(f"stage III runs under DeepSpeed ZeRO-2, not ZeRO-{stage} (its rollouts, EMA and old "
-                              "policies need whole weights): launch with configs/accelerate/deepspeed_zero2.yaml or "
-                              "configs/accelerate/ddp.yaml")
+        """What stage III runs under DeepSpeed: ZeRO-2 (the authors' engine) or ZeRO-3 (the policy gathers the
+        partitioned weights wherever it reads them whole) in float32, the LoRA (or a full fine-tune) trained; the
+        rest is refused in one line naming the alternative."""
         if self.cfg.model.train_lim:
             raise ConfigError("model.train_lim=true is not supported under DeepSpeed (the LIM is outside the engine):"
                               " launch with configs/accelerate/ddp.yaml or set model.train_lim=false")
@@ -123,7 +131,7 @@ class RLTrainer(Recipe):
         self.ldam = build_ldam(cfg.ldam, self.reward_names, self.num_layers, t.seed)  # None when off
         self.data = EpochData(cfg, self.acc, self.pipe, self.prompt_source, self.reward, self.ldam,
                               getattr(algo, "drops_failed_samples", True))
-        self.data.lockstep = self.policy.deepspeed  # ZeRO communicates at every backward pass
+        self.data.lockstep = self.policy.lockstep  # FSDP2 and ZeRO communicate at every pass
         self.epoch = 0
         self._setup_sampling()
         self.algo = algo(self)
@@ -211,22 +219,25 @@ class RLTrainer(Recipe):
         self.merged_pipeline(ema).save_pretrained(out)
         return Path(out)
 
-    def export_final(self) -> Path:
-        """``<output_dir>/final``: the EMA model as a ``ParaUniPipeline`` folder (written, then renamed)."""
-        return write_final(self.merged_pipeline(), self.out)
+    def export_final(self, pipeline=None) -> Path:
+        """``<output_dir>/final``: the EMA model (``pipeline``: already merged) as a ``ParaUniPipeline`` folder
+        (written, then renamed)."""
+        return write_final(pipeline or self.merged_pipeline(), self.out)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """``checkpoint-<epoch>``: LoRA (+ LIM) weights, their EMA, the algorithm's state (DiffusionNFT's old
         weights), optimizer, LDAM state, epoch, config."""
 
+        # whole tensors, gathered from FSDP2 shards or ZeRO-3 partitions by every process; the main one writes
+        tensors = {"trainable": self.policy.weights(), "ema": self.policy.weights(ema=True),
+                   **self._algo_call("state_tensors", {})}  # e.g. an old policy's weights
+
         def write(folder: Path) -> None:
-            save_file(self.policy.weights(), str(folder / "trainable.safetensors"))
-            save_file(self.policy.weights(ema=True), str(folder / "ema.safetensors"))
+            for name, values in tensors.items():
+                save_file(values, str(folder / f"{name}.safetensors"))
             if self.ldam is not None:
                 torch.save(self.ldam.state_dict(), folder / "ldam.pt")
-            for name, tensors in self._algo_call("state_tensors", {}).items():  # e.g. an old policy's weights
-                save_file(tensors, str(folder / f"{name}.safetensors"))
             save_config(self.cfg, folder / "config.yaml")
             (folder / STATE_FILE).write_text(json.dumps({"epoch": self.epoch, "optimizer_steps": self.opt_step}) + "\n")
 
@@ -245,9 +256,10 @@ class RLTrainer(Recipe):
         if ckpt is None:
             return
         self.acc.load_state(str(ckpt))
-        self.policy.load_weights(read_like(ckpt / "trainable.safetensors", self.params),
-                           read_like(ckpt / "ema.safetensors", self.params))
-        if extra := {name: read_like(ckpt / f"{name}.safetensors", self.params)
+        like = self.policy.whole_shapes()
+        self.policy.load_weights(read_like(ckpt / "trainable.safetensors", like),
+                                 read_like(ckpt / "ema.safetensors", like))
+        if extra := {name: read_like(ckpt / f"{name}.safetensors", like)
                      for name in self._algo_call("state_tensors", {})}:
             self.algo.load_state_tensors(extra)
         if self.ldam is not None and (ckpt / "ldam.pt").is_file():
@@ -333,20 +345,24 @@ class RLTrainer(Recipe):
             bar.close()
             metrics.close()
             ldam_log.close()
+        # final/'s model: merged by every process (gathering sharded weights is a collective), before the engine goes
+        final = self.merged_pipeline() if self.epoch >= t.epochs and (main or self.policy.lockstep) else None
+        self.acc.wait_for_everyone()  # the last collective is done on every process
         release_deepspeed(self.acc)  # before the process group can go
-        if t.logger != "none":
-            self.acc.end_training()
+        # trackers finished and the process group destroyed now, as stage II does: left to the interpreter's exit,
+        # the gloo work FSDP2 and ZeRO hold aborted finished 2-process CPU runs now and then
+        self.acc.end_training()
         result.update(epochs=self.epoch, seconds=time.perf_counter() - t0)
-        if self.epoch >= t.epochs and main:
-            self._finish(result)
+        if final is not None and main:
+            self._finish(result, final)
         return result
 
     # -- the end --------------------------------------------------------------------------------------------
-    def _finish(self, result: dict) -> None:
-        """After the last epoch: the curves, ``final/`` (the EMA model) and, with ``train.eval_geneval``, its
-        evaluations beside those before training."""
+    def _finish(self, result: dict, final) -> None:
+        """After the last epoch: the curves, ``final/`` (``final``: the EMA model) and, with ``train.eval_geneval``,
+        its evaluations beside those before training."""
         plot_run(self.out)
-        result["final"] = str(self.export_final())
+        result["final"] = str(self.export_final(final))
         if self.cfg.train.eval_geneval:
             after = self.geneval("geneval")
             result.update({"geneval_after" + k[len("geneval"):]: v for k, v in after.items()})

@@ -51,6 +51,34 @@ def fsdp_on_cpu(acc) -> None:
     AcceleratorState._shared_state["fsdp_plugin"] = plugin
 
 
+def refuse_sharded_evaluation(acc, evaluate: bool) -> None:
+    """``train.eval_geneval`` runs the whole model on the main process alone, which FSDP and DeepSpeed ZeRO-3
+    (weights sharded across processes) cannot: refused in one line naming what to do instead."""
+    zero3 = acc.distributed_type == DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+    if (acc.distributed_type == FSDP or zero3) and evaluate:
+        engine = "FSDP" if acc.distributed_type == FSDP else "DeepSpeed ZeRO-3"
+        raise ConfigError(f"train.eval_geneval=true needs the whole model on one process, but {engine} shards it; "
+                          "set train.eval_geneval=false and score the exported checkpoint "
+                          "(`parauni export CHECKPOINT --out DIR`) afterwards")
+
+
+def fsdp_wrap_present(acc, module) -> None:
+    """Keep, of the FSDP plugin's ``transformer_cls_names_to_wrap``, the classes ``module`` has, before
+    ``Accelerator.prepare(module)``: one launch config names the blocks of every part (configs/accelerate/fsdp.yaml:
+    ``SanaTransformerBlock`` and the VLM's ``Qwen2DecoderLayer``), and Accelerate refuses a name the prepared
+    module lacks (stage III prepares the transformer alone)."""
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    plugin = acc.state.fsdp_plugin
+    names = plugin.transformer_cls_names_to_wrap
+    if names:
+        present = [n for n in names if get_module_class_from_name(module, n) is not None]
+        if not present:
+            raise ConfigError(f"fsdp_transformer_layer_cls_to_wrap names no block of {type(module).__name__} "
+                              f"({', '.join(names)}): add its block class to the accelerate config")
+        plugin.transformer_cls_names_to_wrap = present
+
+
 def deepspeed_setup(acc) -> None:
     """A DeepSpeed launch (``ACCELERATE_USE_DEEPSPEED=true``), before the model is built: DeepSpeed on CPU
     processes too (:func:`deepspeed_on_cpu`), and ``zero3_init_flag: false`` honoured.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ..models.backbone import VLMBackbone
 from ..models.prompt import tokenize_prompts
 from ..pipelines.pipeline_parauni import ParaUniPipeline
 from .config import CHECKPOINTABLE
+from .sharded import gathered, whole
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +109,9 @@ def save_trainable(module: FlowTrainModule, path: str | Path, write: bool = True
     the file.
     """
     params = module.trainable_state()
-    partitioned = [p for p in params.values() if hasattr(p, "ds_id")]  # DeepSpeed ZeRO-3: this rank's partition
-    if partitioned:  # all-gathered for the copy below, partitioned again on exit (a collective, too)
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
-    else:
-        gathered = contextlib.nullcontext()
-    state = {}
-    with gathered:
-        for name, param in params.items():
-            tensor = param.detach()
-            if hasattr(tensor, "full_tensor"):  # torch.distributed.tensor.DTensor
-                tensor = tensor.full_tensor()
-            state[name] = tensor.float().cpu().clone().contiguous()
+    # ZeRO-3 partitions all-gathered for the copy below, partitioned again on exit (a collective, too)
+    with gathered(params.values()):
+        state = {name: whole(param.detach()).float().cpu().clone().contiguous() for name, param in params.items()}
     if not write:
         return
     path = Path(path)

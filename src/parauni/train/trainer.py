@@ -41,6 +41,7 @@ from .distributed import (
     configure_deepspeed,
     deepspeed_setup,
     fsdp_on_cpu,
+    refuse_sharded_evaluation,
     release_deepspeed,
     scalar,
 )
@@ -78,12 +79,7 @@ class Trainer(DeviceBatches, TrainableCheckpointHooks, Recipe):
         self._setup_accelerator(grad_accum=cfg.train.grad_accum)
         fsdp_on_cpu(self.acc)
         deepspeed_setup(self.acc)
-        zero3 = self.acc.distributed_type == DEEPSPEED and self.acc.state.deepspeed_plugin.zero_stage == 3
-        if (self.acc.distributed_type == FSDP or zero3) and cfg.train.eval_geneval:
-            engine = "FSDP" if self.acc.distributed_type == FSDP else "DeepSpeed ZeRO-3"
-            raise ConfigError(f"train.eval_geneval=true needs the whole model on one process, but {engine} shards it; "
-                              "set train.eval_geneval=false and score the exported checkpoint "
-                              "(`parauni export CHECKPOINT --out DIR`) afterwards")
+        refuse_sharded_evaluation(self.acc, cfg.train.eval_geneval)
         self._hold_output_folder(lambda: self._setup(resume, allow_config_change))
 
     # -- setup ---------------------------------------------------------------------------------------------
