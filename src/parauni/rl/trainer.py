@@ -327,7 +327,7 @@ class RLTrainer(Recipe):
         ldam_log = self._log("ldam.jsonl", lambda r: int(r.get("epoch", 0)) < self.epoch, self.ldam is not None)
         if t.logger != "none":
             self.acc.init_trackers("grpo")
-        bar = tqdm(total=t.epochs, initial=self.epoch, desc="grpo", disable=not (main and self.progress),
+        bar = tqdm(total=t.epochs, initial=self.epoch, desc=self.cfg.algorithm, disable=not (main and self.progress),
                    dynamic_ncols=True)
         t0, self._idle = time.perf_counter(), 0
         try:
