@@ -46,7 +46,7 @@ class Policy:
     ratio 1). Everything kept *of* the weights is taken from the float32 master weights instead
     (:meth:`current`, gathered by ``deepspeed.utils.safe_get_full_fp32_param``): the EMA, snapshots and
     distances, an old policy's copy and the checkpoint's ``trainable`` tensors, all float32. The master weights
-    are what the optimizer trains; an update smaller than bf16's spacing (2^-8 relative) moves them but leaves the
+    are what the optimizer trains; an update below bf16's rounding (2^-9 relative) moves them but leaves the
     module's bf16 copy unchanged, so an EMA or distance read from that copy would miss it, and a checkpoint would
     not hold what the engine resumes from. The bf16 copy is the master rounded to nearest, so a rollout with the
     EMA or old weights swapped in (:meth:`swapped_weights`, rounded as they are written) runs what the engine
