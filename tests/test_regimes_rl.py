@@ -387,7 +387,7 @@ def test_deepspeed_bf16_matches_one_process_bf16(engine, algorithm, reference_bf
       6.8e-3);
     * ``final/``'s transformer float32, within 1e-2 relative L2 (measured 1.5e-3 to 1.8e-3: the base weights
       rounded to bf16 once, 2^-9 relative at most, and the EMA LoRA's difference);
-    * the checkpoint's LoRA and EMA float32 files.
+    * the checkpoint's LoRA and EMA float32 files, the LoRA the master weights (not bf16 values).
     """
     out, one = tmp_path / f"{engine}_bf16", reference_bf16(algorithm)
     launch(out, algorithm, engine_config(engine, tmp_path), "bf16", port=_port())
@@ -407,6 +407,10 @@ def test_deepspeed_bf16_matches_one_process_bf16(engine, algorithm, reference_bf
     assert final <= 1e-2
     for tensors in (final_files[0], lora(out), load_file(str(out / LAST / "ema.safetensors"))):
         assert {v.dtype for v in tensors.values()} == {torch.float32}
+    # the checkpoint's weights are the float32 master weights, not the module's bf16 copy upcast (measured: none of
+    # their elements is a bf16 value)
+    saved = torch.cat([v.flatten() for v in lora(out).values()])
+    assert (saved.bfloat16().float() == saved).float().mean() < 0.5
 
 
 @pytest.mark.slow
@@ -427,15 +431,15 @@ def test_deepspeed_bf16_update_is_on_policy(engine, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", [pytest.param(a, marks=needs_deepspeed) for a in ALGOS])
-def test_deepspeed_bf16_resumes_exactly(algorithm, tmp_path):
-    """ZeRO-2 with DeepSpeed's bf16: 1 epoch, then ``--resume`` (the engine restores its bf16 module and float32
-    master weights; the EMA and an old policy come back float32 from the checkpoint) is bit-identical to the
-    uninterrupted 2 epochs: statistics, weights, EMA and old policy."""
-    full, out = tmp_path / "full", tmp_path / "resumed"
-    launch(full, algorithm, "deepspeed_zero2.yaml", "bf16", port=_port())
-    launch(out, algorithm, "deepspeed_zero2.yaml", "bf16", "train.epochs=1", port=_port())
-    launch(out, algorithm, "deepspeed_zero2.yaml", "bf16", "--resume", port=_port())
+@pytest.mark.parametrize(("engine", "algorithm"), deepspeed_bf16_cases(set()))
+def test_deepspeed_bf16_resumes_exactly(engine, algorithm, tmp_path):
+    """ZeRO-2 or ZeRO-3 with DeepSpeed's bf16: 1 epoch, then ``--resume`` (the engine restores its bf16 module and
+    float32 master weights; the EMA and an old policy come back float32 from the checkpoint) is bit-identical to
+    the uninterrupted 2 epochs: statistics, weights, EMA and old policy."""
+    full, out, config = tmp_path / "full", tmp_path / "resumed", engine_config(engine, tmp_path)
+    launch(full, algorithm, config, "bf16", port=_port())
+    launch(out, algorithm, config, "bf16", "train.epochs=1", port=_port())
+    launch(out, algorithm, config, "bf16", "--resume", port=_port())
     assert_deepspeed_bf16_ran(out)
     assert_identical(out, full)
     for name in ("ema", *(["old"] if (full / LAST / "old.safetensors").is_file() else [])):
