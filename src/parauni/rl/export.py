@@ -82,7 +82,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True)
 
 def merged_pipeline(policy, pipe, ema: bool = True) -> ParaUniPipeline:
     """A ``ParaUniPipeline`` of a running trainer's :class:`~parauni.rl.policy.Policy` on ``pipe``: the (EMA) LoRA
-    merged into a plain copy of the transformer, a copy of the conditioner."""
+    merged into a plain copy of the transformer, a copy of the conditioner. Under DeepSpeed's bf16
+    (``policy.master``) the float32 (EMA or master) LoRA weights are merged, in float32, into the bf16 base weights
+    the engine ran (upcast exactly): a float32 transformer that is the trained model without a second rounding."""
+    if policy.master:
+        chosen = policy.ema if ema else policy.weights()
+        values = {n.removeprefix("transformer."): v for n, v in chosen.items()}
+        merged = merged_transformer(policy.raw_transformer, values=values, dtype=torch.float32)
+        return _pipeline(pipe, copy.deepcopy(pipe.conditioner).eval(), merged)
     with policy.swapped_weights(policy.ema if ema else {n: p.detach() for n, p in policy.params.items()}):
         merged = merged_transformer(policy.raw_transformer)
         cond = copy.deepcopy(pipe.conditioner).eval()

@@ -63,26 +63,40 @@ def make_trainable(transformer, model_cfg) -> None:
         add_lora(transformer, model_cfg.lora_rank, model_cfg.lora_alpha, model_cfg.lora_targets)
 
 
-def merged_state(transformer) -> dict[str, torch.Tensor]:
+def merged_state(transformer, values: dict[str, torch.Tensor] | None = None,
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The state dict of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight and
     the adapter's own tensors left out: the keys of the plain (adapter-free) model. Whole tensors whatever shards
     the weights (FSDP2's ``DTensor`` shards are all-gathered, DeepSpeed ZeRO-3's partitions gathered): a
-    collective on a sharded transformer, which every process must call."""
+    collective on a sharded transformer, which every process must call.
+
+    ``values``: whole tensors merged in place of the named parameters' own (names of ``named_parameters()``; not
+    with FSDP2 shards), e.g. float32 LoRA weights beside a module DeepSpeed's bf16 holds in bf16; ``dtype``: the
+    state's dtype, each weight cast to it before its delta is added (default: each tensor's own)."""
     zero3 = bool(partitioned(transformer.parameters()))
+    params = dict(transformer.named_parameters())
     with gathered(transformer.parameters()):  # ZeRO-3: whole inside the block only, so the values are copied
-        deltas = {}
-        for name, module in transformer.named_modules():
-            if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                deltas[name] = module.get_delta_weight("default")
-        state = {}
-        for key, value in transformer.state_dict().items():
-            if "lora_" in key:
-                continue
-            key = key.replace(".base_layer.", ".")
-            owner = key.rsplit(".", 1)[0]
-            if key.endswith(".weight") and owner in deltas:
-                value = value + deltas[owner].to(value.dtype)
-            state[key] = whole(value).clone() if zero3 else whole(value)
+        own = {n: params[n].data for n in values or {}}
+        try:
+            for n, v in (values or {}).items():  # read in place of the parameter's data, restored below
+                params[n].data = v.to(own[n].device)
+            deltas = {}
+            for name, module in transformer.named_modules():
+                if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                    deltas[name] = module.get_delta_weight("default")
+            state = {}
+            for key, value in transformer.state_dict().items():
+                if "lora_" in key:
+                    continue
+                key = key.replace(".base_layer.", ".")
+                owner = key.rsplit(".", 1)[0]
+                value = value if dtype is None else value.to(dtype)
+                if key.endswith(".weight") and owner in deltas:
+                    value = value + deltas[owner].to(value.dtype)
+                state[key] = whole(value).clone() if zero3 or values else whole(value)
+        finally:
+            for n, data in own.items():
+                params[n].data = data
     return state
 
 
@@ -97,14 +111,17 @@ def lora_delta_norm(transformer) -> float:
     return total ** 0.5
 
 
-def merged_transformer(transformer, into=None):
+def merged_transformer(transformer, into=None, values: dict[str, torch.Tensor] | None = None,
+                       dtype: torch.dtype | None = None):
     """A plain copy of a LoRA-adapted SANA transformer with ``W + scale * B A`` folded into each weight
-    (on the adapter's device and dtype). ``into``: an earlier result to refresh in place instead."""
-    state = merged_state(transformer)
+    (on the adapter's device, in ``dtype`` or the adapter's). ``into``: an earlier result to refresh in place
+    instead; ``values``: as for :func:`merged_state`."""
+    state = merged_state(transformer, values, dtype)
+    dtype = dtype or transformer.dtype
     if into is None:
         into = type(transformer).from_config(transformer.config)
-        if transformer.dtype != into.dtype:
-            into = into.to(dtype=transformer.dtype)
+        if dtype != into.dtype:
+            into = into.to(dtype=dtype)
         into = into.to(next(transformer.parameters()).device)
     into.load_state_dict(state, strict=True)
     return into.eval().requires_grad_(False)

@@ -14,8 +14,9 @@ class OldPolicy:
 
     def __init__(self, trainer):
         self.tr = trainer
-        with trainer.policy.gathered():  # laid out as the EMA: FSDP2 shards, else whole
-            self.weights = {n: p.detach().clone() for n, p in trainer.params.items()}
+        # laid out as the EMA: FSDP2 shards, else whole (the float32 master weights under DeepSpeed's bf16)
+        with trainer.policy.current() as cur:
+            self.weights = {n: v.clone() for n, v in cur.items()}
         self._model = None  # a plain transformer with the old weights merged, rebuilt only when they moved
         self._stale = True
 
@@ -31,9 +32,9 @@ class OldPolicy:
     @torch.no_grad()
     def soft_update(self, decay: float) -> None:
         """``old = decay * old + (1 - decay) * current``."""
-        with self.tr.policy.gathered():
-            for n, p in self.tr.params.items():
-                self.weights[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
+        with self.tr.policy.current() as cur:
+            for n, v in cur.items():
+                self.weights[n].mul_(decay).add_(v, alpha=1 - decay)
         self._stale = True
 
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:

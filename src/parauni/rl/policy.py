@@ -38,7 +38,19 @@ class Policy:
     an old policy's copy (elementwise updates on the shards are the whole tensor's, shard by shard); under
     DeepSpeed ZeRO-3 they are gathered (:meth:`gathered`) wherever they are read or written, and the EMA and
     copies are whole. Whole values leave (:meth:`weights`) and enter (:meth:`load_weights`) only whole. Every
-    method here is then a collective: every process calls it."""
+    method here is then a collective: every process calls it.
+
+    DeepSpeed's bf16 (``--mixed_precision bf16`` under ZeRO-2 or ZeRO-3, :attr:`master`): the engine casts the
+    module's weights to bf16 and keeps float32 master weights in its optimizer, partitioned across processes (both
+    stages). Rollouts and updates run the module, so both see the same bf16 weights (an on-policy update starts at
+    ratio 1). Everything kept *of* the weights is taken from the float32 master weights instead
+    (:meth:`current`, gathered by ``deepspeed.utils.safe_get_full_fp32_param``): the EMA, snapshots and
+    distances, an old policy's copy and the checkpoint's ``trainable`` tensors, all float32. The master weights
+    are what the optimizer trains; an update below bf16's rounding (2^-9 relative) moves them but leaves the
+    module's bf16 copy unchanged, so an EMA or distance read from that copy would miss it, and a checkpoint would
+    not hold what the engine resumes from. The bf16 copy is the master rounded to nearest, so a rollout with the
+    EMA or old weights swapped in (:meth:`swapped_weights`, rounded as they are written) runs what the engine
+    would run with those master weights."""
 
     def __init__(self, cfg, acc, pipe):
         """LoRA on ``pipe``'s transformer (and the LIM with ``model.train_lim``) as the trainable policy, its EMA
@@ -69,8 +81,11 @@ class Policy:
         # FSDP2 replaces each parameter by a DTensor shard (and the optimizer's references with it): the
         # trainable tensors are read from the prepared module
         self.params = self._trainable(self.raw_transformer)
-        with self.gathered():
-            self.ema = {n: p.detach().clone() for n, p in self.params.items()}
+        # DeepSpeed's bf16: bf16 module weights, float32 master weights in the optimizer (the class docstring)
+        self.master = self.deepspeed and acc.state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get(
+            "enabled") in (True, "true")
+        with self.current() as cur:
+            self.ema = {n: v.detach().clone() for n, v in cur.items()}
         self.set_lr()
         acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         acc.register_load_state_pre_hook(lambda models, inp: models.clear())
@@ -90,6 +105,19 @@ class Policy:
         """Context manager: under DeepSpeed ZeRO-3 the trainable tensors whole inside the block (with ``modify``,
         written back to their partitions after it); elsewhere nothing (:func:`parauni.train.sharded.gathered`)."""
         return gathered(self.params.values(), modify)
+
+    @contextmanager
+    def current(self) -> Iterator[dict[str, torch.Tensor]]:
+        """name -> the current value of each trainable tensor, inside the block: under DeepSpeed's bf16 the whole
+        float32 master weights (:attr:`master`; gathered by ``safe_get_full_fp32_param``, a collective), else the
+        trainable tensors themselves (ZeRO-3 partitions gathered for the block, FSDP2 shards as they are)."""
+        if self.master:
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            yield {n: safe_get_full_fp32_param(p).detach() for n, p in self.params.items()}
+            return
+        with self.gathered():
+            yield {n: p.detach() for n, p in self.params.items()}
 
     @contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -175,21 +203,21 @@ class Policy:
         # update's decay is min(2 / 11, ema_decay)
         if ema_due(self.step, o.ema_every):
             keep = ema_decay(self.step, o.ema_decay, o.ema_warmup)
-            with torch.no_grad(), self.gathered():
-                for n, p in self.params.items():
-                    self.ema[n].mul_(keep).add_(p.detach(), alpha=1 - keep)
+            with torch.no_grad(), self.current() as cur:
+                for n, v in cur.items():
+                    self.ema[n].mul_(keep).add_(v, alpha=1 - keep)
         return torch.as_tensor(norm, dtype=torch.float32).reshape(1).cpu()
 
     def snapshot(self) -> list[torch.Tensor]:
         """A copy of the trainable weights (for :meth:`distance_from`)."""
-        with self.gathered():
-            return [p.detach().clone() for p in self.params.values()]
+        with self.current() as cur:
+            return [v.clone() for v in cur.values()]
 
     def distance_from(self, before: list[torch.Tensor]) -> float:
         """``||theta - before||`` over every trainable weight: how far one update moved them."""
-        with self.gathered():
-            return sum(scalar((p.detach() - b).float().pow(2).sum())
-                       for p, b in zip(self.params.values(), before, strict=True)) ** 0.5
+        with self.current() as cur:
+            return sum(scalar((v - b).float().pow(2).sum())
+                       for v, b in zip(cur.values(), before, strict=True)) ** 0.5
 
     @contextmanager
     def swapped_weights(self, values: dict[str, torch.Tensor]) -> Iterator[None]:
@@ -208,14 +236,17 @@ class Policy:
                     p.copy_(backup[n])
 
     def weights(self, ema: bool = False) -> dict[str, torch.Tensor]:
-        """The trainable weights (or their EMA) as whole float32 CPU tensors, as a checkpoint stores them."""
-        return self.as_whole(self.ema if ema else self.params)
+        """The trainable weights (:meth:`current`: the master weights under DeepSpeed's bf16) or their EMA as whole
+        float32 CPU tensors, as a checkpoint stores them."""
+        if ema:
+            return self.as_whole(self.ema)
+        with self.current() as cur:
+            return _whole_float32(cur)
 
     def as_whole(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Tensors laid out as :attr:`params` or :attr:`ema` (names of :attr:`params`) as whole float32 CPU
-        tensors."""
+        """Tensors laid out as :attr:`ema` (names of :attr:`params`) as whole float32 CPU tensors."""
         with self.gathered():
-            return {n: whole(v.detach()).float().cpu().clone().contiguous() for n, v in tensors.items()}
+            return _whole_float32(tensors)
 
     def whole_shapes(self) -> dict[str, torch.Tensor]:
         """name -> an empty (meta) tensor of each trainable tensor's whole shape, for checking a checkpoint's
@@ -224,7 +255,10 @@ class Policy:
 
     def laid_out(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Whole tensors (names of :attr:`params`) laid out as :attr:`ema` is: shards of the trainable tensors'
-        under FSDP2, whole elsewhere, on their device and dtype."""
+        under FSDP2, whole elsewhere, on their device and dtype (float32 under DeepSpeed's bf16, as the master
+        weights)."""
+        if self.master:
+            return {n: v.to(self.params[n].device, torch.float32) for n, v in tensors.items()}
         return {n: shard_like(self.params[n], v) for n, v in tensors.items()}
 
     def load_weights(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> None:
@@ -233,3 +267,8 @@ class Policy:
             for n, v in self.laid_out(weights).items():
                 self.params[n].copy_(v)
         self.ema = self.laid_out(ema)
+
+
+def _whole_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole float32 CPU copies of ``tensors`` (FSDP2 shards all-gathered: a collective)."""
+    return {n: whole(v.detach()).float().cpu().clone().contiguous() for n, v in tensors.items()}

@@ -101,15 +101,20 @@ class RLTrainer(Recipe):
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_deepspeed(self) -> None:
         """What stage III runs under DeepSpeed: ZeRO-2 (the authors' engine) or ZeRO-3 (the policy gathers the
-        partitioned weights wherever it reads them whole) in float32, the LoRA (or a full fine-tune) trained; the
-        rest is refused in one line naming the alternative."""
+        partitioned weights wherever it reads them whole), in float32 with the LoRA or a full fine-tune trained, or
+        in DeepSpeed's bf16 (bf16 module weights, float32 master weights: :class:`~parauni.rl.policy.Policy`) with
+        the LoRA trained; the rest is refused in one line naming the alternative."""
         if self.cfg.model.train_lim:
             raise ConfigError("model.train_lim=true is not supported under DeepSpeed (the LIM is outside the engine):"
                               " launch with configs/accelerate/ddp.yaml or set model.train_lim=false")
-        if self.acc.state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get("enabled") in (True, "true") or \
-                self.acc.state.deepspeed_plugin.deepspeed_config.get("fp16", {}).get("enabled") in (True, "true"):
-            raise ConfigError("stage III under DeepSpeed runs in float32 (DeepSpeed's bf16 casts the weights, not "
-                              "autocast): pass --mixed_precision no, or launch with configs/accelerate/ddp.yaml")
+        conf = self.acc.state.deepspeed_plugin.deepspeed_config
+        if conf.get("fp16", {}).get("enabled") in (True, "true"):
+            raise ConfigError("stage III under DeepSpeed runs in float32 or bf16, not fp16 (DeepSpeed's fp16 scales "
+                              "the loss and skips steps): pass --mixed_precision bf16 or --mixed_precision no")
+        if conf.get("bf16", {}).get("enabled") in (True, "true") and self.cfg.model.finetune == "full":
+            raise ConfigError("model.finetune=full under DeepSpeed's bf16 is not supported (its frozen starting copy "
+                              "and distance would be float32 beside bf16 weights): pass --mixed_precision no, or "
+                              "set model.finetune=lora")
 
     def _setup(self, resume, rewards, pipeline, allow_config_change: bool, prompts, evaluate) -> None:
         """The rest of ``__init__``, run while the output folder's lock is held."""
