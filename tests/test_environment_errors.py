@@ -160,8 +160,11 @@ def test_other_os_errors_of_our_writes_are_environment_errors():
 def _cli(*argv: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     code = "import sys; from parauni.cli import main; sys.exit(main(sys.argv[1:]))"
+    # SIGINT as a terminal leaves it (a process started with SIGINT ignored, as by `cmd &` in a script, keeps
+    # ignoring it, as it should)
     return subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env=env, cwd=ROOT)
+                            text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_ctrl_c_while_loading_is_one_line_and_130():
@@ -203,9 +206,9 @@ def test_an_interrupt_swallowed_by_an_import_is_still_noted():
     from parauni.cli import _noting_interrupts
     from parauni.cli.signals import Terminated, _raise_terminated
 
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
     for sig, kind in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
         seen: list[BaseException] = []
-        before = signal.getsignal(signal.SIGINT)
         if sig == signal.SIGTERM:
             signal.signal(signal.SIGTERM, _raise_terminated)  # what parauni.cli.main installs first
         try:
@@ -218,4 +221,5 @@ def test_an_interrupt_swallowed_by_an_import_is_still_noted():
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         assert len(seen) == 1 and type(seen[0]) is kind, seen
-        assert signal.getsignal(signal.SIGINT) is before  # put back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    signal.signal(signal.SIGINT, before)
