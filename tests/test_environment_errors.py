@@ -199,27 +199,3 @@ def test_sigterm_stops_a_run_like_ctrl_c_keeping_its_checkpoint(tmp_path):
     done = [n for n in os.listdir(run) if n.startswith("checkpoint-")]
     assert done and not [n for n in done if n.endswith(".tmp")], done
 
-
-def test_an_interrupt_swallowed_by_an_import_is_still_noted():
-    """A library that catches everything (``except BaseException``) while it is imported must not lose a Ctrl-C or
-    a SIGTERM that arrived then: the command would otherwise run to its end as if never interrupted."""
-    from parauni.cli import _noting_interrupts
-    from parauni.cli.signals import Terminated, _raise_terminated
-
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
-    for sig, kind in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
-        seen: list[BaseException] = []
-        if sig == signal.SIGTERM:
-            signal.signal(signal.SIGTERM, _raise_terminated)  # what parauni.cli.main installs first
-        try:
-            with _noting_interrupts(seen):
-                try:  # what a careless import does
-                    os.kill(os.getpid(), sig)
-                    time.sleep(1)
-                except BaseException:  # noqa: BLE001
-                    pass
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        assert len(seen) == 1 and type(seen[0]) is kind, seen
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
-    signal.signal(signal.SIGINT, before)

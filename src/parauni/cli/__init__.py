@@ -14,7 +14,6 @@ with one line and exit status 130, as it does later.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 __all__ = ["build_parser", "main"]
@@ -27,12 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     restore = terminate_as_interrupt()
     try:
-        seen: list[BaseException] = []  # an interruption that a library's import swallowed still counts
         try:
-            with _noting_interrupts(seen):
-                from .entry import main as run
-            if seen:
-                raise seen[0]
+            from .entry import main as run
         except KeyboardInterrupt as err:
             if "--debug" in (sys.argv[1:] if argv is None else argv):
                 raise
@@ -46,36 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script: the command is done; Ctrl-C while Python shuts down has nothing to stop
         _ignore_interrupts()
     return code
-
-
-@contextlib.contextmanager
-def _noting_interrupts(seen: list[BaseException]):
-    """While loading: each Ctrl-C (SIGINT) and SIGTERM is noted in ``seen`` before it is raised, so that one raised
-    inside a library's import and swallowed there by a bare ``except:`` is not lost (the command would otherwise
-    run to its end as if never interrupted). Only where SIGINT has Python's default handler (main thread)."""
-    import signal
-    import threading
-
-    from .signals import Terminated
-
-    def note(signum, frame):
-        err = Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
-        seen.append(err)
-        raise err
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    ours = [sig for sig, h in previous.items() if h is signal.default_int_handler or getattr(h, "__module__", "")
-            == "parauni.cli.signals"]
-    for sig in ours:
-        signal.signal(sig, note)
-    try:
-        yield
-    finally:
-        for sig in ours:
-            signal.signal(sig, previous[sig])
 
 
 def _ignore_interrupts() -> None:
