@@ -198,4 +198,3 @@ def test_sigterm_stops_a_run_like_ctrl_c_keeping_its_checkpoint(tmp_path):
     assert "Traceback" not in err and "terminated (SIGTERM)" in last and "--resume" in last, err
     done = [n for n in os.listdir(run) if n.startswith("checkpoint-")]
     assert done and not [n for n in done if n.endswith(".tmp")], done
-
