@@ -400,3 +400,23 @@ def test_a_full_disk_is_one_line_and_leaves_no_empty_image(tmp_path, capsys, mon
     assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
                                       "writing file data/0: file write failed"))
     assert not is_disk_full(RuntimeError("shape mismatch"))
+
+
+def test_a_known_model_name_shadowed_by_a_folder_is_refused(tmp_path, monkeypatch):
+    """A folder named like a shipped model in the working directory: which one was meant cannot be told, so
+    neither is loaded silently; ./NAME picks the folder."""
+    from parauni.errors import UsageError
+    from parauni.pipelines.loading import load_pipeline
+    from parauni.toy.probe import load_probe_model
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("tiny", "toy-all-layers", "vlm"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UsageError, match=r"both a known model name and a path.*\./tiny"):
+        load_pipeline("tiny")
+    with pytest.raises(UsageError, match=r"\./toy-all-layers"):
+        load_pipeline("toy-all-layers")
+    with pytest.raises(UsageError, match=r"\./vlm"):
+        load_probe_model("vlm")
+    with pytest.raises(FileNotFoundError, match="not a saved ParaUniPipeline"):
+        load_pipeline("./tiny")  # the folder, as asked (an empty one here)

@@ -7,6 +7,9 @@ A name is, in this order:
 3. a real preset (``internvl3-2b_sana-1.6b_512`` ...; pretrained weights by hub id or local folder);
 4. a saved ``ParaUniPipeline`` folder, or the hub id of one.
 
+A name of 1-3 that is also a file or folder in the working directory is refused (:func:`refuse_shadowed_folder`):
+``./name`` says the folder.
+
 Training builds a *fresh* model from ``model.source`` with :func:`build_model`: ``tiny``, a registered
 builder (:data:`parauni.registry.MODEL_BUILDERS`, a plugin's), a preset, or a finished
 model by any name above; ``model.init`` then loads trained weights strictly.
@@ -38,6 +41,15 @@ def _path_or_hub_id(name: str) -> bool:
     return "/" in name or name.startswith((".", "~")) or os.path.exists(name)
 
 
+def refuse_shadowed_folder(name: str) -> None:
+    """A known model name that is also a file or folder in the working directory is refused: which one was meant
+    cannot be told, and a silent choice would describe the wrong model. The error names both ways to say it."""
+    if os.path.exists(name):
+        raise UsageError(f"{name!r} is both a known model name and a path in the working directory "
+                         f"({os.path.abspath(name)}): pass ./{name} for the folder, or run from another directory "
+                         "for the named model")
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 
@@ -63,6 +75,8 @@ def load_pipeline(model: str, dtype: str | torch.dtype = "auto", device: str | N
     error naming it.
     """
     dtype = resolve_dtype(dtype, device)
+    if model == "tiny" or model in MODELS or model in PRESETS:
+        refuse_shadowed_folder(model)
     if model == "tiny":
         pipe = build_tiny()
         if dtype != torch.float32:
@@ -104,6 +118,8 @@ def build_model(model_cfg, seed: int = 0) -> ParaUniPipeline:
     (a plugin's), a preset; finished: any :func:`load_pipeline` name), ``conditioner`` overrides (fresh
     sources only), then ``init``: trained weights loaded strictly (:func:`load_trainable`)."""
     src, overrides = model_cfg.source, dict(model_cfg.conditioner)
+    if src == "tiny" or src in MODEL_BUILDERS or src in PRESETS:
+        refuse_shadowed_folder(src)
     if src == "tiny":
         pipe = build_tiny(seed=seed, **overrides)
     elif src in MODEL_BUILDERS:

@@ -58,8 +58,11 @@ def probe_tasks(world: str = "v2", n: int = 600, seed: int = 0) -> dict[str, tup
 
 def load_probe_model(vlm: str, seed: int = 0):
     """The pipeline whose VLM and queries are probed (see the module docstring)."""
+    from ..pipelines.loading import refuse_shadowed_folder
     from .models import TOY_MODELS, build_toy_pipeline, load_toy_model
 
+    if vlm in TOY_MODELS or vlm == "vlm":
+        refuse_shadowed_folder(vlm)
     if vlm in TOY_MODELS:
         return load_toy_model(vlm)
     if vlm == "vlm":
