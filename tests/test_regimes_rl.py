@@ -150,6 +150,16 @@ def assert_identical(run: Path, ref: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+def assert_resumed_identically(out: Path, full: Path) -> None:
+    """A resumed run equals the uninterrupted one bit for bit: statistics and weights, then the EMA and (where the
+    algorithm keeps one) the old policy of the last checkpoint."""
+    assert_identical(out, full)
+    for name in ("ema", *(["old"] if (full / LAST / "old.safetensors").is_file() else [])):
+        a = load_file(str(out / LAST / f"{name}.safetensors"))
+        b = load_file(str(full / LAST / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGOS)
 def test_launcher_gradient_accumulation_changes_nothing(algorithm, reference, tmp_path):
@@ -281,11 +291,7 @@ def test_sharded_engine_resumes_exactly(engine, algorithm, sharded, tmp_path):
     launch(out, algorithm, config, "no", "train.epochs=1", port=_port())
     launch(out, algorithm, config, "no", "--resume", port=_port())
     full = sharded(engine, algorithm)
-    assert_identical(out, full)
-    for name in ("ema", *(["old"] if (full / LAST / "old.safetensors").is_file() else [])):
-        a = load_file(str(out / LAST / f"{name}.safetensors"))
-        b = load_file(str(full / LAST / f"{name}.safetensors"))
-        assert all(torch.equal(a[k], b[k]) for k in b), name
+    assert_resumed_identically(out, full)
 
 
 @pytest.mark.slow
@@ -441,11 +447,7 @@ def test_deepspeed_bf16_resumes_exactly(engine, algorithm, tmp_path):
     launch(out, algorithm, config, "bf16", "train.epochs=1", port=_port())
     launch(out, algorithm, config, "bf16", "--resume", port=_port())
     assert_deepspeed_bf16_ran(out)
-    assert_identical(out, full)
-    for name in ("ema", *(["old"] if (full / LAST / "old.safetensors").is_file() else [])):
-        a = load_file(str(out / LAST / f"{name}.safetensors"))
-        b = load_file(str(full / LAST / f"{name}.safetensors"))
-        assert all(torch.equal(a[k], b[k]) for k in b), name
+    assert_resumed_identically(out, full)
 
 
 @pytest.mark.slow
