@@ -15,9 +15,9 @@ import pytest
 
 from browser_support import browser_or_skip, screenshot_path
 from parauni.app.session import AppSession
-from parauni.app.toy_view import draw_detections, geneval_record, judge, normalize
 from parauni.cli import main
 from parauni.errors import UsageError
+from parauni.toy.app_view import draw_detections, geneval_record, judge, normalize
 from parauni.toy.detect import detect
 from parauni.toy.prompts import TASKS, all_metas
 from parauni.toy.world import PALETTE, render, scene_from_metadata

@@ -192,6 +192,10 @@ class Family:
     metadata_match: Callable[[list[dict]], bool] | None = None  # GenEval records that only this family can draw
     geneval_scorer: Callable[[Any], dict] | None = None
     embedder: str | None = None
+    # ``parauni app``'s view of the family's images, loaded when used: ``() -> view`` with ``view.judge(image,
+    # prompt) -> verdict`` (``tag``: the task judged or None, ``caption()``, ``detections``) and ``view.draw(image,
+    # verdict) -> image shown``
+    app_view: Callable[[], Any] | None = None
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The app's model and what one click of "Generate" does, without any web framework (the page is
 :mod:`parauni.app.ui`): check the inputs, run the pipeline with a step callback for the progress bar, and for
-toy-world models judge each image (:mod:`parauni.app.toy_view`)."""
+models of a family with an app view (the toy world's: :mod:`parauni.toy.app_view`) judge each image."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
 
 from ..errors import UsageError
 from ..pipelines.loading import load_pipeline
-from ..toy.vlm import is_toy_vlm_pipeline
-from .toy_view import ToyVerdict, draw_detections, judge
+from ..registry import family_of
 
 MAX_IMAGES = 8  # images a click, each with its own seed
 MAX_SIZE_FACTOR = 4  # sides over 4x the native side are refused, as `parauni generate` refuses them without --force
@@ -31,7 +31,7 @@ class Result:
     shown: Image.Image
     seed: int
     caption: str
-    verdict: ToyVerdict | None = None
+    verdict: Any = None  # the family view's verdict (toy models); None without a view
 
 
 @dataclass
@@ -63,7 +63,9 @@ class AppSession:
         self.model = model
         self.pipe = load_pipeline(model, dtype=dtype, device=device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.is_toy = is_toy_vlm_pipeline(self.pipe)
+        family = family_of(self.pipe)
+        self.view = family.app_view() if family is not None and family.app_view is not None else None
+        self.is_toy = self.view is not None  # the page's toy defaults (prompt, images, guidance) follow it
         sample = getattr(getattr(self.pipe, "transformer", None), "config", None)
         sample = getattr(sample, "sample_size", None)
         self.multiple = int(getattr(self.pipe, "vae_scale_factor", 1))
@@ -126,8 +128,7 @@ class AppSession:
         return Batch(results, time.perf_counter() - start, notes)
 
     def _result(self, image: Image.Image, prompt: str, seed: int) -> Result:
-        if not self.is_toy:
+        if self.view is None:
             return Result(image, image, seed, f"seed {seed}")
-        verdict = judge(image, prompt)
-        return Result(image, draw_detections(image, verdict.detections), seed, f"seed {seed}: {verdict.caption()}",
-                      verdict)
+        verdict = self.view.judge(image, prompt)
+        return Result(image, self.view.draw(image, verdict), seed, f"seed {seed}: {verdict.caption()}", verdict)

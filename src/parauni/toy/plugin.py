@@ -59,6 +59,12 @@ def _evaluate(pipe, out, *args, world: str | None = None, **kwargs):
     return toy_geneval(pipe, out, *args, **kwargs)
 
 
+def _app_view():
+    from .app_view import ToyAppView
+
+    return ToyAppView
+
+
 def _is_toy_pipeline(pipe) -> bool:
     from .vlm import is_toy_vlm_pipeline
 
@@ -143,7 +149,7 @@ def register() -> None:
     EVALUATOR_OF_KIND.register("toy_v2", "toy_geneval_v2", "the v2 world's toy GenEval", replace=True)
     FAMILIES.register("toy", Family("toy", _is_toy_pipeline, geneval_metadata=_toy_metadata,
                                      metadata_match=_is_toy_metadata, geneval_scorer=_score_geneval,
-                                     embedder="toy"),
+                                     embedder="toy", app_view=_app_view),
                       "pipelines on the toy VLM: toy GenEval prompts, the toy detector, the toy image encoder",
                       replace=True)
     GENERATORS.register("prior", Generator(_is_prior, _load_prior, family="toy"),

@@ -1,4 +1,5 @@
-"""What the app shows for a toy-world image: the toy detector's detections drawn on it and, where the prompt is
+"""What ``parauni app`` shows for a toy-world image (the toy family's ``app_view``, registered by
+:mod:`parauni.toy.plugin`): the toy detector's detections drawn on it and, where the prompt is
 one of the toy GenEval prompts, the toy GenEval verdict.
 
 The verdict needs the prompt's GenEval record (which objects, counts, colours and relation it asks for).
@@ -17,10 +18,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..toy.detect import Detection, detect
-from ..toy.geneval import evaluate
-from ..toy.prompts import TASKS, all_metas
-from ..toy.world import PALETTE
+from .detect import Detection, detect
+from .geneval import evaluate
+from .prompts import TASKS, all_metas
+from .world import PALETTE
 
 ENLARGE = 8  # 32-px toy images are shown 8x larger (nearest neighbour), so boxes and labels are readable
 NO_VERDICT = ("no toy GenEval verdict: the prompt is not one of the toy GenEval prompts (e.g. 'a photo of two "
@@ -87,3 +88,14 @@ def draw_detections(image: Image.Image, detections: list[Detection], scale: int 
         draw.rectangle((x0, ty, x0 + tw + 4, ty + 11), fill=(0, 0, 0))
         draw.text((x0 + 2, ty), label, fill=(255, 255, 255))
     return big
+
+
+class ToyAppView:
+    """The toy family's view for ``parauni app``: ``judge(image, prompt)`` gives the verdict, ``draw(image,
+    verdict)`` the image the gallery shows."""
+
+    judge = staticmethod(judge)
+
+    @staticmethod
+    def draw(image: Image.Image, verdict: ToyVerdict) -> Image.Image:
+        return draw_detections(image, verdict.detections)
