@@ -40,7 +40,7 @@ from .jobs import SCALES, VARIANT_NAMES, VARIANTS, Job, config_file, plan, write
 from .plot import plot_ldam_overlay
 from .results import collect, edge_mean, fmt, format_results
 from .runner import execute
-from .v2 import V2_SCALES, collect_v2, format_v2, plan_v2, write_v2_recon_images
+from .v2 import V2_SCALES, collect_v2, format_v2, plan_v2
 
 # the package's parts: jobs (the job graph), runner (the processes), results (the tables), plot (the curves)
 __all__ = ["SCALES", "VARIANTS", "VARIANT_NAMES", "Job", "add_parser", "collect", "config_file", "edge_mean",
@@ -78,7 +78,7 @@ def _reproduce_v2(out: Path, seeds: Sequence[int], scale: str, jobs: int, dry_ru
     """``--world v2``: every v2 step from scratch (:func:`plan_v2`), then the seen / held-out table."""
     todo = plan_v2(out, seeds, scale)
     if not dry_run:
-        write_v2_recon_images(out / "recon_images", V2_SCALES[scale]["recon_images"])
+        write_recon_images(out / "recon_images", V2_SCALES[scale]["recon_images"], world="v2")
     t0 = time.perf_counter()
     times = execute(todo, out / "logs", jobs, dry_run)
     if dry_run:

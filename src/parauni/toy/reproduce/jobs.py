@@ -206,11 +206,11 @@ def write_layer_prompts(path: Path, per_task: int) -> None:
     path.write_text("".join(json.dumps(m) + "\n" for group in by_task.values() for m in group[:per_task]))
 
 
-def write_recon_images(folder: Path, n: int, seed: int = 1234) -> None:
-    """``n`` random toy scenes (32 px PNGs) to reconstruct, the same for every model and seed."""
+def write_recon_images(folder: Path, n: int, seed: int = 1234, world: str = "v1") -> None:
+    """``n`` random scenes of toy ``world`` (32 px PNGs) to reconstruct, the same for every model and seed."""
     if folder.is_dir() and len(list(folder.glob("*.png"))) >= n:
         return
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        Image.fromarray(render(random_scene(rng))).save(folder / f"scene_{i:03d}.png")
+        Image.fromarray(render(random_scene(rng, world=world))).save(folder / f"scene_{i:03d}.png")

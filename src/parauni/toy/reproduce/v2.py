@@ -27,11 +27,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from ...utils.stats import paired_interval
-from ..world import random_scene, render
 from .jobs import Job, _parauni, config_file
 from .results import _read, _rows, fmt
 
@@ -139,15 +135,6 @@ def plan_v2(out: Path, seeds: Sequence[int], scale: str = "quick") -> list[Job]:
         jobs += [rl(seed, algo, "all") for algo in V2_RL if algo != "nft"]
         jobs += [rl(seed, algo, "last") for algo in V2_RL_LAST]
     return jobs
-
-def write_v2_recon_images(folder: Path, n: int, seed: int = 1234) -> None:
-    """``n`` random v2 scenes (32 px PNGs) to reconstruct, the same for every model and seed."""
-    if folder.is_dir() and len(list(folder.glob("*.png"))) >= n:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(render(random_scene(rng, world="v2"))).save(folder / f"scene_{i:03d}.png")
 
 
 def _splits(summary: dict | None, key: str = "overall") -> dict[str, float]:
