@@ -244,9 +244,9 @@ class Policy:
             return _whole_float32(cur)
 
     def as_whole(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Tensors laid out as :attr:`ema` (names of :attr:`params`) as whole float32 CPU tensors."""
-        with self.gathered():
-            return _whole_float32(tensors)
+        """Tensors laid out as :attr:`ema` (names of :attr:`params`) as whole float32 CPU tensors: FSDP2 shards
+        all-gathered; under ZeRO-3 they are whole already (the trainable partitions need no gathering)."""
+        return _whole_float32(tensors)
 
     def whole_shapes(self) -> dict[str, torch.Tensor]:
         """name -> an empty (meta) tensor of each trainable tensor's whole shape, for checking a checkpoint's
